@@ -1,0 +1,331 @@
+"""The pyro-vae command line: parses options, calls the library, and shows what happened.
+
+Run it as ``python cli.py ...`` from a checkout or as ``pyro-vae ...`` once installed.
+"""
+
+import functools
+import time
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pyro_vae import (
+    DATASETS,
+    ESTIMATORS,
+    LIKELIHOODS,
+    PRIORS,
+    VAE,
+    Checkpoint,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    UserInputError,
+    load_checkpoint,
+    load_dataset,
+    resolve_device,
+    train_run,
+)
+from pyro_vae.runs import save_reconstructions, save_samples
+
+app = typer.Typer(
+    help="Variational autoencoders as Pyro model/guide pairs: train, sample, reconstruct.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # plain click output: an error is one "Error: ..." line, as ours are
+    pretty_exceptions_show_locals=False,  # a bug's traceback stays readable, without tensor dumps
+)
+stderr = Console(stderr=True)
+_debug = False  # set by --debug: user errors then show their traceback too
+
+
+def _choices(name: str, names: Any) -> type[Enum]:
+    """A str Enum of a registry's names, so ``--help`` lists every registered component."""
+    return Enum(name, {n: n for n in names}, type=str)  # type: ignore[return-value]
+
+
+Estimator = _choices("Estimator", ESTIMATORS)
+PriorName = _choices("PriorName", PRIORS)
+LikelihoodName = _choices("LikelihoodName", LIKELIHOODS)
+DatasetName = _choices("DatasetName", DATASETS)
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def reports_user_errors(command: Command) -> Command:
+    """Show a ``UserInputError`` as one line on stderr and exit with status 2 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserInputError as error:
+            if _debug:
+                raise
+            typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# Option callbacks: checks that click's types cannot express, reported against the option's name.
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be a positive number, got {value}")
+    return value
+
+
+def _layer_sizes(value: str) -> str:
+    try:
+        sizes = [int(size) for size in value.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(
+            f"expected comma-separated positive layer sizes such as 256,128, got {value!r}"
+        )
+    return value
+
+
+def _device(value: str) -> str:
+    try:
+        resolve_device(value)
+    except (UserInputError, RuntimeError) as error:  # torch raises RuntimeError for 'gpu' etc.
+        raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def _png(value: Path | None) -> Path | None:
+    # Pictures are the only files these commands write outside a run directory; insisting on
+    # .png keeps a slip of the keyboard from replacing someone's data file with an image.
+    if value is not None and value.suffix.lower() != ".png":
+        raise typer.BadParameter(f"must name a .png file, got {str(value)!r}")
+    return value
+
+
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        callback=_device, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."
+    ),
+]
+
+
+@app.callback()
+def global_options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="PYRO_VAE_DEBUG",
+            help="Show the full traceback of every error, for bug reports.",
+        ),
+    ] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+@app.command()
+@reports_user_errors
+def train(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run directory to create.", show_default="runs/DATASET-DATE-TIME"),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Reuse --out even if it already holds files.")
+    ] = False,
+    dataset: Annotated[DatasetName, typer.Option(help="Dataset to train on.")] = DataConfig.dataset,
+    elbo: Annotated[
+        Estimator,
+        typer.Option(
+            help="ELBO estimator: mc = Trace_ELBO (KL by Monte Carlo), "
+            "analytic = TraceMeanField_ELBO (KL in closed form)."
+        ),
+    ] = TrainConfig.elbo,
+    num_particles: Annotated[
+        int, typer.Option(min=1, help="Samples of z per image in each ELBO estimate.")
+    ] = TrainConfig.num_particles,
+    lr: Annotated[
+        float, typer.Option(callback=_positive, help="Adam learning rate.")
+    ] = TrainConfig.lr,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images per SVI step.")
+    ] = TrainConfig.batch_size,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Passes over the training images.")
+    ] = TrainConfig.epochs,
+    latent_dim: Annotated[
+        int, typer.Option(min=1, help="Dimension of the latent code z.")
+    ] = ModelConfig.latent_dim,
+    hidden_dims: Annotated[
+        str,
+        typer.Option(
+            callback=_layer_sizes,
+            help="Encoder hidden layer sizes, comma-separated; the decoder mirrors them.",
+        ),
+    ] = ",".join(map(str, ModelConfig.hidden_dims)),
+    prior: Annotated[PriorName, typer.Option(help="Prior p(z).")] = ModelConfig.prior,
+    likelihood: Annotated[
+        LikelihoodName, typer.Option(help="Likelihood p(x|z) around the decoder's output.")
+    ] = ModelConfig.likelihood,
+    sigma: Annotated[
+        float | None,
+        typer.Option(
+            callback=_positive,
+            help="Standard deviation σ of the gaussian likelihood N(x; x̂, σ²I).",
+            show_default="1.0",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed for weights, batch order and samples of z.")
+    ] = TrainConfig.seed,
+    device: DeviceOption = TrainConfig.device,
+) -> None:
+    """Train a VAE with SVI and write a run directory (checkpoint, metrics, pictures)."""
+    likelihood_options: dict[str, Any] = {}
+    if sigma is not None:
+        if likelihood.value != "gaussian":
+            raise UserInputError("--sigma applies to --likelihood gaussian only: drop --sigma")
+        likelihood_options["sigma"] = sigma
+    config = RunConfig(
+        model=ModelConfig(
+            latent_dim=latent_dim,
+            hidden_dims=tuple(int(size) for size in hidden_dims.split(",")),
+            prior=prior.value,
+            likelihood=likelihood.value,
+            likelihood_options=likelihood_options,
+        ),
+        data=DataConfig(dataset=dataset.value),
+        train=TrainConfig(
+            elbo=elbo.value,
+            num_particles=num_particles,
+            lr=lr,
+            batch_size=batch_size,
+            epochs=epochs,
+            seed=seed,
+            device=device,
+        ),
+    )
+    out = out or Path("runs") / time.strftime(f"{dataset.value}-%Y%m%d-%H%M%S")
+
+    with _TrainingProgress(epochs) as progress:
+        result = train_run(
+            config, out, overwrite, on_step=progress.on_step, on_epoch=progress.on_epoch
+        )
+
+    final = result.history[-1]
+    seconds = sum(m.seconds for m in result.history)
+    typer.echo(
+        f"Trained {final.epoch} epochs on {result.device} in {seconds:.1f} s of SVI steps "
+        f"({elbo.value} ELBO). Validation ELBO: {final.val_elbo:.2f} nats per image "
+        "(closed-form KL)."
+    )
+    typer.echo(f"Run directory: {result.run_dir}")
+    for path in result.files:
+        typer.echo(f"  {path.name}")
+
+
+class _TrainingProgress:
+    """A progress bar over all steps of the run with the live loss and the last validation ELBO."""
+
+    REFRESH_SECONDS = 0.2  # reading the loss forces a device sync: do it a few times a second only
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.fields = {"epoch": f"1/{epochs}", "loss": "…", "val": "…"}
+        self.last_read = 0.0
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("loss {task.fields[loss]}  val ELBO {task.fields[val]}"),
+            console=stderr,
+        )
+
+    def __enter__(self) -> "_TrainingProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_step(self, step: int, num_steps: int, loss: torch.Tensor) -> None:
+        if not self.progress.live.is_started:  # only once training runs, not before checks pass
+            self.progress.start()
+            self.task = self.progress.add_task(
+                "train", total=self.epochs * num_steps, **self.fields
+            )
+        self.progress.advance(self.task)
+        now = time.monotonic()
+        if now - self.last_read > self.REFRESH_SECONDS or step == num_steps:
+            self.last_read = now
+            self.progress.update(self.task, loss=f"{loss.item():.2f}")
+
+    def on_epoch(self, metrics: Any) -> None:
+        self.progress.update(
+            self.task,
+            epoch=f"{min(metrics.epoch + 1, self.epochs)}/{self.epochs}",
+            val=f"{metrics.val_elbo:.2f}",
+        )
+
+
+def _picture_path(run: Path, out: Path | None, default_name: str) -> Path:
+    return out or (run if run.is_dir() else run.parent) / default_name
+
+
+def _load_trained(run: Path, device_name: str) -> tuple[Checkpoint, VAE, torch.device]:
+    device = resolve_device(device_name)
+    checkpoint = load_checkpoint(run, device)
+    return checkpoint, checkpoint.build_vae(device), device
+
+
+@app.command()
+@reports_user_errors
+def sample(
+    run: Annotated[Path, typer.Argument(help="Run directory (or its checkpoint.pt).")],
+    num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed for the codes z ~ p(z).")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(callback=_png, help="PNG to write.", show_default="RUN/samples-seedSEED.png"),
+    ] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Decode z ~ p(z) with a trained VAE and save the images as a PNG."""
+    checkpoint, vae, _ = _load_trained(run, device)
+    path = _picture_path(run, out, f"samples-seed{seed}.png")
+    typer.echo(save_samples(vae, checkpoint.image_shape, path, num, seed))
+
+
+@app.command()
+@reports_user_errors
+def reconstruct(
+    run: Annotated[Path, typer.Argument(help="Run directory (or its checkpoint.pt).")],
+    num: Annotated[int, typer.Option(min=1, help="Number of test images.")] = 16,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            callback=_png, help="PNG to write.", show_default="RUN/reconstructions-NUM.png"
+        ),
+    ] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Show the first test images of the run's dataset beside their reconstructions."""
+    checkpoint, vae, device_ = _load_trained(run, device)
+    images = load_dataset(checkpoint.config.data).test.x[:num].to(device_)
+    path = _picture_path(run, out, f"reconstructions-{num}.png")
+    typer.echo(save_reconstructions(vae, images, checkpoint.image_shape, path))
+
+
+if __name__ == "__main__":
+    app()

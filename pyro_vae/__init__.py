@@ -1,0 +1,47 @@
+"""pyro-vae: variational autoencoders as Pyro model/guide pairs with swappable components."""
+
+__version__ = "0.1.0"
+
+from pyro_vae.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.data import DATASETS, Dataset, load_dataset
+from pyro_vae.errors import UserInputError
+from pyro_vae.evaluate import active_units, elbo_per_datapoint, kl_per_datapoint
+from pyro_vae.likelihoods import LIKELIHOODS, BernoulliLikelihood, GaussianLikelihood, Likelihood
+from pyro_vae.model import VAE
+from pyro_vae.objectives import ESTIMATORS, make_elbo
+from pyro_vae.priors import PRIORS, Prior, StandardNormalPrior
+from pyro_vae.runs import RunResult, train_run
+from pyro_vae.train import EpochMetrics, Trainer, resolve_device
+
+__all__ = [
+    "DATASETS",
+    "ESTIMATORS",
+    "LIKELIHOODS",
+    "PRIORS",
+    "VAE",
+    "BernoulliLikelihood",
+    "Checkpoint",
+    "DataConfig",
+    "Dataset",
+    "EpochMetrics",
+    "GaussianLikelihood",
+    "Likelihood",
+    "ModelConfig",
+    "Prior",
+    "RunConfig",
+    "RunResult",
+    "StandardNormalPrior",
+    "TrainConfig",
+    "Trainer",
+    "UserInputError",
+    "active_units",
+    "elbo_per_datapoint",
+    "kl_per_datapoint",
+    "load_checkpoint",
+    "load_dataset",
+    "make_elbo",
+    "resolve_device",
+    "save_checkpoint",
+    "train_run",
+]

@@ -1,0 +1,112 @@
+"""Self-describing checkpoints: the run's configuration travels with the weights.
+
+A checkpoint holds the ``RunConfig``, the image shape, the VAE's ``state_dict`` and the trainer's
+state (optimizer and per-epoch history), so ``load_checkpoint(path).build_vae()`` rebuilds the model
+with no other input, and training can continue from it. Files are written atomically: a reader, or
+a crash half-way, never sees a partial checkpoint.
+"""
+
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae.config import RunConfig
+from pyro_vae.errors import UserInputError
+from pyro_vae.model import VAE
+
+FORMAT_VERSION = 1  # bump when the layout changes; older readers refuse newer files
+
+
+def environment() -> dict[str, str]:
+    """The versions a run depends on, recorded with its results."""
+    from pyro_vae import __version__
+
+    return {
+        "pyro_vae": __version__,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),  # a TorchVersion, which weights_only loading refuses
+        "pyro": pyro.__version__,
+    }
+
+
+@dataclass
+class Checkpoint:
+    config: RunConfig
+    image_shape: tuple[int, ...]
+    model_state: dict[str, torch.Tensor]
+    trainer_state: dict[str, Any]  # see Trainer.state_dict: optimizer state and history
+
+    def build_vae(self, device: torch.device | str = "cpu") -> VAE:
+        """The trained VAE, on ``device``."""
+        vae = VAE.from_config(self.config.model, prod(self.image_shape))
+        vae.load_state_dict(self.model_state)
+        return vae.to(device)
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
+    """Write ``checkpoint`` to ``path`` atomically: a temporary file, fsync, then rename."""
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "environment": environment(),
+        "config": checkpoint.config.to_dict(),
+        "image_shape": list(checkpoint.image_shape),
+        "model_state": checkpoint.model_state,
+        "trainer_state": checkpoint.trainer_state,
+    }
+    path = Path(path)
+    # The temporary file lives in the same folder, so the final rename never crosses file systems.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint``; tensors are mapped onto ``device``.
+
+    Accepts the checkpoint file or the run directory that holds ``checkpoint.pt``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise UserInputError(
+            f"no checkpoint at {path}: give a run directory written by 'pyro-vae train'"
+        )
+    try:
+        # weights_only: a checkpoint is data (tensors, numbers, strings), never code to execute.
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file; all mean the same
+        raise UserInputError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}): it is damaged or "
+            "was not written by pyro-vae; train again or restore it"
+        ) from error
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise UserInputError(f"{path} is not a pyro-vae checkpoint")
+    if payload["format_version"] > FORMAT_VERSION:
+        raise UserInputError(
+            f"{path} has checkpoint format {payload['format_version']}, newer than this "
+            f"pyro-vae reads ({FORMAT_VERSION}): upgrade pyro-vae"
+        )
+    try:
+        return Checkpoint(
+            config=RunConfig.from_dict(payload["config"]),
+            image_shape=tuple(payload["image_shape"]),
+            model_state=payload["model_state"],
+            trainer_state=payload["trainer_state"],
+        )
+    except (KeyError, TypeError) as error:
+        raise UserInputError(f"{path} is an incomplete pyro-vae checkpoint ({error})") from error

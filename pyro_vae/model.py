@@ -1,0 +1,99 @@
+"""The VAE as a Pyro model/guide pair (Kingma & Welling, 2014).
+
+Generative model:  z ~ p(z),  x̂ = NeuralNet(z; θ),  x ~ p_θ(x | z)        (``VAE.model``)
+Guide:             μ, log σ² = NeuralNet(x; φ),  z ~ q_φ(z | x) = N(μ, diag σ²)   (``VAE.guide``)
+
+Pyro reparameterises z = μ + σ ⊙ ε, ε ~ N(0, I) because the guide's Normal has ``rsample``; the ELBO
+E_q[log p_θ(x|z)] − KL(q_φ(z|x) ‖ p(z)) is estimated by the objectives in ``objectives.py``.
+"""
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, pyro_method
+
+from pyro_vae.config import ModelConfig
+from pyro_vae.likelihoods import Likelihood, build_likelihood
+from pyro_vae.networks import Decoder, Encoder
+from pyro_vae.priors import Prior, build_prior
+
+
+class VAE(PyroModule):
+    """A variational autoencoder whose ``model`` and ``guide`` are ordinary Pyro callables.
+
+    ``prior`` and ``likelihood`` are registry names (see ``priors.PRIORS`` and
+    ``likelihoods.LIKELIHOODS``) or module instances. Being a ``PyroModule``, the VAE registers the
+    parameters of its plain ``nn.Module`` children with Pyro whenever ``model`` or ``guide`` reads
+    them, so ``SVI(vae.model, vae.guide, optim, elbo)`` trains every parameter.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int = ModelConfig.latent_dim,
+        hidden_dims: Sequence[int] = ModelConfig.hidden_dims,
+        prior: "str | Prior" = ModelConfig.prior,
+        likelihood: "str | Likelihood" = ModelConfig.likelihood,
+    ):
+        super().__init__()
+        self.data_dim = data_dim
+        self.latent_dim = latent_dim
+        self.encoder = Encoder(data_dim, hidden_dims, latent_dim)
+        self.decoder = Decoder(latent_dim, tuple(reversed(hidden_dims)), data_dim)
+        self.prior = build_prior(prior, latent_dim)
+        self.likelihood = build_likelihood(likelihood, data_dim)
+        _check_event_shape(self.prior(), (latent_dim,), "prior p(z)")
+        _check_event_shape(self.likelihood(torch.zeros(data_dim)), (data_dim,), "likelihood p(x|z)")
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, data_dim: int) -> "VAE":
+        return cls(
+            data_dim,
+            latent_dim=config.latent_dim,
+            hidden_dims=config.hidden_dims,
+            prior=build_prior(config.prior, config.latent_dim, **config.prior_options),
+            likelihood=build_likelihood(config.likelihood, data_dim, **config.likelihood_options),
+        )
+
+    @pyro_method
+    def model(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
+        """z ~ p(z);  x ~ p_θ(x | z).  With ``x=None``, draws ``batch_size`` new data points."""
+        if x is None and batch_size is None:
+            raise ValueError("model() needs data x, or a batch_size to draw new data")
+        with pyro.plate("data", x.shape[0] if x is not None else batch_size):
+            z = pyro.sample("z", self.prior())  # (batch, latent_dim)
+            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)  # (batch, data_dim)
+
+    @pyro_method
+    def guide(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
+        """z ~ q_φ(z | x) = N(μ(x), diag σ(x)²).  Takes the model's arguments, as Pyro requires."""
+        if x is None:
+            raise ValueError("the guide q(z|x) needs data x")
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x)
+            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # Deterministic helpers for pictures and evaluation: they read the networks directly.
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of p_θ(x | z = μ(x)): what the VAE makes of ``x`` through its latent code."""
+        loc, _ = self.encoder(x)
+        return self.likelihood(self.decoder(loc)).mean
+
+    def generate(self, num_samples: int) -> torch.Tensor:
+        """The mean of p_θ(x | z) for ``num_samples`` codes z ~ p(z): new data, no pixel noise."""
+        z = self.prior().sample((num_samples,))
+        return self.likelihood(self.decoder(z)).mean
+
+
+def _check_event_shape(
+    distribution: dist.Distribution, expected: tuple[int, ...], what: str
+) -> None:
+    # A component instance built for another size would otherwise fail deep inside Pyro.
+    if tuple(distribution.event_shape) != expected:
+        raise ValueError(
+            f"the {what} has event shape {tuple(distribution.event_shape)}, "
+            f"but this VAE needs {expected}"
+        )

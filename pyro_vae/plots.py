@@ -1,0 +1,87 @@
+"""Pictures of a run: image grids, reconstructions beside their inputs, and the ELBO curve.
+
+Uses matplotlib's object-oriented ``Figure`` (no pyplot), so no global backend or figure state is
+touched and nothing needs a display.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from pyro_vae.train import EpochMetrics
+
+PAD_VALUE = 0.5  # grey lines between images, distinct from black (0) and white (1) pixels
+
+
+def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int) -> torch.Tensor:
+    """Tile ``images`` (N, D) into one 2-D array, with 1-pixel separators between tiles."""
+    height, width = image_shape
+    n = images.shape[0]
+    nrows = -(-n // ncols)  # ceiling division
+    tiles = images.detach().float().cpu().clamp(0, 1).reshape(n, height, width)
+    blanks = torch.full((nrows * ncols - n, height, width), PAD_VALUE)
+    tiles = torch.cat([tiles, blanks])
+    tiles = F.pad(tiles, (1, 0, 1, 0), value=PAD_VALUE)  # separator above and left of each tile
+    grid = tiles.reshape(nrows, ncols, height + 1, width + 1).permute(0, 2, 1, 3)
+    grid = grid.reshape(nrows * (height + 1), ncols * (width + 1))
+    return F.pad(grid, (0, 1, 0, 1), value=PAD_VALUE)  # close the right and bottom edges
+
+
+def save_image_grid(
+    images: torch.Tensor,
+    image_shape: Sequence[int],
+    path: Path,
+    ncols: int = 8,
+    title: str | None = None,
+) -> Path:
+    """Save ``images`` (N, D), values in [0, 1], as a grid PNG at ``path``."""
+    grid = image_grid(images, image_shape, ncols)
+    inches_per_pixel = 0.08 if max(image_shape) <= 16 else 0.03  # small images get bigger pixels
+    title_inches = 0.4 if title else 0.0
+    height_inches = grid.shape[0] * inches_per_pixel + title_inches
+    figure = Figure(figsize=(grid.shape[1] * inches_per_pixel, height_inches))
+    axes = figure.add_axes((0, 0, 1, 1 - title_inches / height_inches))
+    axes.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes.set_axis_off()
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.savefig(path, dpi=100)
+    return Path(path)
+
+
+def save_reconstructions(
+    originals: torch.Tensor,
+    reconstructions: torch.Tensor,
+    image_shape: Sequence[int],
+    path: Path,
+    ncols: int = 8,
+) -> Path:
+    """Rows of inputs, each followed by the row of their reconstructions."""
+    rows = []
+    for start in range(0, originals.shape[0], ncols):
+        rows += [originals[start : start + ncols], reconstructions[start : start + ncols]]
+    return save_image_grid(
+        torch.cat(rows),
+        image_shape,
+        path,
+        ncols=min(ncols, originals.shape[0]),
+        title="inputs (odd rows) and their reconstructions (even rows)",
+    )
+
+
+def save_elbo_curve(history: Sequence[EpochMetrics], path: Path, train_label: str) -> Path:
+    """Training and validation ELBO (nats per image) against epochs."""
+    epochs = [m.epoch for m in history]
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(epochs, [m.train_elbo for m in history], label=f"train ({train_label})")
+    axes.plot(epochs, [m.val_elbo for m in history], label="validation (closed-form KL)")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("ELBO (nats per image)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(path, dpi=100)
+    return Path(path)

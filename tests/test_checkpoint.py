@@ -1,0 +1,84 @@
+import pyro
+import pytest
+import torch
+
+from pyro_vae import (
+    Checkpoint,
+    RunConfig,
+    Trainer,
+    UserInputError,
+    elbo_per_datapoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pyro_vae.checkpoint import FORMAT_VERSION
+from pyro_vae.config import ModelConfig, TrainConfig
+from pyro_vae.model import VAE
+
+
+@pytest.fixture
+def trained(digits, tmp_path):
+    config = RunConfig(
+        model=ModelConfig(latent_dim=4, hidden_dims=(32,), likelihood_options={"sigma": 0.5}),
+        train=TrainConfig(elbo="analytic", lr=3e-3),
+    )
+    vae = VAE.from_config(config.model, digits.data_dim)
+    trainer = Trainer(vae, config.train)
+    trainer.train_epoch(digits.train.x, digits.val.x)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(
+        Checkpoint(config, digits.image_shape, vae.state_dict(), trainer.state_dict()), path
+    )
+    return config, vae, trainer, path
+
+
+def test_reloaded_model_gives_the_same_elbo_under_a_fixed_seed(trained, digits):
+    config, vae, _, path = trained
+    checkpoint = load_checkpoint(path.parent)  # the run directory works as well as the file
+    rebuilt = checkpoint.build_vae()
+    assert checkpoint.config == config and checkpoint.image_shape == (8, 8)
+    assert rebuilt.likelihood.scale == 0.5
+    pyro.set_rng_seed(7)
+    expected = elbo_per_datapoint(vae, digits.test.x)
+    pyro.set_rng_seed(7)
+    assert elbo_per_datapoint(rebuilt, digits.test.x) == expected
+
+
+def test_optimizer_state_and_history_continue(trained, digits):
+    config, _, trainer, path = trained
+    checkpoint = load_checkpoint(path)
+    resumed = Trainer(checkpoint.build_vae(), config.train)
+    resumed.load_state_dict(checkpoint.trainer_state)
+    assert resumed.epoch == 1 and resumed.history == trainer.history
+    original = trainer.optimizer.state_dict()["state"]
+    for key, state in resumed.optimizer.state_dict()["state"].items():
+        torch.testing.assert_close(state["exp_avg"], original[key]["exp_avg"])
+    assert resumed.train_epoch(digits.train.x, digits.val.x).epoch == 2
+
+
+def test_no_temporary_files_are_left_behind(trained):
+    *_, path = trained
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]
+
+
+def test_missing_damaged_and_foreign_checkpoints_are_user_errors(trained, tmp_path):
+    *_, path = trained
+    with pytest.raises(UserInputError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "nowhere")
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UserInputError, match="not a readable checkpoint"):
+        load_checkpoint(truncated)
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(UserInputError, match="not a pyro-vae checkpoint"):
+        load_checkpoint(foreign)
+
+    newer = tmp_path / "newer.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    torch.save(payload, newer)
+    with pytest.raises(UserInputError, match="upgrade pyro-vae"):
+        load_checkpoint(newer)

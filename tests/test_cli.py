@@ -1,0 +1,156 @@
+"""The command line, end to end, in process (typer's runner) and once as a real subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cli
+from pyro_vae import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--epochs", "2", "--hidden-dims", "32"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = run("train", "--out", out, *FAST, "--sigma", "0.2", "--elbo", "analytic")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_every_artefact(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert names == {
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+        "elbo_curve.png",
+        "reconstructions.png",
+        "samples.png",
+    }
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert set(metrics[0]) == {"epoch", "train_elbo", "val_elbo", "seconds"}
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["config"]["train"]["elbo"] == "analytic"
+    assert record["config"]["model"]["likelihood_options"] == {"sigma": 0.2}
+    assert record["environment"]["torch"] == str(torch.__version__)
+    checkpoint = load_checkpoint(run_dir)
+    assert len(checkpoint.trainer_state["history"]) == 2
+    assert checkpoint.trainer_state["optimizer"]["state"]  # Adam's moments, to continue training
+    for name in ("elbo_curve.png", "reconstructions.png", "samples.png"):
+        height, width, _ = matplotlib.image.imread(run_dir / name).shape
+        assert height > 50 and width > 50
+
+
+def test_train_prints_a_summary(tmp_path):
+    result = run("train", "--out", tmp_path / "run", *FAST)
+    assert result.exit_code == 0
+    assert "Validation ELBO:" in result.stdout
+    assert f"Run directory: {tmp_path / 'run'}" in result.stdout
+
+
+def test_an_existing_run_is_never_overwritten_silently(run_dir):
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    result = run("train", "--out", run_dir, *FAST)
+    assert result.exit_code == 2
+    assert "already holds files" in result.stderr and "--overwrite" in result.stderr
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+
+
+def test_overwrite_replaces_the_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert run("train", "--out", out, *FAST, "--overwrite").exit_code == 0
+    assert (out / "checkpoint.pt").is_file() and (out / "notes.txt").read_text() == "mine"
+
+
+BAD_OPTIONS = [
+    (["--elbo", "foo"], "'--elbo'"),
+    (["--epochs", "0"], "'--epochs'"),
+    (["--batch-size", "0"], "'--batch-size'"),
+    (["--latent-dim", "-1"], "'--latent-dim'"),
+    (["--lr", "0"], "'--lr'"),
+    (["--lr", "-0.1"], "'--lr'"),
+    (["--num-particles", "0"], "'--num-particles'"),
+    (["--hidden-dims", "64,x"], "'--hidden-dims'"),
+    (["--sigma", "0"], "'--sigma'"),
+    (["--likelihood", "bernoulli", "--sigma", "0.5"], "--sigma applies to"),
+    (["--likelihood", "bernoulli"], "binary"),
+    (["--prior", "nope"], "'--prior'"),
+    (["--device", "tpu"], "'--device'"),
+]
+if not torch.cuda.is_available():
+    BAD_OPTIONS.append((["--device", "cuda"], "CUDA is not available"))
+
+
+@pytest.mark.parametrize("args, named", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_options_get_a_one_line_error(args, named, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "--out", out, *args)
+    assert result.exit_code == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1 and named in error_lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()  # refused before anything was written
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    result = run("--debug", "sample", tmp_path / "missing")
+    assert result.exit_code != 0
+    assert "no checkpoint at" in str(result.exception)
+
+
+def test_sample_and_reconstruct_write_pngs(run_dir, tmp_path):
+    result = run("sample", run_dir, "--num", "12", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip())
+    assert path == run_dir / "samples-seed3.png" and path.stat().st_size > 0
+
+    out = tmp_path / "recon.png"
+    result = run("reconstruct", run_dir / "checkpoint.pt", "--num", "4", "--out", out)
+    assert result.exit_code == 0, result.output
+    height, width, _ = matplotlib.image.imread(out).shape
+    # one row of four inputs above one row of their reconstructions, plus the title band
+    assert width == (4 * 9 + 1) * 8 and height == (2 * 9 + 1) * 8 + 40
+
+
+def test_picture_commands_refuse_bad_paths(run_dir, tmp_path):
+    result = run("sample", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "no checkpoint at" in result.stderr
+    result = run("sample", run_dir, "--out", tmp_path / "data.npy")
+    assert result.exit_code == 2 and "must name a .png file" in result.stderr
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"not a checkpoint")
+    result = run("reconstruct", damaged)
+    assert result.exit_code == 2 and "not a readable checkpoint" in result.stderr
+
+
+def test_cli_py_runs_as_a_script():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--elbo" in result.stdout and "analytic" in result.stdout
+
+
+def test_installed_console_command_runs_the_same_app():
+    script = Path(sys.executable).with_name("pyro-vae")
+    if not script.exists():
+        pytest.skip("pyro-vae is not installed in this environment (pip install -e .)")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
+    assert all(command in result.stdout for command in ("train", "sample", "reconstruct"))
