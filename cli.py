@@ -32,6 +32,8 @@ from pyro_vae import (
     resolve_device,
     train_run,
 )
+from pyro_vae.config import BINARIZATIONS
+from pyro_vae.registry import accepts
 from pyro_vae.runs import save_reconstructions, save_samples
 
 app = typer.Typer(
@@ -54,6 +56,7 @@ Estimator = _choices("Estimator", ESTIMATORS)
 PriorName = _choices("PriorName", PRIORS)
 LikelihoodName = _choices("LikelihoodName", LIKELIHOODS)
 DatasetName = _choices("DatasetName", DATASETS)
+Binarization = _choices("Binarization", BINARIZATIONS)
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -186,26 +189,43 @@ def train(
             show_default="1.0",
         ),
     ] = None,
+    components: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Mixture components K of the mog and vamp priors.",
+            show_default="10 for mog, 50 for vamp",
+        ),
+    ] = None,
+    binarize: Annotated[
+        Binarization,
+        typer.Option(
+            help="Turn grey pixels into binary ones for the bernoulli likelihood: static "
+            "(sampled once) or dynamic (resampled every batch)."
+        ),
+    ] = DataConfig.binarize,
     seed: Annotated[
         int, typer.Option(help="Seed for weights, batch order and samples of z.")
     ] = TrainConfig.seed,
     device: DeviceOption = TrainConfig.device,
 ) -> None:
     """Train a VAE with SVI and write a run directory (checkpoint, metrics, pictures)."""
-    likelihood_options: dict[str, Any] = {}
-    if sigma is not None:
-        if likelihood.value != "gaussian":
-            raise UserInputError("--sigma applies to --likelihood gaussian only: drop --sigma")
-        likelihood_options["sigma"] = sigma
+    prior_options = _component_options(
+        PRIORS, "prior", prior.value, {"--components": ("num_components", components)}
+    )
+    likelihood_options = _component_options(
+        LIKELIHOODS, "likelihood", likelihood.value, {"--sigma": ("sigma", sigma)}
+    )
     config = RunConfig(
         model=ModelConfig(
             latent_dim=latent_dim,
             hidden_dims=tuple(int(size) for size in hidden_dims.split(",")),
             prior=prior.value,
             likelihood=likelihood.value,
+            prior_options=prior_options,
             likelihood_options=likelihood_options,
         ),
-        data=DataConfig(dataset=dataset.value),
+        data=DataConfig(dataset=dataset.value, binarize=binarize.value),
         train=TrainConfig(
             elbo=elbo.value,
             num_particles=num_particles,
@@ -227,9 +247,14 @@ def train(
     seconds = sum(m.seconds for m in result.history)
     typer.echo(
         f"Trained {final.epoch} epochs on {result.device} in {seconds:.1f} s of SVI steps "
-        f"({elbo.value} ELBO). Validation ELBO: {final.val_elbo:.2f} nats per image "
-        "(closed-form KL)."
+        f"({elbo.value} ELBO, {final.train_kl} KL). Validation ELBO: {final.val_elbo:.2f} "
+        f"nats per image ({final.val_kl} KL)."
     )
+    if elbo.value == "analytic" and final.train_kl != "closed-form":
+        typer.echo(
+            f"Note: the {prior.value} prior has no closed-form KL to the Gaussian guide, so "
+            "--elbo analytic (TraceMeanField_ELBO) estimated that term by Monte Carlo."
+        )
     typer.echo(f"Run directory: {result.run_dir}")
     for path in result.files:
         typer.echo(f"  {path.name}")
@@ -277,6 +302,21 @@ class _TrainingProgress:
             epoch=f"{min(metrics.epoch + 1, self.epochs)}/{self.epochs}",
             val=f"{metrics.val_elbo:.2f}",
         )
+
+
+def _component_options(
+    registry: Any, kind: str, name: str, flags: dict[str, tuple[str, Any]]
+) -> dict[str, Any]:
+    """The keyword arguments for component ``name`` from the flags the user set."""
+    options = {}
+    for flag, (parameter, value) in flags.items():
+        if value is None:
+            continue
+        if not accepts(registry, name, parameter):
+            takers = " or ".join(n for n in registry if accepts(registry, n, parameter))
+            raise UserInputError(f"{flag} applies to --{kind} {takers}, not {name}: drop {flag}")
+        options[parameter] = value
+    return options
 
 
 def _picture_path(run: Path, out: Path | None, default_name: str) -> Path:

@@ -12,13 +12,11 @@ validation ELBO next to the best model that ignores z (x ~ N(mean of the trainin
 
 import argparse
 import math
-import platform
-import sys
-import time
 from pathlib import Path
 
 import pyro
 import torch
+from common import provenance
 
 from pyro_vae import (
     VAE,
@@ -51,7 +49,7 @@ def run(sigmas: list[float], epochs: int, seed: int) -> list[dict[str, float]]:
         vae = VAE(data.data_dim, likelihood=GaussianLikelihood(data.data_dim, sigma=sigma))
         trainer = Trainer(vae, TrainConfig(elbo="analytic", seed=seed))
         for _ in range(epochs):
-            trainer.train_epoch(data.train.x, data.val.x)
+            trainer.train_epoch(data)
         pyro.set_rng_seed(seed)
         elbo = elbo_per_datapoint(vae, data.val.x, num_particles=64)
         baseline = no_latent_baseline(data.train.x, data.val.x, sigma)
@@ -68,14 +66,13 @@ def run(sigmas: list[float], epochs: int, seed: int) -> list[dict[str, float]]:
     return rows
 
 
-def report(rows: list[dict[str, float]], epochs: int, seed: int, command: str) -> str:
+def report(rows: list[dict[str, float]], epochs: int, seed: int, provenance_line: str) -> str:
     lines = [
         "# Posterior collapse and the likelihood's σ (built-in digits, 8 latent dimensions)",
         "",
-        f"Command: `{command}` · seed {seed} · {epochs} epochs, analytic-KL ELBO, Adam 1e-3, "
-        f"batch 64 · torch {torch.__version__}, pyro {pyro.__version__}, "
-        f"Python {platform.python_version()} on {platform.machine()} CPU · "
-        f"{time.strftime('%Y-%m-%d')}",
+        provenance_line,
+        "",
+        f"Seed {seed} · {epochs} epochs, analytic-KL ELBO, Adam 1e-3, batch 64.",
         "",
         "| σ | eigenvalues of the data covariance above σ² | active units (of 8) "
         "| KL (nats/image) | validation ELBO | ELBO of a model that ignores z | gain from z |",
@@ -105,9 +102,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     epochs = 3 if args.quick else args.epochs
     rows = run(args.sigmas, epochs, args.seed)
-    command = "python experiments/posterior_collapse.py " + " ".join(argv or sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(rows, epochs, args.seed, command.strip()))
+    args.out.write_text(report(rows, epochs, args.seed, provenance(Path(__file__).name, argv)))
     return args.out
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from pyro_vae.errors import UserInputError
 
 ELBO_ESTIMATORS = ("mc", "analytic")  # see objectives.py for what each one computes
+BINARIZATIONS = ("none", "static", "dynamic")  # see data.py
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -47,8 +48,13 @@ class DataConfig:
     val_fraction: float = 0.1  # share of the images held out for the per-epoch validation ELBO
     test_fraction: float = 0.1  # share held out for final evaluation and pictures
     split_seed: int = 0  # apart from the training seed: --seed never changes the held-out images
+    binarize: str = "none"  # "static": sample x ~ Bernoulli(pixel) once; "dynamic": every batch
 
     def __post_init__(self) -> None:
+        _require(
+            self.binarize in BINARIZATIONS,
+            f"unknown binarization {self.binarize!r}: choose one of {', '.join(BINARIZATIONS)}",
+        )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             _require(0 < value < 1, f"{name} must lie strictly between 0 and 1, got {value}")

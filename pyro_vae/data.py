@@ -3,6 +3,10 @@
 Each dataset is a loader function in ``DATASETS``; adding a dataset means writing one such function.
 Images are flattened to (N, D) float32 tensors with values in [0, 1]; ``image_shape`` remembers
 their height and width for pictures.
+
+Binarization, for the Bernoulli likelihood, follows the IWAE literature: ``static`` draws every
+pixel x ~ Bernoulli(grey value) once, with a fixed seed; ``dynamic`` draws the training images
+afresh in every batch (a regulariser) and the validation and test images once.
 """
 
 from collections.abc import Callable, Iterator
@@ -28,6 +32,7 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    binarize: str = "none"  # under "dynamic", train.x holds grey values, binarized per batch
 
     @property
     def data_dim(self) -> int:
@@ -40,7 +45,18 @@ class Dataset:
             return Split(split.x.to(device), split.labels.to(device))
 
         splits = move(self.train), move(self.val), move(self.test)
-        return Dataset(self.name, self.image_shape, *splits)
+        return Dataset(self.name, self.image_shape, *splits, binarize=self.binarize)
+
+    def train_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """One epoch of shuffled training mini-batches, binarized afresh under ``dynamic``."""
+        for batch in shuffled_batches(self.train.x, batch_size):
+            yield torch.bernoulli(batch) if self.binarize == "dynamic" else batch
+
+    def modelled_splits(self) -> list[Split]:
+        """The splits as the model sees them (a dynamically binarized train split never is)."""
+        if self.binarize == "dynamic":
+            return [self.val, self.test]
+        return [self.train, self.val, self.test]
 
 
 # A loader returns all images (N, D) in [0, 1], their labels (N,), and the image shape (H, W).
@@ -77,13 +93,27 @@ def load_dataset(config: DataConfig) -> Dataset:
             f"{config.val_fraction} and {config.test_fraction}"
         )
     val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    binary = _binarize(x, config) if config.binarize != "none" else x
     return Dataset(
         name=config.dataset,
         image_shape=image_shape,
-        train=Split(x[train], labels[train]),
-        val=Split(x[val], labels[val]),
-        test=Split(x[test], labels[test]),
+        train=Split((x if config.binarize == "dynamic" else binary)[train], labels[train]),
+        val=Split(binary[val], labels[val]),
+        test=Split(binary[test], labels[test]),
+        binarize=config.binarize,
     )
+
+
+def _binarize(x: torch.Tensor, config: DataConfig) -> torch.Tensor:
+    """x ~ Bernoulli(grey value) per pixel, drawn from the split seed's own generator."""
+    low, high = x.min().item(), x.max().item()
+    if low < 0 or high > 1:
+        raise UserInputError(
+            f"binarizing needs grey values in [0, 1], but {config.dataset} holds values in "
+            f"[{low:g}, {high:g}]: rescale the data or drop the binarization"
+        )
+    # Its own generator: the binary images depend on the split seed only, never on --seed.
+    return torch.bernoulli(x, generator=torch.Generator().manual_seed(config.split_seed))
 
 
 def shuffled_batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

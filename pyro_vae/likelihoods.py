@@ -8,10 +8,12 @@ To add a likelihood, write such a class and register it in ``LIKELIHOODS``.
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
 from pyro_vae.errors import UserInputError
+from pyro_vae.priors import inverse_softplus
 from pyro_vae.registry import build
 
 
@@ -33,10 +35,33 @@ class Likelihood(nn.Module):
         inside = self.support.check(x) & torch.isfinite(x)
         if not bool(inside.all()):
             bad = x[~inside][0].item()
+            hint = " (binarize them)" if self.support is constraints.boolean else ""
             raise UserInputError(
                 f"the {type(self).__name__} needs data that are {self.support_description}, "
-                f"but the data hold {bad!r}: choose a likelihood that fits the data"
+                f"but the data hold {bad!r}: choose a likelihood that fits the data{hint}"
             )
+
+
+class LearnedScale(nn.Module):
+    """A per-dimension scale, learnt through a softplus and kept above ``min_scale``.
+
+    The floor matters: a pixel that is constant in the data (the border of the digits) would
+    otherwise drive its scale to 0 and the likelihood, hence the ELBO, to +∞.
+    """
+
+    def __init__(self, data_dim: int, min_scale: float, initial_scale: float = 1.0):
+        super().__init__()
+        if not 0 < min_scale < initial_scale:
+            raise UserInputError(
+                f"min_scale must lie between 0 and the initial scale {initial_scale}, "
+                f"got {min_scale}"
+            )
+        self.min_scale = min_scale
+        start = torch.full((data_dim,), initial_scale - min_scale)
+        self.raw = nn.Parameter(inverse_softplus(start))
+
+    def forward(self) -> torch.Tensor:
+        return self.min_scale + F.softplus(self.raw)  # (data_dim,)
 
 
 class GaussianLikelihood(Likelihood):
@@ -52,6 +77,17 @@ class GaussianLikelihood(Likelihood):
         return dist.Normal(x_hat, self.scale).to_event(1)
 
 
+class LearnedGaussianLikelihood(Likelihood):
+    """p(x|z) = N(x; x̂, diag σ²) with one learnt σ_d per dimension, σ_d ≥ ``min_sigma``."""
+
+    def __init__(self, data_dim: int, min_sigma: float = 0.01):
+        super().__init__(data_dim)
+        self.sigma = LearnedScale(data_dim, min_sigma)
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(x_hat, self.sigma()).to_event(1)
+
+
 class BernoulliLikelihood(Likelihood):
     """p(x|z) = Π_d Bernoulli(x_d; sigmoid(x̂_d)), for binary data; x̂ are logits."""
 
@@ -62,9 +98,39 @@ class BernoulliLikelihood(Likelihood):
         return dist.Bernoulli(logits=x_hat).to_event(1)
 
 
+class ContinuousBernoulliLikelihood(Likelihood):
+    """p(x|z) = Π_d C(λ_d) λ_d^x_d (1 − λ_d)^(1 − x_d), λ = sigmoid(x̂), for data in [0, 1].
+
+    Loaiza-Ganem & Cunningham, "The continuous Bernoulli", NeurIPS 2019: the Bernoulli
+    likelihood that VAEs often apply to grey pixels, normalised. torch computes log C(λ) with a
+    Taylor expansion near λ = 0.5, where the closed form is 0/0 (tests check it by integration).
+    The image of a code is the distribution's mean, which is not λ.
+    """
+
+    support = constraints.unit_interval
+    support_description = "in [0, 1]"
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        return dist.ContinuousBernoulli(logits=x_hat).to_event(1)
+
+
+class LaplaceLikelihood(Likelihood):
+    """p(x|z) = Π_d Laplace(x_d; x̂_d, b_d), one learnt scale b_d ≥ ``min_scale`` per dimension."""
+
+    def __init__(self, data_dim: int, min_scale: float = 0.01):
+        super().__init__(data_dim)
+        self.scale = LearnedScale(data_dim, min_scale)
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        return dist.Laplace(x_hat, self.scale()).to_event(1)
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     "gaussian": GaussianLikelihood,
+    "gaussian-learned": LearnedGaussianLikelihood,
     "bernoulli": BernoulliLikelihood,
+    "continuous-bernoulli": ContinuousBernoulliLikelihood,
+    "laplace": LaplaceLikelihood,
 }
 
 

@@ -7,7 +7,8 @@ Pyro reparameterises z = μ + σ ⊙ ε, ε ~ N(0, I) because the guide's Normal
 E_q[log p_θ(x|z)] − KL(q_φ(z|x) ‖ p(z)) is estimated by the objectives in ``objectives.py``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -24,7 +25,8 @@ class VAE(PyroModule):
     """A variational autoencoder whose ``model`` and ``guide`` are ordinary Pyro callables.
 
     ``prior`` and ``likelihood`` are registry names (see ``priors.PRIORS`` and
-    ``likelihoods.LIKELIHOODS``) or module instances. Being a ``PyroModule``, the VAE registers the
+    ``likelihoods.LIKELIHOODS``), with keyword arguments in ``prior_options`` and
+    ``likelihood_options``, or module instances. Being a ``PyroModule``, the VAE registers the
     parameters of its plain ``nn.Module`` children with Pyro whenever ``model`` or ``guide`` reads
     them, so ``SVI(vae.model, vae.guide, optim, elbo)`` trains every parameter.
     """
@@ -36,14 +38,19 @@ class VAE(PyroModule):
         hidden_dims: Sequence[int] = ModelConfig.hidden_dims,
         prior: "str | Prior" = ModelConfig.prior,
         likelihood: "str | Likelihood" = ModelConfig.likelihood,
+        prior_options: Mapping[str, Any] | None = None,
+        likelihood_options: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.encoder = Encoder(data_dim, hidden_dims, latent_dim)
         self.decoder = Decoder(latent_dim, tuple(reversed(hidden_dims)), data_dim)
-        self.prior = build_prior(prior, latent_dim)
-        self.likelihood = build_likelihood(likelihood, data_dim)
+        # A prior may ask for the encoder (the VampPrior does), so it is built after it.
+        self.prior = build_prior(
+            prior, latent_dim, data_dim=data_dim, encoder=self.encoder, **(prior_options or {})
+        )
+        self.likelihood = build_likelihood(likelihood, data_dim, **(likelihood_options or {}))
         _check_event_shape(self.prior(), (latent_dim,), "prior p(z)")
         _check_event_shape(self.likelihood(torch.zeros(data_dim)), (data_dim,), "likelihood p(x|z)")
 
@@ -53,8 +60,10 @@ class VAE(PyroModule):
             data_dim,
             latent_dim=config.latent_dim,
             hidden_dims=config.hidden_dims,
-            prior=build_prior(config.prior, config.latent_dim, **config.prior_options),
-            likelihood=build_likelihood(config.likelihood, data_dim, **config.likelihood_options),
+            prior=config.prior,
+            likelihood=config.likelihood,
+            prior_options=config.prior_options,
+            likelihood_options=config.likelihood_options,
         )
 
     @pyro_method

@@ -10,6 +10,9 @@ Both estimate the same ELBO; they differ in variance. ``num_particles > 1`` aver
 samples of z, vectorised over an extra batch dimension rather than looped.
 """
 
+import pyro.distributions as dist
+import torch
+from pyro.distributions.kl import kl_divergence
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.errors import UserInputError
@@ -31,3 +34,20 @@ def make_elbo(estimator: str = "mc", num_particles: int = 1) -> ELBO:
         vectorize_particles=num_particles > 1,
         max_plate_nesting=1,  # the data plate; saves Pyro a trial run to guess it
     )
+
+
+def kl_method(estimator: str, prior: dist.Distribution) -> str:
+    """How ``estimator`` treats KL(q_φ(z|x) ‖ p(z)) for this prior: "closed-form" or "monte-carlo".
+
+    ``analytic`` computes the KL in closed form only where Pyro has a formula for the guide's
+    diagonal Gaussian against ``prior``; elsewhere TraceMeanField_ELBO quietly samples it. Asking
+    here lets a run say which one it got, so no comparison mixes them up unnoticed.
+    """
+    if estimator == "mc":
+        return "monte-carlo"
+    guide_family = dist.Normal(torch.zeros_like(prior.mean), 1.0).to_event(1)
+    try:
+        kl_divergence(guide_family.expand([1]), prior.expand([1]))
+    except NotImplementedError:
+        return "monte-carlo"
+    return "closed-form"

@@ -72,13 +72,13 @@ def save_reconstructions(
     )
 
 
-def save_elbo_curve(history: Sequence[EpochMetrics], path: Path, train_label: str) -> Path:
-    """Training and validation ELBO (nats per image) against epochs."""
+def save_elbo_curve(history: Sequence[EpochMetrics], path: Path) -> Path:
+    """Training and validation ELBO (nats per image) against epochs, each labelled with its KL."""
     epochs = [m.epoch for m in history]
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()
-    axes.plot(epochs, [m.train_elbo for m in history], label=f"train ({train_label})")
-    axes.plot(epochs, [m.val_elbo for m in history], label="validation (closed-form KL)")
+    axes.plot(epochs, [m.train_elbo for m in history], label=f"train ({history[0].train_kl} KL)")
+    axes.plot(epochs, [m.val_elbo for m in history], label=f"validation ({history[0].val_kl} KL)")
     axes.set_xlabel("epoch")
     axes.set_ylabel("ELBO (nats per image)")
     axes.grid(alpha=0.3)

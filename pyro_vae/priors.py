@@ -3,14 +3,16 @@
 A prior is a small ``nn.Module`` whose ``forward()`` returns a ``pyro.distributions`` object with
 ``event_shape == (latent_dim,)``; the model samples ``z`` from it inside the data plate, which
 broadcasts it over the batch. Learnable values are ``nn.Parameter``s, so ``state_dict()`` holds
-them.
-To add a prior, write such a class and register it in ``PRIORS`` (or pass an instance to ``VAE``).
+them. To add a prior, write such a class and register it in ``PRIORS`` (or pass an instance to
+``VAE``). A constructor may ask for ``data_dim`` or ``encoder`` by name; the VAE supplies them.
 """
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from pyro_vae.networks import Encoder
 from pyro_vae.registry import build
 
 
@@ -23,6 +25,11 @@ class Prior(nn.Module):
 
     def forward(self) -> dist.Distribution:
         raise NotImplementedError
+
+
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """x with softplus(x) = y: initialises a positive value kept positive by a softplus."""
+    return y + torch.log(-torch.expm1(-y))
 
 
 class StandardNormalPrior(Prior):
@@ -38,11 +45,73 @@ class StandardNormalPrior(Prior):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
+class GaussianPrior(Prior):
+    """p(z) = N(z; m, diag s²) with learnt m and s; the KL to the guide stays in closed form."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__(latent_dim)
+        self.loc = nn.Parameter(torch.zeros(latent_dim))  # starts as N(0, I)
+        self.raw_scale = nn.Parameter(inverse_softplus(torch.ones(latent_dim)))
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, F.softplus(self.raw_scale)).to_event(1)
+
+
+class MixtureOfGaussiansPrior(Prior):
+    """p(z) = Σ_k π_k N(z; m_k, diag s_k²), all learnt; no closed-form KL to the guide."""
+
+    def __init__(self, latent_dim: int, num_components: int = 10):
+        super().__init__(latent_dim)
+        # Spread-out means break the symmetry between components; equal weights to start.
+        self.locs = nn.Parameter(torch.randn(num_components, latent_dim))
+        self.raw_scales = nn.Parameter(inverse_softplus(torch.ones(num_components, latent_dim)))
+        self.logits = nn.Parameter(torch.zeros(num_components))  # π = softmax(logits)
+
+    def forward(self) -> dist.Distribution:
+        components = dist.Normal(self.locs, F.softplus(self.raw_scales)).to_event(1)  # batch (K,)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+class VampPrior(Prior):
+    """p(z) = (1/K) Σ_k q_φ(z | u_k): the guide's posteriors at K learnt pseudo-inputs u_k.
+
+    Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018. The pseudo-inputs live in data space
+    and are learnt through the encoder, which the prior shares with the guide.
+    """
+
+    def __init__(self, latent_dim: int, data_dim: int, encoder: Encoder, num_components: int = 50):
+        super().__init__(latent_dim)
+        self.pseudo_inputs = nn.Parameter(torch.rand(num_components, data_dim))  # like [0, 1] data
+        # A plain reference, not a submodule: the VAE owns the encoder's parameters (and moves
+        # and checkpoints them); registering it here too would list every weight twice.
+        self.__dict__["encoder"] = encoder
+        self.register_buffer("logits", torch.zeros(num_components), persistent=False)
+
+    def forward(self) -> dist.Distribution:
+        loc, scale = self.encoder(self.pseudo_inputs)  # (K, latent_dim) each
+        components = dist.Normal(loc, scale).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
 PRIORS: dict[str, type[Prior]] = {
     "standard": StandardNormalPrior,
+    "gaussian": GaussianPrior,
+    "mog": MixtureOfGaussiansPrior,
+    "vamp": VampPrior,
 }
 
 
-def build_prior(prior: "str | Prior", latent_dim: int, **options: object) -> Prior:
-    """The prior registered as ``prior`` for ``latent_dim``, or ``prior`` itself if a module."""
-    return build(PRIORS, prior, "prior", latent_dim, **options)
+def build_prior(
+    prior: "str | Prior",
+    latent_dim: int,
+    *,
+    data_dim: int | None = None,
+    encoder: Encoder | None = None,
+    **options: object,
+) -> Prior:
+    """The prior registered as ``prior`` for ``latent_dim``, or ``prior`` itself if a module.
+
+    ``data_dim`` and ``encoder`` reach only the priors whose constructors ask for them.
+    """
+    context = {"data_dim": data_dim, "encoder": encoder}
+    return build(PRIORS, prior, "prior", latent_dim, context=context, **options)

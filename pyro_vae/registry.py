@@ -16,9 +16,14 @@ def build(
     spec: "str | Component",
     kind: str,
     *args: Any,
+    context: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Component:
-    """``spec`` itself if it is a module, else an instance of the class registered under it."""
+    """``spec`` itself if it is a module, else an instance of the class registered under it.
+
+    ``options`` are the user's settings for the component; ``context`` holds what the VAE can
+    provide (such as the encoder), passed on only to constructors with a parameter of that name.
+    """
     if isinstance(spec, nn.Module):
         return spec
     try:
@@ -27,8 +32,15 @@ def build(
         raise UserInputError(
             f"unknown {kind} {spec!r}: choose one of {', '.join(registry)}"
         ) from None
+    parameters = inspect.signature(cls).parameters
+    supplied = {name: value for name, value in (context or {}).items() if name in parameters}
     try:  # check the options against the signature first, so a TypeError inside stays a bug
-        inspect.signature(cls).bind(*args, **options)
+        inspect.signature(cls).bind(*args, **supplied, **options)
     except TypeError as error:
         raise UserInputError(f"bad options for {kind} {spec!r}: {error}") from None
-    return cls(*args, **options)
+    return cls(*args, **supplied, **options)
+
+
+def accepts(registry: Mapping[str, type[nn.Module]], name: str, option: str) -> bool:
+    """Whether the component registered as ``name`` takes the keyword argument ``option``."""
+    return option in inspect.signature(registry[name]).parameters

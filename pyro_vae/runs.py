@@ -73,7 +73,7 @@ def train_run(
     pyro.set_rng_seed(config.train.seed)
     data = load_dataset(config.data).to(device)
     vae = VAE.from_config(config.model, data.data_dim).to(device)
-    for split in (data.train, data.val, data.test):
+    for split in data.modelled_splits():
         vae.likelihood.check_data(split.x)
     trainer = Trainer(vae, config.train)
 
@@ -82,7 +82,7 @@ def train_run(
     (run_dir / CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     (run_dir / METRICS).write_text("")
     for _ in range(config.train.epochs):
-        metrics = trainer.train_epoch(data.train.x, data.val.x, on_step)
+        metrics = trainer.train_epoch(data, on_step)
         with open(run_dir / METRICS, "a") as file:
             file.write(json.dumps(asdict(metrics)) + "\n")
         save_checkpoint(
@@ -97,7 +97,7 @@ def train_run(
             vae, data.test.x[:NUM_RECONSTRUCTIONS], data.image_shape, run_dir / RECONSTRUCTIONS
         ),
         save_samples(vae, data.image_shape, run_dir / SAMPLES, NUM_SAMPLES, config.train.seed),
-        plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE, train_label=config.train.elbo),
+        plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),
     ]
     files = [run_dir / name for name in (CHECKPOINT, CONFIG, METRICS)] + pictures
     return RunResult(run_dir, device, trainer.history, files)

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import shuffled_batches
+from pyro_vae.data import Dataset
 from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import elbo_per_datapoint
 from pyro_vae.model import VAE
-from pyro_vae.objectives import make_elbo
+from pyro_vae.objectives import kl_method, make_elbo
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,8 +39,10 @@ def resolve_device(name: str) -> torch.device:
 class EpochMetrics:
     epoch: int  # counted from 1
     train_elbo: float  # nats per image, the training estimator, averaged over the epoch's steps
-    val_elbo: float  # nats per image on the validation split: closed-form KL, val_particles samples
+    val_elbo: float  # nats per image on the validation split, val_particles samples of z
     seconds: float  # wall-clock time of the epoch's training steps (validation excluded)
+    train_kl: str  # how training treated the KL term: "closed-form" or "monte-carlo"
+    val_kl: str  # the same for the validation ELBO (closed form wherever the prior allows)
 
 
 # Called after every step with (step within the epoch, steps per epoch, loss as a 0-dim tensor).
@@ -62,6 +64,8 @@ class Trainer:
         self.elbo = make_elbo(config.elbo, config.num_particles)
         self.optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
         self.history: list[EpochMetrics] = []
+        self.train_kl = kl_method(config.elbo, vae.prior())
+        self.val_kl = kl_method("analytic", vae.prior())
 
     @property
     def epoch(self) -> int:
@@ -78,22 +82,23 @@ class Trainer:
         self.optimizer.step()
         return loss.detach() / batch.shape[0]
 
-    def train_epoch(
-        self, train_x: torch.Tensor, val_x: torch.Tensor, on_step: StepCallback | None = None
-    ) -> EpochMetrics:
-        """One pass over ``train_x`` in shuffled mini-batches, then the validation ELBO."""
+    def train_epoch(self, data: Dataset, on_step: StepCallback | None = None) -> EpochMetrics:
+        """One pass over the training split in shuffled mini-batches, then the validation ELBO."""
         start = time.perf_counter()
-        num_steps = ceil(train_x.shape[0] / self.config.batch_size)
-        loss_sum = torch.zeros((), device=train_x.device)  # summed on the device: one sync an epoch
-        for step, batch in enumerate(shuffled_batches(train_x, self.config.batch_size), start=1):
+        num_train = data.train.x.shape[0]
+        num_steps = ceil(num_train / self.config.batch_size)
+        loss_sum = torch.zeros((), device=data.train.x.device)  # on the device: one sync an epoch
+        for step, batch in enumerate(data.train_batches(self.config.batch_size), start=1):
             loss = self.step(batch)
             loss_sum += loss * batch.shape[0]
             if on_step is not None:
                 on_step(step, num_steps, loss)
-        train_elbo = -loss_sum.item() / train_x.shape[0]
+        train_elbo = -loss_sum.item() / num_train
         seconds = time.perf_counter() - start
-        val_elbo = elbo_per_datapoint(self.vae, val_x, num_particles=self.config.val_particles)
-        metrics = EpochMetrics(self.epoch + 1, train_elbo, val_elbo, seconds)
+        val_elbo = elbo_per_datapoint(self.vae, data.val.x, num_particles=self.config.val_particles)
+        metrics = EpochMetrics(
+            self.epoch + 1, train_elbo, val_elbo, seconds, self.train_kl, self.val_kl
+        )
         self.history.append(metrics)
         return metrics
 

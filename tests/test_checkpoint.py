@@ -24,7 +24,7 @@ def trained(digits, tmp_path):
     )
     vae = VAE.from_config(config.model, digits.data_dim)
     trainer = Trainer(vae, config.train)
-    trainer.train_epoch(digits.train.x, digits.val.x)
+    trainer.train_epoch(digits)
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(
         Checkpoint(config, digits.image_shape, vae.state_dict(), trainer.state_dict()), path
@@ -53,7 +53,7 @@ def test_optimizer_state_and_history_continue(trained, digits):
     original = trainer.optimizer.state_dict()["state"]
     for key, state in resumed.optimizer.state_dict()["state"].items():
         torch.testing.assert_close(state["exp_avg"], original[key]["exp_avg"])
-    assert resumed.train_epoch(digits.train.x, digits.val.x).epoch == 2
+    assert resumed.train_epoch(digits).epoch == 2
 
 
 def test_no_temporary_files_are_left_behind(trained):

@@ -41,7 +41,8 @@ def test_train_writes_every_artefact(run_dir):
     }
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert set(metrics[0]) == {"epoch", "train_elbo", "val_elbo", "seconds"}
+    assert set(metrics[0]) == {"epoch", "train_elbo", "val_elbo", "seconds", "train_kl", "val_kl"}
+    assert metrics[0]["train_kl"] == metrics[0]["val_kl"] == "closed-form"
     record = json.loads((run_dir / "config.json").read_text())
     assert record["config"]["train"]["elbo"] == "analytic"
     assert record["config"]["model"]["likelihood_options"] == {"sigma": 0.2}
@@ -90,6 +91,10 @@ BAD_OPTIONS = [
     (["--likelihood", "bernoulli", "--sigma", "0.5"], "--sigma applies to"),
     (["--likelihood", "bernoulli"], "binary"),
     (["--prior", "nope"], "'--prior'"),
+    (["--components", "3"], "--components applies to --prior mog or vamp"),
+    (["--prior", "mog", "--components", "0"], "'--components'"),
+    (["--binarize", "sometimes"], "'--binarize'"),
+    (["--likelihood", "continuous-bernoulli", "--sigma", "0.1"], "--sigma applies to"),
     (["--device", "tpu"], "'--device'"),
 ]
 if not torch.cuda.is_available():
@@ -105,6 +110,34 @@ def test_bad_options_get_a_one_line_error(args, named, tmp_path):
     assert len(error_lines) == 1 and named in error_lines[0]
     assert "Traceback" not in result.output
     assert not out.exists()  # refused before anything was written
+
+
+def test_a_prior_without_closed_form_kl_is_reported_and_sampled_from(tmp_path):
+    out = tmp_path / "run"
+    result = run(
+        "train",
+        "--out",
+        out,
+        *FAST,
+        "--prior",
+        "vamp",
+        "--components",
+        "5",
+        "--likelihood",
+        "bernoulli",
+        "--binarize",
+        "static",
+        "--elbo",
+        "analytic",
+    )
+    assert result.exit_code == 0, result.output
+    assert "monte-carlo KL" in result.stdout
+    assert "the vamp prior has no closed-form KL" in result.stdout
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["train_kl"] == metrics["val_kl"] == "monte-carlo"
+    result = run("sample", out, "--num", "8")
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip()).stat().st_size > 0
 
 
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path):

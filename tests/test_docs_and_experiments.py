@@ -16,6 +16,7 @@ def test_readme_python_example_runs(capsys):
     printed = capsys.readouterr().out
     assert "validation ELBO:" in printed
     assert "torch.Size([10, 4, 8])" in printed
+    assert "monte-carlo KL, validation ELBO" in printed  # the user-defined Student-t prior
 
 
 def test_posterior_collapse_experiment_quick_mode(tmp_path, monkeypatch):
@@ -30,3 +31,14 @@ def test_posterior_collapse_experiment_quick_mode(tmp_path, monkeypatch):
     # σ = 1: no eigenvalue of the digits' covariance exceeds σ²: PPCA predicts no latent direction
     assert table[1].startswith("| 1 | 0 |")
     sys.modules.pop("posterior_collapse", None)
+
+
+def test_priors_experiment_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import priors
+
+    out = priors.main(["--quick", "--priors", "standard", "vamp", "--out", str(tmp_path / "p.md")])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| digits")]
+    assert [row.split(" | ")[1] for row in rows] == ["standard", "vamp"]
+    assert rows[0].split(" | ")[2] == "yes" and rows[1].split(" | ")[2] == "no"
+    sys.modules.pop("priors", None)

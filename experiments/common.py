@@ -1,0 +1,21 @@
+"""What every experiment report states about where its numbers came from."""
+
+import os
+import platform
+import sys
+import time
+
+import pyro
+import torch
+
+
+def provenance(script: str, argv: list[str] | None) -> str:
+    """One markdown line: the command that reproduces the report, versions, machine and date."""
+    args = " ".join(sys.argv[1:] if argv is None else argv)
+    command = f"python experiments/{script} {args}".strip()
+    return (
+        f"Command: `{command}` · torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"Python {platform.python_version()} · {platform.machine()} CPU, "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads · "
+        f"{time.strftime('%Y-%m-%d')}"
+    )

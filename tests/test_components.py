@@ -1,0 +1,225 @@
+"""Every prior and likelihood in the registries, and the properties each one promises.
+
+The registry-wide tests enumerate ``PRIORS`` and ``LIKELIHOODS``: a new component is tested by
+registering it, without touching this file.
+"""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_vae import (
+    LIKELIHOODS,
+    PRIORS,
+    VAE,
+    Checkpoint,
+    DataConfig,
+    TrainConfig,
+    Trainer,
+    UserInputError,
+    elbo_per_datapoint,
+    load_checkpoint,
+    load_dataset,
+    make_elbo,
+    save_checkpoint,
+)
+from pyro_vae.config import ModelConfig, RunConfig
+from pyro_vae.likelihoods import ContinuousBernoulliLikelihood, LearnedScale
+from pyro_vae.objectives import kl_method
+
+LATENT_DIM = 3
+
+
+@pytest.fixture(scope="module")
+def binary_digits():
+    """Statically binarized digits: in the support of every likelihood, real or binary."""
+    return load_dataset(DataConfig(binarize="static"))
+
+
+def small_vae(prior: str, likelihood: str, data_dim: int = 64, **options) -> VAE:
+    return VAE(
+        data_dim, LATENT_DIM, hidden_dims=(32,), prior=prior, likelihood=likelihood, **options
+    )
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("prior", PRIORS)
+def test_every_prior_and_likelihood_traces_and_trains(prior, likelihood, binary_digits):
+    vae = small_vae(prior, likelihood)
+    x = binary_digits.train.x[:16]
+    vae.likelihood.check_data(x)
+    trace = poutine.trace(vae.model).get_trace(x)
+    assert trace.nodes["z"]["value"].shape == (16, LATENT_DIM)
+    for estimator in ("mc", "analytic"):
+        loss = make_elbo(estimator).differentiable_loss(vae.model, vae.guide, x)
+        assert torch.isfinite(loss)
+    before = elbo_per_datapoint(vae, binary_digits.val.x)
+    trainer = Trainer(vae, TrainConfig(elbo="analytic", lr=3e-3))
+    after = trainer.train_epoch(binary_digits).val_elbo
+    assert math.isfinite(after) and after > before
+    learnable = [p for p in [*vae.prior.parameters(), *vae.likelihood.parameters()]]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learnable)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_prior_sample_and_log_prob_shapes(prior):
+    p = small_vae(prior, "gaussian").prior()
+    assert p.event_shape == (LATENT_DIM,)
+    z = p.sample((5,))
+    assert z.shape == (5, LATENT_DIM)
+    assert p.log_prob(z).shape == (5,)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_likelihood_shapes_and_mean(likelihood):
+    x_hat = torch.randn(5, 64)
+    p = small_vae("standard", likelihood).likelihood(x_hat)
+    assert p.event_shape == (64,) and p.batch_shape == (5,)
+    assert p.mean.shape == (5, 64)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_checkpoint_rebuilds_the_trained_prior(prior, binary_digits, tmp_path):
+    config = RunConfig(
+        model=ModelConfig(latent_dim=LATENT_DIM, hidden_dims=(32,), prior=prior),
+        data=DataConfig(binarize="static"),
+    )
+    vae = VAE.from_config(config.model, 64)
+    trainer = Trainer(vae, TrainConfig(lr=1e-2))
+    trainer.train_epoch(binary_digits)
+    save_checkpoint(
+        Checkpoint(config, (8, 8), vae.state_dict(), trainer.state_dict()), tmp_path / "c.pt"
+    )
+    rebuilt = load_checkpoint(tmp_path / "c.pt").build_vae()
+    pyro.set_rng_seed(3)
+    expected = vae.generate(6)
+    pyro.set_rng_seed(3)
+    torch.testing.assert_close(rebuilt.generate(6), expected)
+
+
+def test_mixture_weights_sum_to_one():
+    prior = small_vae("mog", "gaussian", prior_options={"num_components": 7}).prior
+    with torch.no_grad():
+        prior.logits.normal_()
+    weights = prior().mixture_distribution.probs
+    assert weights.shape == (7,)
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+
+
+def test_vamp_pseudo_inputs_learn_through_the_encoder(binary_digits):
+    vae = small_vae("vamp", "bernoulli", prior_options={"num_components": 5})
+    assert vae.prior.pseudo_inputs.shape == (5, 64)
+    # the encoder is shared with the guide, not copied into the prior
+    assert vae.prior.encoder is vae.encoder
+    assert not any(name.startswith("prior.encoder") for name in vae.state_dict())
+    loss = make_elbo("analytic").differentiable_loss(
+        vae.model, vae.guide, binary_digits.train.x[:32]
+    )
+    loss.backward()
+    assert vae.prior.pseudo_inputs.grad.abs().sum() > 0
+
+
+def test_learnable_gaussian_prior_kl_matches_torch(digits):
+    vae = small_vae("gaussian", "gaussian")
+    x = digits.val.x[:10]
+    with torch.no_grad():
+        vae.prior.loc.normal_()
+        vae.prior.raw_scale.normal_()
+        loc, scale = vae.encoder(x)
+        prior = vae.prior()
+        expected = torch.distributions.kl_divergence(
+            torch.distributions.Normal(loc, scale),
+            torch.distributions.Normal(prior.base_dist.loc, prior.base_dist.scale),
+        ).sum()
+        kl = make_elbo("analytic").differentiable_loss(
+            poutine.block(vae.model, hide=["x"]), vae.guide, x
+        )
+    torch.testing.assert_close(kl, expected)
+
+
+@pytest.mark.parametrize(
+    "prior, expected",
+    [
+        ("standard", "closed-form"),
+        ("gaussian", "closed-form"),
+        ("mog", "monte-carlo"),
+        ("vamp", "monte-carlo"),
+    ],
+)
+def test_which_kl_each_estimator_uses(prior, expected):
+    p = small_vae(prior, "gaussian").prior()
+    assert kl_method("analytic", p) == expected
+    assert kl_method("mc", p) == "monte-carlo"
+
+
+@pytest.mark.parametrize(
+    "lam", [1e-3, 0.2, 0.499, 0.4999, 0.49999, 0.5, 0.50001, 0.5001, 0.8, 0.999]
+)
+def test_continuous_bernoulli_is_normalised_near_one_half_too(lam):
+    likelihood = ContinuousBernoulliLikelihood(1).double()
+    logit = torch.logit(torch.tensor([[lam]], dtype=torch.float64))
+    x = torch.linspace(0, 1, 20001, dtype=torch.float64).unsqueeze(1)  # (N, 1)
+    density = likelihood(logit.expand(len(x), 1)).log_prob(x).exp()
+    assert torch.trapezoid(density, x.squeeze(1)).item() == pytest.approx(1.0, abs=1e-7)
+
+
+def test_learned_scales_stay_above_their_floor():
+    scale = LearnedScale(4, min_scale=0.05)
+    torch.testing.assert_close(scale(), torch.ones(4))  # starts at 1
+    with torch.no_grad():
+        scale.raw.fill_(-1e4)
+    assert torch.all(scale() >= 0.05)
+    with pytest.raises(UserInputError, match="min_scale"):
+        LearnedScale(4, min_scale=2.0)
+
+
+def test_sample_draws_from_the_trained_prior():
+    vae = small_vae("gaussian", "gaussian")
+    with torch.no_grad():
+        vae.prior.loc.fill_(5.0)
+    z = poutine.trace(vae.model).get_trace(None, batch_size=2000).nodes["z"]["value"]
+    assert z.mean().item() == pytest.approx(5.0, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "likelihood, values, message",
+    [
+        ("bernoulli", [0.0, 0.5], "binary"),
+        ("continuous-bernoulli", [0.5, 1.5], r"in \[0, 1\]"),
+        ("gaussian", [0.5, float("inf")], "finite"),
+    ],
+)
+def test_data_outside_the_support_is_caught(likelihood, values, message):
+    x = torch.tensor(values).repeat(32).reshape(1, 64)
+    with pytest.raises(UserInputError, match=message):
+        small_vae("standard", likelihood).likelihood.check_data(x)
+
+
+def test_binarization(digits):
+    static = load_dataset(DataConfig(binarize="static"))
+    for split in static.modelled_splits():
+        assert set(split.x.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(static.test.x, load_dataset(DataConfig(binarize="static")).test.x)
+    # pixels that are bright in the grey image are mostly on in the binary one
+    assert static.test.x[digits.test.x > 0.9].mean() > 0.85
+
+    dynamic = load_dataset(DataConfig(binarize="dynamic"))
+    assert torch.equal(dynamic.train.x, digits.train.x)  # grey, resampled per batch
+    assert torch.equal(dynamic.val.x, static.val.x)
+    first, second = (torch.cat(list(dynamic.train_batches(4096))) for _ in range(2))
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(first.sort(0).values, second.sort(0).values)
+
+
+def test_binarizing_data_outside_the_unit_interval_is_refused(monkeypatch):
+    from pyro_vae import data
+
+    def loud(config):
+        return torch.full((20, 4), 3.0), torch.zeros(20, dtype=torch.int64), (2, 2)
+
+    monkeypatch.setitem(data.DATASETS, "loud", loud)
+    with pytest.raises(UserInputError, match=r"binarizing needs grey values in \[0, 1\]"):
+        load_dataset(DataConfig(dataset="loud", binarize="static"))
