@@ -4,12 +4,17 @@ Run it as ``python cli.py ...`` from a checkout or as ``pyro-vae ...`` once inst
 """
 
 import functools
+import json
+import logging
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import pyro
 import torch
 import typer
 from rich.console import Console
@@ -33,8 +38,17 @@ from pyro_vae import (
     train_run,
 )
 from pyro_vae.config import BINARIZATIONS
+from pyro_vae.data import Split
+from pyro_vae.evaluate import evaluate_bounds
+from pyro_vae.objectives import kl_method
+from pyro_vae.pictures import (
+    save_interpolations,
+    save_latent_scatter,
+    save_manifold,
+    save_reconstructions,
+    save_samples,
+)
 from pyro_vae.registry import accepts
-from pyro_vae.runs import save_reconstructions, save_samples
 
 app = typer.Typer(
     help="Variational autoencoders as Pyro model/guide pairs: train, sample, reconstruct.",
@@ -106,14 +120,6 @@ def _device(value: str) -> str:
     return value
 
 
-def _png(value: Path | None) -> Path | None:
-    # Pictures are the only files these commands write outside a run directory; insisting on
-    # .png keeps a slip of the keyboard from replacing someone's data file with an image.
-    if value is not None and value.suffix.lower() != ".png":
-        raise typer.BadParameter(f"must name a .png file, got {str(value)!r}")
-    return value
-
-
 DeviceOption = Annotated[
     str,
     typer.Option(
@@ -135,6 +141,14 @@ def global_options(
 ) -> None:
     global _debug
     _debug = debug
+    # The library logs what the user should know (such as which split of the data it uses);
+    # show it on stderr, resolved per invocation so that a test runner's stderr receives it.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("Note: %(message)s"))
+    library_log = logging.getLogger("pyro_vae")
+    library_log.handlers = [handler]
+    library_log.setLevel(logging.INFO)
+    library_log.propagate = False
 
 
 @app.command()
@@ -147,7 +161,21 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Reuse --out even if it already holds files.")
     ] = False,
-    dataset: Annotated[DatasetName, typer.Option(help="Dataset to train on.")] = DataConfig.dataset,
+    dataset: Annotated[
+        DatasetName,
+        typer.Option(help="Dataset to train on; --data FILE picks 'array' for you."),
+    ] = DataConfig.dataset,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Your own images: a .npy or .npz array of shape (N, D) or (N, H, W)."),
+    ] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(help="Folder holding MNIST/raw/*-ubyte.gz and the like (torchvision's)."),
+    ] = Path(DataConfig.data_dir),
+    download: Annotated[
+        bool, typer.Option("--download", help="Let torchvision fetch the MNIST family first.")
+    ] = False,
     elbo: Annotated[
         Estimator,
         typer.Option(
@@ -225,7 +253,13 @@ def train(
             prior_options=prior_options,
             likelihood_options=likelihood_options,
         ),
-        data=DataConfig(dataset=dataset.value, binarize=binarize.value),
+        data=DataConfig(
+            dataset="array" if data is not None else dataset.value,
+            path=None if data is None else str(data),
+            data_dir=str(data_dir),
+            download=download,
+            binarize=binarize.value,
+        ),
         train=TrainConfig(
             elbo=elbo.value,
             num_particles=num_particles,
@@ -236,7 +270,10 @@ def train(
             device=device,
         ),
     )
-    out = out or Path("runs") / time.strftime(f"{dataset.value}-%Y%m%d-%H%M%S")
+    if data is not None and dataset.value != DataConfig.dataset:
+        raise UserInputError("--data FILE and --dataset both name the data: give one of them")
+    name = data.stem if data is not None else dataset.value
+    out = out or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
 
     with _TrainingProgress(epochs) as progress:
         result = train_run(
@@ -319,7 +356,23 @@ def _component_options(
     return options
 
 
-def _picture_path(run: Path, out: Path | None, default_name: str) -> Path:
+RunArgument = Annotated[Path, typer.Argument(help="Run directory (or its checkpoint.pt).")]
+
+
+def _out_option(suffix: str, default: str) -> Any:
+    def check(value: Path | None) -> Path | None:
+        # Only files of the announced type are written outside a run directory, so a slip of
+        # the keyboard cannot replace someone's data file with a picture.
+        if value is not None and value.suffix.lower() != suffix:
+            raise typer.BadParameter(f"must name a {suffix} file, got {str(value)!r}")
+        return value
+
+    return typer.Option(
+        callback=check, help=f"{suffix[1:].upper()} file to write.", show_default=default
+    )
+
+
+def _output_path(run: Path, out: Path | None, default_name: str) -> Path:
     return out or (run if run.is_dir() else run.parent) / default_name
 
 
@@ -329,42 +382,138 @@ def _load_trained(run: Path, device_name: str) -> tuple[Checkpoint, VAE, torch.d
     return checkpoint, checkpoint.build_vae(device), device
 
 
+def _split(checkpoint: Checkpoint, split: "SplitName", device: torch.device) -> Split:
+    data = load_dataset(checkpoint.config.data).to(device)
+    return getattr(data, split.value)
+
+
+SplitName = _choices("SplitName", ["test", "val", "train"])
+
+
+@app.command()
+@reports_user_errors
+def evaluate(
+    run: RunArgument,
+    num_samples: Annotated[
+        int, typer.Option(min=1, help="Importance samples K per image (5,000 in the literature).")
+    ] = 1000,
+    split: Annotated[SplitName, typer.Option(help="Images to evaluate on.")] = "test",
+    seed: Annotated[int, typer.Option(help="Seed for the samples of z.")] = 0,
+    out: Annotated[Path | None, _out_option(".json", "RUN/evaluation-SPLIT-kK.json")] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Test ELBO (closed-form and Monte Carlo KL) and the importance-weighted log p(x)."""
+    checkpoint, vae, device_ = _load_trained(run, device)
+    x = _split(checkpoint, split, device_).x
+    pyro.set_rng_seed(seed)
+    bounds = evaluate_bounds(vae, x, num_samples)
+    kl = kl_method("analytic", vae.prior())
+    record = {
+        "run": str(run),
+        "split": split.value,
+        "images": x.shape[0],
+        "num_samples": num_samples,
+        "seed": seed,
+        "analytic_kl": kl,
+        "bounds": {name: asdict(bound) for name, bound in bounds.items()},
+    }
+    path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json")
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    labels = {
+        "elbo_analytic_kl": f"ELBO, {kl} KL",
+        "elbo_mc_kl": "ELBO, monte-carlo KL",
+        "iwae": f"log p(x) ≥ IWAE, K = {num_samples}",
+    }
+    typer.echo(f"{x.shape[0]} {split.value} images, {num_samples} samples of z per image")
+    typer.echo(f"{'estimate':<34}{'nats per image':>20}{'bits per dim':>14}")
+    for name, bound in bounds.items():
+        nats = f"{bound.nats:.3f} ± {bound.standard_error:.3f}"
+        typer.echo(f"{labels[name]:<34}{nats:>20}{bound.bits_per_dim:>14.4f}")
+    typer.echo(path)
+
+
 @app.command()
 @reports_user_errors
 def sample(
-    run: Annotated[Path, typer.Argument(help="Run directory (or its checkpoint.pt).")],
+    run: RunArgument,
     num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed for the codes z ~ p(z).")] = 0,
-    out: Annotated[
-        Path | None,
-        typer.Option(callback=_png, help="PNG to write.", show_default="RUN/samples-seedSEED.png"),
-    ] = None,
+    out: Annotated[Path | None, _out_option(".png", "RUN/samples-seedSEED.png")] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Decode z ~ p(z) with a trained VAE and save the images as a PNG."""
     checkpoint, vae, _ = _load_trained(run, device)
-    path = _picture_path(run, out, f"samples-seed{seed}.png")
+    path = _output_path(run, out, f"samples-seed{seed}.png")
     typer.echo(save_samples(vae, checkpoint.image_shape, path, num, seed))
 
 
 @app.command()
 @reports_user_errors
 def reconstruct(
-    run: Annotated[Path, typer.Argument(help="Run directory (or its checkpoint.pt).")],
+    run: RunArgument,
     num: Annotated[int, typer.Option(min=1, help="Number of test images.")] = 16,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            callback=_png, help="PNG to write.", show_default="RUN/reconstructions-NUM.png"
-        ),
-    ] = None,
+    out: Annotated[Path | None, _out_option(".png", "RUN/reconstructions-NUM.png")] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Show the first test images of the run's dataset beside their reconstructions."""
     checkpoint, vae, device_ = _load_trained(run, device)
-    images = load_dataset(checkpoint.config.data).test.x[:num].to(device_)
-    path = _picture_path(run, out, f"reconstructions-{num}.png")
+    images = _split(checkpoint, SplitName.test, device_).x[:num]
+    path = _output_path(run, out, f"reconstructions-{num}.png")
     typer.echo(save_reconstructions(vae, images, checkpoint.image_shape, path))
+
+
+@app.command()
+@reports_user_errors
+def interpolate(
+    run: RunArgument,
+    pairs: Annotated[int, typer.Option(min=1, help="Rows: pairs of consecutive test images.")] = 4,
+    steps: Annotated[int, typer.Option(min=2, help="Decodes between the two images.")] = 10,
+    out: Annotated[Path | None, _out_option(".png", "RUN/interpolations.png")] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Decode along the line between the posterior means of pairs of test images."""
+    checkpoint, vae, device_ = _load_trained(run, device)
+    x = _split(checkpoint, SplitName.test, device_).x[: 2 * pairs]
+    if x.shape[0] < 2 * pairs:
+        raise UserInputError(f"the test split has {x.shape[0]} images: ask for fewer --pairs")
+    path = _output_path(run, out, "interpolations.png")
+    typer.echo(save_interpolations(vae, x[0::2], x[1::2], checkpoint.image_shape, path, steps))
+
+
+@app.command()
+@reports_user_errors
+def latent(
+    run: RunArgument,
+    split: Annotated[SplitName, typer.Option(help="Images to encode.")] = "test",
+    out: Annotated[Path | None, _out_option(".png", "RUN/latent-SPLIT.png")] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Scatter the posterior means of a split, coloured by label (PCA beyond two dimensions)."""
+    checkpoint, vae, device_ = _load_trained(run, device)
+    images = _split(checkpoint, split, device_)
+    path = _output_path(run, out, f"latent-{split.value}.png")
+    typer.echo(save_latent_scatter(vae, images.x, images.labels, path))
+
+
+@app.command()
+@reports_user_errors
+def manifold(
+    run: RunArgument,
+    grid: Annotated[int, typer.Option(min=2, help="Decodes per side of the grid.")] = 20,
+    dims: Annotated[
+        str, typer.Option(help="The two latent coordinates to vary; the others stay at 0.")
+    ] = "0,1",
+    out: Annotated[Path | None, _out_option(".png", "RUN/manifold.png")] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Decode a grid over two latent coordinates at normal quantiles (Kingma & Welling, 2014)."""
+    try:
+        i, j = (int(d) for d in dims.split(","))
+    except ValueError:
+        raise UserInputError(f"--dims takes two coordinates such as 0,1, got {dims!r}") from None
+    checkpoint, vae, _ = _load_trained(run, device)
+    path = _output_path(run, out, "manifold.png")
+    typer.echo(save_manifold(vae, checkpoint.image_shape, path, grid, (i, j)))
 
 
 if __name__ == "__main__":

@@ -44,13 +44,20 @@ class ModelConfig:
 class DataConfig:
     """Which data, and how they are split into train / validation / test."""
 
-    dataset: str = "digits"  # a name from data.DATASETS
+    dataset: str = "digits"  # a name from data.DATASETS; "array" reads the file at `path`
+    path: str | None = None  # the user's .npy / .npz file, for dataset "array"
+    data_dir: str = "data"  # holds <Class>/raw/*-ubyte(.gz) for the MNIST family (torchvision)
+    download: bool = False  # let torchvision fetch the MNIST family into data_dir first
     val_fraction: float = 0.1  # share of the images held out for the per-epoch validation ELBO
-    test_fraction: float = 0.1  # share held out for final evaluation and pictures
+    test_fraction: float = 0.1  # share held out for testing, unless the dataset fixes its own
     split_seed: int = 0  # apart from the training seed: --seed never changes the held-out images
     binarize: str = "none"  # "static": sample x ~ Bernoulli(pixel) once; "dynamic": every batch
 
     def __post_init__(self) -> None:
+        _require(
+            (self.dataset == "array") == (self.path is not None),
+            "a data file goes with dataset 'array' (--data FILE), and only with it",
+        )
         _require(
             self.binarize in BINARIZATIONS,
             f"unknown binarization {self.binarize!r}: choose one of {', '.join(BINARIZATIONS)}",

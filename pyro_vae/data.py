@@ -9,14 +9,22 @@ pixel x ~ Bernoulli(grey value) once, with a fixed seed; ``dynamic`` draws the t
 afresh in every batch (a regulariser) and the validation and test images once.
 """
 
+import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 import torch
 
 from pyro_vae.config import DataConfig
 from pyro_vae.errors import UserInputError
+from pyro_vae.loaders import (
+    TORCHVISION_CLASSES,
+    RawData,
+    load_array,
+    load_digits,
+    load_mnist_family,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class Dataset:
     val: Split
     test: Split
     binarize: str = "none"  # under "dynamic", train.x holds grey values, binarized per batch
+    note: str = ""  # what the user should know about the data's origin (see RawData.note)
 
     @property
     def data_dim(self) -> int:
@@ -44,8 +53,7 @@ class Dataset:
         def move(split: Split) -> Split:
             return Split(split.x.to(device), split.labels.to(device))
 
-        splits = move(self.train), move(self.val), move(self.test)
-        return Dataset(self.name, self.image_shape, *splits, binarize=self.binarize)
+        return replace(self, train=move(self.train), val=move(self.val), test=move(self.test))
 
     def train_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """One epoch of shuffled training mini-batches, binarized afresh under ``dynamic``."""
@@ -59,61 +67,66 @@ class Dataset:
         return [self.train, self.val, self.test]
 
 
-# A loader returns all images (N, D) in [0, 1], their labels (N,), and the image shape (H, W).
-Loader = Callable[[DataConfig], tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]]
+log = logging.getLogger(__name__)
 
-
-def load_digits(config: DataConfig) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-    """scikit-learn's 1,797 handwritten digits, 8×8 pixels; shipped with it, so offline."""
-    from sklearn.datasets import load_digits as sklearn_digits  # slow import, needed only here
-
-    bunch = sklearn_digits()
-    x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0  # pixel values are 0..16
-    return x, torch.as_tensor(bunch.target, dtype=torch.int64), (8, 8)
-
-
-DATASETS: dict[str, Loader] = {
+# The one place to add a dataset: a name and a function from DataConfig to RawData (loaders.py).
+DATASETS: dict[str, Callable[[DataConfig], RawData]] = {
     "digits": load_digits,
+    **dict.fromkeys(TORCHVISION_CLASSES, load_mnist_family),
+    "array": load_array,
 }
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """Load ``config.dataset``; split it into train / validation / test by ``config.split_seed``."""
+    """Load ``config.dataset`` and split it with ``config.split_seed``.
+
+    The validation split, and the test split unless the dataset comes with its own, are drawn
+    from the images at random, the same way for every training seed.
+    """
     if config.dataset not in DATASETS:
         raise UserInputError(
             f"unknown dataset {config.dataset!r}: choose one of {', '.join(DATASETS)}"
         )
-    x, labels, image_shape = DATASETS[config.dataset](config)
-    n = x.shape[0]
+    raw = DATASETS[config.dataset](config)
+    if raw.note:
+        log.warning(raw.note)
+    n = raw.x.shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(config.split_seed))
-    n_val, n_test = round(n * config.val_fraction), round(n * config.test_fraction)
-    if min(n_val, n_test, n - n_val - n_test) < 1:
+    n_val = round(n * config.val_fraction)
+    n_test = 0 if raw.test is not None else round(n * config.test_fraction)
+    if min(n_val, n - n_val - n_test) < 1 or (raw.test is None and n_test < 1):
         raise UserInputError(
             f"{n} images are too few for a train / validation / test split with fractions "
             f"{config.val_fraction} and {config.test_fraction}"
         )
     val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
-    binary = _binarize(x, config) if config.binarize != "none" else x
+    grey, x = raw.x, raw.x
+    test_x, test_labels = raw.test if raw.test is not None else (None, raw.labels[test])
+    if config.binarize != "none":
+        # Its own generator: the binary images depend on the split seed only, never on --seed.
+        generator = torch.Generator().manual_seed(config.split_seed)
+        x = _binarize(grey, config, generator)
+        test_x = None if test_x is None else _binarize(test_x, config, generator)
     return Dataset(
         name=config.dataset,
-        image_shape=image_shape,
-        train=Split((x if config.binarize == "dynamic" else binary)[train], labels[train]),
-        val=Split(binary[val], labels[val]),
-        test=Split(binary[test], labels[test]),
+        image_shape=raw.image_shape,
+        train=Split((grey if config.binarize == "dynamic" else x)[train], raw.labels[train]),
+        val=Split(x[val], raw.labels[val]),
+        test=Split(x[test] if test_x is None else test_x, test_labels),
         binarize=config.binarize,
+        note=raw.note,
     )
 
 
-def _binarize(x: torch.Tensor, config: DataConfig) -> torch.Tensor:
-    """x ~ Bernoulli(grey value) per pixel, drawn from the split seed's own generator."""
+def _binarize(x: torch.Tensor, config: DataConfig, generator: torch.Generator) -> torch.Tensor:
+    """x ~ Bernoulli(grey value) per pixel."""
     low, high = x.min().item(), x.max().item()
     if low < 0 or high > 1:
         raise UserInputError(
             f"binarizing needs grey values in [0, 1], but {config.dataset} holds values in "
             f"[{low:g}, {high:g}]: rescale the data or drop the binarization"
         )
-    # Its own generator: the binary images depend on the split seed only, never on --seed.
-    return torch.bernoulli(x, generator=torch.Generator().manual_seed(config.split_seed))
+    return torch.bernoulli(x, generator=generator)
 
 
 def shuffled_batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

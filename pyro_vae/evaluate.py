@@ -1,9 +1,15 @@
-"""Held-out estimates: the ELBO, its KL term, and how many latent dimensions the model uses."""
+"""Held-out estimates: the ELBO, its KL term, importance-weighted log-likelihood, active units."""
 
+import contextlib
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.kl import kl_divergence
+from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.model import VAE
 from pyro_vae.objectives import make_elbo
@@ -62,3 +68,86 @@ def active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> int:
     """
     loc, _ = vae.encoder(x)
     return int((loc.var(dim=0) > threshold).sum())
+
+
+# importance-weighted evaluation (Burda, Grosse & Salakhutdinov, ICLR 2016)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One estimate of log p(x) per image: its mean, standard error over images, and in bits."""
+
+    nats: float  # mean over images, nats per image
+    standard_error: float  # of that mean, over images
+    bits_per_dim: float  # −nats / (D ln 2): for binary data a code length, else a density
+
+    @classmethod
+    def of(cls, per_image: torch.Tensor, data_dim: int) -> "Bound":
+        mean = per_image.mean().item()
+        standard_error = (per_image.std() / per_image.numel() ** 0.5).item()
+        return cls(mean, standard_error, -mean / (data_dim * math.log(2)))
+
+
+@torch.no_grad()
+def _sample_terms(vae: VAE, x: torch.Tensor, num_samples: int) -> dict[str, torch.Tensor]:
+    """For each of ``num_samples`` codes z_k ~ q(z|x) per image: log p(x|z_k), log p(z_k),
+    log q(z_k|x), and KL(q ‖ p) where it has a closed form; each (num_samples, batch)."""
+    with pyro.plate("samples", num_samples, dim=-2):  # left of the data plate
+        guide_trace = poutine.trace(vae.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    guide_trace, model_trace = (
+        prune_subsample_sites(guide_trace),
+        prune_subsample_sites(model_trace),
+    )
+    z_p, z_q, x_p = model_trace.nodes["z"], guide_trace.nodes["z"], model_trace.nodes["x"]
+    terms = {
+        "log_likelihood": x_p["fn"].log_prob(x_p["value"]),
+        "log_prior": z_p["fn"].log_prob(z_p["value"]),
+        "log_guide": z_q["fn"].log_prob(z_q["value"]),
+    }
+    # Without a closed form, the analytic ELBO falls back to the sampled KL, as Pyro's does.
+    with contextlib.suppress(NotImplementedError):
+        terms["kl"] = kl_divergence(z_q["fn"], z_p["fn"])
+    return terms
+
+
+@torch.no_grad()
+def evaluate_bounds(
+    vae: VAE, x: torch.Tensor, num_samples: int = 1000, max_rows: int = 2**13
+) -> dict[str, Bound]:
+    """Three estimates of log p(x) per image, from the same samples z_1..z_K ~ q(z|x):
+
+    - ``elbo_analytic_kl``: (1/K) Σ_k log p(x|z_k) − KL(q(z|x) ‖ p(z)), the KL in closed form
+      where one exists (else sampled, as TraceMeanField_ELBO does);
+    - ``elbo_mc_kl``: (1/K) Σ_k log w_k, with w_k = p(x, z_k) / q(z_k|x), Trace_ELBO's estimate;
+    - ``iwae``: log (1/K) Σ_k w_k, a lower bound on log p(x) that tightens as K grows.
+
+    Work is split so that no decoder call sees more than ``max_rows`` codes at once: images in
+    chunks, samples in chunks, the log-sum-exp carried across sample chunks. The default was the
+    fastest and the smallest of 2¹³ to 2¹⁶ for K = 1,000 on 2,000 MNIST images on 2 CPU cores.
+    """
+    images_per_chunk = max(1, min(x.shape[0], max_rows // num_samples))
+    samples_per_chunk = max(1, min(num_samples, max_rows // images_per_chunk))
+    per_image: dict[str, list[torch.Tensor]] = {
+        "elbo_analytic_kl": [],
+        "elbo_mc_kl": [],
+        "iwae": [],
+    }
+    for chunk in x.split(images_per_chunk):
+        log_sum_w = torch.full((chunk.shape[0],), -math.inf, device=x.device)
+        sums = {"log_w": 0.0, "analytic": 0.0}
+        for k in _chunk_sizes(num_samples, samples_per_chunk):
+            terms = _sample_terms(vae, chunk, k)
+            log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_guide"]  # (k, B)
+            log_sum_w = torch.logaddexp(log_sum_w, log_w.logsumexp(0))
+            sums["log_w"] = sums["log_w"] + log_w.sum(0)
+            kl = terms["kl"] if "kl" in terms else terms["log_guide"] - terms["log_prior"]
+            sums["analytic"] = sums["analytic"] + (terms["log_likelihood"] - kl).sum(0)
+        per_image["iwae"].append(log_sum_w - math.log(num_samples))
+        per_image["elbo_mc_kl"].append(sums["log_w"] / num_samples)
+        per_image["elbo_analytic_kl"].append(sums["analytic"] / num_samples)
+    return {name: Bound.of(torch.cat(values), x.shape[1]) for name, values in per_image.items()}
+
+
+def _chunk_sizes(total: int, size: int) -> list[int]:
+    return [size] * (total // size) + ([total % size] if total % size else [])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from pyro_vae.train import EpochMetrics
@@ -83,5 +84,28 @@ def save_elbo_curve(history: Sequence[EpochMetrics], path: Path) -> Path:
     axes.set_ylabel("ELBO (nats per image)")
     axes.grid(alpha=0.3)
     axes.legend()
+    figure.savefig(path, dpi=100)
+    return Path(path)
+
+
+def save_scatter(
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    path: Path,
+    axis_labels: tuple[str, str],
+    title: str,
+) -> Path:
+    """Two-dimensional points coloured by their integer labels, with a legend of the labels."""
+    points, labels = points.detach().cpu(), labels.detach().cpu()
+    figure = Figure(figsize=(6, 5.5), layout="constrained")
+    axes = figure.add_subplot()
+    colours = colormaps["tab10"]
+    for k, label in enumerate(labels.unique().tolist()):
+        chosen = labels == label
+        axes.scatter(*points[chosen].T, s=6, color=colours(k % 10), label=str(label), alpha=0.8)
+    axes.set_xlabel(axis_labels[0])
+    axes.set_ylabel(axis_labels[1])
+    axes.set_title(title, fontsize=9)
+    axes.legend(markerscale=2, fontsize=8, title="label", loc="best")
     figure.savefig(path, dpi=100)
     return Path(path)

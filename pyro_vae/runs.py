@@ -23,6 +23,7 @@ from pyro_vae.config import RunConfig
 from pyro_vae.data import load_dataset
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
+from pyro_vae.pictures import save_reconstructions, save_samples
 from pyro_vae.train import EpochMetrics, StepCallback, Trainer, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -78,7 +79,12 @@ def train_run(
     trainer = Trainer(vae, config.train)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"config": config.to_dict(), "environment": environment(), "device": str(device)}
+    record = {
+        "config": config.to_dict(),
+        "environment": environment(),
+        "device": str(device),
+        "data": {"name": data.name, "image_shape": data.image_shape, "note": data.note},
+    }
     (run_dir / CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     (run_dir / METRICS).write_text("")
     for _ in range(config.train.epochs):
@@ -101,22 +107,3 @@ def train_run(
     ]
     files = [run_dir / name for name in (CHECKPOINT, CONFIG, METRICS)] + pictures
     return RunResult(run_dir, device, trainer.history, files)
-
-
-@torch.no_grad()
-def save_reconstructions(
-    vae: VAE, x: torch.Tensor, image_shape: tuple[int, ...], path: Path
-) -> Path:
-    """A PNG of the images ``x`` (N, D), each row followed by the row of their reconstructions."""
-    return plots.save_reconstructions(x, vae.reconstruct(x), image_shape, path)
-
-
-@torch.no_grad()
-def save_samples(
-    vae: VAE, image_shape: tuple[int, ...], path: Path, num_samples: int, seed: int
-) -> Path:
-    """A PNG of ``num_samples`` decoded means of z ~ p(z), the codes drawn with ``seed``."""
-    pyro.set_rng_seed(seed)
-    return plots.save_image_grid(
-        vae.generate(num_samples), image_shape, path, title="decoded means of z ~ p(z)"
-    )

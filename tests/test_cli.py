@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -158,6 +159,81 @@ def test_sample_and_reconstruct_write_pngs(run_dir, tmp_path):
     height, width, _ = matplotlib.image.imread(out).shape
     # one row of four inputs above one row of their reconstructions, plus the title band
     assert width == (4 * 9 + 1) * 8 and height == (2 * 9 + 1) * 8 + 40
+
+
+def test_evaluate_writes_json_and_prints_a_table(run_dir):
+    result = run("evaluate", run_dir, "--num-samples", "20")
+    assert result.exit_code == 0, result.output
+    path = run_dir / "evaluation-test-k20.json"
+    assert str(path) in result.stdout and "IWAE, K = 20" in result.stdout
+    record = json.loads(path.read_text())
+    assert record["images"] == 180 and record["analytic_kl"] == "closed-form"
+    bounds = record["bounds"]
+    assert set(bounds) == {"elbo_analytic_kl", "elbo_mc_kl", "iwae"}
+    assert bounds["iwae"]["nats"] >= bounds["elbo_mc_kl"]["nats"]
+    assert set(bounds["iwae"]) == {"nats", "standard_error", "bits_per_dim"}
+
+
+@pytest.mark.parametrize(
+    "command, args, name, tiles",
+    [
+        ("interpolate", ["--pairs", "3", "--steps", "5"], "interpolations.png", (3, 7)),
+        ("manifold", ["--grid", "6"], "manifold.png", (6, 6)),
+        ("manifold", ["--grid", "4", "--dims", "2,0"], "manifold.png", (4, 4)),
+    ],
+)
+def test_grid_pictures_have_one_tile_per_image(run_dir, tmp_path, command, args, name, tiles):
+    out = tmp_path / name
+    result = run(command, run_dir, *args, "--out", out)
+    assert result.exit_code == 0, result.output
+    rows, columns = tiles
+    height, width, _ = matplotlib.image.imread(out).shape
+    # 8×8 tiles, 1-pixel separators, 8 screen pixels per image pixel, a 40-pixel title band
+    assert (height, width) == ((rows * 9 + 1) * 8 + 40, (columns * 9 + 1) * 8)
+
+
+def test_latent_scatter(run_dir):
+    result = run("latent", run_dir, "--split", "val")
+    assert result.exit_code == 0, result.output
+    height, width, _ = matplotlib.image.imread(run_dir / "latent-val.png").shape
+    assert (height, width) == (550, 600)
+
+
+def test_manifold_needs_two_distinct_coordinates(run_dir):
+    for dims, message in (("0,0", "two different latent coordinates"), ("a,b", "--dims takes")):
+        result = run("manifold", run_dir, "--dims", dims)
+        assert result.exit_code == 2 and message in result.stderr
+
+
+def test_training_on_a_users_array(tmp_path):
+    images = np.random.default_rng(0).random((120, 5, 6)).astype(np.float32)
+    np.save(tmp_path / "mine.npy", images)
+    out = tmp_path / "run"
+    result = run("train", "--data", tmp_path / "mine.npy", "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(out).image_shape == (5, 6)
+    result = run("reconstruct", out, "--num", "2", "--out", tmp_path / "r.png")
+    assert result.exit_code == 0, result.output
+    result = run("train", "--data", tmp_path / "mine.npy", "--dataset", "mnist")
+    assert result.exit_code == 2 and "give one of them" in result.stderr
+    np.save(tmp_path / "wide.npy", images * 3)
+    result = run("train", "--data", tmp_path / "wide.npy", "--likelihood", "continuous-bernoulli")
+    assert result.exit_code == 2 and "in [0, 1]" in result.stderr
+
+
+def test_mnist_from_a_data_dir_says_when_only_the_test_split_is_there(tmp_path):
+    from test_loaders import write_mnist
+
+    write_mnist(tmp_path / "data", splits=("t10k",), n=(60,))
+    out = tmp_path / "run"
+    result = run(
+        "train", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--out", out, *FAST
+    )
+    assert result.exit_code == 0, result.output
+    assert "Note: only the test split of mnist" in result.stderr
+    record = json.loads((out / "config.json").read_text())
+    assert "only the test split" in record["data"]["note"]
+    assert record["data"]["image_shape"] == [28, 28]
 
 
 def test_picture_commands_refuse_bad_paths(run_dir, tmp_path):

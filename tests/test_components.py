@@ -28,6 +28,7 @@ from pyro_vae import (
 )
 from pyro_vae.config import ModelConfig, RunConfig
 from pyro_vae.likelihoods import ContinuousBernoulliLikelihood, LearnedScale
+from pyro_vae.loaders import RawData
 from pyro_vae.objectives import kl_method
 
 LATENT_DIM = 3
@@ -218,7 +219,7 @@ def test_binarizing_data_outside_the_unit_interval_is_refused(monkeypatch):
     from pyro_vae import data
 
     def loud(config):
-        return torch.full((20, 4), 3.0), torch.zeros(20, dtype=torch.int64), (2, 2)
+        return RawData(torch.full((20, 4), 3.0), torch.zeros(20, dtype=torch.int64), (2, 2))
 
     monkeypatch.setitem(data.DATASETS, "loud", loud)
     with pytest.raises(UserInputError, match=r"binarizing needs grey values in \[0, 1\]"):

@@ -37,8 +37,30 @@ def test_priors_experiment_quick_mode(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))
     import priors
 
-    out = priors.main(["--quick", "--priors", "standard", "vamp", "--out", str(tmp_path / "p.md")])
+    out = priors.main(
+        [
+            "--quick",
+            "--datasets",
+            "digits",
+            "--priors",
+            "standard",
+            "vamp",
+            "--out",
+            str(tmp_path / "p.md"),
+        ]
+    )
     rows = [line for line in out.read_text().splitlines() if line.startswith("| digits")]
     assert [row.split(" | ")[1] for row in rows] == ["standard", "vamp"]
+    assert rows[0].startswith("| digits (1437 / 180, 1) |")
     assert rows[0].split(" | ")[2] == "yes" and rows[1].split(" | ")[2] == "no"
     sys.modules.pop("priors", None)
+
+
+def test_iwae_benchmark_quick_mode(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import iwae
+
+    result = iwae.main(["--quick"])
+    assert result["images"] == 50 and result["num_samples"] == 10
+    assert result["median_seconds"] > 0 and result["peak_rss_mib"] >= result["rss_before_mib"]
+    sys.modules.pop("iwae", None)

@@ -1,0 +1,192 @@
+"""Where the images come from: scikit-learn's digits, the MNIST family, and the user's arrays.
+
+Each loader takes the ``DataConfig`` and returns ``RawData``: all images flattened to (N, D)
+float32, their labels, the image shape, and, where the dataset's authors fixed one, the official
+test split.
+``data.DATASETS`` maps names to these functions.
+"""
+
+import gzip
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_vae.config import DataConfig
+from pyro_vae.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class RawData:
+    x: torch.Tensor  # (N, D) float32
+    labels: torch.Tensor  # (N,) int64; zeros where the data have none
+    image_shape: tuple[int, ...]  # (H, W) with H·W = D
+    test: tuple[torch.Tensor, torch.Tensor] | None = None  # the official test split, if any
+    note: str = ""  # what the user should know about where the data came from
+
+
+def load_digits(config: DataConfig) -> RawData:
+    """scikit-learn's 1,797 handwritten digits, 8×8 pixels; shipped with it, so offline."""
+    from sklearn.datasets import load_digits as sklearn_digits  # slow import, needed only here
+
+    bunch = sklearn_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0  # pixel values are 0..16
+    return RawData(x, torch.as_tensor(bunch.target, dtype=torch.int64), (8, 8))
+
+
+# helper functions: IDX files
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (LeCun's format for MNIST), gzip-compressed or not, as a uint8 tensor.
+
+    Checked rather than trusted: a truncated or foreign file is an error that names the file,
+    not a tensor of the wrong size.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as file:
+            data = file.read()
+    except (OSError, EOFError, zipfile.BadZipFile) as error:  # gzip raises BadGzipFile (OSError)
+        raise UserInputError(f"cannot read {path} ({error}): download it again") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise UserInputError(f"{path} is not an IDX file of unsigned bytes: download it again")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if ndim == 0 or len(data) != expected:
+        raise UserInputError(
+            f"{path} is truncated or damaged: its header promises {expected} bytes of shape "
+            f"{shape}, the file has {len(data)}; download it again"
+        )
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def _idx_file(raw: Path, stem: str) -> Path | None:
+    for candidate in (raw / stem, raw / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx_split(raw: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    images = _idx_file(raw, f"{prefix}-images-idx3-ubyte")
+    labels = _idx_file(raw, f"{prefix}-labels-idx1-ubyte")
+    if images is None or labels is None:
+        return None
+    x, y = read_idx(images), read_idx(labels)
+    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise UserInputError(
+            f"{images.name} ({tuple(x.shape)}) and {labels.name} ({tuple(y.shape)}) do not "
+            "describe the same images: download them again"
+        )
+    return x.reshape(x.shape[0], -1).float() / 255.0, y.long()
+
+
+# main loaders: the MNIST family through torchvision's folder layout
+
+# name -> the torchvision class, whose name is also its folder: <data-dir>/<Class>/raw/*-ubyte.gz
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+
+
+def _torchvision_datasets():
+    try:
+        import torchvision.datasets
+    except Exception as error:  # ImportError, or torchvision built against another torch
+        raise UserInputError(
+            f"--download needs torchvision, which cannot be imported ({error}): install torch "
+            "and torchvision together (pip install --force-reinstall torch torchvision), or "
+            "put the IDX files under --data-dir yourself"
+        ) from None
+    return torchvision.datasets
+
+
+def load_mnist_family(config: DataConfig) -> RawData:
+    """MNIST, Fashion-MNIST or KMNIST (28×28) from ``<data_dir>/<Class>/raw``, torchvision's layout.
+
+    With ``download``, torchvision fetches the files first. They are read here rather than by
+    torchvision's classes, which need both splits extracted: this reads ``.gz`` files as shipped
+    and works when only the test split is on disk.
+    """
+    class_name = TORCHVISION_CLASSES[config.dataset]
+    root = Path(config.data_dir)
+    if config.download:
+        datasets = _torchvision_datasets()
+        for train in (True, False):
+            getattr(datasets, class_name)(root, train=train, download=True)
+    raw = root / class_name / "raw"
+    train, test = _read_idx_split(raw, "train"), _read_idx_split(raw, "t10k")
+    if train is not None and test is not None:
+        return RawData(*train, image_shape=(28, 28), test=test)
+    if test is not None:
+        return RawData(
+            *test,
+            image_shape=(28, 28),
+            note=f"only the test split of {config.dataset} is in {raw} ({len(test[0])} images): "
+            "training on a seeded train / validation / test split of it",
+        )
+    raise UserInputError(
+        f"no {config.dataset} IDX files in {raw}: point --data-dir at the folder that holds "
+        f"{class_name}/raw/, or pass --download when online"
+    )
+
+
+# main loaders: the user's arrays
+
+
+def load_array(config: DataConfig) -> RawData:
+    """A .npy or .npz array of shape (N, D) or (N, H, W); uint8 images are scaled to [0, 1].
+
+    In a .npz, the images are its only array or the one named ``x``; labels, if any, ``y``.
+    """
+    path = Path(config.path or "")
+    if not path.is_file():
+        raise UserInputError(f"no data file at {path}: give a .npy or .npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False)  # never execute code from a data file
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserInputError(f"{path} is not a readable .npy/.npz array ({error})") from None
+    labels = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        keys = list(loaded.keys())
+        if "x" not in keys and len(keys) != 1:
+            raise UserInputError(
+                f"{path} holds arrays {keys}: name the images 'x' (and any labels 'y')"
+            )
+        array = loaded["x" if "x" in keys else keys[0]]
+        labels = loaded["y"] if "y" in keys else None
+    else:
+        array = loaded
+    return _check_array(array, labels, path)
+
+
+def _check_array(array: np.ndarray, labels: np.ndarray | None, path: Path) -> RawData:
+    if array.ndim not in (2, 3):
+        raise UserInputError(
+            f"{path} holds an array of shape {array.shape}: expected (N, D) or (N, H, W)"
+        )
+    if array.shape[0] == 0 or array.size == 0:
+        raise UserInputError(f"{path} holds no data (shape {array.shape})")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise UserInputError(f"{path} holds {array.dtype} values: expected numbers")
+    x = torch.as_tensor(array.reshape(array.shape[0], -1).astype(np.float32))
+    if array.dtype == np.uint8:
+        x = x / 255.0  # 8-bit images, like the IDX files
+    if not torch.isfinite(x).all():
+        row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0])
+        raise UserInputError(f"{path} holds NaN or infinite values (first in row {row})")
+    image_shape = tuple(array.shape[1:]) if array.ndim == 3 else _square_or_row(x.shape[1])
+    if labels is None or len(labels) != len(x):
+        y = torch.zeros(len(x), dtype=torch.int64)
+    else:
+        y = torch.as_tensor(labels.astype(np.int64))
+    return RawData(x, y, image_shape)
+
+
+def _square_or_row(dim: int) -> tuple[int, int]:
+    """How to draw a flat vector: a square image if D is a square number, else one row."""
+    side = round(dim**0.5)
+    return (side, side) if side * side == dim else (1, dim)

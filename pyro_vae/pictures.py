@@ -1,0 +1,114 @@
+"""Pictures of what a trained VAE does: from the model to images, then to PNGs via plots.py.
+
+Every picture shows means of p(x|z), not samples with pixel noise, and images at their true
+height and width (the dataset's ``image_shape``).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_vae import plots
+from pyro_vae.errors import UserInputError
+from pyro_vae.model import VAE
+
+
+@torch.no_grad()
+def save_samples(
+    vae: VAE, image_shape: Sequence[int], path: Path, num_samples: int, seed: int
+) -> Path:
+    """``num_samples`` decoded means of z ~ p(z), the codes drawn with ``seed``."""
+    pyro.set_rng_seed(seed)
+    return plots.save_image_grid(
+        vae.generate(num_samples), image_shape, path, title="decoded means of z ~ p(z)"
+    )
+
+
+@torch.no_grad()
+def save_reconstructions(vae: VAE, x: torch.Tensor, image_shape: Sequence[int], path: Path) -> Path:
+    """The images ``x`` (N, D), each row followed by the row of their reconstructions."""
+    return plots.save_reconstructions(x, vae.reconstruct(x), image_shape, path)
+
+
+@torch.no_grad()
+def save_interpolations(
+    vae: VAE,
+    starts: torch.Tensor,
+    ends: torch.Tensor,
+    image_shape: Sequence[int],
+    path: Path,
+    steps: int = 10,
+) -> Path:
+    """One row per pair: the start image, decodes along the straight line between the two
+    posterior means μ(start) → μ(end), and the end image."""
+    start_codes, _ = vae.encoder(starts)  # (P, latent_dim)
+    end_codes, _ = vae.encoder(ends)
+    t = torch.linspace(0, 1, steps, device=starts.device).reshape(1, steps, 1)
+    codes = (1 - t) * start_codes.unsqueeze(1) + t * end_codes.unsqueeze(1)  # (P, steps, L)
+    decoded = vae.likelihood(vae.decoder(codes)).mean  # (P, steps, D)
+    rows = torch.cat([starts.unsqueeze(1), decoded, ends.unsqueeze(1)], dim=1)  # (P, steps+2, D)
+    return plots.save_image_grid(
+        rows.flatten(0, 1),
+        image_shape,
+        path,
+        ncols=steps + 2,
+        title="start, decodes along μ(start) → μ(end), end",
+    )
+
+
+@torch.no_grad()
+def save_latent_scatter(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: Path) -> Path:
+    """Posterior means μ(x) coloured by label; projected on two principal axes beyond 2-D."""
+    codes, _ = vae.encoder(x)
+    if codes.shape[1] == 1:
+        raise UserInputError("a 1-D latent space has no 2-D picture: train with --latent-dim 2+")
+    if codes.shape[1] == 2:
+        return plots.save_scatter(codes, labels, path, ("z₁", "z₂"), "posterior means μ(x)")
+    centred = codes - codes.mean(0)
+    _, singular_values, directions = torch.linalg.svd(centred, full_matrices=False)
+    explained = (singular_values[:2] ** 2).sum() / (singular_values**2).sum()
+    return plots.save_scatter(
+        centred @ directions[:2].T,
+        labels,
+        path,
+        ("principal axis 1", "principal axis 2"),
+        f"posterior means μ(x), PCA of {codes.shape[1]} dimensions "
+        f"({explained:.0%} of their variance)",
+    )
+
+
+@torch.no_grad()
+def save_manifold(
+    vae: VAE,
+    image_shape: Sequence[int],
+    path: Path,
+    grid_size: int = 20,
+    dims: tuple[int, int] = (0, 1),
+) -> Path:
+    """Decodes over a grid of two latent coordinates (Kingma & Welling, 2014, figure 4).
+
+    The grid is evenly spaced in probability, z = Φ⁻¹(p) for p in (0, 1), so that it covers a
+    standard normal prior evenly; other coordinates stay at 0. Rows run from high z_j (top) to
+    low, columns from low z_i to high.
+    """
+    i, j = dims
+    if not (0 <= i < vae.latent_dim and 0 <= j < vae.latent_dim and i != j):
+        raise UserInputError(
+            f"--dims {i},{j}: need two different latent coordinates below {vae.latent_dim}"
+        )
+    device = next(vae.parameters()).device
+    probabilities = torch.linspace(0, 1, grid_size + 2, device=device)[1:-1]
+    values = torch.distributions.Normal(0.0, 1.0).icdf(probabilities)
+    codes = torch.zeros(grid_size, grid_size, vae.latent_dim, device=device)
+    codes[:, :, i] = values.unsqueeze(0)  # columns
+    codes[:, :, j] = values.flip(0).unsqueeze(1)  # rows
+    decoded = vae.likelihood(vae.decoder(codes.flatten(0, 1))).mean
+    return plots.save_image_grid(
+        decoded,
+        image_shape,
+        path,
+        ncols=grid_size,
+        title=f"decodes over z_{i} (→) and z_{j} (↑) at normal quantiles",
+    )

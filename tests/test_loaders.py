@@ -1,0 +1,149 @@
+"""Data from files: IDX folders in torchvision's layout and the user's .npy / .npz arrays.
+
+Every file here is written by the test itself: nothing is read from shared data or the network.
+"""
+
+import gzip
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae import DataConfig, UserInputError, load_dataset
+from pyro_vae.loaders import read_idx
+
+
+def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
+    """LeCun's IDX format: zero bytes, type 0x08 (unsigned byte), rank, big-endian sizes, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+def write_mnist(root, splits=("train", "t10k"), n=(40, 20), folder="MNIST", compress=True):
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in zip(splits, n, strict=False):
+        write_idx(
+            raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)), compress
+        )
+        write_idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, count), compress)
+    return raw
+
+
+def test_read_idx_round_trip(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a", array, compress=False)
+    write_idx(tmp_path / "b", array, compress=True)
+    for name in ("a", "b.gz"):
+        assert torch.equal(read_idx(tmp_path / name), torch.as_tensor(array))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_mnist_with_both_splits_keeps_the_official_test_split(tmp_path, compress):
+    write_mnist(tmp_path, compress=compress)
+    data = load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path), val_fraction=0.25))
+    assert data.image_shape == (28, 28) and data.note == ""
+    assert (data.train.x.shape[0], data.val.x.shape[0], data.test.x.shape[0]) == (30, 10, 20)
+    assert data.train.x.min() >= 0 and data.train.x.max() <= 1
+    assert data.test.x.shape[1] == 784
+
+
+def test_only_the_test_split_on_disk_is_said_and_split(tmp_path, caplog):
+    write_mnist(tmp_path, splits=("t10k",), n=(50,), folder="FashionMNIST")
+    data = load_dataset(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path)))
+    assert "only the test split" in data.note and "only the test split" in caplog.text
+    assert (data.train.x.shape[0], data.val.x.shape[0], data.test.x.shape[0]) == (40, 5, 5)
+
+
+def test_missing_idx_files_name_the_folder(tmp_path):
+    with pytest.raises(UserInputError, match=r"no kmnist IDX files in .*KMNIST/raw.*--data-dir"):
+        load_dataset(DataConfig(dataset="kmnist", data_dir=str(tmp_path)))
+
+
+def test_truncated_and_foreign_idx_files_are_refused(tmp_path):
+    raw = write_mnist(tmp_path, compress=False)
+    images = raw / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(UserInputError, match="truncated or damaged"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+    images.write_bytes(b"PK\x03\x04 not an idx file at all")
+    with pytest.raises(UserInputError, match="not an IDX file"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+    broken_gzip = raw / "train-images-idx3-ubyte.gz"
+    (raw / "train-images-idx3-ubyte").unlink()
+    broken_gzip.write_bytes(b"\x1f\x8b\x08 broken")
+    with pytest.raises(UserInputError, match="cannot read"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+
+
+def test_images_and_labels_must_agree(tmp_path):
+    raw = write_mnist(tmp_path)
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(7))
+    with pytest.raises(UserInputError, match="do not describe the same images"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+
+
+def test_download_without_a_usable_torchvision_says_why(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now fails
+    with pytest.raises(UserInputError, match="torchvision, which cannot be imported"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=True))
+
+
+def array_config(path) -> DataConfig:
+    return DataConfig(dataset="array", path=str(path))
+
+
+def test_user_arrays_of_every_accepted_shape(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "flat.npy", rng.random((50, 36)).astype(np.float32))
+    assert load_dataset(array_config(tmp_path / "flat.npy")).image_shape == (6, 6)
+    np.save(tmp_path / "row.npy", rng.random((50, 5)))
+    assert load_dataset(array_config(tmp_path / "row.npy")).image_shape == (1, 5)
+    np.save(tmp_path / "images.npy", rng.integers(0, 256, (50, 4, 7)).astype(np.uint8))
+    data = load_dataset(array_config(tmp_path / "images.npy"))
+    assert data.image_shape == (4, 7) and data.train.x.max() <= 1.0  # uint8 scaled to [0, 1]
+    np.savez(tmp_path / "named.npz", x=rng.random((50, 9)), y=np.arange(50) % 3)
+    data = load_dataset(array_config(tmp_path / "named.npz"))
+    assert set(torch.cat([data.train.labels, data.val.labels]).tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.array([[0.1, np.nan], [0.2, 0.3]] * 10), "NaN or infinite values"),
+        (np.array([[0.1, np.inf]] * 20), "NaN or infinite values"),
+        (np.zeros((0, 4)), "holds no data"),
+        (np.zeros((10, 0)), "holds no data"),
+        (np.zeros(10), r"expected \(N, D\) or \(N, H, W\)"),
+        (np.zeros((2, 3, 4, 5)), r"expected \(N, D\) or \(N, H, W\)"),
+        (np.array([["a", "b"]] * 10), "expected numbers"),
+    ],
+    ids=["nan", "inf", "no-rows", "no-columns", "rank-1", "rank-4", "strings"],
+)
+def test_bad_user_arrays_get_one_line_errors(tmp_path, array, message):
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(UserInputError, match=message):
+        load_dataset(array_config(tmp_path / "bad.npy"))
+
+
+def test_unreadable_or_ambiguous_files(tmp_path):
+    with pytest.raises(UserInputError, match="no data file at"):
+        load_dataset(array_config(tmp_path / "absent.npy"))
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(UserInputError, match="not a readable"):
+        load_dataset(array_config(tmp_path / "junk.npy"))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 3, dtype=object))
+    with pytest.raises(UserInputError, match="not a readable"):
+        load_dataset(array_config(tmp_path / "objects.npy"))
+    np.savez(tmp_path / "two.npz", a=np.zeros((5, 2)), b=np.zeros((5, 2)))
+    with pytest.raises(UserInputError, match="name the images 'x'"):
+        load_dataset(array_config(tmp_path / "two.npz"))
