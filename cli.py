@@ -3,12 +3,14 @@
 Run it as ``python cli.py ...`` from a checkout or as ``pyro-vae ...`` once installed.
 """
 
+import contextlib
 import functools
 import json
 import logging
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -28,13 +30,16 @@ from pyro_vae import (
     VAE,
     Checkpoint,
     DataConfig,
+    EpochMetrics,
     ModelConfig,
     RunConfig,
+    RunResult,
     TrainConfig,
     UserInputError,
     load_checkpoint,
     load_dataset,
     resolve_device,
+    resume_run,
     train_run,
 )
 from pyro_vae.config import BINARIZATIONS
@@ -49,6 +54,7 @@ from pyro_vae.pictures import (
     save_samples,
 )
 from pyro_vae.registry import accepts
+from pyro_vae.runs import RunHooks
 
 app = typer.Typer(
     help="Variational autoencoders as Pyro model/guide pairs: train, sample, reconstruct.",
@@ -154,6 +160,7 @@ def global_options(
 @app.command()
 @reports_user_errors
 def train(
+    ctx: typer.Context,
     out: Annotated[
         Path | None,
         typer.Option(help="Run directory to create.", show_default="runs/DATASET-DATE-TIME"),
@@ -236,8 +243,33 @@ def train(
         int, typer.Option(help="Seed for weights, batch order and samples of z.")
     ] = TrainConfig.seed,
     device: DeviceOption = TrainConfig.device,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this directory from its last checkpoint."),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Also save a checkpoint every this many steps.", show_default="every epoch"
+        ),
+    ] = None,
 ) -> None:
-    """Train a VAE with SVI and write a run directory (checkpoint, metrics, pictures)."""
+    """Train a VAE with SVI and write a run directory (checkpoint, metrics, pictures).
+
+    Ctrl-C stops after the current step and saves a checkpoint; --resume RUN continues it.
+    """
+    if resume is not None:
+        _refuse_changes_on_resume(ctx, out)
+        explicit = _explicit_options(ctx)
+        changes = {
+            name: value
+            for name, value in (("epochs", epochs), ("lr", lr), ("device", device))
+            if name in explicit
+        }
+        with _TrainingProgress() as progress, _stop_on_ctrl_c() as stop:
+            result = resume_run(resume, changes, progress.hooks(stop, checkpoint_every))
+        return _summarise(result)
+
     prior_options = _component_options(
         PRIORS, "prior", prior.value, {"--components": ("num_components", components)}
     )
@@ -274,23 +306,79 @@ def train(
         raise UserInputError("--data FILE and --dataset both name the data: give one of them")
     name = data.stem if data is not None else dataset.value
     out = out or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+    with _TrainingProgress() as progress, _stop_on_ctrl_c() as stop:
+        result = train_run(config, out, overwrite, progress.hooks(stop, checkpoint_every))
+    _summarise(result)
 
-    with _TrainingProgress(epochs) as progress:
-        result = train_run(
-            config, out, overwrite, on_step=progress.on_step, on_epoch=progress.on_epoch
+
+RESUMABLE_OPTIONS = {"resume", "epochs", "lr", "device", "checkpoint_every"}
+
+
+def _explicit_options(ctx: typer.Context) -> set[str]:
+    """The options given on the command line (or in the environment), not left at defaults."""
+    return {
+        name
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+    }
+
+
+def _refuse_changes_on_resume(ctx: typer.Context, out: Path | None) -> None:
+    if out is not None:
+        raise UserInputError("--resume RUN names the run directory: drop --out")
+    fixed = sorted(_explicit_options(ctx) - RESUMABLE_OPTIONS)
+    if fixed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
+        raise UserInputError(
+            f"a resumed run keeps its configuration, so {flags} cannot change (only --epochs, "
+            "--lr, --device and --checkpoint-every can): drop them, or start a new run"
         )
 
-    final = result.history[-1]
-    seconds = sum(m.seconds for m in result.history)
-    typer.echo(
-        f"Trained {final.epoch} epochs on {result.device} in {seconds:.1f} s of SVI steps "
-        f"({elbo.value} ELBO, {final.train_kl} KL). Validation ELBO: {final.val_elbo:.2f} "
-        f"nats per image ({final.val_kl} KL)."
-    )
-    if elbo.value == "analytic" and final.train_kl != "closed-form":
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c() -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a request to save and stop after the current step.
+
+    Stopping between steps, never inside one, keeps the parameters and the optimizer in step;
+    a second Ctrl-C stops at once, without saving.
+    """
+    requested = False
+
+    def handle(signum: int, frame: object) -> None:
+        nonlocal requested
+        if requested:
+            raise KeyboardInterrupt
+        requested = True
+        stderr.print("Stopping after this step (Ctrl-C again to abort without saving)...")
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield lambda: requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _summarise(result: RunResult) -> None:
+    if not result.finished:
+        position = f"epoch {result.history[-1].epoch if result.history else 0}"
+        if result.steps_done:
+            position += f" and {result.steps_done} steps"
         typer.echo(
-            f"Note: the {prior.value} prior has no closed-form KL to the Gaussian guide, so "
-            "--elbo analytic (TraceMeanField_ELBO) estimated that term by Monte Carlo."
+            f"Stopped after {position}; the checkpoint is saved. Continue with: "
+            f"pyro-vae train --resume {result.run_dir}"
+        )
+        raise typer.Exit(130)  # the shell's code for a run ended by Ctrl-C
+    final = result.history[-1]
+    typer.echo(
+        f"Trained {final.epoch} epochs on {result.device} in {sum(result.epoch_seconds):.1f} s "
+        f"of SVI steps ({final.train_kl} KL). Validation ELBO: {final.val_elbo:.2f} nats per "
+        f"image ({final.val_kl} KL)."
+    )
+    config = load_checkpoint(result.run_dir).config
+    if config.train.elbo == "analytic" and final.train_kl != "closed-form":
+        typer.echo(
+            f"Note: the {config.model.prior} prior has no closed-form KL to the Gaussian guide, "
+            "so --elbo analytic (TraceMeanField_ELBO) estimated that term by Monte Carlo."
         )
     typer.echo(f"Run directory: {result.run_dir}")
     for path in result.files:
@@ -298,22 +386,22 @@ def train(
 
 
 class _TrainingProgress:
-    """A progress bar over all steps of the run with the live loss and the last validation ELBO."""
+    """A progress bar over the run's steps with the live loss and the last validation ELBO."""
 
     REFRESH_SECONDS = 0.2  # reading the loss forces a device sync: do it a few times a second only
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-        self.fields = {"epoch": f"1/{epochs}", "loss": "…", "val": "…"}
+    def __init__(self) -> None:
+        self.fields = {"epochs": "…", "loss": "…", "val": "…"}
         self.last_read = 0.0
         self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
+            TextColumn("epochs done {task.fields[epochs]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("loss {task.fields[loss]}  val ELBO {task.fields[val]}"),
             console=stderr,
         )
+        self.task: Any = None
 
     def __enter__(self) -> "_TrainingProgress":
         return self
@@ -321,24 +409,29 @@ class _TrainingProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
+    def hooks(self, should_stop: Callable[[], bool], checkpoint_every: int | None) -> RunHooks:
+        return RunHooks(
+            on_step=self.on_step,
+            on_epoch=self.on_epoch,
+            should_stop=should_stop,
+            checkpoint_every=checkpoint_every,
+            command=sys.argv,
+        )
+
     def on_step(self, step: int, num_steps: int, loss: torch.Tensor) -> None:
-        if not self.progress.live.is_started:  # only once training runs, not before checks pass
+        if self.task is None:  # only once training runs, not before the checks pass
             self.progress.start()
-            self.task = self.progress.add_task(
-                "train", total=self.epochs * num_steps, **self.fields
-            )
+            self.task = self.progress.add_task("train", total=num_steps, **self.fields)
+        if step == 1:
+            self.progress.reset(self.task, total=num_steps)
         self.progress.advance(self.task)
         now = time.monotonic()
         if now - self.last_read > self.REFRESH_SECONDS or step == num_steps:
             self.last_read = now
             self.progress.update(self.task, loss=f"{loss.item():.2f}")
 
-    def on_epoch(self, metrics: Any) -> None:
-        self.progress.update(
-            self.task,
-            epoch=f"{min(metrics.epoch + 1, self.epochs)}/{self.epochs}",
-            val=f"{metrics.val_elbo:.2f}",
-        )
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        self.progress.update(self.task, epochs=str(metrics.epoch), val=f"{metrics.val_elbo:.2f}")
 
 
 def _component_options(

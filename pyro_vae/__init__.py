@@ -11,8 +11,8 @@ from pyro_vae.likelihoods import LIKELIHOODS, BernoulliLikelihood, GaussianLikel
 from pyro_vae.model import VAE
 from pyro_vae.objectives import ESTIMATORS, make_elbo
 from pyro_vae.priors import PRIORS, Prior, StandardNormalPrior
-from pyro_vae.runs import RunResult, train_run
-from pyro_vae.train import EpochMetrics, Trainer, resolve_device
+from pyro_vae.runs import RunHooks, RunResult, resume_run, train_run
+from pyro_vae.train import EpochMetrics, Trainer, TrainingDiverged, resolve_device
 
 __all__ = [
     "DATASETS",
@@ -30,10 +30,12 @@ __all__ = [
     "ModelConfig",
     "Prior",
     "RunConfig",
+    "RunHooks",
     "RunResult",
     "StandardNormalPrior",
     "TrainConfig",
     "Trainer",
+    "TrainingDiverged",
     "UserInputError",
     "active_units",
     "elbo_per_datapoint",
@@ -42,6 +44,7 @@ __all__ = [
     "load_dataset",
     "make_elbo",
     "resolve_device",
+    "resume_run",
     "save_checkpoint",
     "train_run",
 ]

@@ -1,19 +1,22 @@
 """Self-describing checkpoints: the run's configuration travels with the weights.
 
-A checkpoint holds the ``RunConfig``, the image shape, the VAE's ``state_dict`` and the trainer's
-state (optimizer and per-epoch history), so ``load_checkpoint(path).build_vae()`` rebuilds the model
-with no other input, and training can continue from it. Files are written atomically: a reader, or
-a crash half-way, never sees a partial checkpoint.
+A checkpoint holds the ``RunConfig``, the image shape, the VAE's ``state_dict``, the trainer's
+state (optimizer, history, the epoch in progress) and the random number generators' states, so
+``load_checkpoint(path).build_vae()`` rebuilds the model with no other input and a resumed run
+continues exactly as if it had never stopped. Files are written atomically: a reader, or a crash
+half-way (SIGKILL included), finds the previous complete checkpoint or the new one, never a mix.
 """
 
 import os
 import platform
+import random
 import tempfile
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 
@@ -41,13 +44,46 @@ class Checkpoint:
     config: RunConfig
     image_shape: tuple[int, ...]
     model_state: dict[str, torch.Tensor]
-    trainer_state: dict[str, Any]  # see Trainer.state_dict: optimizer state and history
+    trainer_state: dict[str, Any]  # see Trainer.state_dict: optimizer, history, epoch in progress
+    rng_state: dict[str, Any] | None = None  # see capture_rng_state
 
     def build_vae(self, device: torch.device | str = "cpu") -> VAE:
         """The trained VAE, on ``device``."""
         vae = VAE.from_config(self.config.model, prod(self.image_shape))
-        vae.load_state_dict(self.model_state)
+        try:
+            vae.load_state_dict(self.model_state)
+        except RuntimeError as error:  # missing, unexpected or mis-shaped weights
+            raise UserInputError(
+                f"the checkpoint's weights do not fit its own configuration ({error}): "
+                "it was edited or damaged; train again"
+            ) from None
         return vae.to(device)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The states of every generator a run draws from: torch (CPU and CUDA), numpy, random.
+
+    Pyro samples from torch's generator. Everything is kept as tensors and plain Python values,
+    which ``torch.load(weights_only=True)`` accepts.
+    """
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(
+        ("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian)
+    )
+    random.setstate(state["python"])
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
@@ -59,6 +95,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
         "image_shape": list(checkpoint.image_shape),
         "model_state": checkpoint.model_state,
         "trainer_state": checkpoint.trainer_state,
+        "rng_state": checkpoint.rng_state,
     }
     path = Path(path)
     # The temporary file lives in the same folder, so the final rename never crosses file systems.
@@ -68,10 +105,15 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp_name, path)  # atomic: the old checkpoint stays whole until this instant
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
@@ -107,6 +149,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
             image_shape=tuple(payload["image_shape"]),
             model_state=payload["model_state"],
             trainer_state=payload["trainer_state"],
+            rng_state=payload.get("rng_state"),
         )
     except (KeyError, TypeError) as error:
         raise UserInputError(f"{path} is an incomplete pyro-vae checkpoint ({error})") from error

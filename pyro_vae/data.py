@@ -55,10 +55,10 @@ class Dataset:
 
         return replace(self, train=move(self.train), val=move(self.val), test=move(self.test))
 
-    def train_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """One epoch of shuffled training mini-batches, binarized afresh under ``dynamic``."""
-        for batch in shuffled_batches(self.train.x, batch_size):
-            yield torch.bernoulli(batch) if self.binarize == "dynamic" else batch
+    def train_batch(self, index: torch.Tensor) -> torch.Tensor:
+        """The training images at ``index``, binarized afresh under ``dynamic``."""
+        batch = self.train.x[index]
+        return torch.bernoulli(batch) if self.binarize == "dynamic" else batch
 
     def modelled_splits(self) -> list[Split]:
         """The splits as the model sees them (a dynamically binarized train split never is)."""

@@ -1,34 +1,49 @@
 """A training run from configuration to run directory: the facade that the CLI calls.
 
 A run directory holds:
-    checkpoint.pt         config, model and optimizer state, history (see checkpoint.py)
-    config.json           the same configuration and the versions, for people and scripts
-    metrics.jsonl         one JSON object per epoch (see train.EpochMetrics)
+    checkpoint.pt         config, model, optimizer, history, RNG states (see checkpoint.py)
+    config.json           the configuration, versions, device and command line, for people
+    metrics.jsonl         one JSON object per finished epoch (see train.EpochMetrics)
+    timing.jsonl          seconds of each epoch's steps (apart: timings never repeat exactly)
     elbo_curve.png        training and validation ELBO against epochs
     reconstructions.png   test images beside their reconstructions
     samples.png           decoded means of z ~ p(z)
+
+A run can stop (Ctrl-C, a kill, a crash) and continue with ``resume_run``: the checkpoint is
+written after every epoch, and every ``checkpoint_every`` steps if asked, and a resumed run ends
+with the same parameters and metrics as one that never stopped.
 """
 
 import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
 
 from pyro_vae import plots
-from pyro_vae.checkpoint import Checkpoint, environment, save_checkpoint
+from pyro_vae.checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    environment,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from pyro_vae.config import RunConfig
-from pyro_vae.data import load_dataset
+from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
 from pyro_vae.pictures import save_reconstructions, save_samples
-from pyro_vae.train import EpochMetrics, StepCallback, Trainer, resolve_device
+from pyro_vae.train import EpochMetrics, StepCallback, Trainer, TrainingDiverged, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+TIMING = "timing.jsonl"
 ELBO_CURVE = "elbo_curve.png"
 RECONSTRUCTIONS = "reconstructions.png"
 SAMPLES = "samples.png"
@@ -37,12 +52,29 @@ NUM_SAMPLES = 64  # images in the samples grid written at the end of training
 NUM_RECONSTRUCTIONS = 16  # test images shown beside their reconstructions
 
 
+RESUMABLE = ("epochs", "lr", "device")  # what a resumed run may change: not model, data or seed
+
+
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
     device: torch.device
     history: list[EpochMetrics]
+    epoch_seconds: list[float]
     files: list[Path]
+    finished: bool  # False when should_stop ended the run early (it can be resumed)
+    steps_done: int  # steps of the unfinished epoch saved in the checkpoint (0 if none)
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a caller may see and steer while a run trains; all optional."""
+
+    on_step: StepCallback | None = None  # after every step, for a progress display
+    on_epoch: Callable[[EpochMetrics], None] | None = None  # after every epoch
+    should_stop: Callable[[], bool] | None = None  # checked after every step: save and stop
+    checkpoint_every: int | None = None  # also save every this many steps
+    command: Sequence[str] | None = None  # the command line, recorded in config.json
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -51,19 +83,15 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise UserInputError(f"{run_dir} is a file: choose a directory for the run's output")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise UserInputError(
-            f"{run_dir} already holds files: choose a new output directory, "
-            "or ask to overwrite it (--overwrite)"
+            f"{run_dir} already holds files: choose a new output directory, continue the run "
+            "in it (--resume), or replace it (--overwrite)"
         )
 
 
 def train_run(
-    config: RunConfig,
-    run_dir: Path,
-    overwrite: bool = False,
-    on_step: StepCallback | None = None,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    config: RunConfig, run_dir: Path, overwrite: bool = False, hooks: RunHooks = RunHooks()
 ) -> RunResult:
-    """Train a VAE as ``config`` says, writing the checkpoint and metrics after every epoch.
+    """Train a VAE as ``config`` says into a new run directory.
 
     Every check that can fail (options, device, output folder, data against the likelihood) runs
     before the first step, so a mistake costs seconds, not a training run.
@@ -74,30 +102,151 @@ def train_run(
     pyro.set_rng_seed(config.train.seed)
     data = load_dataset(config.data).to(device)
     vae = VAE.from_config(config.model, data.data_dim).to(device)
+    _check_data(vae, data)
+    trainer = Trainer(vae, config.train)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_record(run_dir, config, device, data, hooks.command)
+    return _train(config, run_dir, data, trainer, hooks)
+
+
+def resume_run(
+    run_dir: Path, changes: Mapping[str, Any] | None = None, hooks: RunHooks = RunHooks()
+) -> RunResult:
+    """Continue the run in ``run_dir`` from its checkpoint, exactly where it stopped.
+
+    ``changes`` may set ``epochs`` (to train longer), ``lr`` (after a divergence, say) and
+    ``device``; anything that would change the model, the data or the randomness is refused.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = load_checkpoint(run_dir)
+    changes = dict(changes or {})
+    refused = sorted(set(changes) - set(RESUMABLE))
+    if refused:
+        raise UserInputError(
+            f"a resumed run keeps its configuration, so {', '.join(refused)} cannot change "
+            f"(only {', '.join(RESUMABLE)} can): drop those options, or start a new run"
+        )
+    config = replace(checkpoint.config, train=replace(checkpoint.config.train, **changes))
+    device = resolve_device(config.train.device)
+    data = load_dataset(config.data).to(device)
+    vae = checkpoint.build_vae(device)
+    _check_data(vae, data)
+    trainer = Trainer(vae, config.train)
+    trainer.load_state_dict(checkpoint.trainer_state)
+    if trainer.epoch >= config.train.epochs and trainer.steps_done == 0:
+        raise UserInputError(
+            f"{run_dir} has finished its {trainer.epoch} epochs: pass a larger --epochs to train on"
+        )
+    if checkpoint.rng_state is not None:
+        restore_rng_state(checkpoint.rng_state)
+    _write_record(run_dir, config, device, data, hooks.command, resumed_at=trainer.epoch)
+    return _train(config, run_dir, data, trainer, hooks)
+
+
+def _check_data(vae: VAE, data: Dataset) -> None:
     for split in data.modelled_splits():
         vae.likelihood.check_data(split.x)
-    trainer = Trainer(vae, config.train)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = {
+
+def _write_record(
+    run_dir: Path,
+    config: RunConfig,
+    device: torch.device,
+    data: Dataset,
+    command: Sequence[str] | None,
+    resumed_at: int | None = None,
+) -> None:
+    record: dict[str, Any] = {
         "config": config.to_dict(),
         "environment": environment(),
         "device": str(device),
         "data": {"name": data.name, "image_shape": data.image_shape, "note": data.note},
+        "command": list(command) if command is not None else None,
     }
-    (run_dir / CONFIG).write_text(json.dumps(record, indent=2) + "\n")
-    (run_dir / METRICS).write_text("")
-    for _ in range(config.train.epochs):
-        metrics = trainer.train_epoch(data, on_step)
-        with open(run_dir / METRICS, "a") as file:
-            file.write(json.dumps(asdict(metrics)) + "\n")
-        save_checkpoint(
-            Checkpoint(config, data.image_shape, vae.state_dict(), trainer.state_dict()),
-            run_dir / CHECKPOINT,
-        )
-        if on_epoch is not None:
-            on_epoch(metrics)
+    if resumed_at is not None:
+        record["resumed_after_epoch"] = resumed_at
+    _write_atomically(run_dir / CONFIG, json.dumps(record, indent=2) + "\n")
 
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _train(
+    config: RunConfig, run_dir: Path, data: Dataset, trainer: Trainer, hooks: RunHooks
+) -> RunResult:
+    # Rewritten from the checkpoint's history, so a run killed between writing its checkpoint
+    # and its metrics line comes back consistent.
+    _write_atomically(run_dir / METRICS, "".join(_json_line(asdict(m)) for m in trainer.history))
+    _write_atomically(
+        run_dir / TIMING,
+        "".join(
+            _json_line({"epoch": i + 1, "seconds": s}) for i, s in enumerate(trainer.epoch_seconds)
+        ),
+    )
+
+    def save() -> None:
+        if trainer.steps_done:  # mid-epoch; a finished epoch was checked by train_epoch
+            trainer.check_finite()
+        state = Checkpoint(
+            config,
+            data.image_shape,
+            trainer.vae.state_dict(),
+            trainer.state_dict(),
+            capture_rng_state(),
+        )
+        save_checkpoint(state, run_dir / CHECKPOINT)
+
+    steps_since_save = 0
+
+    def after_step() -> bool:
+        nonlocal steps_since_save
+        steps_since_save += 1
+        stop = hooks.should_stop is not None and hooks.should_stop()
+        if stop or (hooks.checkpoint_every and steps_since_save >= hooks.checkpoint_every):
+            save()
+            steps_since_save = 0
+        return stop
+
+    def result(finished: bool, files: list[Path]) -> RunResult:
+        return RunResult(
+            run_dir,
+            next(trainer.vae.parameters()).device,
+            trainer.history,
+            trainer.epoch_seconds,
+            files,
+            finished,
+            trainer.steps_done,
+        )
+
+    try:
+        while trainer.epoch < config.train.epochs:
+            metrics = trainer.train_epoch(data, hooks.on_step, after_step)
+            if metrics is None:  # stopped on request, checkpoint saved
+                return result(False, [run_dir / CHECKPOINT])
+            save()  # first the checkpoint, then the lines that describe it
+            steps_since_save = 0
+            with open(run_dir / METRICS, "a") as file:
+                file.write(_json_line(asdict(metrics)))
+            with open(run_dir / TIMING, "a") as file:
+                file.write(
+                    _json_line({"epoch": metrics.epoch, "seconds": trainer.epoch_seconds[-1]})
+                )
+            if hooks.on_epoch is not None:
+                hooks.on_epoch(metrics)
+            if hooks.should_stop is not None and hooks.should_stop():
+                return result(False, [run_dir / CHECKPOINT])
+    except TrainingDiverged as error:
+        last = f"epoch {trainer.epoch}" if trainer.epoch else "its start"
+        raise TrainingDiverged(
+            f"{error}. {run_dir / CHECKPOINT} still holds the last good state (from {last} or "
+            f"later); continue from it with a lower rate: --resume {run_dir} "
+            f"--lr {config.train.lr / 10:g}"
+        ) from None
+
+    vae = trainer.vae
     pictures = [
         save_reconstructions(
             vae, data.test.x[:NUM_RECONSTRUCTIONS], data.image_shape, run_dir / RECONSTRUCTIONS
@@ -105,5 +254,10 @@ def train_run(
         save_samples(vae, data.image_shape, run_dir / SAMPLES, NUM_SAMPLES, config.train.seed),
         plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),
     ]
-    files = [run_dir / name for name in (CHECKPOINT, CONFIG, METRICS)] + pictures
-    return RunResult(run_dir, device, trainer.history, files)
+    return result(
+        True, [run_dir / name for name in (CHECKPOINT, CONFIG, METRICS, TIMING)] + pictures
+    )
+
+
+def _json_line(values: Mapping[str, Any]) -> str:
+    return json.dumps(values) + "\n"

@@ -3,7 +3,6 @@
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from math import ceil
 from typing import Any
 
 import torch
@@ -40,9 +39,12 @@ class EpochMetrics:
     epoch: int  # counted from 1
     train_elbo: float  # nats per image, the training estimator, averaged over the epoch's steps
     val_elbo: float  # nats per image on the validation split, val_particles samples of z
-    seconds: float  # wall-clock time of the epoch's training steps (validation excluded)
     train_kl: str  # how training treated the KL term: "closed-form" or "monte-carlo"
     val_kl: str  # the same for the validation ELBO (closed form wherever the prior allows)
+
+
+class TrainingDiverged(UserInputError):
+    """The loss or a parameter stopped being a finite number, almost always a too-high ``lr``."""
 
 
 # Called after every step with (step within the epoch, steps per epoch, loss as a 0-dim tensor).
@@ -55,7 +57,8 @@ class Trainer:
     Each step computes Pyro's differentiable ELBO loss for one mini-batch and lets a torch Adam
     update ``vae.parameters()``: the same update as ``SVI.step`` with ``pyro.optim.Adam``, but with
     the optimizer state in one ``state_dict`` and no host synchronisation for a per-step
-    ``.item()``.
+    ``.item()``. The trainer's state includes an epoch in progress (its batch order and the steps
+    done), so a checkpoint taken between two steps resumes exactly where it stopped.
     """
 
     def __init__(self, vae: VAE, config: TrainConfig):
@@ -64,50 +67,126 @@ class Trainer:
         self.elbo = make_elbo(config.elbo, config.num_particles)
         self.optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
         self.history: list[EpochMetrics] = []
+        # Wall-clock seconds of each epoch's steps: kept apart from the metrics, which a fixed
+        # seed reproduces to the bit while timings never repeat.
+        self.epoch_seconds: list[float] = []
         self.train_kl = kl_method(config.elbo, vae.prior())
         self.val_kl = kl_method("analytic", vae.prior())
+        self._order: torch.Tensor | None = None  # the epoch in progress: its shuffled indices,
+        self._steps_done = 0  # the steps taken,
+        self._loss_sum = torch.zeros(())  # their summed loss,
+        self._seconds = 0.0  # and their time
 
     @property
     def epoch(self) -> int:
         """Number of completed epochs."""
         return len(self.history)
 
+    @property
+    def steps_done(self) -> int:
+        """Steps taken in the epoch in progress (0 between epochs)."""
+        return self._steps_done if self._order is not None else 0
+
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         """One SVI step; returns the loss, −ELBO per data point, as a detached 0-dim tensor."""
         # The gradient of the ELBO summed over the batch, as SVI.step takes it: Adam's ε makes the
         # summed and the averaged loss step differently where gradients are tiny.
-        loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, batch)
+        try:
+            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, batch)
+        except ValueError as error:
+            # Distributions validate their parameters, so an update that sent a weight, or a
+            # scale such as exp(½ log σ²), to NaN or infinity surfaces here, one step later. On
+            # the first step no update is to blame: that error is a genuine one.
+            if self.optimizer.state and "Expected parameter" in str(error):
+                raise TrainingDiverged(self._divergence_message(self._steps_done + 1)) from None
+            raise
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return loss.detach() / batch.shape[0]
 
-    def train_epoch(self, data: Dataset, on_step: StepCallback | None = None) -> EpochMetrics:
-        """One pass over the training split in shuffled mini-batches, then the validation ELBO."""
-        start = time.perf_counter()
+    def train_epoch(
+        self,
+        data: Dataset,
+        on_step: StepCallback | None = None,
+        after_step: Callable[[], bool] | None = None,
+    ) -> EpochMetrics | None:
+        """Run the epoch in progress, or a new one, to its end; then the validation ELBO.
+
+        ``after_step()`` runs after every step (to save a checkpoint, say); when it returns True
+        the epoch stops there, its progress kept for a later call, and this returns None.
+        """
         num_train = data.train.x.shape[0]
-        num_steps = ceil(num_train / self.config.batch_size)
-        loss_sum = torch.zeros((), device=data.train.x.device)  # on the device: one sync an epoch
-        for step, batch in enumerate(data.train_batches(self.config.batch_size), start=1):
-            loss = self.step(batch)
-            loss_sum += loss * batch.shape[0]
+        if self._order is None:
+            self._order = torch.randperm(num_train, device=data.train.x.device)
+            self._steps_done, self._seconds = 0, 0.0
+            self._loss_sum = torch.zeros((), device=data.train.x.device)  # one sync an epoch
+        batches = self._order.split(self.config.batch_size)
+        start = time.perf_counter()
+        for index in batches[self._steps_done :]:
+            loss = self.step(data.train_batch(index))
+            self._loss_sum += loss * index.shape[0]
+            self._steps_done += 1
             if on_step is not None:
-                on_step(step, num_steps, loss)
-        train_elbo = -loss_sum.item() / num_train
-        seconds = time.perf_counter() - start
+                on_step(self._steps_done, len(batches), loss)
+            if after_step is not None and self._steps_done < len(batches) and after_step():
+                self._seconds += time.perf_counter() - start
+                return None
+        self._seconds += time.perf_counter() - start
+        self.check_finite()
         val_elbo = elbo_per_datapoint(self.vae, data.val.x, num_particles=self.config.val_particles)
-        metrics = EpochMetrics(
-            self.epoch + 1, train_elbo, val_elbo, seconds, self.train_kl, self.val_kl
-        )
+        train_elbo = -self._loss_sum.item() / num_train
+        metrics = EpochMetrics(self.epoch + 1, train_elbo, val_elbo, self.train_kl, self.val_kl)
         self.history.append(metrics)
+        self.epoch_seconds.append(self._seconds)
+        self._order = None
         return metrics
 
+    def check_finite(self) -> None:
+        """Raise ``TrainingDiverged`` if the loss so far or any parameter is NaN or infinite."""
+        values = [self._loss_sum.reshape(1)] + [
+            p.detach().reshape(-1) for p in self.vae.parameters()
+        ]
+        if not bool(torch.isfinite(torch.cat(values)).all()):  # one sync, at save points only
+            raise TrainingDiverged(self._divergence_message(self._steps_done))
+
+    def _divergence_message(self, step: int) -> str:
+        return (
+            f"training diverged in epoch {self.epoch + 1} (by step {step}): the "
+            f"loss, the parameters or a distribution's parameters are no longer finite numbers; "
+            f"the learning rate ({self.config.lr:g}) is the usual cause"
+        )
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def state_dict(self) -> dict[str, Any]:
+        in_progress = None
+        if self._order is not None:
+            in_progress = {
+                "order": self._order,
+                "steps_done": self._steps_done,
+                "loss_sum": self._loss_sum,
+                "seconds": self._seconds,
+            }
         return {
             "optimizer": self.optimizer.state_dict(),
             "history": [asdict(metrics) for metrics in self.history],
+            "epoch_seconds": list(self.epoch_seconds),
+            "epoch_in_progress": in_progress,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Restore a ``state_dict``; tensors move to the VAE's device, the lr stays the config's."""
+        self.optimizer.load_state_dict(state["optimizer"])  # restores the saved lr too ...
+        self.set_lr(self.config.lr)  # ... but a resumed run may lower it
         self.history = [EpochMetrics(**metrics) for metrics in state["history"]]
+        self.epoch_seconds = list(state["epoch_seconds"])
+        in_progress = state["epoch_in_progress"]
+        if in_progress is not None:
+            device = next(self.vae.parameters()).device
+            self._order = in_progress["order"].to(device)
+            self._steps_done = in_progress["steps_done"]
+            self._loss_sum = in_progress["loss_sum"].to(device)
+            self._seconds = in_progress["seconds"]

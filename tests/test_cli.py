@@ -36,13 +36,16 @@ def test_train_writes_every_artefact(run_dir):
         "checkpoint.pt",
         "config.json",
         "metrics.jsonl",
+        "timing.jsonl",
         "elbo_curve.png",
         "reconstructions.png",
         "samples.png",
     }
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert set(metrics[0]) == {"epoch", "train_elbo", "val_elbo", "seconds", "train_kl", "val_kl"}
+    assert set(metrics[0]) == {"epoch", "train_elbo", "val_elbo", "train_kl", "val_kl"}
+    timing = [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
+    assert [t["epoch"] for t in timing] == [1, 2] and all(t["seconds"] > 0 for t in timing)
     assert metrics[0]["train_kl"] == metrics[0]["val_kl"] == "closed-form"
     record = json.loads((run_dir / "config.json").read_text())
     assert record["config"]["train"]["elbo"] == "analytic"
@@ -77,40 +80,6 @@ def test_overwrite_replaces_the_run(tmp_path):
     (out / "notes.txt").write_text("mine")
     assert run("train", "--out", out, *FAST, "--overwrite").exit_code == 0
     assert (out / "checkpoint.pt").is_file() and (out / "notes.txt").read_text() == "mine"
-
-
-BAD_OPTIONS = [
-    (["--elbo", "foo"], "'--elbo'"),
-    (["--epochs", "0"], "'--epochs'"),
-    (["--batch-size", "0"], "'--batch-size'"),
-    (["--latent-dim", "-1"], "'--latent-dim'"),
-    (["--lr", "0"], "'--lr'"),
-    (["--lr", "-0.1"], "'--lr'"),
-    (["--num-particles", "0"], "'--num-particles'"),
-    (["--hidden-dims", "64,x"], "'--hidden-dims'"),
-    (["--sigma", "0"], "'--sigma'"),
-    (["--likelihood", "bernoulli", "--sigma", "0.5"], "--sigma applies to"),
-    (["--likelihood", "bernoulli"], "binary"),
-    (["--prior", "nope"], "'--prior'"),
-    (["--components", "3"], "--components applies to --prior mog or vamp"),
-    (["--prior", "mog", "--components", "0"], "'--components'"),
-    (["--binarize", "sometimes"], "'--binarize'"),
-    (["--likelihood", "continuous-bernoulli", "--sigma", "0.1"], "--sigma applies to"),
-    (["--device", "tpu"], "'--device'"),
-]
-if not torch.cuda.is_available():
-    BAD_OPTIONS.append((["--device", "cuda"], "CUDA is not available"))
-
-
-@pytest.mark.parametrize("args, named", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
-def test_bad_options_get_a_one_line_error(args, named, tmp_path):
-    out = tmp_path / "run"
-    result = run("train", "--out", out, *args)
-    assert result.exit_code == 2
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert len(error_lines) == 1 and named in error_lines[0]
-    assert "Traceback" not in result.output
-    assert not out.exists()  # refused before anything was written
 
 
 def test_a_prior_without_closed_form_kl_is_reported_and_sampled_from(tmp_path):
@@ -234,17 +203,6 @@ def test_mnist_from_a_data_dir_says_when_only_the_test_split_is_there(tmp_path):
     record = json.loads((out / "config.json").read_text())
     assert "only the test split" in record["data"]["note"]
     assert record["data"]["image_shape"] == [28, 28]
-
-
-def test_picture_commands_refuse_bad_paths(run_dir, tmp_path):
-    result = run("sample", tmp_path / "nowhere")
-    assert result.exit_code == 2 and "no checkpoint at" in result.stderr
-    result = run("sample", run_dir, "--out", tmp_path / "data.npy")
-    assert result.exit_code == 2 and "must name a .png file" in result.stderr
-    damaged = tmp_path / "damaged.pt"
-    damaged.write_bytes(b"not a checkpoint")
-    result = run("reconstruct", damaged)
-    assert result.exit_code == 2 and "not a readable checkpoint" in result.stderr
 
 
 def test_cli_py_runs_as_a_script():

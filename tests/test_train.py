@@ -14,7 +14,7 @@ from pyro_vae import (
     resolve_device,
     train_run,
 )
-from pyro_vae.config import ModelConfig, RunConfig
+from pyro_vae.config import RunConfig
 
 
 @pytest.mark.parametrize("estimator", ["mc", "analytic"])
@@ -26,7 +26,7 @@ def test_training_clearly_improves_the_validation_elbo(digits, estimator):
     # The estimator's noise on this split is about 0.002 nats; the gain is thousands of times that.
     assert history[-1].val_elbo > initial + 3.0
     assert [m.epoch for m in history] == [1, 2, 3]
-    assert all(m.train_elbo < 0 and m.seconds > 0 for m in history)
+    assert all(m.train_elbo < 0 for m in history) and all(s > 0 for s in trainer.epoch_seconds)
 
 
 @pytest.mark.parametrize("estimator", ["mc", "analytic"])
@@ -58,14 +58,6 @@ def test_num_particles_are_vectorised(digits):
     vae = VAE(digits.data_dim)
     loss = Trainer(vae, TrainConfig(num_particles=8)).step(digits.train.x[:32])
     assert torch.isfinite(loss)
-
-
-def test_train_run_is_reproducible(tmp_path):
-    config = RunConfig(model=ModelConfig(hidden_dims=(16,)), train=TrainConfig(epochs=2))
-    first = train_run(config, tmp_path / "a").history
-    second = train_run(config, tmp_path / "b").history
-    assert [m.val_elbo for m in first] == [m.val_elbo for m in second]
-    assert [m.train_elbo for m in first] == [m.train_elbo for m in second]
 
 
 @pytest.mark.parametrize(
