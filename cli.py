@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -607,6 +608,29 @@ def manifold(
     checkpoint, vae, _ = _load_trained(run, device)
     path = _output_path(run, out, "manifold.png")
     typer.echo(save_manifold(vae, checkpoint.image_shape, path, grid, (i, j)))
+
+
+EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
+ExperimentName = _choices("ExperimentName", ["estimators", "priors", "posterior_collapse"])
+
+
+@app.command()
+@reports_user_errors
+def experiment(
+    name: Annotated[ExperimentName, typer.Argument(help="Which script of experiments/ to run.")],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A tiny budget that only checks the script runs.")
+    ] = False,
+) -> None:
+    """Run an experiment from experiments/, which writes its report under experiments/results/."""
+    script = EXPERIMENTS / f"{name.value}.py"
+    if not script.is_file():
+        raise UserInputError(
+            "the experiments ship with the source checkout, not the installed package: "
+            "run this from a clone of pyro-vae (python cli.py experiment ...)"
+        )
+    command = [sys.executable, str(script), *(["--quick"] if quick else [])]
+    raise typer.Exit(subprocess.run(command, check=False).returncode)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 
 from pyro_vae.errors import UserInputError
 
-ELBO_ESTIMATORS = ("mc", "analytic")  # see objectives.py for what each one computes
+ELBO_ESTIMATORS = ("mc", "analytic", "iwae")  # see objectives.py for what each one computes
 BINARIZATIONS = ("none", "static", "dynamic")  # see data.py
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -75,7 +75,7 @@ class DataConfig:
 class TrainConfig:
     """How the ELBO is estimated and optimised."""
 
-    elbo: str = "mc"  # "mc": Trace_ELBO (Monte Carlo KL); "analytic": TraceMeanField_ELBO
+    elbo: str = "mc"  # "mc": Trace_ELBO (Monte Carlo KL); "analytic": TraceMeanField_ELBO; "iwae"
     num_particles: int = 1  # samples of z per data point in each training ELBO estimate
     lr: float = 1e-3  # Adam's learning rate
     batch_size: int = 64  # images per SVI step; small data sets favour small batches

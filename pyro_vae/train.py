@@ -12,7 +12,7 @@ from pyro_vae.data import Dataset
 from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import elbo_per_datapoint
 from pyro_vae.model import VAE
-from pyro_vae.objectives import kl_method, make_elbo
+from pyro_vae.objectives import kl_method, loss_and_backward, make_elbo
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,7 +37,7 @@ def resolve_device(name: str) -> torch.device:
 @dataclass(frozen=True)
 class EpochMetrics:
     epoch: int  # counted from 1
-    train_elbo: float  # nats per image, the training estimator, averaged over the epoch's steps
+    train_elbo: float  # nats per image, the training objective (for iwae, its bound), epoch average
     val_elbo: float  # nats per image on the validation split, val_particles samples of z
     train_kl: str  # how training treated the KL term: "closed-form" or "monte-carlo"
     val_kl: str  # the same for the validation ELBO (closed form wherever the prior allows)
@@ -91,8 +91,9 @@ class Trainer:
         """One SVI step; returns the loss, −ELBO per data point, as a detached 0-dim tensor."""
         # The gradient of the ELBO summed over the batch, as SVI.step takes it: Adam's ε makes the
         # summed and the averaged loss step differently where gradients are tiny.
+        self.optimizer.zero_grad(set_to_none=True)
         try:
-            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, batch)
+            loss = loss_and_backward(self.elbo, self.vae.model, self.vae.guide, batch)
         except ValueError as error:
             # Distributions validate their parameters, so an update that sent a weight, or a
             # scale such as exp(½ log σ²), to NaN or infinity surfaces here, one step later. On
@@ -100,10 +101,8 @@ class Trainer:
             if self.optimizer.state and "Expected parameter" in str(error):
                 raise TrainingDiverged(self._divergence_message(self._steps_done + 1)) from None
             raise
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         self.optimizer.step()
-        return loss.detach() / batch.shape[0]
+        return loss / batch.shape[0]
 
     def train_epoch(
         self,

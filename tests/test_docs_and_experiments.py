@@ -64,3 +64,35 @@ def test_iwae_benchmark_quick_mode(monkeypatch):
     assert result["images"] == 50 and result["num_samples"] == 10
     assert result["median_seconds"] > 0 and result["peak_rss_mib"] >= result["rss_before_mib"]
     sys.modules.pop("iwae", None)
+
+
+def test_estimators_experiment_quick_mode_writes_every_section(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import estimators
+
+    report = estimators.main(["--quick", "--datasets", "digits", "--out", str(tmp_path)])
+    text = report.read_text()
+    for heading in (
+        "### 1. The estimate at fixed parameters",
+        "### 2. The gradient at fixed parameters",
+        "### 3. Training",
+        "### 4. A prior without a closed-form KL",
+    ):
+        assert heading in text
+    assert "Command: `python experiments/estimators.py --quick" in text
+    assert (tmp_path / "training-digits.png").stat().st_size > 0
+    decoder_rows = [line for line in text.splitlines() if "| decoder |" in line]
+    assert decoder_rows and all(len(row.split("|")) == 10 for row in decoder_rows)
+    sys.modules.pop("estimators", None)
+
+
+def test_experiments_are_reachable_from_the_cli():
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "experiment", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "estimators" in result.stdout and "--quick" in result.stdout
