@@ -56,9 +56,9 @@ class Trainer:
 
     Each step computes Pyro's differentiable ELBO loss for one mini-batch and lets a torch Adam
     update ``vae.parameters()``: the same update as ``SVI.step`` with ``pyro.optim.Adam``, but with
-    the optimizer state in one ``state_dict`` and no host synchronisation for a per-step
-    ``.item()``. The trainer's state includes an epoch in progress (its batch order and the steps
-    done), so a checkpoint taken between two steps resumes exactly where it stopped.
+    the optimizer state in one ``state_dict`` and the losses summed on the device instead of read
+    back every step. The trainer's state includes an epoch in progress (its batch order and the
+    steps done), so a checkpoint taken between two steps resumes exactly where it stopped.
     """
 
     def __init__(self, vae: VAE, config: TrainConfig):
@@ -157,6 +157,7 @@ class Trainer:
         )
 
     def set_lr(self, lr: float) -> None:
+        """Use learning rate ``lr`` from the next step on."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
