@@ -40,8 +40,11 @@ class VAE(PyroModule):
         likelihood: "str | Likelihood" = ModelConfig.likelihood,
         prior_options: Mapping[str, Any] | None = None,
         likelihood_options: Mapping[str, Any] | None = None,
+        name: str = "",
     ):
-        super().__init__()
+        # ``name`` prefixes the parameters' names in Pyro's global param store, so that several
+        # VAEs trained with SVI in one process do not share (and silently overwrite) entries.
+        super().__init__(name)
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.encoder = Encoder(data_dim, hidden_dims, latent_dim)
@@ -66,8 +69,9 @@ class VAE(PyroModule):
             likelihood_options=config.likelihood_options,
         )
 
-    @pyro_method
-    def model(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
+    def generative_model(
+        self, x: torch.Tensor | None = None, batch_size: int | None = None
+    ) -> torch.Tensor:
         """z ~ p(z);  x ~ p_θ(x | z).  With ``x=None``, draws ``batch_size`` new data points."""
         if x is None and batch_size is None:
             raise ValueError("model() needs data x, or a batch_size to draw new data")
@@ -75,14 +79,22 @@ class VAE(PyroModule):
             z = pyro.sample("z", self.prior())  # (batch, latent_dim)
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)  # (batch, data_dim)
 
-    @pyro_method
-    def guide(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
+    def inference_guide(
+        self, x: torch.Tensor | None = None, batch_size: int | None = None
+    ) -> torch.Tensor:
         """z ~ q_φ(z | x) = N(μ(x), diag σ(x)²).  Takes the model's arguments, as Pyro requires."""
         if x is None:
             raise ValueError("the guide q(z|x) needs data x")
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x)
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # Pyro's model and guide: the two functions above, run in the PyroModule's context, which
+    # registers every parameter they read in Pyro's param store, where SVI and pyro.optim find
+    # them. Trainer optimises vae.parameters() with its own Adam, so it calls the functions above
+    # directly and skips that registration, a cost paid at every step.
+    model = pyro_method(generative_model)
+    guide = pyro_method(inference_guide)
 
     # Deterministic helpers for pictures and evaluation: they read the networks directly.
 

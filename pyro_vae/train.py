@@ -5,6 +5,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pyro
 import torch
 
 from pyro_vae.config import TrainConfig
@@ -76,6 +77,7 @@ class Trainer:
         self._steps_done = 0  # the steps taken,
         self._loss_sum = torch.zeros(())  # their summed loss,
         self._seconds = 0.0  # and their time
+        self._validated = False  # whether a step has run with Pyro's validation on
 
     @property
     def epoch(self) -> int:
@@ -92,15 +94,14 @@ class Trainer:
         # The gradient of the ELBO summed over the batch, as SVI.step takes it: Adam's ε makes the
         # summed and the averaged loss step differently where gradients are tiny.
         self.optimizer.zero_grad(set_to_none=True)
-        try:
-            loss = loss_and_backward(self.elbo, self.vae.model, self.vae.guide, batch)
-        except ValueError as error:
-            # Distributions validate their parameters, so an update that sent a weight, or a
-            # scale such as exp(½ log σ²), to NaN or infinity surfaces here, one step later. On
-            # the first step no update is to blame: that error is a genuine one.
-            if self.optimizer.state and "Expected parameter" in str(error):
-                raise TrainingDiverged(self._divergence_message(self._steps_done + 1)) from None
-            raise
+        # Pyro checks every distribution's arguments and every site's shape: worth it once, to
+        # catch a component's mistake at its first step, then only a cost per step (the data are
+        # checked before training, and a divergence is caught by check_finite).
+        with pyro.validation_enabled(not self._validated):
+            loss = loss_and_backward(
+                self.elbo, self.vae.generative_model, self.vae.inference_guide, batch
+            )
+        self._validated = True
         self.optimizer.step()
         return loss / batch.shape[0]
 
@@ -147,14 +148,11 @@ class Trainer:
             p.detach().reshape(-1) for p in self.vae.parameters()
         ]
         if not bool(torch.isfinite(torch.cat(values)).all()):  # one sync, at save points only
-            raise TrainingDiverged(self._divergence_message(self._steps_done))
-
-    def _divergence_message(self, step: int) -> str:
-        return (
-            f"training diverged in epoch {self.epoch + 1} (by step {step}): the "
-            f"loss, the parameters or a distribution's parameters are no longer finite numbers; "
-            f"the learning rate ({self.config.lr:g}) is the usual cause"
-        )
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.epoch + 1} (by step {self._steps_done}): the "
+                "loss or the parameters are no longer finite numbers; the learning rate "
+                f"({self.config.lr:g}) is the usual cause"
+            )
 
     def set_lr(self, lr: float) -> None:
         """Use learning rate ``lr`` from the next step on."""

@@ -96,3 +96,15 @@ def test_experiments_are_reachable_from_the_cli():
         check=True,
     )
     assert "estimators" in result.stdout and "--quick" in result.stdout
+
+
+def test_training_step_benchmark_quick_mode(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import training_step
+
+    medians = training_step.main(["--quick"])
+    assert {"hand-written PyTorch", "pyro-vae mc", "pyro-vae analytic", "tutorial SVI.step"} <= set(
+        medians
+    )
+    assert all(seconds > 0 for seconds in medians.values())
+    sys.modules.pop("training_step", None)

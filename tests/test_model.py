@@ -85,6 +85,16 @@ def test_pyro_svi_trains_every_parameter(make, binary_batch):
     assert not unchanged, f"SVI did not update {unchanged}"
 
 
+def test_named_vaes_train_side_by_side_with_svi(binary_batch):
+    """Without names the second VAE would find the first one's entries in the param store."""
+    vaes = [VAE(DATA_DIM, LATENT_DIM, hidden_dims=(8,), name=name) for name in ("a", "b")]
+    for vae in vaes:
+        before = [p.detach().clone() for p in vae.parameters()]
+        SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO()).step(binary_batch)
+        assert all(not torch.equal(p, q) for p, q in zip(vae.parameters(), before, strict=True))
+    assert {name.split(".")[0] for name in pyro.get_param_store()} == {"a", "b"}
+
+
 def test_predictive_with_guide_and_from_prior(binary_batch):
     vae = VAE(DATA_DIM, latent_dim=LATENT_DIM)
     posterior = Predictive(vae.model, guide=vae.guide, num_samples=5)(binary_batch)

@@ -1,0 +1,153 @@
+"""pyro-vae's SVI step against a hand-written PyTorch VAE step and the tutorial style, side by side.
+
+Contestants take turns (A B C ... A B C ...) in one process so that drifts of the machine hit all
+of them alike; each turn times a block of steps, and the report gives the median over turns and
+its ratio to the hand-written PyTorch step.
+
+- pyro-vae mc / analytic: ``Trainer.step`` (Trace_ELBO / TraceMeanField_ELBO, torch Adam), the
+  path ``pyro-vae train`` takes; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
+  torch Adam.
+- hand-written: the same Encoder and Decoder modules, Bernoulli log-likelihood and closed-form KL
+  written out in torch, torch Adam: what a user would write without Pyro.
+- tutorial: ``SVI.step`` with ``pyro.optim.Adam`` (one optimizer per parameter) and its
+  ``.item()`` every step; for whole epochs also a per-sample ``DataLoader``.
+
+    python benchmarks/training_step.py                  # MNIST-sized (784-400-50, batch 128)
+    python benchmarks/training_step.py --shape digits   # 8×8 digits, default network, batch 32
+    python benchmarks/training_step.py --quick          # seconds, for the test suite
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO
+
+from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset
+
+SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
+
+def mnist_sized(quick: bool) -> torch.Tensor:
+    if not quick and (SHARED_DATA / "MNIST" / "raw").is_dir():
+        data = load_dataset(
+            DataConfig(dataset="mnist", data_dir=str(SHARED_DATA), binarize="static")
+        )
+        return torch.cat([data.train.x, data.val.x, data.test.x])  # all 10,000 images
+    return torch.rand(512 if quick else 10_000, 784).bernoulli()
+
+
+def hand_written_step(vae: VAE) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The same networks and objective without Pyro: −ELBO with the KL in closed form."""
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        loc, scale = vae.encoder(x)
+        z = loc + scale * torch.randn_like(loc)
+        logits = vae.decoder(z)
+        log_likelihood = -F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * torch.log(scale)).sum()
+        loss = kl - log_likelihood
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def pyro_vae_step(vae: VAE, estimator: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    return Trainer(vae, TrainConfig(elbo=estimator)).step
+
+
+def jit_step(vae: VAE, estimator: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pyro's JIT ELBOs compile model and guide with their parameters read from the param store,
+    so they take the registered ``vae.model`` and ``vae.guide``."""
+    cls = JitTrace_ELBO if estimator == "mc" else JitTraceMeanField_ELBO
+    elbo = cls(max_plate_nesting=1, ignore_jit_warnings=True)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def tutorial_step(vae: VAE) -> Callable[[torch.Tensor], float]:
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    return svi.step
+
+
+def build(shape: str, quick: bool) -> tuple[torch.Tensor, int, dict[str, Callable]]:
+    if shape == "mnist":
+        x, batch, network = mnist_sized(quick), 128, {"hidden_dims": (400,), "latent_dim": 50}
+    else:
+        x = load_dataset(DataConfig(binarize="static")).train.x
+        batch, network = 32, {}
+    contestants = {}
+
+    def fresh(name: str) -> VAE:
+        pyro.set_rng_seed(0)
+        # its own name: each contestant's parameters get their own entries in Pyro's param store
+        return VAE(x.shape[1], likelihood="bernoulli", name=name, **network)
+
+    contestants["hand-written PyTorch"] = hand_written_step(fresh("hand"))
+    for estimator in ("mc", "analytic"):
+        contestants[f"pyro-vae {estimator}"] = pyro_vae_step(fresh(estimator), estimator)
+        contestants[f"pyro-vae {estimator}+jit"] = jit_step(fresh(f"{estimator}_jit"), estimator)
+    contestants["tutorial SVI.step"] = tutorial_step(fresh("tutorial"))
+    return x, batch, contestants
+
+
+def time_steps(
+    contestants: dict[str, Callable], x: torch.Tensor, batch: int, turns: int, steps: int
+) -> dict[str, list[float]]:
+    batches = [x[i * batch : (i + 1) * batch] for i in range(steps)]
+    for step in contestants.values():  # warm-up: JIT compilation, allocator, caches
+        for b in batches[:3]:
+            step(b)
+    seconds: dict[str, list[float]] = {name: [] for name in contestants}
+    for _ in range(turns):
+        for name, step in contestants.items():
+            start = time.perf_counter()
+            for b in batches:
+                step(b)
+            seconds[name].append((time.perf_counter() - start) / steps)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=["mnist", "digits"], default="mnist")
+    parser.add_argument("--turns", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20, help="steps timed in one turn")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    turns, steps = (2, 3) if args.quick else (args.turns, args.steps)
+    x, batch, contestants = build(args.shape, args.quick)
+    seconds = time_steps(contestants, x, batch, turns, steps)
+    floor = statistics.median(seconds["hand-written PyTorch"])
+    print(
+        f"{args.shape}: batch {batch}, {x.shape[1]} dimensions, {turns} turns of {steps} steps, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, pyro {pyro.__version__}"
+    )
+    print(f"{'contestant':<24}{'median ms/step':>16}{'× hand-written':>16}")
+    medians = {}
+    for name, values in seconds.items():
+        medians[name] = statistics.median(values)
+        print(f"{name:<24}{medians[name] * 1e3:>16.3f}{medians[name] / floor:>16.2f}")
+    return medians
+
+
+if __name__ == "__main__":
+    main()
