@@ -187,8 +187,9 @@ def train(
     elbo: Annotated[
         Estimator,
         typer.Option(
-            help="ELBO estimator: mc = Trace_ELBO (KL by Monte Carlo), "
-            "analytic = TraceMeanField_ELBO (KL in closed form)."
+            help="Training objective: mc = Trace_ELBO (KL by Monte Carlo), analytic = "
+            "TraceMeanField_ELBO (KL in closed form), iwae = the importance-weighted bound "
+            "(RenyiELBO, alpha 0, K = --num-particles)."
         ),
     ] = TrainConfig.elbo,
     num_particles: Annotated[
@@ -271,6 +272,8 @@ def train(
             result = resume_run(resume, changes, progress.hooks(stop, checkpoint_every))
         return _summarise(result)
 
+    if data is not None and "dataset" in _explicit_options(ctx):
+        raise UserInputError("--data FILE and --dataset both name the data: give one of them")
     prior_options = _component_options(
         PRIORS, "prior", prior.value, {"--components": ("num_components", components)}
     )
@@ -303,8 +306,6 @@ def train(
             device=device,
         ),
     )
-    if data is not None and dataset.value != DataConfig.dataset:
-        raise UserInputError("--data FILE and --dataset both name the data: give one of them")
     name = data.stem if data is not None else dataset.value
     out = out or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
     with _TrainingProgress() as progress, _stop_on_ctrl_c() as stop:

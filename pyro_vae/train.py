@@ -7,6 +7,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.infer import RenyiELBO
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Dataset
@@ -66,6 +67,12 @@ class Trainer:
         self.vae = vae
         self.config = config
         self.elbo = make_elbo(config.elbo, config.num_particles)
+        # This trainer owns the parameters, so it calls the model and guide without the
+        # param-store registration that Pyro's optimizers need, a per-step cost. RenyiELBO is the
+        # exception: it computes gradients only for traces in which it sees parameter sites.
+        registered = isinstance(self.elbo, RenyiELBO)
+        self._model = vae.model if registered else vae.generative_model
+        self._guide = vae.guide if registered else vae.inference_guide
         # The fused implementation updates every parameter in one kernel: on the CPU a quarter
         # of the time of the default per-tensor loop, the same arithmetic.
         self.optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
@@ -100,9 +107,7 @@ class Trainer:
         # catch a component's mistake at its first step, then only a cost per step (the data are
         # checked before training, and a divergence is caught by check_finite).
         with pyro.validation_enabled(not self._validated):
-            loss = loss_and_backward(
-                self.elbo, self.vae.generative_model, self.vae.inference_guide, batch
-            )
+            loss = loss_and_backward(self.elbo, self._model, self._guide, batch)
         self._validated = True
         self.optimizer.step()
         return loss / batch.shape[0]
