@@ -79,7 +79,7 @@ class TrainConfig:
     num_particles: int = 1  # samples of z per data point in each training ELBO estimate
     lr: float = 1e-3  # Adam's learning rate
     batch_size: int = 64  # images per SVI step; small data sets favour small batches
-    epochs: int = 150  # about a minute on the built-in digits with two CPU cores
+    epochs: int = 150  # about half a minute on the built-in digits with two CPU cores
     seed: int = 0  # seeds torch, numpy, random and Pyro: weights, batches and samples of z
     device: str = "auto"  # "auto" takes CUDA when it is available, else the CPU
     val_particles: int = 16  # samples of z per image in the validation ELBO (closed-form KL)
