@@ -376,7 +376,7 @@ def _summarise(result: RunResult) -> None:
         f"of SVI steps ({final.train_kl} KL). Validation ELBO: {final.val_elbo:.2f} nats per "
         f"image ({final.val_kl} KL)."
     )
-    config = load_checkpoint(result.run_dir).config
+    config = result.config
     if config.train.elbo == "analytic" and final.train_kl != "closed-form":
         typer.echo(
             f"Note: the {config.model.prior} prior has no closed-form KL to the Gaussian guide, "

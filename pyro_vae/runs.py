@@ -57,6 +57,7 @@ RESUMABLE = ("epochs", "lr", "device")  # what a resumed run may change: not mod
 
 @dataclass(frozen=True)
 class RunResult:
+    config: RunConfig  # as trained (a resumed run's, with its changes)
     run_dir: Path
     device: torch.device
     history: list[EpochMetrics]
@@ -212,6 +213,7 @@ def _train(
 
     def result(finished: bool, files: list[Path]) -> RunResult:
         return RunResult(
+            config,
             run_dir,
             next(trainer.vae.parameters()).device,
             trainer.history,
