@@ -7,12 +7,13 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -45,6 +46,7 @@ from pyro_vae import (
 )
 from pyro_vae.config import BINARIZATIONS
 from pyro_vae.data import Split
+from pyro_vae.distributed import SINGLE_PROCESS, Replicas, disconnect
 from pyro_vae.evaluate import evaluate_bounds
 from pyro_vae.objectives import kl_method
 from pyro_vae.pictures import (
@@ -92,7 +94,9 @@ def reports_user_errors(command: Command) -> Command:
         except UserInputError as error:
             if _debug:
                 raise
-            typer.echo(f"Error: {error}", err=True)
+            replicas = Replicas.from_environment()
+            who = f" (process {replicas.rank} of {replicas.world_size})" if replicas.rank else ""
+            typer.echo(f"Error{who}: {error}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -154,7 +158,8 @@ def global_options(
     handler.setFormatter(logging.Formatter("Note: %(message)s"))
     library_log = logging.getLogger("pyro_vae")
     library_log.handlers = [handler]
-    library_log.setLevel(logging.INFO)
+    # Under torchrun, rank 0 speaks for all the processes; the others report only their errors.
+    library_log.setLevel(logging.INFO if Replicas.from_environment().is_main else logging.ERROR)
     library_log.propagate = False
 
 
@@ -259,7 +264,10 @@ def train(
     """Train a VAE with SVI and write a run directory (checkpoint, metrics, pictures).
 
     Ctrl-C stops after the current step and saves a checkpoint; --resume RUN continues it.
+    Started by torchrun (torchrun --nproc_per_node=N cli.py train ...), N processes train one
+    model data-parallel; --batch-size is then the batch of all of them together.
     """
+    replicas = Replicas.from_environment()
     if resume is not None:
         _refuse_changes_on_resume(ctx, out)
         explicit = _explicit_options(ctx)
@@ -268,9 +276,9 @@ def train(
             for name, value in (("epochs", epochs), ("lr", lr), ("device", device))
             if name in explicit
         }
-        with _TrainingProgress() as progress, _stop_on_ctrl_c() as stop:
-            result = resume_run(resume, changes, progress.hooks(stop, checkpoint_every))
-        return _summarise(result)
+        with _training(replicas, checkpoint_every) as hooks:
+            result = resume_run(resume, changes, hooks, replicas)
+        return _summarise(result, replicas)
 
     if data is not None and "dataset" in _explicit_options(ctx):
         raise UserInputError("--data FILE and --dataset both name the data: give one of them")
@@ -306,11 +314,14 @@ def train(
             device=device,
         ),
     )
-    name = data.stem if data is not None else dataset.value
-    out = out or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
-    with _TrainingProgress() as progress, _stop_on_ctrl_c() as stop:
-        result = train_run(config, out, overwrite, progress.hooks(stop, checkpoint_every))
-    _summarise(result)
+    if out is None:
+        if replicas.distributed:  # the processes' clocks may straddle a second
+            raise UserInputError("a run started by torchrun needs its directory: pass --out DIR")
+        name = data.stem if data is not None else dataset.value
+        out = Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+    with _training(replicas, checkpoint_every) as hooks:
+        result = train_run(config, out, overwrite, hooks, replicas)
+    _summarise(result, replicas)
 
 
 RESUMABLE_OPTIONS = {"resume", "epochs", "lr", "device", "checkpoint_every"}
@@ -338,20 +349,38 @@ def _refuse_changes_on_resume(ctx: typer.Context, out: Path | None) -> None:
 
 
 @contextlib.contextmanager
-def _stop_on_ctrl_c() -> Iterator[Callable[[], bool]]:
+def _training(replicas: Replicas, checkpoint_every: int | None) -> Iterator[RunHooks]:
+    """The hooks of a training run: Ctrl-C handling, and a progress bar on rank 0 only."""
+    try:
+        with _TrainingProgress() as progress, _stop_on_ctrl_c(replicas) as stop:
+            hooks = RunHooks(should_stop=stop, checkpoint_every=checkpoint_every, command=sys.argv)
+            if replicas.is_main:
+                hooks = replace(hooks, on_step=progress.on_step, on_epoch=progress.on_epoch)
+            yield hooks
+    except BaseException:
+        disconnect(together=False)
+        raise
+    disconnect()
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(replicas: Replicas) -> Iterator[Callable[[], bool]]:
     """Turn the first Ctrl-C into a request to save and stop after the current step.
 
     Stopping between steps, never inside one, keeps the parameters and the optimizer in step;
-    a second Ctrl-C stops at once, without saving.
+    a second Ctrl-C stops at once, without saving. Not under torchrun, though: there the terminal
+    and then torchrun itself send each process a SIGINT, and the processes must stop together.
     """
     requested = False
 
     def handle(signum: int, frame: object) -> None:
         nonlocal requested
-        if requested:
+        if requested and not replicas.distributed:
             raise KeyboardInterrupt
+        if not requested and replicas.is_main:
+            again = "" if replicas.distributed else " (Ctrl-C again to abort without saving)"
+            stderr.print(f"Stopping after this step{again}...")
         requested = True
-        stderr.print("Stopping after this step (Ctrl-C again to abort without saving)...")
 
     previous = signal.signal(signal.SIGINT, handle)
     try:
@@ -360,7 +389,9 @@ def _stop_on_ctrl_c() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _summarise(result: RunResult) -> None:
+def _summarise(result: RunResult, replicas: Replicas = SINGLE_PROCESS) -> None:
+    if not replicas.is_main:  # rank 0 reports for all the processes
+        raise typer.Exit(0 if result.finished else 130)
     if not result.finished:
         position = f"epoch {result.history[-1].epoch if result.history else 0}"
         if result.steps_done:
@@ -409,16 +440,8 @@ class _TrainingProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def hooks(self, should_stop: Callable[[], bool], checkpoint_every: int | None) -> RunHooks:
-        return RunHooks(
-            on_step=self.on_step,
-            on_epoch=self.on_epoch,
-            should_stop=should_stop,
-            checkpoint_every=checkpoint_every,
-            command=sys.argv,
-        )
+        if self.task is not None:  # stopping a bar never shown would print an empty line
+            self.progress.stop()
 
     def on_step(self, step: int, num_steps: int, loss: torch.Tensor) -> None:
         if self.task is None:  # only once training runs, not before the checks pass
@@ -634,5 +657,16 @@ def experiment(
     raise typer.Exit(subprocess.run(command, check=False).returncode)
 
 
+def main() -> None:
+    """The ``pyro-vae`` command. Under torchrun, a process that fails with a traceback records
+    it where torchrun's failure summary shows it."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        record(app)()
+    else:
+        app()
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -5,6 +5,8 @@ __version__ = "0.1.0"
 from pyro_vae.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import DATASETS, Dataset, load_dataset
+from pyro_vae.devices import resolve_device
+from pyro_vae.distributed import Replicas
 from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import active_units, elbo_per_datapoint, kl_per_datapoint
 from pyro_vae.likelihoods import LIKELIHOODS, BernoulliLikelihood, GaussianLikelihood, Likelihood
@@ -12,7 +14,7 @@ from pyro_vae.model import VAE
 from pyro_vae.objectives import ESTIMATORS, make_elbo
 from pyro_vae.priors import PRIORS, Prior, StandardNormalPrior
 from pyro_vae.runs import RunHooks, RunResult, resume_run, train_run
-from pyro_vae.train import EpochMetrics, Trainer, TrainingDiverged, resolve_device
+from pyro_vae.train import EpochMetrics, Trainer, TrainingDiverged
 
 __all__ = [
     "DATASETS",
@@ -29,6 +31,7 @@ __all__ = [
     "Likelihood",
     "ModelConfig",
     "Prior",
+    "Replicas",
     "RunConfig",
     "RunHooks",
     "RunResult",

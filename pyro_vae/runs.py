@@ -12,8 +12,12 @@ A run directory holds:
 A run can stop (Ctrl-C, a kill, a crash) and continue with ``resume_run``: the checkpoint is
 written after every epoch, and every ``checkpoint_every`` steps if asked, and a resumed run ends
 with the same parameters and metrics as one that never stopped.
+
+Under torchrun every process calls the same function with its ``Replicas``; they train together
+and rank 0 alone writes the run directory.
 """
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -35,10 +39,11 @@ from pyro_vae.checkpoint import (
 )
 from pyro_vae.config import RunConfig
 from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.distributed import SINGLE_PROCESS, Replicas
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
 from pyro_vae.pictures import save_reconstructions, save_samples
-from pyro_vae.train import EpochMetrics, StepCallback, Trainer, TrainingDiverged, resolve_device
+from pyro_vae.train import EpochMetrics, StepCallback, Trainer, TrainingDiverged
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -62,7 +67,7 @@ class RunResult:
     device: torch.device
     history: list[EpochMetrics]
     epoch_seconds: list[float]
-    files: list[Path]
+    files: list[Path]  # what this process wrote (nothing, on a replica other than rank 0)
     finished: bool  # False when should_stop ended the run early (it can be resumed)
     steps_done: int  # steps of the unfinished epoch saved in the checkpoint (0 if none)
 
@@ -73,7 +78,7 @@ class RunHooks:
 
     on_step: StepCallback | None = None  # after every step, for a progress display
     on_epoch: Callable[[EpochMetrics], None] | None = None  # after every epoch
-    should_stop: Callable[[], bool] | None = None  # checked after every step: save and stop
+    should_stop: Callable[[], bool] | None = None  # checked at every step: save and stop
     checkpoint_every: int | None = None  # also save every this many steps
     command: Sequence[str] | None = None  # the command line, recorded in config.json
 
@@ -90,7 +95,11 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 def train_run(
-    config: RunConfig, run_dir: Path, overwrite: bool = False, hooks: RunHooks = RunHooks()
+    config: RunConfig,
+    run_dir: Path,
+    overwrite: bool = False,
+    hooks: RunHooks = RunHooks(),
+    replicas: Replicas = SINGLE_PROCESS,
 ) -> RunResult:
     """Train a VAE as ``config`` says into a new run directory.
 
@@ -98,25 +107,33 @@ def train_run(
     before the first step, so a mistake costs seconds, not a training run.
     """
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, overwrite)
-    device = resolve_device(config.train.device)
+    if replicas.is_main:
+        check_run_dir(run_dir, overwrite)
+    device = replicas.device(config.train.device)
+    replicas.connect(device)
     pyro.set_rng_seed(config.train.seed)
-    data = load_dataset(config.data).to(device)
+    data = _load_data(config, device, replicas)
     vae = VAE.from_config(config.model, data.data_dim).to(device)
     _check_data(vae, data)
-    trainer = Trainer(vae, config.train)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_record(run_dir, config, device, data, hooks.command)
+    trainer = Trainer(vae, config.train, replicas)
+    if replicas.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_record(run_dir, config, device, data, hooks.command, replicas)
     return _train(config, run_dir, data, trainer, hooks)
 
 
 def resume_run(
-    run_dir: Path, changes: Mapping[str, Any] | None = None, hooks: RunHooks = RunHooks()
+    run_dir: Path,
+    changes: Mapping[str, Any] | None = None,
+    hooks: RunHooks = RunHooks(),
+    replicas: Replicas = SINGLE_PROCESS,
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its checkpoint, exactly where it stopped.
 
     ``changes`` may set ``epochs`` (to train longer), ``lr`` (after a divergence, say) and
     ``device``; anything that would change the model, the data or the randomness is refused.
+    The number of processes may change too: a distributed run's randomness is tied to the seed,
+    the epoch and the step (see distributed.py), so the same number continues it exactly.
     """
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(run_dir)
@@ -128,11 +145,12 @@ def resume_run(
             f"(only {', '.join(RESUMABLE)} can): drop those options, or start a new run"
         )
     config = replace(checkpoint.config, train=replace(checkpoint.config.train, **changes))
-    device = resolve_device(config.train.device)
-    data = load_dataset(config.data).to(device)
+    device = replicas.device(config.train.device)
+    replicas.connect(device)
+    data = _load_data(config, device, replicas)
     vae = checkpoint.build_vae(device)
     _check_data(vae, data)
-    trainer = Trainer(vae, config.train)
+    trainer = Trainer(vae, config.train, replicas)
     trainer.load_state_dict(checkpoint.trainer_state)
     if trainer.epoch >= config.train.epochs and trainer.steps_done == 0:
         raise UserInputError(
@@ -140,8 +158,15 @@ def resume_run(
         )
     if checkpoint.rng_state is not None:
         restore_rng_state(checkpoint.rng_state)
-    _write_record(run_dir, config, device, data, hooks.command, resumed_at=trainer.epoch)
+    if replicas.is_main:
+        _write_record(run_dir, config, device, data, hooks.command, replicas, trainer.epoch)
     return _train(config, run_dir, data, trainer, hooks)
+
+
+def _load_data(config: RunConfig, device: torch.device, replicas: Replicas) -> Dataset:
+    # Every replica holds the whole dataset; a download happens once, on rank 0, the others wait.
+    with replicas.main_first() if config.data.download else contextlib.nullcontext():
+        return load_dataset(config.data).to(device)
 
 
 def _check_data(vae: VAE, data: Dataset) -> None:
@@ -155,13 +180,22 @@ def _write_record(
     device: torch.device,
     data: Dataset,
     command: Sequence[str] | None,
+    replicas: Replicas,
     resumed_at: int | None = None,
 ) -> None:
     record: dict[str, Any] = {
         "config": config.to_dict(),
         "environment": environment(),
         "device": str(device),
-        "data": {"name": data.name, "image_shape": data.image_shape, "note": data.note},
+        "processes": replicas.world_size,
+        "data": {
+            "name": data.name,
+            "image_shape": data.image_shape,
+            "num_train": data.train.x.shape[0],
+            "num_val": data.val.x.shape[0],
+            "num_test": data.test.x.shape[0],
+            "note": data.note,
+        },
         "command": list(command) if command is not None else None,
     }
     if resumed_at is not None:
@@ -178,19 +212,28 @@ def _write_atomically(path: Path, text: str) -> None:
 def _train(
     config: RunConfig, run_dir: Path, data: Dataset, trainer: Trainer, hooks: RunHooks
 ) -> RunResult:
-    # Rewritten from the checkpoint's history, so a run killed between writing its checkpoint
-    # and its metrics line comes back consistent.
-    _write_atomically(run_dir / METRICS, "".join(_json_line(asdict(m)) for m in trainer.history))
-    _write_atomically(
-        run_dir / TIMING,
-        "".join(
-            _json_line({"epoch": i + 1, "seconds": s}) for i, s in enumerate(trainer.epoch_seconds)
-        ),
-    )
+    replicas = trainer.replicas
+    device = next(trainer.vae.parameters()).device
+    # Only rank 0 writes; every replica holds the same state, so its files describe them all.
+    if replicas.is_main:
+        # Rewritten from the checkpoint's history, so a run killed between writing its
+        # checkpoint and its metrics line comes back consistent.
+        _write_atomically(
+            run_dir / METRICS, "".join(_json_line(asdict(m)) for m in trainer.history)
+        )
+        _write_atomically(
+            run_dir / TIMING,
+            "".join(
+                _json_line({"epoch": i + 1, "seconds": s})
+                for i, s in enumerate(trainer.epoch_seconds)
+            ),
+        )
 
     def save() -> None:
         if trainer.steps_done:  # mid-epoch; a finished epoch was checked by train_epoch
             trainer.check_finite()
+        if not replicas.is_main:
+            return
         state = Checkpoint(
             config,
             data.image_shape,
@@ -200,45 +243,46 @@ def _train(
         )
         save_checkpoint(state, run_dir / CHECKPOINT)
 
+    def append_lines(metrics: EpochMetrics) -> None:
+        if not replicas.is_main:
+            return
+        with open(run_dir / METRICS, "a") as file:
+            file.write(_json_line(asdict(metrics)))
+        with open(run_dir / TIMING, "a") as file:
+            file.write(_json_line({"epoch": metrics.epoch, "seconds": trainer.epoch_seconds[-1]}))
+
     steps_since_save = 0
 
-    def after_step() -> bool:
+    def after_step(stopping: bool) -> None:
         nonlocal steps_since_save
         steps_since_save += 1
-        stop = hooks.should_stop is not None and hooks.should_stop()
-        if stop or (hooks.checkpoint_every and steps_since_save >= hooks.checkpoint_every):
+        if stopping or (hooks.checkpoint_every and steps_since_save >= hooks.checkpoint_every):
             save()
             steps_since_save = 0
-        return stop
 
     def result(finished: bool, files: list[Path]) -> RunResult:
         return RunResult(
             config,
             run_dir,
-            next(trainer.vae.parameters()).device,
+            device,
             trainer.history,
             trainer.epoch_seconds,
-            files,
+            files if replicas.is_main else [],
             finished,
             trainer.steps_done,
         )
 
     try:
         while trainer.epoch < config.train.epochs:
-            metrics = trainer.train_epoch(data, hooks.on_step, after_step)
+            metrics = trainer.train_epoch(data, hooks.on_step, hooks.should_stop, after_step)
             if metrics is None:  # stopped on request, checkpoint saved
                 return result(False, [run_dir / CHECKPOINT])
             save()  # first the checkpoint, then the lines that describe it
             steps_since_save = 0
-            with open(run_dir / METRICS, "a") as file:
-                file.write(_json_line(asdict(metrics)))
-            with open(run_dir / TIMING, "a") as file:
-                file.write(
-                    _json_line({"epoch": metrics.epoch, "seconds": trainer.epoch_seconds[-1]})
-                )
+            append_lines(metrics)
             if hooks.on_epoch is not None:
                 hooks.on_epoch(metrics)
-            if hooks.should_stop is not None and hooks.should_stop():
+            if hooks.should_stop is not None and replicas.any(hooks.should_stop(), device):
                 return result(False, [run_dir / CHECKPOINT])
     except TrainingDiverged as error:
         last = f"epoch {trainer.epoch}" if trainer.epoch else "its start"
@@ -248,6 +292,8 @@ def _train(
             f"--lr {config.train.lr / 10:g}"
         ) from None
 
+    if not replicas.is_main:
+        return result(True, [])
     vae = trainer.vae
     pictures = [
         save_reconstructions(

@@ -11,29 +11,18 @@ from pyro.infer import RenyiELBO
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Dataset
+from pyro_vae.distributed import (
+    ORDER_STREAM,
+    SINGLE_PROCESS,
+    TRAINING_STREAM,
+    VALIDATION_STREAM,
+    Replicas,
+    derived_seed,
+)
 from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import elbo_per_datapoint
 from pyro_vae.model import VAE
 from pyro_vae.objectives import kl_method, loss_and_backward, make_elbo
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for CUDA without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserInputError(
-                f"device {name!r} was asked for, but CUDA is not available on this machine: "
-                "use device 'cpu' or 'auto'"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserInputError(
-                f"device {name!r} does not exist: this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)"
-            )
-    return device
 
 
 @dataclass(frozen=True)
@@ -51,6 +40,8 @@ class TrainingDiverged(UserInputError):
 
 # Called after every step with (step within the epoch, steps per epoch, loss as a 0-dim tensor).
 StepCallback = Callable[[int, int, torch.Tensor], None]
+# Called after every step but an epoch's last with whether the run stops there (to save, say).
+AfterStepCallback = Callable[[bool], None]
 
 
 class Trainer:
@@ -61,11 +52,17 @@ class Trainer:
     the optimizer state in one ``state_dict`` and the losses summed on the device instead of read
     back every step. The trainer's state includes an epoch in progress (its batch order and the
     steps done), so a checkpoint taken between two steps resumes exactly where it stopped.
+
+    With ``replicas`` from a torchrun launch, this process is one replica of a data-parallel run:
+    it trains on its shard of every batch and sums gradients with the others (see distributed.py).
     """
 
-    def __init__(self, vae: VAE, config: TrainConfig):
+    def __init__(self, vae: VAE, config: TrainConfig, replicas: Replicas = SINGLE_PROCESS):
         self.vae = vae
         self.config = config
+        self.replicas = replicas
+        self._parameters = list(vae.parameters())
+        replicas.broadcast(self._parameters)  # one model on every replica, whatever happened
         self.elbo = make_elbo(config.elbo, config.num_particles)
         # This trainer owns the parameters, so it calls the model and guide without the
         # param-store registration that Pyro's optimizers need, a per-step cost. RenyiELBO is the
@@ -100,54 +97,107 @@ class Trainer:
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         """One SVI step; returns the loss, −ELBO per data point, as a detached 0-dim tensor."""
+        loss = self._backward(batch)
+        self.optimizer.step()
+        return loss / batch.shape[0]
+
+    def _backward(self, batch: torch.Tensor) -> torch.Tensor:
+        """The −ELBO summed over ``batch``, its gradient in the ``.grad``s."""
         # The gradient of the ELBO summed over the batch, as SVI.step takes it: Adam's ε makes the
         # summed and the averaged loss step differently where gradients are tiny.
         self.optimizer.zero_grad(set_to_none=True)
+        if batch.shape[0] == 0:  # a replica's shard of a last batch smaller than the replicas
+            return torch.zeros((), device=batch.device)
         # Pyro checks every distribution's arguments and every site's shape: worth it once, to
         # catch a component's mistake at its first step, then only a cost per step (the data are
         # checked before training, and a divergence is caught by check_finite).
         with pyro.validation_enabled(not self._validated):
             loss = loss_and_backward(self.elbo, self._model, self._guide, batch)
         self._validated = True
-        self.optimizer.step()
-        return loss / batch.shape[0]
+        return loss
 
     def train_epoch(
         self,
         data: Dataset,
         on_step: StepCallback | None = None,
-        after_step: Callable[[], bool] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        after_step: AfterStepCallback | None = None,
     ) -> EpochMetrics | None:
         """Run the epoch in progress, or a new one, to its end; then the validation ELBO.
 
-        ``after_step()`` runs after every step (to save a checkpoint, say); when it returns True
-        the epoch stops there, its progress kept for a later call, and this returns None.
+        ``should_stop()`` is asked at every step but the epoch's last (replicas stop when any of
+        them asks); ``after_step(stopping)`` runs after those same steps (to save a checkpoint,
+        say). On a stop the epoch ends there, its progress kept for a later call, and this
+        returns None.
         """
         num_train = data.train.x.shape[0]
         if self._order is None:
-            self._order = torch.randperm(num_train, device=data.train.x.device)
+            self._order = self._epoch_order(num_train, data.train.x.device)
             self._steps_done, self._seconds = 0, 0.0
             self._loss_sum = torch.zeros((), device=data.train.x.device)  # one sync an epoch
         batches = self._order.split(self.config.batch_size)
         start = time.perf_counter()
         for index in batches[self._steps_done :]:
-            loss = self.step(data.train_batch(index))
-            self._loss_sum += loss * index.shape[0]
+            # No stop inside an epoch's last step: the epoch ends there anyway.
+            last = self._steps_done + 1 == len(batches)
+            loss_sum, stopping = self._train_step(data, index, None if last else should_stop)
+            self._loss_sum += loss_sum
             self._steps_done += 1
             if on_step is not None:
-                on_step(self._steps_done, len(batches), loss)
-            if after_step is not None and self._steps_done < len(batches) and after_step():
+                on_step(self._steps_done, len(batches), loss_sum / index.shape[0])
+            if not last and after_step is not None:
+                after_step(stopping)
+            if stopping:
                 self._seconds += time.perf_counter() - start
                 return None
         self._seconds += time.perf_counter() - start
         self.check_finite()
-        val_elbo = elbo_per_datapoint(self.vae, data.val.x, num_particles=self.config.val_particles)
+        val_elbo = self._validation_elbo(data.val.x)
         train_elbo = -self._loss_sum.item() / num_train
         metrics = EpochMetrics(self.epoch + 1, train_elbo, val_elbo, self.train_kl, self.val_kl)
         self.history.append(metrics)
         self.epoch_seconds.append(self._seconds)
         self._order = None
         return metrics
+
+    def _epoch_order(self, num_train: int, device: torch.device) -> torch.Tensor:
+        if not self.replicas.distributed:
+            return torch.randperm(num_train, device=device)
+        # The same order on every replica, drawn from the seed and the epoch alone.
+        seed = derived_seed(self.config.seed, ORDER_STREAM, self.epoch)
+        return torch.randperm(num_train, generator=torch.Generator().manual_seed(seed)).to(device)
+
+    def _train_step(
+        self, data: Dataset, index: torch.Tensor, should_stop: Callable[[], bool] | None
+    ) -> tuple[torch.Tensor, bool]:
+        """One step on the batch at ``index``: the loss summed over it, and whether to stop."""
+        if not self.replicas.distributed:
+            loss = self.step(data.train_batch(index))
+            return loss * index.shape[0], should_stop is not None and should_stop()
+        # This replica's noise comes from a seed of its own for this step (see distributed.py).
+        rank = self.replicas.rank
+        torch.manual_seed(
+            derived_seed(self.config.seed, TRAINING_STREAM, self.epoch, self._steps_done, rank)
+        )
+        loss_sum = self._backward(data.train_batch(self.replicas.shard(index)))
+        wish = torch.tensor(float(should_stop is not None and should_stop()), device=index.device)
+        riders = torch.stack([loss_sum, wish])
+        loss_sum, stops = self.replicas.sum_gradients(self._parameters, riders)
+        self.optimizer.step()
+        # Reading the stop flag waits for the step to finish: the price of stopping together.
+        return loss_sum, bool(stops > 0)
+
+    def _validation_elbo(self, x: torch.Tensor) -> float:
+        particles = self.config.val_particles
+        if not self.replicas.distributed:
+            return elbo_per_datapoint(self.vae, x, num_particles=particles)
+        rank = self.replicas.rank
+        torch.manual_seed(derived_seed(self.config.seed, VALIDATION_STREAM, self.epoch, rank))
+        shard = self.replicas.shard(x)
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        if shard.shape[0]:
+            total += elbo_per_datapoint(self.vae, shard, num_particles=particles) * shard.shape[0]
+        return self.replicas.sum(total).item() / x.shape[0]
 
     def check_finite(self) -> None:
         """Raise ``TrainingDiverged`` if the loss so far or any parameter is NaN or infinite."""

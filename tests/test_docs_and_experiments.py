@@ -108,3 +108,13 @@ def test_training_step_benchmark_quick_mode(monkeypatch):
     )
     assert all(seconds > 0 for seconds in medians.values())
     sys.modules.pop("training_step", None)
+
+
+def test_distributed_benchmark_quick_mode(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import distributed
+
+    rates = distributed.main(["--quick"])
+    assert set(rates) == {(1, 64), (2, 64)} and all(rate > 0 for rate in rates.values())
+    assert "images/s" in capsys.readouterr().out
+    sys.modules.pop("distributed", None)

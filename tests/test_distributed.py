@@ -1,0 +1,229 @@
+"""Data-parallel training with torch.distributed: two processes started by torchrun, gloo on the
+loopback interface, against one process trained on the same global batches."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cli
+from pyro_vae import (
+    VAE,
+    DataConfig,
+    ModelConfig,
+    Replicas,
+    load_checkpoint,
+    load_dataset,
+    resume_run,
+    runs,
+)
+from pyro_vae.distributed import ORDER_STREAM, TRAINING_STREAM, derived_seed
+from pyro_vae.objectives import loss_and_backward, make_elbo
+
+ROOT = Path(__file__).parents[1]
+# 1,437 training digits = 4 × 359 + 1: the last batch of each epoch leaves one process without
+# a single image, which must still take part in the step.
+SEED, BATCH, LR = 3, 359, 1e-3
+# Learnable prior and likelihood parameters besides the networks: every kind must stay in sync.
+MODEL = ModelConfig(hidden_dims=(16,), prior="mog", likelihood="gaussian-learned")
+TRAIN_OPTIONS = [
+    "--hidden-dims", "16", "--prior", "mog", "--likelihood", "gaussian-learned",
+    "--seed", str(SEED), "--batch-size", str(BATCH), "--lr", str(LR),
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(
+    *arguments: str, cwd: Path, nproc: int = 2, script: Path = ROOT / "cli.py"
+) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=nproc script arguments`` on 127.0.0.1, each process's output
+    in its own file under cwd/logs."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # the loopback interface, whatever the host's network
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+        "--redirects", "3", "--log-dir", str(cwd / "logs"), str(script), *arguments,
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def process_output(cwd: Path, rank: int) -> str:
+    (folder,) = (cwd / "logs").glob(f"*/attempt_0/{rank}")
+    return (folder / "stdout.log").read_text() + (folder / "stderr.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def one_process_reference() -> list[dict[str, torch.Tensor]]:
+    """One process, the same global batches, each cut in the two replicas' shards whose gradients
+    accumulate before the Adam step, each shard's noise from its replica's seed: the parameters
+    after each of two epochs."""
+    pyro.set_rng_seed(SEED)
+    data = load_dataset(DataConfig())
+    assert data.train.x.shape[0] % BATCH == 1  # see BATCH
+    vae = VAE.from_config(MODEL, data.data_dim)
+    elbo = make_elbo("mc")
+    optimizer = torch.optim.Adam(vae.parameters(), lr=LR, fused=True)
+    states = []
+    for epoch in range(2):
+        generator = torch.Generator().manual_seed(derived_seed(SEED, ORDER_STREAM, epoch))
+        order = torch.randperm(data.train.x.shape[0], generator=generator)
+        for step, index in enumerate(order.split(BATCH)):
+            optimizer.zero_grad(set_to_none=True)
+            for rank, shard in enumerate(index.tensor_split(2)):
+                if not len(shard):
+                    continue
+                torch.manual_seed(derived_seed(SEED, TRAINING_STREAM, epoch, step, rank))
+                loss_and_backward(
+                    elbo, vae.generative_model, vae.inference_guide, data.train.x[shard]
+                )
+            optimizer.step()
+        states.append({k: v.clone() for k, v in vae.state_dict().items()})
+    return states
+
+
+def assert_parameters_match(run: Path, expected: dict[str, torch.Tensor]) -> None:
+    trained = load_checkpoint(run).model_state
+    assert trained.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The folder of a one-epoch two-process run, and a copy of the run directory."""
+    cwd = tmp_path_factory.mktemp("torchrun")
+    done = torchrun("train", "--out", "run", "--epochs", "1", *TRAIN_OPTIONS, cwd=cwd)
+    assert done.returncode == 0, done.stderr + process_output(cwd, 0) + process_output(cwd, 1)
+    copy = shutil.copytree(cwd / "run", tmp_path_factory.mktemp("copy") / "run")
+    return cwd, copy
+
+
+def test_two_processes_train_as_one_on_the_same_global_batches(
+    two_process_run, one_process_reference
+):
+    cwd, _ = two_process_run
+    assert_parameters_match(cwd / "run", one_process_reference[0])
+    record = json.loads((cwd / "run" / "config.json").read_text())
+    assert record["processes"] == 2
+
+
+def test_only_rank_0_writes_and_reports(two_process_run):
+    cwd, _ = two_process_run
+    assert sorted(p.name for p in cwd.iterdir()) == ["logs", "run"]
+    run_files = {runs.CHECKPOINT, runs.CONFIG, runs.METRICS, runs.TIMING}
+    pictures = {runs.ELBO_CURVE, runs.RECONSTRUCTIONS, runs.SAMPLES}
+    assert {p.name for p in (cwd / "run").iterdir()} == run_files | pictures
+    assert "Trained 1 epochs" in process_output(cwd, 0)
+    assert process_output(cwd, 1) == ""  # no progress bar, no notes, no summary
+
+
+def test_a_distributed_run_resumes_exactly(two_process_run, one_process_reference):
+    cwd, _ = two_process_run
+    done = torchrun("train", "--resume", "run", "--epochs", "2", cwd=cwd)
+    assert done.returncode == 0, done.stderr + process_output(cwd, 0)
+    assert_parameters_match(cwd / "run", one_process_reference[1])
+    lines = (cwd / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_one_process_continues_a_two_process_run(two_process_run):
+    """Another number of processes continues from the same state (with other noise)."""
+    _, copy = two_process_run
+    result = resume_run(copy, {"epochs": 2})
+    assert result.finished and [m.epoch for m in result.history] == [1, 2]
+    record = json.loads((copy / "config.json").read_text())
+    assert record["processes"] == 1 and record["resumed_after_epoch"] == 1
+
+
+FAILING_RANK = """
+import sys
+import cli
+from pyro_vae.train import Trainer
+
+honest = Trainer._backward
+
+def failing(self, batch):
+    if self.replicas.rank == 1 and self.steps_done == 3:
+        raise RuntimeError("injected failure in rank 1")
+    return honest(self, batch)
+
+Trainer._backward = failing
+sys.argv[0] = "cli.py"
+cli.main()
+"""
+
+
+def test_a_failing_rank_fails_the_job_with_its_error(tmp_path):
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK)
+    done = torchrun("train", "--out", "run", "--epochs", "1", "--hidden-dims", "16",
+                    cwd=tmp_path, script=script)  # fmt: skip
+    assert done.returncode != 0
+    assert "injected failure in rank 1" in process_output(tmp_path, 1)
+    assert "injected failure in rank 1" in done.stderr  # torchrun's summary names the error
+    assert not (tmp_path / "run" / "metrics.jsonl").read_text()  # no epoch finished
+
+
+def test_a_user_error_on_rank_0_stops_every_process_and_keeps_the_files(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("precious")
+    done = torchrun("train", "--out", "run", "--epochs", "1", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Error: " in process_output(tmp_path, 0) and "--overwrite" in process_output(tmp_path, 0)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["mine.txt"]
+    assert (tmp_path / "run" / "mine.txt").read_text() == "precious"
+
+
+# Without torchrun: the pieces.
+
+
+def test_derived_seeds_are_fixed_distinct_and_in_range():
+    seeds = {
+        derived_seed(0, TRAINING_STREAM, 0, step, rank) for step in range(50) for rank in (0, 1)
+    }
+    assert len(seeds) == 100
+    assert derived_seed(0, 1, 2) == derived_seed(0, 1, 2) != derived_seed(1, 1, 2)
+    assert all(0 <= seed < 2**63 for seed in seeds)
+
+
+def test_replicas_come_from_torchruns_environment(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert Replicas.from_environment() == Replicas() and not Replicas().distributed
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    replicas = Replicas.from_environment()
+    assert (replicas.rank, replicas.world_size, replicas.local_rank) == (3, 4, 1)
+    assert replicas.distributed and not replicas.is_main
+
+
+@pytest.mark.parametrize("rows", [64, 29, 1])
+def test_shards_cover_a_batch_once(rows):
+    batch = torch.arange(rows)
+    shards = [Replicas(rank, 2).shard(batch) for rank in range(2)]
+    assert torch.equal(torch.cat(shards), batch)
+    assert abs(len(shards[0]) - len(shards[1])) <= 1
+
+
+def test_torchrun_without_an_output_directory_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    result = CliRunner().invoke(cli.app, ["train", "--epochs", "1"])
+    assert result.exit_code == 2
+    assert "pass --out DIR" in result.output
