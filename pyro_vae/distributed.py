@@ -13,7 +13,8 @@ its shard of the global batch. What makes the replicas one training run:
   it means in one process.
 - The noise of a replica's step (its samples of z, a dynamic binarization) is drawn from a seed
   derived from (seed, epoch, step, rank). It depends on nothing the replica did before, so a
-  resumed run continues exactly, even with another number of processes.
+  resumed run continues exactly as an uninterrupted one would, and another number of processes
+  can take a run over (with other, equally valid, noise).
 
 One process (``WORLD_SIZE`` unset or 1) is the plain single-process path, unchanged.
 """

@@ -62,6 +62,7 @@ class Trainer:
         self.config = config
         self.replicas = replicas
         self._parameters = list(vae.parameters())
+        replicas.connect(self._parameters[0].device)  # a no-op when train_run has connected
         replicas.broadcast(self._parameters)  # one model on every replica, whatever happened
         self.elbo = make_elbo(config.elbo, config.num_particles)
         # This trainer owns the parameters, so it calls the model and guide without the

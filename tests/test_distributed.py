@@ -4,9 +4,11 @@ loopback interface, against one process trained on the same global batches."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyro
@@ -46,11 +48,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(
+def torchrun_command(
     *arguments: str, cwd: Path, nproc: int = 2, script: Path = ROOT / "cli.py"
-) -> subprocess.CompletedProcess:
+) -> tuple[list[str], dict[str, str]]:
     """``torchrun --nproc_per_node=nproc script arguments`` on 127.0.0.1, each process's output
-    in its own file under cwd/logs."""
+    in its own file under cwd/logs: the command and its environment."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     if sys.platform.startswith("linux"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # the loopback interface, whatever the host's network
@@ -59,6 +61,11 @@ def torchrun(
         "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
         "--redirects", "3", "--log-dir", str(cwd / "logs"), str(script), *arguments,
     ]  # fmt: skip
+    return command, env
+
+
+def torchrun(*arguments: str, cwd: Path, **options: object) -> subprocess.CompletedProcess:
+    command, env = torchrun_command(*arguments, cwd=cwd, **options)  # type: ignore[arg-type]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -148,6 +155,29 @@ def test_one_process_continues_a_two_process_run(two_process_run):
     assert result.finished and [m.epoch for m in result.history] == [1, 2]
     record = json.loads((copy / "config.json").read_text())
     assert record["processes"] == 1 and record["resumed_after_epoch"] == 1
+
+
+def test_ctrl_c_stops_every_process_after_the_same_step(tmp_path):
+    command, env = torchrun_command(
+        "train", "--out", "run", "--epochs", "500", "--hidden-dims", "16", cwd=tmp_path
+    )
+    job = subprocess.Popen(
+        command, cwd=tmp_path, env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGINT)  # as Ctrl-C in a terminal: torchrun and both processes
+    job.communicate(timeout=120)
+    assert "Stopped after epoch" in process_output(tmp_path, 0)
+    assert process_output(tmp_path, 1) == ""  # stopped quietly, not killed or crashed
+    stopped = load_checkpoint(tmp_path / "run").trainer_state
+    assert 2 <= len(stopped["history"]) < 500
+    result = resume_run(tmp_path / "run", {"epochs": len(stopped["history"]) + 1})
+    assert result.finished
 
 
 FAILING_RANK = """
