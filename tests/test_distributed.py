@@ -49,17 +49,22 @@ def free_port() -> int:
 
 
 def torchrun_command(
-    *arguments: str, cwd: Path, nproc: int = 2, script: Path = ROOT / "cli.py"
+    *arguments: str,
+    cwd: Path,
+    launch: list[str] | None = None,
+    script: Path = ROOT / "cli.py",
+    logs: str = "logs",
 ) -> tuple[list[str], dict[str, str]]:
-    """``torchrun --nproc_per_node=nproc script arguments`` on 127.0.0.1, each process's output
-    in its own file under cwd/logs: the command and its environment."""
+    """``torchrun LAUNCH script arguments`` on 127.0.0.1, each process's output in its own file
+    under cwd/logs: the command and its environment. LAUNCH is two processes by default."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     if sys.platform.startswith("linux"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # the loopback interface, whatever the host's network
+    if launch is None:
+        launch = ["--nproc_per_node=2", "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
     command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-        "--redirects", "3", "--log-dir", str(cwd / "logs"), str(script), *arguments,
+        sys.executable, "-m", "torch.distributed.run", *launch,
+        "--redirects", "3", "--log-dir", str(cwd / logs), str(script), *arguments,
     ]  # fmt: skip
     return command, env
 
@@ -127,6 +132,25 @@ def test_two_processes_train_as_one_on_the_same_global_batches(
     assert_parameters_match(cwd / "run", one_process_reference[0])
     record = json.loads((cwd / "run" / "config.json").read_text())
     assert record["processes"] == 2
+
+
+def test_two_machines_rendezvous_and_train_as_one(tmp_path, one_process_reference):
+    """Two launchers of one process each, as on two machines, meeting through torchrun's c10d
+    rendezvous (the README's multi-machine command, with 127.0.0.1 for the first machine)."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    launch = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-id=test", "--rdzv-backend=c10d"]
+    arguments = ("train", "--out", "run", "--epochs", "1", *TRAIN_OPTIONS)
+    machines = []
+    for machine in range(2):
+        command, env = torchrun_command(
+            *arguments, cwd=tmp_path, launch=[*launch, f"--rdzv-endpoint={endpoint}"],
+            logs=f"logs-{machine}",
+        )  # fmt: skip
+        machines.append(subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE))
+    for launcher in machines:
+        _, stderr = launcher.communicate(timeout=240)
+        assert launcher.returncode == 0, stderr
+    assert_parameters_match(tmp_path / "run", one_process_reference[0])
 
 
 def test_only_rank_0_writes_and_reports(two_process_run):
