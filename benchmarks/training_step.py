@@ -156,6 +156,29 @@ def dynamo_graphs(vae: VAE, x: torch.Tensor) -> int:
     return explained.graph_count
 
 
+def host_reads(step: Callable[[torch.Tensor], object], x: torch.Tensor) -> dict[str, int]:
+    """How often one call of ``step`` reads a tensor back to the host (``.item()``, ``bool()``):
+    free on the CPU, a synchronisation each on a GPU."""
+    counts = {"item": 0, "bool": 0}
+    item, truth = torch.Tensor.item, torch.Tensor.__bool__
+
+    def counted_item(tensor: torch.Tensor) -> object:
+        counts["item"] += 1
+        return item(tensor)
+
+    def counted_bool(tensor: torch.Tensor) -> bool:
+        counts["bool"] += 1
+        return truth(tensor)
+
+    step(x)  # the first step validates; count a later one
+    torch.Tensor.item, torch.Tensor.__bool__ = counted_item, counted_bool  # type: ignore
+    try:
+        step(x)
+    finally:
+        torch.Tensor.item, torch.Tensor.__bool__ = item, truth  # type: ignore
+    return counts
+
+
 def tutorial_step(vae: VAE) -> Callable[[torch.Tensor], float]:
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     return svi.step
@@ -310,6 +333,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     report("loss only, no backward or update", forward, 1e3, "ms")
     if args.compile:
         print(f"torch.compile graphs in Trace_ELBO's loss: {dynamo_graphs(fresh('dynamo'), x)}")
+    for estimator in ("mc", "analytic"):
+        reads = host_reads(pyro_vae_step(fresh(f"reads_{estimator}"), estimator), x[:batch])
+        print(f"host reads in one pyro-vae {estimator} step: {reads}")
     if args.shape == "mnist":
         epochs = time_epochs(contestants, x, batch, 1 if args.quick else args.epoch_turns)
         report("whole epoch (median over turns)", epochs, 1.0, "s/epoch")
