@@ -46,7 +46,7 @@ from pyro_vae import (
 )
 from pyro_vae.config import BINARIZATIONS
 from pyro_vae.data import Split
-from pyro_vae.distributed import SINGLE_PROCESS, Replicas, disconnect
+from pyro_vae.distributed import Replicas, disconnect
 from pyro_vae.evaluate import evaluate_bounds
 from pyro_vae.objectives import kl_method
 from pyro_vae.pictures import (
@@ -389,7 +389,7 @@ def _stop_on_ctrl_c(replicas: Replicas) -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _summarise(result: RunResult, replicas: Replicas = SINGLE_PROCESS) -> None:
+def _summarise(result: RunResult, replicas: Replicas) -> None:
     if not replicas.is_main:  # rank 0 reports for all the processes
         raise typer.Exit(0 if result.finished else 130)
     if not result.finished:

@@ -38,23 +38,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(processes: int, threads: int, script: Path | str, *arguments: str) -> str:
+    """Run ``script arguments`` in ``processes`` processes on 127.0.0.1; returns their stdout."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script), *arguments,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
 def images_per_second(
     processes: int, batch: int, epochs: int, data: list[str], cores: int, device: str
 ) -> list[float]:
     """One torchrun training run; images per second of each epoch after the first."""
     with tempfile.TemporaryDirectory() as folder:
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // processes)))
-        if sys.platform.startswith("linux"):
-            env["GLOO_SOCKET_IFNAME"] = "lo"
-        command = [
-            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-            str(ROOT / "cli.py"), "train", "--out", f"{folder}/run", "--epochs", str(epochs),
+        torchrun(
+            processes, max(1, cores // processes), ROOT / "cli.py",
+            "train", "--out", f"{folder}/run", "--epochs", str(epochs),
             "--batch-size", str(batch), "--device", device, *data,
-        ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode:
-            sys.exit(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
+        )  # fmt: skip
         run = Path(folder) / "run"
         record = json.loads((run / "config.json").read_text())
         timing = (run / "timing.jsonl").read_text().splitlines()
@@ -83,18 +91,9 @@ def all_reduce_worker(sizes: list[int], repeats: int) -> None:
 
 def all_reduce_seconds(processes: int, sizes: list[int], repeats: int) -> dict[str, float]:
     """Seconds per all-reduce of each size among ``processes`` processes, one thread each."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
-        "--all-reduce-worker", "--sizes", *map(str, sizes), "--repeats", str(repeats),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode:
-        sys.exit(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    sizes_and_repeats = ["--sizes", *map(str, sizes), "--repeats", str(repeats)]
+    stdout = torchrun(processes, 1, __file__, "--all-reduce-worker", *sizes_and_repeats)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict[tuple[int, int], float]:
