@@ -4,8 +4,10 @@ Contestants take turns (A B C ... A B C ...) in one process so that drifts of th
 of them alike; each turn times a block of steps, and the report gives the median over turns and
 its ratio to the hand-written PyTorch step.
 
-- pyro-vae mc / analytic: ``Trainer.step`` (Trace_ELBO / TraceMeanField_ELBO, torch Adam), the
-  path ``pyro-vae train`` takes; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
+- pyro-vae mc / analytic: ``Trainer.step`` (fused torch Adam; Pyro's Trace_ELBO /
+  TraceMeanField_ELBO with the loss kept on the device, objectives.py), the path ``pyro-vae train``
+  takes; ``Pyro's ELBO``: the same Trainer with Pyro's classes as shipped, which read every site's
+  log-density back to the host; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
   torch Adam, and the latter with its compile cache fixed (see CachedJitTraceMeanField_ELBO).
 - hand-written: the same Encoder and Decoder modules, Bernoulli log-likelihood and closed-form KL
   written out in torch, torch Adam: what a user would write without Pyro.
@@ -33,7 +35,7 @@ import pyro.optim
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset, make_elbo
@@ -72,8 +74,17 @@ def hand_written_step(vae: VAE, fused: bool = False) -> Callable[[torch.Tensor],
     return step
 
 
-def pyro_vae_step(vae: VAE, estimator: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    return Trainer(vae, TrainConfig(elbo=estimator)).step
+PYRO_ELBOS = {"mc": Trace_ELBO, "analytic": TraceMeanField_ELBO}
+
+
+def pyro_vae_step(
+    vae: VAE, estimator: str, pyros_elbo: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``Trainer.step``; with ``pyros_elbo``, on Pyro's ELBO class as shipped instead of ours."""
+    trainer = Trainer(vae, TrainConfig(elbo=estimator))
+    if pyros_elbo:
+        trainer.elbo = PYRO_ELBOS[estimator](max_plate_nesting=1)
+    return trainer.step
 
 
 class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
@@ -119,6 +130,10 @@ def jit_step(vae: VAE, estimator: str) -> Callable[[torch.Tensor], torch.Tensor]
 def forward_passes(vae: VAE) -> dict[str, Callable[[torch.Tensor], object]]:
     """The loss alone, no backward and no update: where Pyro's own time goes."""
     mc, analytic = make_elbo("mc"), make_elbo("analytic")
+    pyro_mc, pyro_analytic = (
+        Trace_ELBO(max_plate_nesting=1),
+        TraceMeanField_ELBO(max_plate_nesting=1),
+    )
     model, guide = vae.generative_model, vae.inference_guide
 
     def hand_written_loss(x: torch.Tensor) -> torch.Tensor:
@@ -134,8 +149,10 @@ def forward_passes(vae: VAE) -> dict[str, Callable[[torch.Tensor], object]]:
     return {
         "hand-written PyTorch": hand_written_loss,
         "guide and model traces": traces,
-        "Trace_ELBO loss": lambda x: mc.differentiable_loss(model, guide, x),
-        "TraceMeanField_ELBO loss": lambda x: analytic.differentiable_loss(model, guide, x),
+        "pyro-vae mc loss": lambda x: mc.differentiable_loss(model, guide, x),
+        "pyro-vae analytic loss": lambda x: analytic.differentiable_loss(model, guide, x),
+        "Pyro's Trace_ELBO loss": lambda x: pyro_mc.differentiable_loss(model, guide, x),
+        "Pyro's TraceMeanField_ELBO": lambda x: pyro_analytic.differentiable_loss(model, guide, x),
     }
 
 
@@ -204,6 +221,9 @@ def build(
     contestants["hand-written, fused Adam"] = hand_written_step(fresh("hand_fused"), fused=True)
     for estimator in ("mc", "analytic"):
         contestants[f"pyro-vae {estimator}"] = pyro_vae_step(fresh(estimator), estimator)
+        contestants[f"pyro-vae {estimator}, Pyro's ELBO"] = pyro_vae_step(
+            fresh(f"{estimator}_pyro"), estimator, pyros_elbo=True
+        )
         contestants[f"pyro-vae {estimator}+jit"] = jit_step(fresh(f"{estimator}_jit"), estimator)
     contestants["analytic+jit, cache fixed"] = jit_step(fresh("fixed_jit"), "analytic-fixed")
     if compile_networks:
@@ -301,11 +321,11 @@ def peak_memory_of_a_training_run(quick: bool) -> float:
 
 def report(title: str, seconds: dict[str, list[float]], unit: float, label: str) -> dict:
     floor = statistics.median(seconds["hand-written PyTorch"])
-    print(f"{title}\n{'contestant':<30}{label:>16}{'× hand-written':>16}")
+    print(f"{title}\n{'contestant':<36}{label:>16}{'× hand-written':>16}")
     medians = {}
     for name, values in seconds.items():
         medians[name] = statistics.median(values)
-        print(f"{name:<30}{medians[name] * unit:>16.3f}{medians[name] / floor:>16.2f}")
+        print(f"{name:<36}{medians[name] * unit:>16.3f}{medians[name] / floor:>16.2f}")
     return medians
 
 
@@ -334,8 +354,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.compile:
         print(f"torch.compile graphs in Trace_ELBO's loss: {dynamo_graphs(fresh('dynamo'), x)}")
     for estimator in ("mc", "analytic"):
-        reads = host_reads(pyro_vae_step(fresh(f"reads_{estimator}"), estimator), x[:batch])
-        print(f"host reads in one pyro-vae {estimator} step: {reads}")
+        for pyros_elbo in (False, True):
+            step = pyro_vae_step(fresh(f"reads_{estimator}"), estimator, pyros_elbo)
+            which = ", Pyro's ELBO" if pyros_elbo else ""
+            print(
+                f"host reads in one pyro-vae {estimator}{which} step: {host_reads(step, x[:batch])}"
+            )
     if args.shape == "mnist":
         epochs = time_epochs(contestants, x, batch, 1 if args.quick else args.epoch_turns)
         report("whole epoch (median over turns)", epochs, 1.0, "s/epoch")

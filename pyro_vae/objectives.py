@@ -11,6 +11,12 @@
 ``mc`` and ``analytic`` estimate the same ELBO and differ in variance. ``num_particles > 1``
 averages (or, for ``iwae``, importance-weights) that many samples of z, vectorised over an extra
 batch dimension rather than looped.
+
+``mc`` and ``analytic`` are Pyro's two classes with one change, in ``differentiable_loss``: the loss
+stays a tensor on the device. Pyro's versions read every site's log-density back to the host
+(``.item()``) and check the loss for NaN (``bool()``) at every step, which on a GPU makes each step
+wait for the one before it; see ``DeviceLossMixin``. Traces, particles, validation and the
+estimators' mathematics are Pyro's own.
 """
 
 from collections.abc import Callable
@@ -19,13 +25,98 @@ from typing import Any
 import pyro.distributions as dist
 import torch
 from pyro.distributions.kl import kl_divergence
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import check_fully_reparametrized, is_identically_zero, is_validation_enabled
+from pyro.poutine import Trace
 
 from pyro_vae.errors import UserInputError
 
+
+class DeviceLossMixin:
+    """``differentiable_loss`` without reading anything back to the host.
+
+    Pyro's Trace_ELBO adds each site's ``log_prob_sum.item()`` into a Python float for the loss's
+    value and reads ``isnan(loss)`` for a warning: six host reads a step (four for the mean-field
+    ELBO). Here the value is the same sum kept as a tensor; where every guide site is
+    reparameterised (a VAE's is), the surrogate whose gradient Pyro takes *is* that sum, so the
+    loss is that one tensor. Anywhere else ``_particle_loss`` falls back on Pyro's own particle
+    function. A NaN loss is left to the caller (``Trainer.check_finite``).
+    """
+
+    num_particles: int
+
+    def differentiable_loss(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._particle_loss(model_trace, guide_trace)
+        # One pass over vectorised particles, num_particles passes otherwise: an average either way.
+        return loss / self.num_particles if self.num_particles > 1 else loss
+
+    def _particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _pyro_particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+        """Pyro's value (a float: it reads the host) with its surrogate's gradient."""
+        loss, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
+        return surrogate + (loss - surrogate.detach())
+
+
+def _sample_sites(trace: Trace) -> list[dict]:
+    return [site for site in trace.nodes.values() if site["type"] == "sample"]
+
+
+def _reparameterised(site: dict) -> bool:
+    # Pyro's score parts of a reparameterised site: no score-function term, and an entropy term
+    # that is the log-density itself (the same tensor unless a subsample scale was applied).
+    parts = site["score_parts"]
+    return is_identically_zero(parts.score_function) and parts.entropy_term is parts.log_prob
+
+
+class DeviceTrace_ELBO(DeviceLossMixin, Trace_ELBO):
+    """Trace_ELBO: −[log p(x, z) − log q(z|x)] at z ~ q, its loss kept on the device."""
+
+    def _particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+        guide_sites = _sample_sites(guide_trace)
+        if not all(_reparameterised(site) for site in guide_sites):
+            return self._pyro_particle_loss(model_trace, guide_trace)
+        log_p = sum(site["log_prob_sum"] for site in _sample_sites(model_trace))
+        log_q = sum(site["log_prob_sum"] for site in guide_sites)
+        return log_q - log_p
+
+
+class DeviceTraceMeanField_ELBO(DeviceLossMixin, TraceMeanField_ELBO):
+    """TraceMeanField_ELBO: −[log p(x|z) − KL(q(z|x) ‖ p(z))], the KL in closed form where Pyro
+    knows it (else sampled, as Pyro does), its loss kept on the device."""
+
+    def _particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+        auxiliary = [name for name in guide_trace.nodes if name not in model_trace.nodes]
+        if auxiliary:  # guide-only sites: rare, and left to Pyro's own bookkeeping
+            return self._pyro_particle_loss(model_trace, guide_trace)
+        elbo = 0.0
+        for site in _sample_sites(model_trace):
+            if site["is_observed"]:
+                elbo = elbo + site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[site["name"]]
+            if is_validation_enabled():
+                check_fully_reparametrized(guide_site)
+            try:
+                kl = kl_divergence(guide_site["fn"], site["fn"])
+            except NotImplementedError:  # no formula: log p(z) − log q(z|x) at the sampled z
+                entropy_term = guide_site["score_parts"].entropy_term
+                elbo = elbo + site["log_prob_sum"] - entropy_term.sum()
+                continue
+            kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
+            elbo = elbo - kl.sum()
+        return -elbo
+
+
 ESTIMATORS: dict[str, type[ELBO]] = {
-    "mc": Trace_ELBO,
-    "analytic": TraceMeanField_ELBO,
+    "mc": DeviceTrace_ELBO,
+    "analytic": DeviceTraceMeanField_ELBO,
     "iwae": RenyiELBO,  # with alpha = 0
 }
 

@@ -98,9 +98,13 @@ class Trainer:
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         """One SVI step; returns the loss, −ELBO per data point, as a detached 0-dim tensor."""
+        return self._update(batch) / batch.shape[0]
+
+    def _update(self, batch: torch.Tensor) -> torch.Tensor:
+        """One step on ``batch``; returns its −ELBO summed, on the device."""
         loss = self._backward(batch)
         self.optimizer.step()
-        return loss / batch.shape[0]
+        return loss
 
     def _backward(self, batch: torch.Tensor) -> torch.Tensor:
         """The −ELBO summed over ``batch``, its gradient in the ``.grad``s."""
@@ -173,8 +177,8 @@ class Trainer:
     ) -> tuple[torch.Tensor, bool]:
         """One step on the batch at ``index``: the loss summed over it, and whether to stop."""
         if not self.replicas.distributed:
-            loss = self.step(data.train_batch(index))
-            return loss * index.shape[0], should_stop is not None and should_stop()
+            loss_sum = self._update(data.train_batch(index))
+            return loss_sum, should_stop is not None and should_stop()
         # This replica's noise comes from a seed of its own for this step (see distributed.py).
         rank = self.replicas.rank
         torch.manual_seed(

@@ -109,16 +109,16 @@ def test_resume_may_extend_and_lower_the_rate_but_not_change_the_model(tmp_path)
 
 
 def test_divergence_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    honest_step = Trainer.step
+    honest_update = Trainer._update
 
-    def poisoned_step(self, batch):
-        loss = honest_step(self, batch)
+    def poisoned_update(self, batch):
+        loss = honest_update(self, batch)
         if self.epoch == 2 and self.steps_done == 5:  # a blow-up in the third epoch
             with torch.no_grad():
                 next(self.vae.parameters()).fill_(float("inf"))
         return loss
 
-    monkeypatch.setattr(Trainer, "step", poisoned_step)
+    monkeypatch.setattr(Trainer, "_update", poisoned_update)
     config = RunConfig(model=ModelConfig(hidden_dims=(16,)), train=TrainConfig(epochs=4))
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"epoch 3 .*--resume .*--lr 0\.0001"):
