@@ -17,6 +17,7 @@ its ratio to the hand-written PyTorch step.
     python benchmarks/training_step.py                  # MNIST-sized (784-400-50, batch 128)
     python benchmarks/training_step.py --shape digits   # 8×8 digits, default network, batch 32
     python benchmarks/training_step.py --compile        # also torch.compile'd networks (slow start)
+    python benchmarks/training_step.py --device cuda --batch 1024   # on a GPU, images per second
     python benchmarks/training_step.py --quick          # seconds, for the test suite
 """
 
@@ -202,19 +203,20 @@ def tutorial_step(vae: VAE) -> Callable[[torch.Tensor], float]:
 
 
 def build(
-    shape: str, quick: bool, compile_networks: bool = False
+    shape: str, quick: bool, device: torch.device, compile_networks: bool = False
 ) -> tuple[torch.Tensor, int, dict[str, Callable], Callable[[str], VAE]]:
     if shape == "mnist":
         x, batch, network = mnist_sized(quick), 128, {"hidden_dims": (400,), "latent_dim": 50}
     else:
         x = load_dataset(DataConfig(binarize="static")).train.x
         batch, network = 32, {}
+    x = x.to(device)  # the data live where the model does, as in pyro-vae train
     contestants = {}
 
     def fresh(name: str) -> VAE:
         pyro.set_rng_seed(0)
         # its own name: each contestant's parameters get their own entries in Pyro's param store
-        return VAE(x.shape[1], likelihood="bernoulli", name=name, **network)
+        return VAE(x.shape[1], likelihood="bernoulli", name=name, **network).to(device)
 
     contestants["hand-written PyTorch"] = hand_written_step(fresh("hand"))
     # pyro-vae's Trainer uses the fused Adam; this shows what is left of Pyro's own overhead
@@ -232,19 +234,28 @@ def build(
     return x, batch, contestants, fresh
 
 
+def synchronize(x: torch.Tensor) -> None:
+    """Wait for the device to finish the work queued so far: a GPU runs behind the host."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def time_steps(
     contestants: dict[str, Callable], x: torch.Tensor, batch: int, turns: int, steps: int
 ) -> dict[str, list[float]]:
-    batches = [x[i * batch : (i + 1) * batch] for i in range(steps)]
+    rows = torch.arange(steps * batch, device=x.device) % x.shape[0]  # wraps for big batches
+    batches = [x[index] for index in rows.split(batch)]
     for step in contestants.values():  # warm-up: JIT compilation, allocator, caches
         for b in batches[:3]:
             step(b)
     seconds: dict[str, list[float]] = {name: [] for name in contestants}
     for _ in range(turns):
         for name, step in contestants.items():
+            synchronize(x)
             start = time.perf_counter()
             for b in batches:
                 step(b)
+            synchronize(x)
             seconds[name].append((time.perf_counter() - start) / steps)
     return seconds
 
@@ -254,17 +265,19 @@ def time_epochs(
 ) -> dict[str, list[float]]:
     """Whole epochs over ``x``: tensors indexed by shuffled batches of indices, as pyro-vae and a
     careful hand-written loop do; the tutorial reads a per-sample DataLoader instead."""
-    loader = DataLoader(TensorDataset(x), batch_size=batch, shuffle=True)
+    loader = DataLoader(TensorDataset(x.cpu()), batch_size=batch, shuffle=True)
     seconds: dict[str, list[float]] = {name: [] for name in contestants}
     for _ in range(turns):
         for name, step in contestants.items():
+            synchronize(x)
             start = time.perf_counter()
-            if name.startswith("tutorial"):
+            if name.startswith("tutorial"):  # batches from host memory, as tutorials load them
                 for (images,) in loader:
-                    step(images)
+                    step(images.to(x.device))
             else:
-                for index in torch.randperm(x.shape[0]).split(batch):
+                for index in torch.randperm(x.shape[0], device=x.device).split(batch):
                     step(x[index])
+            synchronize(x)
             seconds[name].append(time.perf_counter() - start)
     return seconds
 
@@ -284,11 +297,11 @@ print(next(line.split()[1] for line in status.splitlines() if line.startswith("V
 """
 
 
-def peak_memory_of_a_training_run(quick: bool) -> float:
+def peak_memory_of_a_training_run(quick: bool, device: torch.device) -> float:
     """Peak resident memory (MiB) of ``cli.py train`` for one MNIST-sized epoch (Linux)."""
-    data = []
+    data = ["--device", device.type]
     if not quick and (SHARED_DATA / "MNIST" / "raw").is_dir():
-        data = ["--dataset", "mnist", "--data-dir", str(SHARED_DATA)]
+        data += ["--dataset", "mnist", "--data-dir", str(SHARED_DATA)]
     cli = Path(__file__).parents[1] / "cli.py"
     with tempfile.TemporaryDirectory() as folder:
         result = subprocess.run(
@@ -338,13 +351,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile'd encoder and decoder"
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch", type=int, help="batch size (default: 128 MNIST, 32 digits)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     turns, steps = (2, 3) if args.quick else (args.turns, args.steps)
-    x, batch, contestants, fresh = build(args.shape, args.quick, args.compile)
+    device = torch.device(args.device)
+    x, batch, contestants, fresh = build(args.shape, args.quick, device, args.compile)
+    batch = args.batch or batch
     seconds = time_steps(contestants, x, batch, turns, steps)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"{args.shape}: batch {batch}, {x.shape[1]} dimensions, {len(x)} images, "
+        f"{args.shape}: batch {batch}, {x.shape[1]} dimensions, {len(x)} images, {where}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, pyro {pyro.__version__}"
     )
     medians = report(f"training step ({turns} turns of {steps} steps)", seconds, 1e3, "ms/step")
@@ -362,8 +380,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             )
     if args.shape == "mnist":
         epochs = time_epochs(contestants, x, batch, 1 if args.quick else args.epoch_turns)
-        report("whole epoch (median over turns)", epochs, 1.0, "s/epoch")
-        peak = peak_memory_of_a_training_run(args.quick)
+        per_epoch = report("whole epoch (median over turns)", epochs, 1.0, "s/epoch")
+        for name, epoch_seconds in per_epoch.items():
+            print(f"{name:<36}{len(x) / epoch_seconds:>16,.0f} images/s")
+        peak = peak_memory_of_a_training_run(args.quick, device)
         print(f"peak RSS of a one-epoch training run: {peak:.0f} MiB")
     return medians
 

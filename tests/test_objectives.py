@@ -132,3 +132,20 @@ def test_a_training_step_reads_nothing_back_to_the_host(estimator, prior, digits
     with HostReads() as reads:  # the counter sees Pyro's reads, so it can see ours
         pyro_trainer.step(x)
     assert reads.count > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("estimator", PYRO_ELBOS)
+def test_cuda_training_steps_never_wait_for_the_gpu(estimator, digits):
+    """On a GPU the host queues step after step: torch raises on any synchronising call."""
+    device = torch.device("cuda")
+    trainer = Trainer(VAE(64, hidden_dims=(16,)).to(device), TrainConfig(elbo=estimator))
+    x = digits.train.x[:32].to(device)
+    trainer.step(x)  # the first step validates, and may read
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            loss = trainer.step(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert loss.is_cuda and torch.isfinite(loss)
