@@ -7,7 +7,7 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer import RenyiELBO
+from pyro.infer import ELBO, RenyiELBO
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Dataset
@@ -23,6 +23,7 @@ from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import elbo_per_datapoint
 from pyro_vae.model import VAE
 from pyro_vae.objectives import kl_method, loss_and_backward, make_elbo
+from pyro_vae.recorded import RecordedGradient
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,32 @@ class Trainer:
     it trains on its shard of every batch and sums gradients with the others (see distributed.py).
     """
 
-    def __init__(self, vae: VAE, config: TrainConfig, replicas: Replicas = SINGLE_PROCESS):
+    def __init__(
+        self,
+        vae: VAE,
+        config: TrainConfig,
+        replicas: Replicas = SINGLE_PROCESS,
+        elbo: ELBO | None = None,
+    ):
+        """``elbo``, if given, replaces the one ``config.elbo`` names (to compare with another)."""
         self.vae = vae
         self.config = config
         self.replicas = replicas
         self._parameters = list(vae.parameters())
         replicas.connect(self._parameters[0].device)  # a no-op when train_run has connected
         replicas.broadcast(self._parameters)  # one model on every replica, whatever happened
-        self.elbo = make_elbo(config.elbo, config.num_particles)
+        self.elbo = elbo or make_elbo(config.elbo, config.num_particles)
         # This trainer owns the parameters, so it calls the model and guide without the
         # param-store registration that Pyro's optimizers need, a per-step cost. RenyiELBO is the
         # exception: it computes gradients only for traces in which it sees parameter sites.
         registered = isinstance(self.elbo, RenyiELBO)
         self._model = vae.model if registered else vae.generative_model
         self._guide = vae.guide if registered else vae.inference_guide
+        # After the first step, the same loss and gradient replayed from a graph of torch
+        # operations instead of Pyro's Python machinery at every step (see recorded.py).
+        self._recorded = (
+            None if registered else RecordedGradient(vae, self.elbo, self._model, self._guide)
+        )
         # The fused implementation updates every parameter in one kernel: on the CPU a quarter
         # of the time of the default per-tensor loop, the same arithmetic.
         self.optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
@@ -113,6 +126,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if batch.shape[0] == 0:  # a replica's shard of a last batch smaller than the replicas
             return torch.zeros((), device=batch.device)
+        if self._validated and self._recorded is not None:
+            loss = self._recorded(batch)
+            if loss is not None:
+                return loss
         # Pyro checks every distribution's arguments and every site's shape: worth it once, to
         # catch a component's mistake at its first step, then only a cost per step (the data are
         # checked before training, and a divergence is caught by check_finite).

@@ -118,20 +118,17 @@ class HostReads:
 @pytest.mark.parametrize("prior", PRIORS)
 @pytest.mark.parametrize("estimator", PYRO_ELBOS)
 def test_a_training_step_reads_nothing_back_to_the_host(estimator, prior, digits):
-    """What a GPU needs to run steps back to back; the first step validates, and may read."""
-    trainer = Trainer(VAE(64, 3, hidden_dims=(16,), prior=prior), TrainConfig(elbo=estimator))
+    """What a GPU needs to run steps back to back. The first step validates, and the second
+    records the step's graph (recorded.py): either may read, once."""
+    config = TrainConfig(elbo=estimator)
     x = digits.train.x[:32]
-    trainer.step(x)
-    with HostReads() as reads:
-        trainer.step(x)
-    assert reads.count == 0
-
-    pyro_trainer = Trainer(VAE(64, 3, hidden_dims=(16,), prior=prior), TrainConfig())
-    pyro_trainer.elbo = PYRO_ELBOS[estimator](max_plate_nesting=1)
-    pyro_trainer.step(x)
-    with HostReads() as reads:  # the counter sees Pyro's reads, so it can see ours
-        pyro_trainer.step(x)
-    assert reads.count > 0
+    for elbo, expected_reads in [(None, 0), (PYRO_ELBOS[estimator](max_plate_nesting=1), 1)]:
+        trainer = Trainer(VAE(64, 3, hidden_dims=(16,), prior=prior), config, elbo=elbo)
+        trainer.step(x), trainer.step(x)
+        with HostReads() as reads:
+            trainer.step(x)
+        # Pyro's own class reads every step: the counter can see what ours does not do
+        assert min(reads.count, 1) == expected_reads
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

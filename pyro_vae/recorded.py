@@ -1,0 +1,104 @@
+"""Pyro's loss and gradient recorded once per batch shape as a graph of torch operations.
+
+An eager step runs Pyro's machinery anew every time: the poutine messengers, the trace dicts, the
+distribution objects, and autograd's bookkeeping of all of it; on the CPU that is about a tenth of
+a step at MNIST size and a third on the digits. None of it changes from batch to batch, so
+``RecordedGradient`` runs the loss and ``torch.autograd.grad`` once under ``make_fx`` on fake
+tensors (nothing is computed, no random number drawn) and keeps only the tensor operations, the
+backward pass's included. Replaying that graph computes the same loss and gradients, bit for bit:
+its random draws are the eager step's ``normal_`` calls on the same generator, in the same order.
+
+What a recording assumes, as Pyro's JIT ELBOs do: the model and guide run the same tensor
+operations for every batch of one shape. Shapes are fine (one graph per batch shape); Python that
+reads a tensor's value (``if loss > 0``, ``.item()``) cannot be recorded, and such a model is
+trained eagerly instead, with a log message saying why.
+"""
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import ELBO
+from torch import nn
+from torch.func import functional_call
+from torch.fx import GraphModule
+from torch.fx.experimental.proxy_tensor import make_fx
+
+log = logging.getLogger(__name__)
+
+GraphKey = tuple[tuple[int, ...], torch.dtype, torch.device]
+
+
+class _Loss(nn.Module):
+    """The ELBO loss as a module, so that ``functional_call`` can swap in the recording's inputs
+    for every parameter and buffer the model and guide read."""
+
+    def __init__(self, vae: nn.Module, elbo: ELBO, model: Callable, guide: Callable):
+        super().__init__()
+        self.vae = vae
+        self.elbo, self.model, self.guide = elbo, model, guide
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self.model, self.guide, batch)
+
+
+class RecordedGradient:
+    """``loss = elbo.differentiable_loss(model, guide, batch)`` and its gradient in the ``.grad``
+    of ``vae``'s parameters, replayed from a graph recorded for the batch's shape."""
+
+    def __init__(
+        self, vae: nn.Module, elbo: ELBO, model: Callable[..., Any], guide: Callable[..., Any]
+    ):
+        self._loss = _Loss(vae, elbo, model, guide)
+        self._graphs: dict[GraphKey, GraphModule | None] = {}  # None: could not be recorded
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor | None:
+        """The loss (detached), its gradient in the ``.grad``s; None where no graph can be made,
+        and nothing done: the caller then takes the eager step."""
+        key = (tuple(batch.shape), batch.dtype, batch.device)
+        if key not in self._graphs:
+            self._graphs[key] = self._record(batch)
+        graph = self._graphs[key]
+        if graph is None:
+            return None
+        parameters, buffers = self._inputs()
+        with torch.no_grad():  # the graph computes the gradients itself; autograd keeps out
+            loss, gradients = graph(list(parameters.values()), list(buffers.values()), batch)
+        for parameter, gradient in zip(parameters.values(), gradients, strict=True):
+            if gradient is not None:  # an unused parameter keeps no gradient, as in autograd
+                parameter.grad = gradient
+        return loss
+
+    def _inputs(self) -> tuple[dict[str, nn.Parameter], dict[str, torch.Tensor]]:
+        # Read afresh at every call: .to(device) or load_state_dict may have replaced a tensor.
+        return dict(self._loss.named_parameters()), dict(self._loss.named_buffers())
+
+    def _record(self, batch: torch.Tensor) -> GraphModule | None:
+        parameters, buffers = self._inputs()
+
+        def loss_and_gradients(
+            parameter_values: list[torch.Tensor], buffer_values: list[torch.Tensor], x: torch.Tensor
+        ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+            values = dict(
+                zip([*parameters, *buffers], [*parameter_values, *buffer_values], strict=True)
+            )
+            loss = functional_call(self._loss, values, (x,))
+            gradients = torch.autograd.grad(loss, parameter_values, allow_unused=True)
+            return loss.detach(), gradients
+
+        try:
+            with pyro.validation_enabled(False):  # validation reads values; the first step did it
+                return make_fx(loss_and_gradients, tracing_mode="fake")(
+                    list(parameters.values()), list(buffers.values()), batch
+                )
+        except Exception as error:  # any failure to record leaves the eager step, always correct
+            log.info(
+                "training batches of shape %s eagerly: the model and guide could not be recorded "
+                "as a graph (%s: %s)",
+                tuple(batch.shape),
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+            )
+            return None

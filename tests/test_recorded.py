@@ -1,0 +1,99 @@
+"""The recorded graph computes the eager step's loss and gradients, bit for bit, or stands aside."""
+
+import logging
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae import LIKELIHOODS, PRIORS, VAE, TrainConfig, Trainer, make_elbo
+from pyro_vae.likelihoods import Likelihood
+from pyro_vae.objectives import loss_and_backward
+from pyro_vae.recorded import RecordedGradient
+
+
+def eager_and_recorded(vae, elbo, batch, seed):
+    """(loss, gradients) of the eager step and of the recorded one, on the same random numbers."""
+    model, guide = vae.generative_model, vae.inference_guide
+    recorded = RecordedGradient(vae, elbo, model, guide)
+    results = []
+    for step in (lambda: loss_and_backward(elbo, model, guide, batch), lambda: recorded(batch)):
+        vae.zero_grad(set_to_none=True)
+        pyro.set_rng_seed(seed)
+        with pyro.validation_enabled(False):
+            loss = step()
+        results.append((loss, [p.grad for p in vae.parameters()]))
+    return results
+
+
+def assert_identical(eager, recorded):
+    (loss, grads), (recorded_loss, recorded_grads) = eager, recorded
+    assert recorded_loss is not None, "the step was not recorded"
+    torch.testing.assert_close(recorded_loss, loss, rtol=0, atol=0)
+    for grad, recorded_grad in zip(grads, recorded_grads, strict=True):
+        assert (grad is None) == (recorded_grad is None)
+        if grad is not None:
+            torch.testing.assert_close(recorded_grad, grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("estimator", ["mc", "analytic"])
+def test_the_recorded_step_is_the_eager_step(estimator, prior, likelihood, binary_batch):
+    vae = VAE(64, 3, hidden_dims=(16,), prior=prior, likelihood=likelihood)
+    eager, recorded = eager_and_recorded(vae, make_elbo(estimator), binary_batch, seed=3)
+    assert_identical(eager, recorded)
+
+
+def test_several_particles_and_changed_parameters(binary_batch):
+    """A graph reads the parameters' current values at every replay, not those it was made with."""
+    vae = VAE(64, 3, hidden_dims=(16,), prior="mog")
+    elbo = make_elbo("mc", num_particles=3)
+    recorded = RecordedGradient(vae, elbo, vae.generative_model, vae.inference_guide)
+    with pyro.validation_enabled(False):
+        recorded(binary_batch)  # records
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    eager, replayed = eager_and_recorded(vae, elbo, binary_batch, seed=5)
+    assert_identical(eager, replayed)
+
+
+class ThresholdedLikelihood(Likelihood):
+    """Branches in Python on a tensor's value: what a graph of tensor operations cannot hold."""
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        scale = 0.5 if x_hat.mean() > 0 else 1.0
+        return dist.Normal(x_hat, scale).to_event(1)
+
+
+def test_a_model_that_reads_values_trains_eagerly_and_says_why(digits, caplog):
+    def trained(seed: int) -> tuple[list[float], list[torch.Tensor]]:
+        pyro.set_rng_seed(seed)
+        vae = VAE(64, 3, hidden_dims=(16,), likelihood=ThresholdedLikelihood(64))
+        trainer = Trainer(vae, TrainConfig(lr=1e-2))
+        losses = [trainer.step(digits.train.x[:32]).item() for _ in range(4)]
+        return losses, [p.detach().clone() for p in vae.parameters()]
+
+    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+        losses, parameters = trained(seed=1)
+    assert "eagerly" in caplog.text and "(32, 64)" in caplog.text
+
+    # The same run, every step eager: what it must equal
+    pyro.set_rng_seed(1)
+    vae = VAE(64, 3, hidden_dims=(16,), likelihood=ThresholdedLikelihood(64))
+    elbo = make_elbo("mc")
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2, fused=True)
+    expected = []
+    for step in range(4):
+        optimizer.zero_grad(set_to_none=True)
+        with pyro.validation_enabled(step == 0):
+            loss = loss_and_backward(
+                elbo, vae.generative_model, vae.inference_guide, digits.train.x[:32]
+            )
+        optimizer.step()
+        expected.append(loss.item() / 32)
+    assert losses == pytest.approx(expected, rel=1e-6)
+    for parameter, reference in zip(parameters, vae.parameters(), strict=True):
+        torch.testing.assert_close(parameter, reference.detach())
