@@ -5,9 +5,11 @@ of them alike; each turn times a block of steps, and the report gives the median
 its ratio to the hand-written PyTorch step.
 
 - pyro-vae mc / analytic: ``Trainer.step`` (fused torch Adam; Pyro's Trace_ELBO /
-  TraceMeanField_ELBO with the loss kept on the device, objectives.py), the path ``pyro-vae train``
-  takes; ``Pyro's ELBO``: the same Trainer with Pyro's classes as shipped, which read every site's
-  log-density back to the host; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
+  TraceMeanField_ELBO with the loss kept on the device, objectives.py; from the second step on,
+  loss and gradient replayed from a recorded graph, recorded.py), the path ``pyro-vae train``
+  takes; ``eager``: the same without the recording, Pyro's machinery at every step; ``Pyro's
+  ELBO``: eager with Pyro's classes as shipped, which read every site's log-density back to the
+  host; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
   torch Adam, and the latter with its compile cache fixed (see CachedJitTraceMeanField_ELBO).
 - hand-written: the same Encoder and Decoder modules, Bernoulli log-likelihood and closed-form KL
   written out in torch, torch Adam: what a user would write without Pyro.
@@ -79,11 +81,12 @@ PYRO_ELBOS = {"mc": Trace_ELBO, "analytic": TraceMeanField_ELBO}
 
 
 def pyro_vae_step(
-    vae: VAE, estimator: str, pyros_elbo: bool = False
+    vae: VAE, estimator: str, pyros_elbo: bool = False, record_graph: bool = True
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``Trainer.step``; with ``pyros_elbo``, on Pyro's ELBO class as shipped instead of ours."""
+    """``Trainer.step``; with ``pyros_elbo``, on Pyro's ELBO class as shipped instead of ours
+    (which cannot be recorded: it reads values back to the host, so it runs eagerly)."""
     elbo = PYRO_ELBOS[estimator](max_plate_nesting=1) if pyros_elbo else None
-    return Trainer(vae, TrainConfig(elbo=estimator), elbo=elbo).step
+    return Trainer(vae, TrainConfig(elbo=estimator), elbo=elbo, record_graph=record_graph).step
 
 
 class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
@@ -222,6 +225,9 @@ def build(
     contestants["hand-written, fused Adam"] = hand_written_step(fresh("hand_fused"), fused=True)
     for estimator in ("mc", "analytic"):
         contestants[f"pyro-vae {estimator}"] = pyro_vae_step(fresh(estimator), estimator)
+        contestants[f"pyro-vae {estimator}, eager"] = pyro_vae_step(
+            fresh(f"{estimator}_eager"), estimator, record_graph=False
+        )
         contestants[f"pyro-vae {estimator}, Pyro's ELBO"] = pyro_vae_step(
             fresh(f"{estimator}_pyro"), estimator, pyros_elbo=True
         )

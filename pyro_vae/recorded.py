@@ -90,9 +90,10 @@ class RecordedGradient:
 
         try:
             with pyro.validation_enabled(False):  # validation reads values; the first step did it
-                return make_fx(loss_and_gradients, tracing_mode="fake")(
+                graph = make_fx(loss_and_gradients, tracing_mode="fake")(
                     list(parameters.values()), list(buffers.values()), batch
                 )
+            return _without_no_ops(graph)
         except Exception as error:  # any failure to record leaves the eager step, always correct
             log.info(
                 "training batches of shape %s eagerly: the model and guide could not be recorded "
@@ -102,3 +103,52 @@ class RecordedGradient:
                 str(error).splitlines()[0] if str(error) else "",
             )
             return None
+
+
+aten = torch.ops.aten
+_VIEWS = (aten.expand.default, aten.view.default, aten.alias.default)
+
+
+def _without_no_ops(graph: GraphModule) -> GraphModule:
+    """The graph less the operations that return their input unchanged, and the dead ones.
+
+    A recording keeps every operation Pyro and autograd issued: about a fifth of them views of a
+    tensor in its own shape (a plate broadcasting what already has the batch shape), ``t(t(w))``,
+    ``pow(g, 1.0)`` and values never used. Each costs a call per step and computes nothing. Only
+    done where the graph mutates no tensor but the fresh noise it draws (``normal_``), so that
+    reading a tensor instead of its view of itself cannot change a value.
+    """
+    nodes = [node for node in graph.graph.nodes if node.op == "call_function"]
+    for node in nodes:
+        name = getattr(node.target, "__name__", "")
+        if name.split(".")[0].endswith("_") and node.target != aten.normal_.default:
+            return graph  # an in-place operation: leave the recording exactly as it was
+    for node in nodes:
+        source = _identity_source(node)
+        if source is not None:
+            node.replace_all_uses_with(source)
+            graph.graph.erase_node(node)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
+
+
+def _identity_source(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The node whose value ``node`` merely passes on, or None."""
+    target, (source, *rest) = node.target, node.args
+    if not isinstance(source, torch.fx.Node):
+        return None
+    if target in _VIEWS and _same_layout(node, source):
+        return source
+    if target == aten.pow.Tensor_Scalar and rest == [1.0]:
+        return source
+    if target == aten.t.default and source.target == aten.t.default:
+        return source.args[0]
+    return None
+
+
+def _same_layout(a: torch.fx.Node, b: torch.fx.Node) -> bool:
+    value_a, value_b = a.meta.get("val"), b.meta.get("val")
+    if not (isinstance(value_a, torch.Tensor) and isinstance(value_b, torch.Tensor)):
+        return False
+    return value_a.shape == value_b.shape and value_a.stride() == value_b.stride()

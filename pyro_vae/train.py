@@ -51,8 +51,10 @@ class Trainer:
     Each step computes Pyro's differentiable ELBO loss for one mini-batch and lets a torch Adam
     update ``vae.parameters()``: the same update as ``SVI.step`` with ``pyro.optim.Adam``, but with
     the optimizer state in one ``state_dict`` and the losses summed on the device instead of read
-    back every step. The trainer's state includes an epoch in progress (its batch order and the
-    steps done), so a checkpoint taken between two steps resumes exactly where it stopped.
+    back every step. From the second step on, the loss and its gradient are replayed from a graph
+    recorded once per batch shape (recorded.py): the same numbers without Pyro's Python at every
+    step. The trainer's state includes an epoch in progress (its batch order and the steps done),
+    so a checkpoint taken between two steps resumes exactly where it stopped.
 
     With ``replicas`` from a torchrun launch, this process is one replica of a data-parallel run:
     it trains on its shard of every batch and sums gradients with the others (see distributed.py).
@@ -64,8 +66,14 @@ class Trainer:
         config: TrainConfig,
         replicas: Replicas = SINGLE_PROCESS,
         elbo: ELBO | None = None,
+        record_graph: bool = True,
     ):
-        """``elbo``, if given, replaces the one ``config.elbo`` names (to compare with another)."""
+        """``elbo``, if given, replaces the one ``config.elbo`` names (to compare with another).
+
+        ``record_graph=False`` runs Pyro at every step: for a model or guide that changes from
+        step to step through Python state a recording cannot see (an annealed weight held in a
+        float, say). Models that read a tensor's value in Python are found out and run eagerly.
+        """
         self.vae = vae
         self.config = config
         self.replicas = replicas
@@ -82,7 +90,9 @@ class Trainer:
         # After the first step, the same loss and gradient replayed from a graph of torch
         # operations instead of Pyro's Python machinery at every step (see recorded.py).
         self._recorded = (
-            None if registered else RecordedGradient(vae, self.elbo, self._model, self._guide)
+            RecordedGradient(vae, self.elbo, self._model, self._guide)
+            if record_graph and not registered
+            else None
         )
         # The fused implementation updates every parameter in one kernel: on the CPU a quarter
         # of the time of the default per-tensor loop, the same arithmetic.

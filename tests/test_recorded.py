@@ -97,3 +97,28 @@ def test_a_model_that_reads_values_trains_eagerly_and_says_why(digits, caplog):
     assert losses == pytest.approx(expected, rel=1e-6)
     for parameter, reference in zip(parameters, vae.parameters(), strict=True):
         torch.testing.assert_close(parameter, reference.detach())
+
+
+class AdjustableScaleLikelihood(Likelihood):
+    """σ held in a Python float, as an annealing schedule might hold a weight."""
+
+    def __init__(self, data_dim: int):
+        super().__init__(data_dim)
+        self.sigma = 1.0
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(x_hat, self.sigma).to_event(1)
+
+
+def test_python_state_the_graph_cannot_see_needs_record_graph_false(digits):
+    x = digits.train.x[:32]
+    losses = {}
+    for record_graph in (True, False):
+        pyro.set_rng_seed(0)
+        likelihood = AdjustableScaleLikelihood(64)
+        vae = VAE(64, 3, hidden_dims=(16,), likelihood=likelihood)
+        trainer = Trainer(vae, TrainConfig(), record_graph=record_graph)
+        trainer.step(x), trainer.step(x)
+        likelihood.sigma = 100.0  # −log N(x; x̂, 100²) ≈ 5.5 nats a pixel, against about 1 before
+        losses[record_graph] = trainer.step(x).item()
+    assert losses[False] > losses[True] + 64 * 3  # the recording kept σ = 1; eager steps see 100
