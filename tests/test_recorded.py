@@ -34,7 +34,7 @@ def assert_identical(eager, recorded):
     for grad, recorded_grad in zip(grads, recorded_grads, strict=True):
         assert (grad is None) == (recorded_grad is None)
         if grad is not None:
-            torch.testing.assert_close(recorded_grad, grad, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(recorded_grad, grad, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
