@@ -19,7 +19,9 @@ wait for the one before it; see ``DeviceLossMixin``. Traces, particles, validati
 estimators' mathematics are Pyro's own.
 """
 
-from collections.abc import Callable
+import functools
+import operator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyro.distributions as dist
@@ -49,9 +51,10 @@ class DeviceLossMixin:
     def differentiable_loss(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        loss = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            loss = loss + self._particle_loss(model_trace, guide_trace)
+        traces = self._get_traces(model, guide, args, kwargs)
+        loss = _total(
+            self._particle_loss(model_trace, guide_trace) for model_trace, guide_trace in traces
+        )
         # One pass over vectorised particles, num_particles passes otherwise: an average either way.
         return loss / self.num_particles if self.num_particles > 1 else loss
 
@@ -62,6 +65,11 @@ class DeviceLossMixin:
         """Pyro's value (a float: it reads the host) with its surrogate's gradient."""
         loss, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
         return surrogate + (loss - surrogate.detach())
+
+
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    # sum() would start from 0 and add it: one more operation at every step, for nothing.
+    return functools.reduce(operator.add, terms)
 
 
 def _sample_sites(trace: Trace) -> list[dict]:
@@ -82,8 +90,8 @@ class DeviceTrace_ELBO(DeviceLossMixin, Trace_ELBO):
         guide_sites = _sample_sites(guide_trace)
         if not all(_reparameterised(site) for site in guide_sites):
             return self._pyro_particle_loss(model_trace, guide_trace)
-        log_p = sum(site["log_prob_sum"] for site in _sample_sites(model_trace))
-        log_q = sum(site["log_prob_sum"] for site in guide_sites)
+        log_p = _total(site["log_prob_sum"] for site in _sample_sites(model_trace))
+        log_q = _total(site["log_prob_sum"] for site in guide_sites)
         return log_q - log_p
 
 
@@ -95,10 +103,10 @@ class DeviceTraceMeanField_ELBO(DeviceLossMixin, TraceMeanField_ELBO):
         auxiliary = [name for name in guide_trace.nodes if name not in model_trace.nodes]
         if auxiliary:  # guide-only sites: rare, and left to Pyro's own bookkeeping
             return self._pyro_particle_loss(model_trace, guide_trace)
-        elbo = 0.0
+        elbo_terms = []
         for site in _sample_sites(model_trace):
             if site["is_observed"]:
-                elbo = elbo + site["log_prob_sum"]
+                elbo_terms.append(site["log_prob_sum"])
                 continue
             guide_site = guide_trace.nodes[site["name"]]
             if is_validation_enabled():
@@ -107,11 +115,11 @@ class DeviceTraceMeanField_ELBO(DeviceLossMixin, TraceMeanField_ELBO):
                 kl = kl_divergence(guide_site["fn"], site["fn"])
             except NotImplementedError:  # no formula: log p(z) − log q(z|x) at the sampled z
                 entropy_term = guide_site["score_parts"].entropy_term
-                elbo = elbo + site["log_prob_sum"] - entropy_term.sum()
+                elbo_terms.append(site["log_prob_sum"] - entropy_term.sum())
                 continue
             kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
-            elbo = elbo - kl.sum()
-        return -elbo
+            elbo_terms.append(-kl.sum())
+        return -_total(elbo_terms)
 
 
 ESTIMATORS: dict[str, type[ELBO]] = {

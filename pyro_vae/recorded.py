@@ -28,7 +28,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 log = logging.getLogger(__name__)
 
-GraphKey = tuple[tuple[int, ...], torch.dtype, torch.device]
+# A graph holds for one batch shape, dtype and device, and one set of trainable parameters.
+GraphKey = tuple[tuple[int, ...], torch.dtype, torch.device, tuple[bool, ...]]
 
 
 class _Loss(nn.Module):
@@ -57,13 +58,14 @@ class RecordedGradient:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor | None:
         """The loss (detached), its gradient in the ``.grad``s; None where no graph can be made,
         and nothing done: the caller then takes the eager step."""
-        key = (tuple(batch.shape), batch.dtype, batch.device)
+        parameters, buffers = self._inputs()
+        trainable = tuple(p.requires_grad for p in parameters.values())
+        key = (tuple(batch.shape), batch.dtype, batch.device, trainable)
         if key not in self._graphs:
             self._graphs[key] = self._record(batch)
         graph = self._graphs[key]
         if graph is None:
             return None
-        parameters, buffers = self._inputs()
         with torch.no_grad():  # the graph computes the gradients itself; autograd keeps out
             loss, gradients = graph(list(parameters.values()), list(buffers.values()), batch)
         for parameter, gradient in zip(parameters.values(), gradients, strict=True):
@@ -85,7 +87,10 @@ class RecordedGradient:
                 zip([*parameters, *buffers], [*parameter_values, *buffer_values], strict=True)
             )
             loss = functional_call(self._loss, values, (x,))
-            gradients = torch.autograd.grad(loss, parameter_values, allow_unused=True)
+            # Frozen parameters (requires_grad False) get no gradient, as from autograd.
+            trainable = [value for value in parameter_values if value.requires_grad]
+            found = iter(torch.autograd.grad(loss, trainable, allow_unused=True))
+            gradients = tuple(next(found) if v.requires_grad else None for v in parameter_values)
             return loss.detach(), gradients
 
         try:
@@ -93,7 +98,6 @@ class RecordedGradient:
                 graph = make_fx(loss_and_gradients, tracing_mode="fake")(
                     list(parameters.values()), list(buffers.values()), batch
                 )
-            return _without_no_ops(graph)
         except Exception as error:  # any failure to record leaves the eager step, always correct
             log.info(
                 "training batches of shape %s eagerly: the model and guide could not be recorded "
@@ -103,6 +107,7 @@ class RecordedGradient:
                 str(error).splitlines()[0] if str(error) else "",
             )
             return None
+        return _without_no_ops(graph)
 
 
 aten = torch.ops.aten
@@ -135,12 +140,12 @@ def _without_no_ops(graph: GraphModule) -> GraphModule:
 
 def _identity_source(node: torch.fx.Node) -> torch.fx.Node | None:
     """The node whose value ``node`` merely passes on, or None."""
-    target, (source, *rest) = node.target, node.args
-    if not isinstance(source, torch.fx.Node):
+    if not node.args or not isinstance(node.args[0], torch.fx.Node):
         return None
+    target, (source, *rest) = node.target, node.args
     if target in _VIEWS and _same_layout(node, source):
         return source
-    if target == aten.pow.Tensor_Scalar and rest == [1.0]:
+    if target == aten.pow.Tensor_Scalar and rest == [1.0] and _same_layout(node, source):
         return source
     if target == aten.t.default and source.target == aten.t.default:
         return source.args[0]
@@ -151,4 +156,8 @@ def _same_layout(a: torch.fx.Node, b: torch.fx.Node) -> bool:
     value_a, value_b = a.meta.get("val"), b.meta.get("val")
     if not (isinstance(value_a, torch.Tensor) and isinstance(value_b, torch.Tensor)):
         return False
-    return value_a.shape == value_b.shape and value_a.stride() == value_b.stride()
+    return (
+        value_a.shape == value_b.shape
+        and value_a.stride() == value_b.stride()
+        and value_a.dtype == value_b.dtype
+    )

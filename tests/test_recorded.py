@@ -13,10 +13,10 @@ from pyro_vae.objectives import loss_and_backward
 from pyro_vae.recorded import RecordedGradient
 
 
-def eager_and_recorded(vae, elbo, batch, seed):
+def eager_and_recorded(vae, elbo, batch, seed, recorded=None):
     """(loss, gradients) of the eager step and of the recorded one, on the same random numbers."""
     model, guide = vae.generative_model, vae.inference_guide
-    recorded = RecordedGradient(vae, elbo, model, guide)
+    recorded = recorded or RecordedGradient(vae, elbo, model, guide)
     results = []
     for step in (lambda: loss_and_backward(elbo, model, guide, batch), lambda: recorded(batch)):
         vae.zero_grad(set_to_none=True)
@@ -56,8 +56,21 @@ def test_several_particles_and_changed_parameters(binary_batch):
     with torch.no_grad():
         for parameter in vae.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    eager, replayed = eager_and_recorded(vae, elbo, binary_batch, seed=5)
+    eager, replayed = eager_and_recorded(vae, elbo, binary_batch, seed=5, recorded=recorded)
     assert_identical(eager, replayed)
+
+
+def test_parameters_frozen_after_a_recording_get_no_gradient(binary_batch):
+    vae = VAE(64, 3, hidden_dims=(16,))
+    elbo = make_elbo("analytic")
+    recorded = RecordedGradient(vae, elbo, vae.generative_model, vae.inference_guide)
+    with pyro.validation_enabled(False):
+        recorded(binary_batch)  # records with every parameter trainable
+    vae.decoder.requires_grad_(False)
+    eager, replayed = eager_and_recorded(vae, elbo, binary_batch, seed=2, recorded=recorded)
+    assert_identical(eager, replayed)
+    assert all(p.grad is None for p in vae.decoder.parameters())
+    assert all(p.grad is not None for p in vae.encoder.parameters())
 
 
 class ThresholdedLikelihood(Likelihood):
