@@ -100,8 +100,8 @@ class DeviceTraceMeanField_ELBO(DeviceLossMixin, TraceMeanField_ELBO):
     knows it (else sampled, as Pyro does), its loss kept on the device."""
 
     def _particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
-        auxiliary = [name for name in guide_trace.nodes if name not in model_trace.nodes]
-        if auxiliary:  # guide-only sites: rare, and left to Pyro's own bookkeeping
+        auxiliary = [site for site in _sample_sites(guide_trace) if site["name"] not in model_trace]
+        if auxiliary:  # guide-only sample sites: rare, and left to Pyro's own bookkeeping
             return self._pyro_particle_loss(model_trace, guide_trace)
         elbo_terms = []
         for site in _sample_sites(model_trace):

@@ -131,6 +131,17 @@ def test_a_training_step_reads_nothing_back_to_the_host(estimator, prior, digits
         assert min(reads.count, 1) == expected_reads
 
 
+@pytest.mark.parametrize("estimator", PYRO_ELBOS)
+def test_the_registered_model_and_guide_read_nothing_back_either(estimator, binary_batch):
+    """vae.model / vae.guide (as validation and SVI call them) add param sites to the traces:
+    they are not guide-only sample sites, and must not send the loss down Pyro's reading path."""
+    vae = VAE(64, 3, hidden_dims=(16,))
+    elbo = make_elbo(estimator)
+    with pyro.validation_enabled(False), HostReads() as reads:
+        loss = elbo.differentiable_loss(vae.model, vae.guide, binary_batch)
+    assert reads.count == 0 and torch.isfinite(loss)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("estimator", PYRO_ELBOS)
 def test_cuda_training_steps_never_wait_for_the_gpu(estimator, digits):
