@@ -47,18 +47,24 @@ class _Loss(nn.Module):
 
 class RecordedGradient:
     """``loss = elbo.differentiable_loss(model, guide, batch)`` and its gradient in the ``.grad``
-    of ``vae``'s parameters, replayed from a graph recorded for the batch's shape."""
+    of ``vae``'s parameters, replayed from a graph recorded for the batch's shape.
+
+    Like an optimizer, it holds the parameters (and buffers) ``vae`` has when it is made: make it
+    after moving ``vae`` to its device.
+    """
 
     def __init__(
         self, vae: nn.Module, elbo: ELBO, model: Callable[..., Any], guide: Callable[..., Any]
     ):
         self._loss = _Loss(vae, elbo, model, guide)
+        self._parameters = dict(self._loss.named_parameters())
+        self._buffers = dict(self._loss.named_buffers())
         self._graphs: dict[GraphKey, GraphModule | None] = {}  # None: could not be recorded
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor | None:
         """The loss (detached), its gradient in the ``.grad``s; None where no graph can be made,
         and nothing done: the caller then takes the eager step."""
-        parameters, buffers = self._inputs()
+        parameters, buffers = self._parameters, self._buffers
         trainable = tuple(p.requires_grad for p in parameters.values())
         key = (tuple(batch.shape), batch.dtype, batch.device, trainable)
         if key not in self._graphs:
@@ -73,12 +79,8 @@ class RecordedGradient:
                 parameter.grad = gradient
         return loss
 
-    def _inputs(self) -> tuple[dict[str, nn.Parameter], dict[str, torch.Tensor]]:
-        # Read afresh at every call: .to(device) or load_state_dict may have replaced a tensor.
-        return dict(self._loss.named_parameters()), dict(self._loss.named_buffers())
-
     def _record(self, batch: torch.Tensor) -> GraphModule | None:
-        parameters, buffers = self._inputs()
+        parameters, buffers = self._parameters, self._buffers
 
         def loss_and_gradients(
             parameter_values: list[torch.Tensor], buffer_values: list[torch.Tensor], x: torch.Tensor
