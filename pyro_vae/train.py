@@ -80,7 +80,7 @@ class Trainer:
         self._parameters = list(vae.parameters())
         replicas.connect(self._parameters[0].device)  # a no-op when train_run has connected
         replicas.broadcast(self._parameters)  # one model on every replica, whatever happened
-        self.elbo = elbo or make_elbo(config.elbo, config.num_particles)
+        self.elbo = elbo if elbo is not None else make_elbo(config.elbo, config.num_particles)
         # This trainer owns the parameters, so it calls the model and guide without the
         # param-store registration that Pyro's optimizers need, a per-step cost. RenyiELBO is the
         # exception: it computes gradients only for traces in which it sees parameter sites.
