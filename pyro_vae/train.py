@@ -133,13 +133,13 @@ class Trainer:
         """The −ELBO summed over ``batch``, its gradient in the ``.grad``s."""
         # The gradient of the ELBO summed over the batch, as SVI.step takes it: Adam's ε makes the
         # summed and the averaged loss step differently where gradients are tiny.
+        if self._validated and self._recorded is not None and batch.shape[0]:
+            loss = self._recorded(batch)  # replaces every .grad: no zero_grad needed
+            if loss is not None:
+                return loss
         self.optimizer.zero_grad(set_to_none=True)
         if batch.shape[0] == 0:  # a replica's shard of a last batch smaller than the replicas
             return torch.zeros((), device=batch.device)
-        if self._validated and self._recorded is not None:
-            loss = self._recorded(batch)
-            if loss is not None:
-                return loss
         # Pyro checks every distribution's arguments and every site's shape: worth it once, to
         # catch a component's mistake at its first step, then only a cost per step (the data are
         # checked before training, and a divergence is caught by check_finite).

@@ -6,11 +6,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyro_vae import LIKELIHOODS, PRIORS, VAE, TrainConfig, Trainer, make_elbo
 from pyro_vae.likelihoods import Likelihood
 from pyro_vae.objectives import loss_and_backward
-from pyro_vae.recorded import RecordedGradient
+from pyro_vae.recorded import RecordedGradient, _with_python_bindings, _without_no_ops
 
 
 def eager_and_recorded(vae, elbo, batch, seed, recorded=None):
@@ -71,6 +72,54 @@ def test_parameters_frozen_after_a_recording_get_no_gradient(binary_batch):
     assert_identical(eager, replayed)
     assert all(p.grad is None for p in vae.decoder.parameters())
     assert all(p.grad is not None for p in vae.encoder.parameters())
+
+
+def test_a_trainer_step_after_freezing_leaves_no_stale_gradient(digits):
+    """The replay replaces every ``.grad`` instead of zeroing first: a parameter frozen between
+    steps must lose its old gradient, or Adam would keep moving it."""
+    x = digits.train.x[:32]
+    vae = VAE(64, 3, hidden_dims=(16,))
+    trainer = Trainer(vae, TrainConfig(lr=1e-2))
+    trainer.step(x), trainer.step(x)  # eager and validated, then recorded
+    assert all(p.grad is not None for p in vae.decoder.parameters())
+    vae.decoder.requires_grad_(False)
+    frozen = [p.detach().clone() for p in vae.decoder.parameters()]
+    trainer.step(x)
+    assert all(p.grad is None for p in vae.decoder.parameters())
+    for parameter, before in zip(vae.decoder.parameters(), frozen, strict=True):
+        assert torch.equal(parameter, before)
+
+
+def test_operators_are_called_through_python_bindings_only_where_they_dispatch_alike():
+    aten = torch.ops.aten
+
+    def step(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return t * t, aten.mul.Scalar(t, 2.0), t.expand(3, 2), aten.split.Tensor(t, 1)[0]
+
+    t = torch.tensor([1.5, -2.0])
+    graph = _without_no_ops(make_fx(step, tracing_mode="fake")(t))
+    graph = _with_python_bindings(graph)
+    targets = [node.target for node in graph.graph.nodes if node.op == "call_function"]
+    assert torch.mul in targets  # mul.Tensor: torch.mul dispatches to it
+    assert aten.mul.Scalar in targets  # torch.mul(t, 2.0) would dispatch to mul.Tensor instead
+    assert torch.Tensor.expand in targets
+    assert aten.split.Tensor in targets  # torch.split is a Python wrapper, no faster
+    for value, expected in zip(graph(t), step(t), strict=True):
+        assert torch.equal(value, expected)
+
+
+@pytest.mark.parametrize("estimator", ["mc", "analytic"])
+def test_a_recorded_vae_step_calls_almost_every_operator_through_its_binding(estimator, digits):
+    """Guards the per-call saving against a torch release that changes how bindings dispatch."""
+    vae = VAE(64, 3, hidden_dims=(16,))
+    recorded = RecordedGradient(
+        vae, make_elbo(estimator), vae.generative_model, vae.inference_guide
+    )
+    recorded(digits.train.x[:32])
+    (graph,) = recorded._graphs.values()
+    calls = [node.target for node in graph.graph.nodes if node.op == "call_function"]
+    overloads = [target for target in calls if isinstance(target, torch._ops.OpOverload)]
+    assert len(overloads) <= 0.1 * len(calls), overloads
 
 
 class ThresholdedLikelihood(Likelihood):
