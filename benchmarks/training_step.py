@@ -4,7 +4,7 @@ Contestants take turns (A B C ... C A B ...) in one process so that drifts of th
 of them alike; each turn times a block of steps, in an order shuffled afresh (from a fixed seed) so
 that no contestant always runs first, last or after the same one. The report gives the median over
 turns and its ratio to the hand-written PyTorch step, and the tutorial's epoch over pyro-vae's
-turn by turn, each pair timed within seconds of each other.
+turn by turn, each pair from one turn, a few seconds apart.
 
 - pyro-vae mc / analytic: ``Trainer.step`` (fused torch Adam; Pyro's Trace_ELBO /
   TraceMeanField_ELBO with the loss kept on the device, objectives.py; from the second step on,

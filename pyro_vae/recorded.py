@@ -175,9 +175,9 @@ def _with_python_bindings(graph: GraphModule) -> GraphModule:
 
     The binding parses its arguments in C++, the ``OpOverload`` in Python: about 1 µs a call
     saved, a tenth of a millisecond a step. A binding picks its overload from the arguments' types,
-    so each one is kept only where calling it on the recording's own (fake) arguments dispatches
-    to the very overload recorded (``torch.mul(t, 2.0)`` runs ``mul.Tensor``, so a recorded
-    ``mul.Scalar`` stays as it is).
+    so each one is kept only where calling it on the recording's own (fake) arguments hands the
+    very overload recorded the very arguments recorded (``torch.mul(t, 2.0)`` runs ``mul.Tensor``,
+    so a recorded ``mul.Scalar`` stays as it is).
     """
     for node in graph.graph.nodes:
         if node.op != "call_function" or node.kwargs:
