@@ -376,6 +376,7 @@ def _stop_on_ctrl_c(replicas: Replicas) -> Iterator[Callable[[], bool]]:
     def handle(signum: int, frame: object) -> None:
         nonlocal requested
         if requested and not replicas.distributed:
+            stderr.print("Aborted without saving this step: the run keeps its last checkpoint.")
             raise KeyboardInterrupt
         if not requested and replicas.is_main:
             again = "" if replicas.distributed else " (Ctrl-C again to abort without saving)"

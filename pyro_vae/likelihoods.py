@@ -49,6 +49,8 @@ class LearnedScale(nn.Module):
     otherwise drive its scale to 0 and the likelihood, hence the ELBO, to +∞.
     """
 
+    recordable = True  # its step is static: see recordable.py
+
     def __init__(self, data_dim: int, min_scale: float, initial_scale: float = 1.0):
         super().__init__()
         if not 0 < min_scale < initial_scale:
@@ -67,6 +69,8 @@ class LearnedScale(nn.Module):
 class GaussianLikelihood(Likelihood):
     """p(x|z) = N(x; x̂, σ²I) with fixed σ; σ = 1 is the seed's identity covariance."""
 
+    recordable = True  # its step is static: see recordable.py
+
     def __init__(self, data_dim: int, sigma: float = 1.0):
         super().__init__(data_dim)
         if not sigma > 0:
@@ -80,6 +84,8 @@ class GaussianLikelihood(Likelihood):
 class LearnedGaussianLikelihood(Likelihood):
     """p(x|z) = N(x; x̂, diag σ²) with one learnt σ_d per dimension, σ_d ≥ ``min_sigma``."""
 
+    recordable = True  # its step is static: see recordable.py
+
     def __init__(self, data_dim: int, min_sigma: float = 0.01):
         super().__init__(data_dim)
         self.sigma = LearnedScale(data_dim, min_sigma)
@@ -90,6 +96,8 @@ class LearnedGaussianLikelihood(Likelihood):
 
 class BernoulliLikelihood(Likelihood):
     """p(x|z) = Π_d Bernoulli(x_d; sigmoid(x̂_d)), for binary data; x̂ are logits."""
+
+    recordable = True  # its step is static: see recordable.py
 
     support = constraints.boolean
     support_description = "binary (0 or 1)"
@@ -107,6 +115,8 @@ class ContinuousBernoulliLikelihood(Likelihood):
     The image of a code is the distribution's mean, which is not λ.
     """
 
+    recordable = True  # its step is static: see recordable.py
+
     support = constraints.unit_interval
     support_description = "in [0, 1]"
 
@@ -116,6 +126,8 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
 class LaplaceLikelihood(Likelihood):
     """p(x|z) = Π_d Laplace(x_d; x̂_d, b_d), one learnt scale b_d ≥ ``min_scale`` per dimension."""
+
+    recordable = True  # its step is static: see recordable.py
 
     def __init__(self, data_dim: int, min_scale: float = 0.01):
         super().__init__(data_dim)

@@ -31,6 +31,8 @@ class VAE(PyroModule):
     them, so ``SVI(vae.model, vae.guide, optim, elbo)`` trains every parameter.
     """
 
+    recordable = True  # its step is static: see recordable.py
+
     def __init__(
         self,
         data_dim: int,

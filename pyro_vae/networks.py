@@ -20,6 +20,8 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
 class Encoder(nn.Module):
     """μ, log σ² = NeuralNet(x; φ): the parameters of the guide q_φ(z|x) = N(μ, diag σ²)."""
 
+    recordable = True  # its step is static: see recordable.py
+
     def __init__(self, data_dim: int, hidden_dims: Sequence[int], latent_dim: int):
         super().__init__()
         # One output layer for μ and log σ² together: a single matmul instead of two.
@@ -32,6 +34,8 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """x̂ = NeuralNet(z; θ): the raw parameter (mean or logits) of the likelihood p_θ(x|z)."""
+
+    recordable = True  # its step is static: see recordable.py
 
     def __init__(self, latent_dim: int, hidden_dims: Sequence[int], data_dim: int):
         super().__init__()

@@ -86,6 +86,8 @@ def _reparameterised(site: dict) -> bool:
 class DeviceTrace_ELBO(DeviceLossMixin, Trace_ELBO):
     """Trace_ELBO: −[log p(x, z) − log q(z|x)] at z ~ q, its loss kept on the device."""
 
+    recordable = True  # its step is static: see recordable.py
+
     def _particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
         guide_sites = _sample_sites(guide_trace)
         if not all(_reparameterised(site) for site in guide_sites):
@@ -98,6 +100,8 @@ class DeviceTrace_ELBO(DeviceLossMixin, Trace_ELBO):
 class DeviceTraceMeanField_ELBO(DeviceLossMixin, TraceMeanField_ELBO):
     """TraceMeanField_ELBO: −[log p(x|z) − KL(q(z|x) ‖ p(z))], the KL in closed form where Pyro
     knows it (else sampled, as Pyro does), its loss kept on the device."""
+
+    recordable = True  # its step is static: see recordable.py
 
     def _particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
         auxiliary = [site for site in _sample_sites(guide_trace) if site["name"] not in model_trace]

@@ -35,6 +35,8 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
 class StandardNormalPrior(Prior):
     """p(z) = N(z; 0, I): the seed's prior; its KL to the Gaussian guide has a closed form."""
 
+    recordable = True  # its step is static: see recordable.py
+
     def __init__(self, latent_dim: int):
         super().__init__(latent_dim)
         # Buffers, not parameters: they follow .to(device) but are not learnt or checkpointed.
@@ -48,6 +50,8 @@ class StandardNormalPrior(Prior):
 class GaussianPrior(Prior):
     """p(z) = N(z; m, diag s²) with learnt m and s; the KL to the guide stays in closed form."""
 
+    recordable = True  # its step is static: see recordable.py
+
     def __init__(self, latent_dim: int):
         super().__init__(latent_dim)
         self.loc = nn.Parameter(torch.zeros(latent_dim))  # starts as N(0, I)
@@ -59,6 +63,8 @@ class GaussianPrior(Prior):
 
 class MixtureOfGaussiansPrior(Prior):
     """p(z) = Σ_k π_k N(z; m_k, diag s_k²), all learnt; no closed-form KL to the guide."""
+
+    recordable = True  # its step is static: see recordable.py
 
     def __init__(self, latent_dim: int, num_components: int = 10):
         super().__init__(latent_dim)
@@ -78,6 +84,8 @@ class VampPrior(Prior):
     Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018. The pseudo-inputs live in data space
     and are learnt through the encoder, which the prior shares with the guide.
     """
+
+    recordable = True  # its step is static: see recordable.py
 
     def __init__(self, latent_dim: int, data_dim: int, encoder: Encoder, num_components: int = 50):
         super().__init__(latent_dim)

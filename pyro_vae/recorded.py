@@ -11,7 +11,8 @@ its random draws are the eager step's ``normal_`` calls on the same generator, i
 What a recording assumes, as Pyro's JIT ELBOs do: the model and guide run the same tensor
 operations for every batch of one shape. Shapes are fine (one graph per batch shape); Python that
 reads a tensor's value (``if loss > 0``, ``.item()``) cannot be recorded, and such a model is
-trained eagerly instead, with a log message saying why.
+trained eagerly instead, with a log message saying why. Which components may be recorded at all,
+and how a recording notices one that changes under it, is recordable.py's subject.
 """
 
 import logging
@@ -29,6 +30,8 @@ from torch.fx import GraphModule
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from pyro_vae.recordable import PythonGenerators, StateWatch, module_parts, undeclared
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +57,37 @@ class RecordedGradient:
     """``loss = elbo.differentiable_loss(model, guide, batch)`` and its gradient in the ``.grad``
     of ``vae``'s parameters, replayed from a graph recorded for the batch's shape.
 
-    Like an optimizer, it holds the parameters (and buffers) ``vae`` has when it is made: make it
-    after moving ``vae`` to its device.
+    Only for components that declare their step static (recordable.py): for any other, and for
+    one found breaking that promise, it stands aside (returns None) with one log line saying why,
+    and the caller takes every step eagerly. Like an optimizer, it holds the parameters and buffers
+    ``vae`` has at the first recording; one reassigned after it is seen, and stands it aside too.
     """
 
     def __init__(
         self, vae: nn.Module, elbo: ELBO, model: Callable[..., Any], guide: Callable[..., Any]
     ):
         self._loss = _Loss(vae, elbo, model, guide)
-        named = [*self._loss.named_parameters(), *self._loss.named_buffers()]
-        self._names = [name for name, _ in named]
-        self._inputs = [value for _, value in named]  # the graph's inputs, the batch last
-        self._parameters = list(self._loss.parameters())
+        self._parts: list[tuple[str, Any]] = [*module_parts(vae), ("the ELBO", elbo)]
+        self._vae = vae
         self._graphs: dict[GraphKey, GraphModule | None] = {}  # None: could not be recorded
+        self._watch: StateWatch | None = None  # made at the first recording
+        self.eager_reason: str | None = None  # why every step is eager, once it is
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor | None:
-        """The loss (detached), its gradient in the ``.grad``s; None where no graph can be made,
-        and nothing done: the caller then takes the eager step.
+        """The loss (detached), its gradient in the ``.grad``s; None where no graph can be made
+        or trusted, and nothing done: the caller then takes the eager step.
 
         Every ``.grad`` is replaced, as ``zero_grad(set_to_none=True)`` then ``backward`` would
         leave it: None for a parameter that is frozen or that the loss does not use.
         """
+        if self.eager_reason is not None:
+            return None
+        if self._watch is None:
+            if not self._first_recording():
+                return None
+        elif (change := self._watch.changed()) is not None:
+            self._stand_aside(f"{change} after the step was recorded, which its graph cannot see")
+            return None
         trainable = tuple(p.requires_grad for p in self._parameters)
         key = (tuple(batch.shape), batch.dtype, batch.device, trainable)
         graph = self._graphs.get(key, _NOT_RECORDED)
@@ -88,7 +101,32 @@ class RecordedGradient:
             parameter.grad = gradient
         return loss
 
+    def _stand_aside(self, reason: str) -> None:
+        self.eager_reason = reason
+        self._graphs.clear()
+        log.info("training eagerly: %s", reason)
+
+    def _first_recording(self) -> bool:
+        """Check the components' declarations, take the graph's inputs and start watching."""
+        model, guide = self._loss.model, self._loss.guide
+        if not all(getattr(f, "__self__", None) is self._vae for f in (model, guide)):
+            self._stand_aside("the model and guide are not the VAE's own methods")
+            return False
+        if (part := undeclared(self._parts)) is not None:
+            self._stand_aside(
+                f"{part} does not declare its step static, so a recorded graph could compute "
+                "something else (see the README's 'Recorded steps' for `recordable = True`)"
+            )
+            return False
+        named = [*self._loss.named_parameters(), *self._loss.named_buffers()]
+        self._names = [name for name, _ in named]
+        self._inputs = [value for _, value in named]  # the graph's inputs, the batch last
+        self._parameters = list(self._loss.parameters())
+        self._watch = StateWatch(self._parts)
+        return True
+
     def _record(self, batch: torch.Tensor) -> GraphModule | None:
+        assert self._watch is not None
         names = self._names
 
         def loss_and_gradients(*values: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -101,16 +139,35 @@ class RecordedGradient:
             gradients = (next(found) if value.requires_grad else None for value in parameters)
             return loss.detach(), *gradients
 
+        generators = PythonGenerators()
         try:
             with pyro.validation_enabled(False):  # validation reads values; the first step did it
                 graph = make_fx(loss_and_gradients, tracing_mode="fake")(*self._inputs, batch)
         except Exception as error:  # any failure to record leaves the eager step, always correct
+            self._watch.restore()  # whatever the interrupted step had left half-done
+            generators.restore()
             log.info(
                 "training batches of shape %s eagerly: the model and guide could not be recorded "
                 "as a graph (%s: %s)",
                 tuple(batch.shape),
                 type(error).__name__,
                 str(error).splitlines()[0] if str(error) else "",
+            )
+            return None
+        # A broken declaration that shows while recording: state kept between calls (which now
+        # holds the recording's fake tensors: put it back) or Python's random numbers.
+        if (change := self._watch.changed()) is not None:
+            self._watch.restore()
+            self._stand_aside(
+                f"{change} while the step was recorded (a cache, a counter?), and a graph "
+                "cannot repeat that"
+            )
+            return None
+        if generators.moved():
+            generators.restore()  # the eager step draws what it would have drawn anyway
+            self._stand_aside(
+                "the model or guide drew from Python's or NumPy's random number generator, "
+                "which a graph would replay as the same numbers at every step (draw from torch's)"
             )
             return None
         return _with_python_bindings(_without_no_ops(graph))

@@ -70,9 +70,9 @@ class Trainer:
     ):
         """``elbo``, if given, replaces the one ``config.elbo`` names (to compare with another).
 
-        ``record_graph=False`` runs Pyro at every step: for a model or guide that changes from
-        step to step through Python state a recording cannot see (an annealed weight held in a
-        float, say). Models that read a tensor's value in Python are found out and run eagerly.
+        Steps are recorded only where every component declares its step static (recordable.py):
+        others train eagerly, with a log line saying why. ``record_graph=False`` runs Pyro at
+        every step whatever they declare.
         """
         self.vae = vae
         self.config = config

@@ -1,3 +1,12 @@
+import errno
+import io
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
@@ -82,3 +91,69 @@ def test_missing_damaged_and_foreign_checkpoints_are_user_errors(trained, tmp_pa
     torch.save(payload, newer)
     with pytest.raises(UserInputError, match="upgrade pyro-vae"):
         load_checkpoint(newer)
+
+
+def half_written_save(then: Callable[[], None]):
+    """A ``torch.save`` that writes the first half of the file it should, then calls ``then``
+    (which raises, or kills the process): a save interrupted at its worst moment."""
+    real_save = torch.save
+
+    def save(payload, file, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(payload, buffer, *args, **kwargs)
+        half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+        if isinstance(file, (str, os.PathLike)):
+            Path(file).write_bytes(half)
+        else:
+            file.write(half)
+            file.flush()
+        then()
+
+    return save
+
+
+def advanced(trained, digits) -> Checkpoint:
+    """A checkpoint one epoch on from the saved one: what the interrupted save was writing."""
+    config, vae, trainer, _ = trained
+    trainer.train_epoch(digits)
+    return Checkpoint(config, digits.image_shape, vae.state_dict(), trainer.state_dict())
+
+
+def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(trained, digits, monkeypatch):
+    *_, path = trained
+    before = path.read_bytes()
+    newer = advanced(trained, digits)
+
+    def disk_full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_written_save(disk_full))
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(newer, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert len(load_checkpoint(path).trainer_state["history"]) == 1
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no partial file left
+
+
+KILLED_MID_SAVE = """
+import os, signal, sys
+import torch
+sys.path.insert(0, {tests!r})
+from test_checkpoint import half_written_save
+from pyro_vae import load_checkpoint, save_checkpoint
+checkpoint = load_checkpoint({path!r})
+checkpoint.trainer_state["history"] = checkpoint.trainer_state["history"] * 2
+torch.save = half_written_save(lambda: os.kill(os.getpid(), signal.SIGKILL))
+save_checkpoint(checkpoint, {path!r})
+"""
+
+
+def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(trained):
+    *_, path = trained
+    before = path.read_bytes()
+    script = KILLED_MID_SAVE.format(tests=str(Path(__file__).parent), path=str(path))
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+    assert path.read_bytes() == before
+    assert len(load_checkpoint(path).trainer_state["history"]) == 1

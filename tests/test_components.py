@@ -9,7 +9,9 @@ import math
 import pyro
 import pytest
 import torch
+import torch.nn.functional as F
 from pyro import poutine
+from torch.distributions import Normal
 
 from pyro_vae import (
     LIKELIHOODS,
@@ -61,8 +63,14 @@ def test_every_prior_and_likelihood_traces_and_trains(prior, likelihood, binary_
     trainer = Trainer(vae, TrainConfig(elbo="analytic", lr=3e-3))
     after = trainer.train_epoch(binary_digits).val_elbo
     assert math.isfinite(after) and after > before
-    learnable = [p for p in [*vae.prior.parameters(), *vae.likelihood.parameters()]]
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learnable)
+    # Every parameter (the networks' always among them) has a finite gradient from the last step,
+    # and each learnable parameter of the prior and the likelihood a non-zero one: the loss uses it.
+    gradients = {name: p.grad for name, p in vae.named_parameters()}
+    assert gradients.keys() >= {n for n, _ in vae.encoder.named_parameters(prefix="encoder")}
+    for name, gradient in gradients.items():
+        assert gradient is not None and torch.isfinite(gradient).all(), name
+        if name.startswith(("prior.", "likelihood.")):
+            assert gradient.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize("prior", PRIORS)
@@ -101,13 +109,18 @@ def test_checkpoint_rebuilds_the_trained_prior(prior, binary_digits, tmp_path):
     torch.testing.assert_close(rebuilt.generate(6), expected)
 
 
-def test_mixture_weights_sum_to_one():
+def test_the_mixture_prior_is_its_weighted_components():
+    """log p(z) = logsumexp_k [log softmax(logits)_k + log N(z; m_k, diag s_k²)], by hand."""
     prior = small_vae("mog", "gaussian", prior_options={"num_components": 7}).prior
     with torch.no_grad():
-        prior.logits.normal_()
-    weights = prior().mixture_distribution.probs
-    assert weights.shape == (7,)
-    torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+        for parameter in prior.parameters():
+            parameter.normal_()
+    z = torch.randn(5, LATENT_DIM)
+    log_weights = torch.log_softmax(prior.logits, dim=0)  # (7,)
+    components = Normal(prior.locs, F.softplus(prior.raw_scales))  # batch (7, latent)
+    per_component = components.log_prob(z[:, None, :]).sum(-1)  # (5, 7)
+    expected = torch.logsumexp(log_weights + per_component, dim=-1)
+    torch.testing.assert_close(prior().log_prob(z), expected)
 
 
 def test_vamp_pseudo_inputs_learn_through_the_encoder(binary_digits):

@@ -1,6 +1,7 @@
 """Data-parallel training with torch.distributed: two processes started by torchrun, gloo on the
 loopback interface, against one process trained on the same global batches."""
 
+import copy
 import json
 import os
 import shutil
@@ -22,12 +23,14 @@ from pyro_vae import (
     DataConfig,
     ModelConfig,
     Replicas,
+    TrainConfig,
+    elbo_per_datapoint,
     load_checkpoint,
     load_dataset,
     resume_run,
     runs,
 )
-from pyro_vae.distributed import ORDER_STREAM, TRAINING_STREAM, derived_seed
+from pyro_vae.distributed import ORDER_STREAM, TRAINING_STREAM, VALIDATION_STREAM, derived_seed
 from pyro_vae.objectives import loss_and_backward, make_elbo
 
 ROOT = Path(__file__).parents[1]
@@ -80,39 +83,68 @@ def process_output(cwd: Path, rank: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def one_process_reference() -> list[dict[str, torch.Tensor]]:
+def one_process_reference() -> list[dict]:
     """One process, the same global batches, each cut in the two replicas' shards whose gradients
-    accumulate before the Adam step, each shard's noise from its replica's seed: the parameters
-    after each of two epochs."""
+    accumulate before the Adam step, each shard's noise from its replica's seed: after each of two
+    epochs, the parameters, Adam's state and the epoch's metrics.
+
+    Adam's update hardly changes when every gradient is scaled alike; its moments, the summed
+    loss and the ELBOs do: they catch an all-reduce that averages where it must sum."""
     pyro.set_rng_seed(SEED)
     data = load_dataset(DataConfig())
-    assert data.train.x.shape[0] % BATCH == 1  # see BATCH
+    num_train = data.train.x.shape[0]
+    assert num_train % BATCH == 1  # see BATCH
     vae = VAE.from_config(MODEL, data.data_dim)
     elbo = make_elbo("mc")
     optimizer = torch.optim.Adam(vae.parameters(), lr=LR, fused=True)
     states = []
     for epoch in range(2):
         generator = torch.Generator().manual_seed(derived_seed(SEED, ORDER_STREAM, epoch))
-        order = torch.randperm(data.train.x.shape[0], generator=generator)
+        order = torch.randperm(num_train, generator=generator)
+        loss_sum = torch.zeros(())
         for step, index in enumerate(order.split(BATCH)):
             optimizer.zero_grad(set_to_none=True)
             for rank, shard in enumerate(index.tensor_split(2)):
                 if not len(shard):
                     continue
                 torch.manual_seed(derived_seed(SEED, TRAINING_STREAM, epoch, step, rank))
-                loss_and_backward(
+                loss_sum += loss_and_backward(
                     elbo, vae.generative_model, vae.inference_guide, data.train.x[shard]
                 )
             optimizer.step()
-        states.append({k: v.clone() for k, v in vae.state_dict().items()})
+        val_sum = 0.0
+        for rank, shard in enumerate(data.val.x.tensor_split(2)):
+            torch.manual_seed(derived_seed(SEED, VALIDATION_STREAM, epoch, rank))
+            val_sum += elbo_per_datapoint(
+                vae, shard, num_particles=TrainConfig.val_particles
+            ) * len(shard)
+        states.append(
+            {
+                "model": {k: v.clone() for k, v in vae.state_dict().items()},
+                "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "train_elbo": -loss_sum.item() / num_train,
+                "val_elbo": val_sum / data.val.x.shape[0],
+            }
+        )
     return states
 
 
-def assert_parameters_match(run: Path, expected: dict[str, torch.Tensor]) -> None:
-    trained = load_checkpoint(run).model_state
-    assert trained.keys() == expected.keys()
-    for name, tensor in expected.items():
+def assert_parameters_match(run: Path, expected: dict) -> None:
+    """The run's parameters, Adam's moments and metrics are those of ``expected``."""
+    checkpoint = load_checkpoint(run)
+    trained = checkpoint.model_state
+    assert trained.keys() == expected["model"].keys()
+    for name, tensor in expected["model"].items():
         torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    adam = checkpoint.trainer_state["optimizer"]["state"]
+    for index, moments in expected["optimizer"]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(adam[index][key], moments[key], rtol=1e-4, atol=1e-9)
+    history = checkpoint.trainer_state["history"][-1]
+    assert history["train_elbo"] == pytest.approx(expected["train_elbo"], rel=1e-5)
+    assert history["val_elbo"] == pytest.approx(expected["val_elbo"], rel=1e-5)
+    metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["train_elbo"] == pytest.approx(expected["train_elbo"], rel=1e-5)
 
 
 @pytest.fixture(scope="module")

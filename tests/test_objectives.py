@@ -6,13 +6,17 @@ numbers, over every registered prior (the mixture has no closed-form KL, so ``an
 and likelihood.
 """
 
+from dataclasses import replace
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from host_reads import HostReads
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import LIKELIHOODS, PRIORS, VAE, TrainConfig, Trainer, make_elbo
+from pyro_vae.data import Split
 
 PYRO_ELBOS = {"mc": Trace_ELBO, "analytic": TraceMeanField_ELBO}
 
@@ -92,29 +96,6 @@ def test_what_the_vae_never_does_is_left_to_pyro(estimator, model, guide):
     assert_same_as_pyro(estimator, model, guide, params, x)
 
 
-class HostReads:
-    """Counts tensor reads back to the host: ``.item()``, ``bool()``, ``float()``, ``.tolist()``."""
-
-    methods = ("item", "__bool__", "__float__", "tolist")
-
-    def __enter__(self) -> "HostReads":
-        self.count, self._saved = 0, {m: getattr(torch.Tensor, m) for m in self.methods}
-        for method, original in self._saved.items():
-            setattr(torch.Tensor, method, self._counting(original))
-        return self
-
-    def _counting(self, original):
-        def read(tensor, *args):
-            self.count += 1
-            return original(tensor, *args)
-
-        return read
-
-    def __exit__(self, *exc) -> None:
-        for method, original in self._saved.items():
-            setattr(torch.Tensor, method, original)
-
-
 @pytest.mark.parametrize("prior", PRIORS)
 @pytest.mark.parametrize("estimator", PYRO_ELBOS)
 def test_a_training_step_reads_nothing_back_to_the_host(estimator, prior, digits):
@@ -157,3 +138,21 @@ def test_cuda_training_steps_never_wait_for_the_gpu(estimator, digits):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert loss.is_cuda and torch.isfinite(loss)
+
+
+def test_an_epoch_reads_the_host_as_often_whatever_its_number_of_steps(digits):
+    """The epoch's own reads (its summed loss, the finiteness check, the validation ELBO) happen
+    once; none may come with each step."""
+    seen = []
+    for num_train in (64, 192):  # 2 and 6 steps
+        data = replace(
+            digits,
+            train=Split(digits.train.x[:num_train], digits.train.labels[:num_train]),
+            val=Split(digits.val.x[:50], digits.val.labels[:50]),
+        )
+        trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig(batch_size=32))
+        trainer.train_epoch(data)  # validates and records
+        with HostReads() as reads:
+            trainer.train_epoch(data)
+        seen.append(reads.seen)
+    assert seen[0] == seen[1]

@@ -1,16 +1,30 @@
 """The recorded graph computes the eager step's loss and gradients, bit for bit, or stands aside."""
 
 import logging
+import random
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyro_vae import LIKELIHOODS, PRIORS, VAE, TrainConfig, Trainer, make_elbo
+from pyro_vae import (
+    LIKELIHOODS,
+    PRIORS,
+    VAE,
+    GaussianLikelihood,
+    Prior,
+    TrainConfig,
+    Trainer,
+    elbo_per_datapoint,
+    make_elbo,
+)
 from pyro_vae.likelihoods import Likelihood
 from pyro_vae.objectives import loss_and_backward
+from pyro_vae.recordable import declares_static
 from pyro_vae.recorded import RecordedGradient, _with_python_bindings, _without_no_ops
 
 
@@ -125,6 +139,8 @@ def test_a_recorded_vae_step_calls_almost_every_operator_through_its_binding(est
 class ThresholdedLikelihood(Likelihood):
     """Branches in Python on a tensor's value: what a graph of tensor operations cannot hold."""
 
+    recordable = True  # a broken promise that the recording notices
+
     def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
         scale = 0.5 if x_hat.mean() > 0 else 1.0
         return dist.Normal(x_hat, scale).to_event(1)
@@ -161,8 +177,27 @@ def test_a_model_that_reads_values_trains_eagerly_and_says_why(digits, caplog):
         torch.testing.assert_close(parameter, reference.detach())
 
 
-class AdjustableScaleLikelihood(Likelihood):
-    """σ held in a Python float, as an annealing schedule might hold a weight."""
+# User components whose step a recording could get wrong, each with the schedule that changes it
+# between steps. Each is tried as written (it declares nothing: trained eagerly) and declaring
+# itself static (a broken promise that pyro-vae notices), except where noticing is impossible.
+
+
+class ReassignedBufferLikelihood(Likelihood):
+    """σ in a registered buffer, annealed by reassigning it: the graph would read the old tensor."""
+
+    def __init__(self, data_dim: int):
+        super().__init__(data_dim)
+        self.register_buffer("sigma", torch.tensor(1.0))
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(x_hat, self.sigma).to_event(1)
+
+    def schedule(self, step: int) -> None:
+        self.sigma = torch.tensor(1.0 / (1 + step))
+
+
+class FloatLikelihood(Likelihood):
+    """σ in a Python float, annealed: the graph would hold the first value as a constant."""
 
     def __init__(self, data_dim: int):
         super().__init__(data_dim)
@@ -171,16 +206,162 @@ class AdjustableScaleLikelihood(Likelihood):
     def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
         return dist.Normal(x_hat, self.sigma).to_event(1)
 
+    def schedule(self, step: int) -> None:
+        self.sigma = 1.0 / (1 + step)
 
-def test_python_state_the_graph_cannot_see_needs_record_graph_false(digits):
+
+class PythonRandomLikelihood(Likelihood):
+    """σ drawn with Python's random at every call: the graph would keep one draw."""
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(x_hat, random.uniform(0.5, 1.5)).to_event(1)
+
+
+class NumPyRandomLikelihood(Likelihood):
+    """σ drawn with NumPy's global generator at every call: the graph would keep one draw."""
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(x_hat, float(np.random.uniform(0.5, 1.5))).to_event(1)
+
+
+class CachingLikelihood(Likelihood):
+    """Keeps the last decoder output: a recording would leave its fake tensor there."""
+
+    def __init__(self, data_dim: int):
+        super().__init__(data_dim)
+        self.last_x_hat: torch.Tensor | None = None
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        self.last_x_hat = x_hat
+        return dist.Normal(x_hat, 1.0).to_event(1)
+
+
+PRIOR_SCALE = 1.0  # read by GlobalScalePrior at every call
+
+
+class GlobalScalePrior(Prior):
+    """The prior's scale read from a module-level value that changes: nothing can notice this one,
+    so only its declaration keeps it from being recorded."""
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(torch.zeros(self.latent_dim), PRIOR_SCALE).to_event(1)
+
+    def schedule(self, step: int) -> None:
+        global PRIOR_SCALE
+        PRIOR_SCALE = 1.0 + step
+
+
+def declaring(cls: type) -> type:
+    """``cls`` with ``recordable = True`` in its own body, as a user would write it."""
+    return type(f"Declared{cls.__name__}", (cls,), {"recordable": True})
+
+
+USER_COMPONENTS = [
+    *(
+        pytest.param(kind, declared, id=f"{kind.__name__}-{'declared' if declared else 'as-is'}")
+        for kind in [
+            ReassignedBufferLikelihood,
+            FloatLikelihood,
+            PythonRandomLikelihood,
+            NumPyRandomLikelihood,
+            CachingLikelihood,
+        ]
+        for declared in (False, True)
+    ),
+    pytest.param(GlobalScalePrior, False, id="GlobalScalePrior-as-is"),
+]
+
+
+def train_steps(component: nn.Module, record_graph: bool, x: torch.Tensor, steps: int = 5):
+    """Parameters and gradients after each of ``steps`` trainer steps, the component's schedule
+    (if any) run before each; then the validation ELBO, computed eagerly."""
+    global PRIOR_SCALE
+    PRIOR_SCALE = 1.0
+    random.seed(0), np.random.seed(0), pyro.set_rng_seed(0)
+    part = "prior" if isinstance(component, Prior) else "likelihood"
+    vae = VAE(64, 3, hidden_dims=(16,), **{part: component})
+    trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
+    seen = []
+    for step in range(steps):
+        if hasattr(component, "schedule"):
+            component.schedule(step)
+        loss = trainer.step(x)
+        seen.append((loss, [p.grad.clone() for p in vae.parameters()]))
+        seen.append((None, [p.detach().clone() for p in vae.parameters()]))
+    return seen, elbo_per_datapoint(vae, x, num_particles=2)
+
+
+@pytest.mark.parametrize(("kind", "declared"), USER_COMPONENTS)
+def test_a_user_component_trains_as_eagerly_or_eagerly_with_a_reason(
+    kind, declared, digits, caplog
+):
+    make = declaring(kind) if declared else kind
+    component = make(3) if issubclass(kind, Prior) else make(64)
     x = digits.train.x[:32]
-    losses = {}
+    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+        recorded, recorded_elbo = train_steps(component, True, x)
+    eager, eager_elbo = train_steps(make(3) if issubclass(kind, Prior) else make(64), False, x)
+    for (loss, values), (eager_loss, eager_values) in zip(recorded, eager, strict=True):
+        if loss is not None:
+            torch.testing.assert_close(loss, eager_loss, rtol=0, atol=0)
+        for value, eager_value in zip(values, eager_values, strict=True):
+            torch.testing.assert_close(value, eager_value, rtol=0, atol=0)
+    assert recorded_elbo == eager_elbo  # validation runs eagerly after the recorded steps
+    reasons = [r.getMessage() for r in caplog.records if "training eagerly" in r.getMessage()]
+    assert len(reasons) == 1, reasons  # one line, saying why
+    expected = {
+        False: "does not declare its step static",
+        ReassignedBufferLikelihood: "likelihood.sigma was reassigned after the step was recorded",
+        FloatLikelihood: "likelihood.sigma changed after the step was recorded",
+        PythonRandomLikelihood: "Python's or NumPy's random number generator",
+        NumPyRandomLikelihood: "Python's or NumPy's random number generator",
+        CachingLikelihood: "likelihood.last_x_hat changed while the step was recorded",
+    }[kind if declared else False]
+    assert expected in reasons[0]
+
+
+def test_a_subclass_of_a_builtin_component_declares_for_itself(caplog):
+    class Tempered(GaussianLikelihood):
+        def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+            return dist.Normal(x_hat, self.scale * self.temperature).to_event(1)
+
+    assert declares_static(GaussianLikelihood) and not declares_static(Tempered)
+    assert declares_static(torch.nn.Linear)
+
+
+def test_a_builtin_buffer_updated_in_place_stays_recorded_and_exact(digits, caplog):
+    """The way to change a value during training: the graph reads a buffer at every replay."""
+    x = digits.train.x[:32]
+    results = []
     for record_graph in (True, False):
         pyro.set_rng_seed(0)
-        likelihood = AdjustableScaleLikelihood(64)
-        vae = VAE(64, 3, hidden_dims=(16,), likelihood=likelihood)
-        trainer = Trainer(vae, TrainConfig(), record_graph=record_graph)
-        trainer.step(x), trainer.step(x)
-        likelihood.sigma = 100.0  # −log N(x; x̂, 100²) ≈ 5.5 nats a pixel, against about 1 before
-        losses[record_graph] = trainer.step(x).item()
-    assert losses[False] > losses[True] + 64 * 3  # the recording kept σ = 1; eager steps see 100
+        vae = VAE(64, 3, hidden_dims=(16,))
+        trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
+        losses = []
+        for step in range(4):
+            vae.likelihood.scale.fill_(1.0 / (1 + step))
+            losses.append(trainer.step(x))
+        results.append((losses, [p.detach().clone() for p in vae.parameters()]))
+        if record_graph:
+            assert trainer._recorded.eager_reason is None and trainer._recorded._graphs
+    for recorded, eager in zip(*results, strict=True):
+        torch.testing.assert_close(recorded, eager, rtol=0, atol=0)
+    assert "eagerly" not in caplog.text
+
+
+def test_a_builtin_buffer_reassigned_is_noticed(digits, caplog):
+    """The built-in Gaussian likelihood's σ reassigned (as a user annealing it might): the steps
+    after it are eager, and equal to a run that was eager throughout."""
+    x = digits.train.x[:32]
+    results = []
+    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+        for record_graph in (True, False):
+            pyro.set_rng_seed(0)
+            vae = VAE(64, 3, hidden_dims=(16,))
+            trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
+            losses = [trainer.step(x), trainer.step(x)]
+            vae.likelihood.scale = torch.tensor(0.1)  # −log N(x; x̂, 0.1²): a larger loss
+            losses += [trainer.step(x), trainer.step(x)]
+            results.append(losses)
+    torch.testing.assert_close(torch.stack(results[0]), torch.stack(results[1]), rtol=0, atol=0)
+    assert "likelihood.scale was reassigned after the step was recorded" in caplog.text

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+import cli as cli_module
 from pyro_vae import (
     DataConfig,
     ModelConfig,
@@ -146,8 +148,8 @@ def test_the_same_seed_writes_the_same_metrics_file(tmp_path):
 CLI_RUN = ["train", "--epochs", "12", "--hidden-dims", "16", "--checkpoint-every", "10"]
 
 
-def cli(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def cli(*args: str, env_extra: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), *map(str, args)],
         stdout=subprocess.PIPE,
@@ -233,3 +235,43 @@ def test_a_checkpoint_saved_on_cuda_loads_on_a_cpu_machine(tmp_path):
         torch.load(cuda_file, weights_only=True)
     vae = load_checkpoint(cuda_file).build_vae()
     assert next(vae.parameters()).device.type == "cpu"
+
+
+def test_a_second_ctrl_c_aborts_at_once_without_saving(tmp_path, monkeypatch):
+    """Two Ctrl-Cs inside one step (as a user who does not want to wait for it): the first asks
+    to stop after the step, the second ends the run there, before the step's checkpoint."""
+    update, steps = Trainer._update, []
+
+    def interrupted_update(self, batch):
+        steps.append(len(steps) + 1)
+        if len(steps) == 3:
+            signal.raise_signal(signal.SIGINT)  # the first: stop after this step
+            loss = update(self, batch)
+            signal.raise_signal(signal.SIGINT)  # the second, before the step has ended
+            return loss
+        return update(self, batch)
+
+    monkeypatch.setattr(Trainer, "_update", interrupted_update)
+    out = tmp_path / "run"
+    options = ["--epochs", "2", "--hidden-dims", "16", "--checkpoint-every", "1"]
+    result = CliRunner().invoke(cli_module.app, ["train", "--out", str(out), *options])
+    assert result.exit_code == 130, result.output
+    assert "Stopping after this step" in result.output
+    assert "Aborted without saving" in result.output
+    assert "checkpoint is saved" not in result.output
+    assert steps == [1, 2, 3]  # no step after the second Ctrl-C
+    # the checkpoint written after step 2 is the last one: step 3 was not saved
+    assert load_checkpoint(out).trainer_state["epoch_in_progress"]["steps_done"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_pyro_vae_debug_in_the_environment_shows_the_traceback(tmp_path):
+    missing = tmp_path / "missing"
+    plain = cli("sample", missing)
+    _, plain_err = plain.communicate(timeout=60)
+    assert plain.returncode == 2 and "Traceback" not in plain_err
+    assert plain_err.strip().startswith("Error: no checkpoint at")
+    debug = cli("sample", missing, env_extra={"PYRO_VAE_DEBUG": "1"})
+    _, debug_err = debug.communicate(timeout=60)
+    assert debug.returncode != 0
+    assert "Traceback" in debug_err and "UserInputError: no checkpoint at" in debug_err
