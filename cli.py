@@ -5,9 +5,12 @@ Run it as ``python cli.py ...`` from a checkout or as ``pyro-vae ...`` once inst
 
 import contextlib
 import functools
+import inspect
 import json
 import logging
+import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import pyro
 import torch
@@ -37,15 +40,15 @@ from pyro_vae import (
     RunConfig,
     RunResult,
     TrainConfig,
+    TrainingDiverged,
     UserInputError,
     load_checkpoint,
-    load_dataset,
     resolve_device,
     resume_run,
     train_run,
 )
-from pyro_vae.config import BINARIZATIONS
-from pyro_vae.data import Split
+from pyro_vae.config import BINARIZATIONS, MAX_SEED
+from pyro_vae.data import Split, load_run_data
 from pyro_vae.distributed import Replicas, disconnect
 from pyro_vae.evaluate import evaluate_bounds
 from pyro_vae.objectives import kl_method
@@ -57,6 +60,7 @@ from pyro_vae.pictures import (
     save_samples,
 )
 from pyro_vae.registry import accepts
+from pyro_vae.rundir import check_writable, writing
 from pyro_vae.runs import RunHooks
 
 app = typer.Typer(
@@ -68,6 +72,11 @@ app = typer.Typer(
 )
 stderr = Console(stderr=True)
 _debug = False  # set by --debug: user errors then show their traceback too
+
+
+def _note(message: str) -> None:
+    """A line the user should read, in the form of the library's notes."""
+    typer.echo(f"Note: {message}", err=True)
 
 
 def _choices(name: str, names: Any) -> type[Enum]:
@@ -106,8 +115,8 @@ def reports_user_errors(command: Command) -> Command:
 
 
 def _positive(value: float | None) -> float | None:
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"must be a positive number, got {value}")
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a positive finite number, got {value}")
     return value
 
 
@@ -247,7 +256,8 @@ def train(
         ),
     ] = DataConfig.binarize,
     seed: Annotated[
-        int, typer.Option(help="Seed for weights, batch order and samples of z.")
+        int,
+        typer.Option(min=0, max=MAX_SEED, help="Seed for weights, batch order and samples of z."),
     ] = TrainConfig.seed,
     device: DeviceOption = TrainConfig.device,
     resume: Annotated[
@@ -269,16 +279,20 @@ def train(
     """
     replicas = Replicas.from_environment()
     if resume is not None:
-        _refuse_changes_on_resume(ctx, out)
+        _refuse_changes_on_resume(ctx, out, resume)
         explicit = _explicit_options(ctx)
         changes = {
             name: value
             for name, value in (("epochs", epochs), ("lr", lr), ("device", device))
             if name in explicit
         }
-        with _training(replicas, checkpoint_every) as hooks:
-            result = resume_run(resume, changes, hooks, replicas)
-        return _summarise(result, replicas)
+        moved = {
+            "data_path": str(data) if data is not None else None,
+            "data_dir": str(data_dir) if "data_dir" in explicit else None,
+        }
+        with _training(replicas, checkpoint_every) as (hooks, stops):
+            result = resume_run(resume, changes, hooks, replicas, **moved)
+        return _summarise(result, replicas, stops)
 
     if data is not None and "dataset" in _explicit_options(ctx):
         raise UserInputError("--data FILE and --dataset both name the data: give one of them")
@@ -319,12 +333,19 @@ def train(
             raise UserInputError("a run started by torchrun needs its directory: pass --out DIR")
         name = data.stem if data is not None else dataset.value
         out = Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
-    with _training(replicas, checkpoint_every) as hooks:
-        result = train_run(config, out, overwrite, hooks, replicas)
-    _summarise(result, replicas)
+    with _training(replicas, checkpoint_every) as (hooks, stops):
+        try:
+            result = train_run(config, out, overwrite, hooks, replicas)
+        except TrainingDiverged as error:
+            if error.resumable or error.lower_lr is None:
+                raise
+            again = _command_line(ctx, {"lr": error.lower_lr, "out": out, "overwrite": False})
+            raise UserInputError(f"{error}: {again}") from None
+    _summarise(result, replicas, stops)
 
 
-RESUMABLE_OPTIONS = {"resume", "epochs", "lr", "device", "checkpoint_every"}
+# Options a resumed run may set: what it may change, and where its data are now.
+RESUMABLE_OPTIONS = {"resume", "epochs", "lr", "device", "checkpoint_every", "data", "data_dir"}
 
 
 def _explicit_options(ctx: typer.Context) -> set[str]:
@@ -336,63 +357,135 @@ def _explicit_options(ctx: typer.Context) -> set[str]:
     }
 
 
-def _refuse_changes_on_resume(ctx: typer.Context, out: Path | None) -> None:
+def _refuse_changes_on_resume(ctx: typer.Context, out: Path | None, resume: Path) -> None:
+    """Refuse options that would change a resumed run; accept those given at its stored value."""
     if out is not None:
         raise UserInputError("--resume RUN names the run directory: drop --out")
-    fixed = sorted(_explicit_options(ctx) - RESUMABLE_OPTIONS)
-    if fixed:
-        flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
+    given = _explicit_options(ctx) - RESUMABLE_OPTIONS
+    if not given:
+        return
+    stored = _stored_options(load_checkpoint(resume).config)
+    changed = sorted(name for name in given if _option_value(ctx.params[name]) != stored.get(name))
+    if changed:
+        flags = ", ".join(
+            f"--{name.replace('_', '-')} (the run has {stored.get(name)})" for name in changed
+        )
         raise UserInputError(
             f"a resumed run keeps its configuration, so {flags} cannot change (only --epochs, "
-            "--lr, --device and --checkpoint-every can): drop them, or start a new run"
+            "--lr, --device, --checkpoint-every and the data's location can): drop them, or "
+            "start a new run"
         )
 
 
+def _option_value(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _stored_options(config: RunConfig) -> dict[str, Any]:
+    """The run's configuration as the values of ``train``'s options."""
+    model, data, train = config.model, config.data, config.train
+    return {
+        "dataset": data.dataset,
+        "download": data.download,
+        "binarize": data.binarize,
+        "elbo": train.elbo,
+        "num_particles": train.num_particles,
+        "batch_size": train.batch_size,
+        "seed": train.seed,
+        "latent_dim": model.latent_dim,
+        "hidden_dims": ",".join(map(str, model.hidden_dims)),
+        "prior": model.prior,
+        "likelihood": model.likelihood,
+        "sigma": model.likelihood_options.get(
+            "sigma", _default(LIKELIHOODS, model.likelihood, "sigma")
+        ),
+        "components": model.prior_options.get(
+            "num_components", _default(PRIORS, model.prior, "num_components")
+        ),
+    }
+
+
+def _default(registry: Any, name: str, option: str) -> Any:
+    parameter = (
+        inspect.signature(registry[name]).parameters.get(option) if name in registry else None
+    )
+    return None if parameter is None else parameter.default
+
+
+def _command_line(ctx: typer.Context, values: dict[str, Any]) -> str:
+    """The command that ran, as a user would type it, with ``values`` put in or replaced."""
+    chosen = {name: ctx.params[name] for name in _explicit_options(ctx)} | values
+    words = ["pyro-vae", ctx.info_name or "train"]
+    for name, value in chosen.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif value is not None:
+            words += [flag, shlex.quote(str(_option_value(value)))]
+    return " ".join(words)
+
+
 @contextlib.contextmanager
-def _training(replicas: Replicas, checkpoint_every: int | None) -> Iterator[RunHooks]:
-    """The hooks of a training run: Ctrl-C handling, and a progress bar on rank 0 only."""
+def _training(
+    replicas: Replicas, checkpoint_every: int | None
+) -> Iterator[tuple[RunHooks, "_StopRequests"]]:
+    """The hooks of a training run: Ctrl-C and SIGTERM handling, a progress bar on rank 0 only."""
     try:
-        with _TrainingProgress() as progress, _stop_on_ctrl_c(replicas) as stop:
-            hooks = RunHooks(should_stop=stop, checkpoint_every=checkpoint_every, command=sys.argv)
+        with _TrainingProgress() as progress, _StopRequests(replicas) as stops:
+            hooks = RunHooks(should_stop=stops, checkpoint_every=checkpoint_every, command=sys.argv)
             if replicas.is_main:
                 hooks = replace(hooks, on_step=progress.on_step, on_epoch=progress.on_epoch)
-            yield hooks
+            yield hooks, stops
     except BaseException:
         disconnect(together=False)
         raise
     disconnect()
 
 
-@contextlib.contextmanager
-def _stop_on_ctrl_c(replicas: Replicas) -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into a request to save and stop after the current step.
+class _StopRequests:
+    """Ctrl-C (SIGINT) and SIGTERM (what ``kill`` and cluster schedulers send) as requests to save
+    and stop after the current step; called, says whether one came.
 
     Stopping between steps, never inside one, keeps the parameters and the optimizer in step;
-    a second Ctrl-C stops at once, without saving. Not under torchrun, though: there the terminal
+    a second signal stops at once, without saving. Not under torchrun, though: there the terminal
     and then torchrun itself send each process a SIGINT, and the processes must stop together.
     """
-    requested = False
 
-    def handle(signum: int, frame: object) -> None:
-        nonlocal requested
-        if requested and not replicas.distributed:
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    NAMES: ClassVar[dict[int, str]] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+    def __init__(self, replicas: Replicas):
+        self.replicas = replicas
+        self.signal: int | None = None  # the first that came
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None and not self.replicas.distributed:
             stderr.print("Aborted without saving this step: the run keeps its last checkpoint.")
             raise KeyboardInterrupt
-        if not requested and replicas.is_main:
-            again = "" if replicas.distributed else " (Ctrl-C again to abort without saving)"
-            stderr.print(f"Stopping after this step{again}...")
-        requested = True
+        if self.signal is None and self.replicas.is_main:
+            again = "" if self.replicas.distributed else f" ({self.NAMES[signum]} again to abort)"
+            stderr.print(f"{self.NAMES[signum]}: stopping after this step{again}...")
+        self.signal = self.signal or signum
 
-    previous = signal.signal(signal.SIGINT, handle)
-    try:
-        yield lambda: requested
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def __enter__(self) -> "_StopRequests":
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
-def _summarise(result: RunResult, replicas: Replicas) -> None:
+def _summarise(result: RunResult, replicas: Replicas, stops: _StopRequests) -> None:
+    # The shell's code for a process ended by the signal: 128 + its number (130, 143).
+    stopped_code = 128 + (stops.signal or signal.SIGINT)
     if not replicas.is_main:  # rank 0 reports for all the processes
-        raise typer.Exit(0 if result.finished else 130)
+        raise typer.Exit(0 if result.finished else stopped_code)
     if not result.finished:
         position = f"epoch {result.history[-1].epoch if result.history else 0}"
         if result.steps_done:
@@ -401,7 +494,7 @@ def _summarise(result: RunResult, replicas: Replicas) -> None:
             f"Stopped after {position}; the checkpoint is saved. Continue with: "
             f"pyro-vae train --resume {result.run_dir}"
         )
-        raise typer.Exit(130)  # the shell's code for a run ended by Ctrl-C
+        raise typer.Exit(stopped_code)
     final = result.history[-1]
     typer.echo(
         f"Trained {final.epoch} epochs on {result.device} in {sum(result.epoch_seconds):.1f} s "
@@ -417,6 +510,33 @@ def _summarise(result: RunResult, replicas: Replicas) -> None:
     typer.echo(f"Run directory: {result.run_dir}")
     for path in result.files:
         typer.echo(f"  {path.name}")
+
+
+class _Progress:
+    """A progress bar for long work that reports (done, total); shown only past a second."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.start = time.monotonic()
+        self.progress = Progress(
+            TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+    def update(self, done: int, total: int) -> None:
+        if self.task is None:
+            if time.monotonic() - self.start < 1.0:  # quick work needs no bar
+                return
+            self.progress.start()
+            self.task = self.progress.add_task(self.what, total=total)
+        self.progress.update(self.task, completed=done)
 
 
 class _TrainingProgress:
@@ -492,7 +612,10 @@ def _out_option(suffix: str, default: str) -> Any:
 
 
 def _output_path(run: Path, out: Path | None, default_name: str) -> Path:
-    return out or (run if run.is_dir() else run.parent) / default_name
+    """Where a command writes, checked to be writable before any work."""
+    path = out or (run if run.is_dir() else run.parent) / default_name
+    check_writable(path.parent, "--out")
+    return path
 
 
 def _load_trained(run: Path, device_name: str) -> tuple[Checkpoint, VAE, torch.device]:
@@ -501,9 +624,33 @@ def _load_trained(run: Path, device_name: str) -> tuple[Checkpoint, VAE, torch.d
     return checkpoint, checkpoint.build_vae(device), device
 
 
-def _split(checkpoint: Checkpoint, split: "SplitName", device: torch.device) -> Split:
-    data = load_dataset(checkpoint.config.data).to(device)
-    return getattr(data, split.value)
+# Where a run's data are now, for the commands that read them, if they have moved since training.
+MovedDataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", help="The run's data file, if it has moved since training.", show_default=False
+    ),
+]
+MovedDataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="The folder of the run's MNIST-family data, if it has moved since training.",
+        show_default=False,
+    ),
+]
+
+
+def _split(
+    checkpoint: Checkpoint,
+    split: "SplitName",
+    device: torch.device,
+    data: Path | None = None,
+    data_dir: Path | None = None,
+) -> Split:
+    moved = {"path": None if data is None else str(data)}
+    moved["data_dir"] = None if data_dir is None else str(data_dir)
+    dataset = load_run_data(checkpoint.config.data, checkpoint.image_shape, **moved)
+    return getattr(dataset.to(device), split.value)
 
 
 SplitName = _choices("SplitName", ["test", "val", "train"])
@@ -517,15 +664,19 @@ def evaluate(
         int, typer.Option(min=1, help="Importance samples K per image (5,000 in the literature).")
     ] = 1000,
     split: Annotated[SplitName, typer.Option(help="Images to evaluate on.")] = "test",
-    seed: Annotated[int, typer.Option(help="Seed for the samples of z.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for the samples of z.")] = 0,
     out: Annotated[Path | None, _out_option(".json", "RUN/evaluation-SPLIT-kK.json")] = None,
     device: DeviceOption = "auto",
+    data: MovedDataOption = None,
+    data_dir: MovedDataDirOption = None,
 ) -> None:
     """Test ELBO (closed-form and Monte Carlo KL) and the importance-weighted log p(x)."""
+    path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json")
     checkpoint, vae, device_ = _load_trained(run, device)
-    x = _split(checkpoint, split, device_).x
+    x = _split(checkpoint, split, device_, data, data_dir).x
     pyro.set_rng_seed(seed)
-    bounds = evaluate_bounds(vae, x, num_samples)
+    with _Progress("codes decoded") as progress:
+        bounds = evaluate_bounds(vae, x, num_samples, on_progress=progress.update)
     kl = kl_method("analytic", vae.prior())
     record = {
         "run": str(run),
@@ -536,8 +687,8 @@ def evaluate(
         "analytic_kl": kl,
         "bounds": {name: asdict(bound) for name, bound in bounds.items()},
     }
-    path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json")
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    with writing(path, "--out"):
+        path.write_text(json.dumps(record, indent=2) + "\n")
     labels = {
         "elbo_analytic_kl": f"ELBO, {kl} KL",
         "elbo_mc_kl": "ELBO, monte-carlo KL",
@@ -556,14 +707,17 @@ def evaluate(
 def sample(
     run: RunArgument,
     num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
-    seed: Annotated[int, typer.Option(help="Seed for the codes z ~ p(z).")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed for the codes z ~ p(z).")
+    ] = 0,
     out: Annotated[Path | None, _out_option(".png", "RUN/samples-seedSEED.png")] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Decode z ~ p(z) with a trained VAE and save the images as a PNG."""
-    checkpoint, vae, _ = _load_trained(run, device)
     path = _output_path(run, out, f"samples-seed{seed}.png")
-    typer.echo(save_samples(vae, checkpoint.image_shape, path, num, seed))
+    checkpoint, vae, _ = _load_trained(run, device)
+    with writing(path, "--out"):
+        typer.echo(save_samples(vae, checkpoint.image_shape, path, num, seed))
 
 
 @app.command()
@@ -573,12 +727,17 @@ def reconstruct(
     num: Annotated[int, typer.Option(min=1, help="Number of test images.")] = 16,
     out: Annotated[Path | None, _out_option(".png", "RUN/reconstructions-NUM.png")] = None,
     device: DeviceOption = "auto",
+    data: MovedDataOption = None,
+    data_dir: MovedDataDirOption = None,
 ) -> None:
     """Show the first test images of the run's dataset beside their reconstructions."""
     checkpoint, vae, device_ = _load_trained(run, device)
-    images = _split(checkpoint, SplitName.test, device_).x[:num]
-    path = _output_path(run, out, f"reconstructions-{num}.png")
-    typer.echo(save_reconstructions(vae, images, checkpoint.image_shape, path))
+    images = _split(checkpoint, SplitName.test, device_, data, data_dir).x[:num]
+    if images.shape[0] < num:
+        _note(f"the test split has {images.shape[0]} images: showing all of them, not {num}")
+    path = _output_path(run, out, f"reconstructions-{images.shape[0]}.png")
+    with writing(path, "--out"):
+        typer.echo(save_reconstructions(vae, images, checkpoint.image_shape, path))
 
 
 @app.command()
@@ -589,14 +748,17 @@ def interpolate(
     steps: Annotated[int, typer.Option(min=2, help="Decodes between the two images.")] = 10,
     out: Annotated[Path | None, _out_option(".png", "RUN/interpolations.png")] = None,
     device: DeviceOption = "auto",
+    data: MovedDataOption = None,
+    data_dir: MovedDataDirOption = None,
 ) -> None:
     """Decode along the line between the posterior means of pairs of test images."""
+    path = _output_path(run, out, "interpolations.png")
     checkpoint, vae, device_ = _load_trained(run, device)
-    x = _split(checkpoint, SplitName.test, device_).x[: 2 * pairs]
+    x = _split(checkpoint, SplitName.test, device_, data, data_dir).x[: 2 * pairs]
     if x.shape[0] < 2 * pairs:
         raise UserInputError(f"the test split has {x.shape[0]} images: ask for fewer --pairs")
-    path = _output_path(run, out, "interpolations.png")
-    typer.echo(save_interpolations(vae, x[0::2], x[1::2], checkpoint.image_shape, path, steps))
+    with writing(path, "--out"):
+        typer.echo(save_interpolations(vae, x[0::2], x[1::2], checkpoint.image_shape, path, steps))
 
 
 @app.command()
@@ -606,12 +768,15 @@ def latent(
     split: Annotated[SplitName, typer.Option(help="Images to encode.")] = "test",
     out: Annotated[Path | None, _out_option(".png", "RUN/latent-SPLIT.png")] = None,
     device: DeviceOption = "auto",
+    data: MovedDataOption = None,
+    data_dir: MovedDataDirOption = None,
 ) -> None:
     """Scatter the posterior means of a split, coloured by label (PCA beyond two dimensions)."""
-    checkpoint, vae, device_ = _load_trained(run, device)
-    images = _split(checkpoint, split, device_)
     path = _output_path(run, out, f"latent-{split.value}.png")
-    typer.echo(save_latent_scatter(vae, images.x, images.labels, path))
+    checkpoint, vae, device_ = _load_trained(run, device)
+    images = _split(checkpoint, split, device_, data, data_dir)
+    with writing(path, "--out"):
+        typer.echo(save_latent_scatter(vae, images.x, images.labels, path))
 
 
 @app.command()
@@ -630,9 +795,10 @@ def manifold(
         i, j = (int(d) for d in dims.split(","))
     except ValueError:
         raise UserInputError(f"--dims takes two coordinates such as 0,1, got {dims!r}") from None
-    checkpoint, vae, _ = _load_trained(run, device)
     path = _output_path(run, out, "manifold.png")
-    typer.echo(save_manifold(vae, checkpoint.image_shape, path, grid, (i, j)))
+    checkpoint, vae, _ = _load_trained(run, device)
+    with writing(path, "--out"):
+        typer.echo(save_manifold(vae, checkpoint.image_shape, path, grid, (i, j)))
 
 
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"

@@ -3,7 +3,9 @@
 import os
 import platform
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -19,3 +21,13 @@ def provenance(script: str, argv: list[str] | None) -> str:
         f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads · "
         f"{time.strftime('%Y-%m-%d')}"
     )
+
+
+def output_path(out: Path | None, quick: bool, committed: Path) -> Path:
+    """Where a report goes: ``out`` if given; a quick (smoke) run's into a new temporary folder,
+    so that it never replaces the committed report; else the committed report's place."""
+    if out is not None:
+        return out
+    if quick:
+        return Path(tempfile.mkdtemp(prefix="pyro-vae-quick-")) / committed.name
+    return committed

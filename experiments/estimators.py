@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import provenance
+from common import output_path, provenance
 from matplotlib.figure import Figure
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, elbo_per_datapoint, load_dataset
@@ -233,8 +233,11 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--quick", action="store_true", help="a tiny budget: checks it runs")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out", type=Path, help="default: RESULTS (a temporary folder with --quick)"
+    )
     args = parser.parse_args(argv)
+    args.out = output_path(args.out, args.quick, RESULTS)
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []
     for name in args.datasets:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import provenance
+from common import output_path, provenance
 
 from pyro_vae import (
     VAE,
@@ -98,8 +98,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="3 epochs, to check the script runs")
-    parser.add_argument("--out", type=Path, default=RESULTS / "posterior_collapse.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="default: RESULTS / posterior_collapse.md (a temporary folder with --quick)",
+    )
     args = parser.parse_args(argv)
+    args.out = output_path(args.out, args.quick, RESULTS / "posterior_collapse.md")
     epochs = 3 if args.quick else args.epochs
     rows = run(args.sigmas, epochs, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)

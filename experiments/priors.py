@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 import pyro
-from common import provenance
+from common import output_path, provenance
 
 from pyro_vae import (
     DATASETS,
@@ -111,8 +111,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help=f"for every dataset (default: {EPOCHS})")
     parser.add_argument("--quick", action="store_true", help="1 epoch and 1 seed: a smoke run")
-    parser.add_argument("--out", type=Path, default=RESULTS / "priors.md")
+    parser.add_argument(
+        "--out", type=Path, help="default: RESULTS / priors.md (a temporary folder with --quick)"
+    )
     args = parser.parse_args(argv)
+    args.out = output_path(args.out, args.quick, RESULTS / "priors.md")
     seeds = [0] if args.quick else args.seeds
     rows = []
     for name in args.datasets:

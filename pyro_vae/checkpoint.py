@@ -46,6 +46,7 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     trainer_state: dict[str, Any]  # see Trainer.state_dict: optimizer, history, epoch in progress
     rng_state: dict[str, Any] | None = None  # see capture_rng_state
+    run_id: str | None = None  # the run directory's identity, shared with its config.json
 
     def build_vae(self, device: torch.device | str = "cpu") -> VAE:
         """The trained VAE, on ``device``."""
@@ -96,6 +97,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
         "model_state": checkpoint.model_state,
         "trainer_state": checkpoint.trainer_state,
         "rng_state": checkpoint.rng_state,
+        "run_id": checkpoint.run_id,
     }
     path = Path(path)
     # The temporary file lives in the same folder, so the final rename never crosses file systems.
@@ -150,6 +152,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
             model_state=payload["model_state"],
             trainer_state=payload["trainer_state"],
             rng_state=payload.get("rng_state"),
+            run_id=payload.get("run_id"),
         )
     except (KeyError, TypeError) as error:
         raise UserInputError(f"{path} is an incomplete pyro-vae checkpoint ({error})") from error

@@ -5,7 +5,9 @@ two CPU cores. Each dataclass checks its own values, so a bad option fails befor
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pyro_vae.errors import UserInputError
@@ -13,6 +15,7 @@ from pyro_vae.errors import UserInputError
 ELBO_ESTIMATORS = ("mc", "analytic", "iwae")  # see objectives.py for what each one computes
 BINARIZATIONS = ("none", "static", "dynamic")  # see data.py
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
 
 
 def _require(condition: bool, message: str) -> None:
@@ -70,6 +73,17 @@ class DataConfig:
             "val_fraction + test_fraction must leave some data for training",
         )
 
+    def located(self, path: str | None = None, data_dir: str | None = None) -> "DataConfig":
+        """The same data with absolute locations (a run stays readable from any folder), moved
+        to ``path`` or ``data_dir`` where given (data that have moved since)."""
+        path = path if path is not None else self.path
+        data_dir = data_dir if data_dir is not None else self.data_dir
+        return replace(
+            self,
+            path=None if path is None else str(Path(path).expanduser().resolve()),
+            data_dir=str(Path(data_dir).expanduser().resolve()),
+        )
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -97,8 +111,12 @@ class TrainConfig:
             f"lr must be a positive number, got {self.lr}",
         )
         _require(
-            self.device in DEVICES or self.device.startswith("cuda:"),
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)} (or cuda:N)",
+        )
+        _require(
+            isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED,
+            f"seed must be a whole number from 0 to {MAX_SEED} (NumPy's range), got {self.seed}",
         )
 
 

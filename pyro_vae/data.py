@@ -137,3 +137,27 @@ def shuffled_batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]
     """
     for index in torch.randperm(x.shape[0], device=x.device).split(batch_size):
         yield x[index]
+
+
+def load_run_data(
+    config: DataConfig,
+    image_shape: tuple[int, ...],
+    path: str | None = None,
+    data_dir: str | None = None,
+) -> Dataset:
+    """A trained run's dataset, from where its config says or from where it has moved to
+    (``path`` for a data file, ``data_dir`` for the MNIST family), checked to be images of the
+    shape the run was trained on."""
+    if path is not None and config.dataset != "array":
+        raise UserInputError(
+            f"the run was trained on {config.dataset}, not on a data file: drop --data"
+            + (" (point --data-dir at its folder)" if config.dataset != "digits" else "")
+        )
+    data = load_dataset(config.located(path, data_dir))
+    if tuple(data.image_shape) != tuple(image_shape):
+        where = path or data_dir or config.path or config.data_dir
+        raise UserInputError(
+            f"the data at {where} are images of shape {tuple(data.image_shape)}, but the run was "
+            f"trained on shape {tuple(image_shape)}: point --data or --data-dir at the run's data"
+        )
+    return data

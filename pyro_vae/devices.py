@@ -1,14 +1,20 @@
 """Which torch device a run uses."""
 
+import re
+
 import torch
 
 from pyro_vae.errors import UserInputError
+
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; asking for CUDA without it is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not DEVICE_NAME.fullmatch(name):  # torch knows many more, which pyro-vae does not run on
+        raise UserInputError(f"unknown device {name!r}: choose auto, cpu, cuda or cuda:N")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -113,7 +113,11 @@ def _sample_terms(vae: VAE, x: torch.Tensor, num_samples: int) -> dict[str, torc
 
 @torch.no_grad()
 def evaluate_bounds(
-    vae: VAE, x: torch.Tensor, num_samples: int = 1000, max_rows: int = 2**13
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int = 1000,
+    max_rows: int = 2**13,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Bound]:
     """Three estimates of log p(x) per image, from the same samples z_1..z_K ~ q(z|x):
 
@@ -125,7 +129,9 @@ def evaluate_bounds(
     Work is split so that no decoder call sees more than ``max_rows`` codes at once: images in
     chunks, samples in chunks, the log-sum-exp carried across sample chunks. The default was the
     fastest and the smallest of 2¹³ to 2¹⁶ for K = 1,000 on 2,000 MNIST images on 2 CPU cores.
+    ``on_progress(done, total)`` is called after every chunk with the codes decoded so far.
     """
+    total, done = x.shape[0] * num_samples, 0
     images_per_chunk = max(1, min(x.shape[0], max_rows // num_samples))
     samples_per_chunk = max(1, min(num_samples, max_rows // images_per_chunk))
     per_image: dict[str, list[torch.Tensor]] = {
@@ -143,6 +149,9 @@ def evaluate_bounds(
             sums["log_w"] = sums["log_w"] + log_w.sum(0)
             kl = terms["kl"] if "kl" in terms else terms["log_guide"] - terms["log_prior"]
             sums["analytic"] = sums["analytic"] + (terms["log_likelihood"] - kl).sum(0)
+            done += k * chunk.shape[0]
+            if on_progress is not None:
+                on_progress(done, total)
         per_image["iwae"].append(log_sum_w - math.log(num_samples))
         per_image["elbo_mc_kl"].append(sums["log_w"] / num_samples)
         per_image["elbo_analytic_kl"].append(sums["analytic"] / num_samples)

@@ -6,6 +6,8 @@ object with ``event_shape == (data_dim,)``. ``support`` says which data it can s
 To add a likelihood, write such a class and register it in ``LIKELIHOODS``.
 """
 
+import math
+
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,8 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise ``UserInputError`` unless every value of ``x`` lies in the support."""
+        """Raise ``UserInputError`` unless every value of ``x`` lies in the support and has a
+        finite log-density (in float32) under a decoder output of 0."""
         inside = self.support.check(x) & torch.isfinite(x)
         if not bool(inside.all()):
             bad = x[~inside][0].item()
@@ -40,6 +43,24 @@ class Likelihood(nn.Module):
                 f"the {type(self).__name__} needs data that are {self.support_description}, "
                 f"but the data hold {bad!r}: choose a likelihood that fits the data{hint}"
             )
+        with torch.no_grad():
+            for chunk in x.split(4096):
+                # Element by element, so that one huge value is found whatever the others do.
+                distribution = self(torch.zeros_like(chunk))
+                if isinstance(distribution, dist.Independent):
+                    distribution = distribution.base_dist
+                log_density = distribution.log_prob(chunk)
+                if not bool(torch.isfinite(log_density).all()):
+                    bad = chunk[~torch.isfinite(log_density)][0].item()
+                    raise UserInputError(
+                        f"the {type(self).__name__} cannot score the value {bad:g} in float32 "
+                        "arithmetic (its log-density overflows): rescale the data to about "
+                        "unit size"
+                    )
+
+    def scale_note(self, x: torch.Tensor) -> str | None:
+        """A note when the data's scale is far from what this likelihood assumes, else None."""
+        return None
 
 
 class LearnedScale(nn.Module):
@@ -71,14 +92,33 @@ class GaussianLikelihood(Likelihood):
 
     recordable = True  # its step is static: see recordable.py
 
+    MIN_SIGMA = 1e-6  # below it, float32's (x − x̂)/σ and its square overflow for unit-scale data
+    MAX_SIGMA = 1e6
+
     def __init__(self, data_dim: int, sigma: float = 1.0):
         super().__init__(data_dim)
-        if not sigma > 0:
-            raise UserInputError(f"sigma of the Gaussian likelihood must be positive, got {sigma}")
+        if not math.isfinite(sigma) or not self.MIN_SIGMA <= sigma <= self.MAX_SIGMA:
+            raise UserInputError(
+                f"sigma of the Gaussian likelihood must be a number from {self.MIN_SIGMA:g} to "
+                f"{self.MAX_SIGMA:g}, where float32 can compute log N(x; x̂, σ²), got {sigma}: "
+                "0.1 suits images scaled to [0, 1]"
+            )
         self.register_buffer("scale", torch.tensor(float(sigma)), persistent=False)
 
     def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
         return dist.Normal(x_hat, self.scale).to_event(1)
+
+    def scale_note(self, x: torch.Tensor) -> str | None:
+        low, high = x.min().item(), x.max().item()
+        sigma = self.scale.item()
+        if high - low <= 20 or high - low <= 50 * sigma:
+            return None
+        return (
+            f"the data span [{low:g}, {high:g}], far from the unit scale that σ = {sigma:g} "
+            "suits: the reconstruction term will swamp the KL term and the ELBO will be huge "
+            "and negative; rescale the data (integer images are scaled for you), set --sigma "
+            "to the noise you expect, or use --likelihood gaussian-learned"
+        )
 
 
 class LearnedGaussianLikelihood(Likelihood):

@@ -7,6 +7,7 @@ test split.
 """
 
 import gzip
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 
 from pyro_vae.config import DataConfig
 from pyro_vae.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,15 @@ def load_mnist_family(config: DataConfig) -> RawData:
     if config.download:
         datasets = _torchvision_datasets()
         for train in (True, False):
-            getattr(datasets, class_name)(root, train=train, download=True)
+            try:
+                getattr(datasets, class_name)(root, train=train, download=True)
+            except Exception as error:  # URLError, RuntimeError, OSError: all mean "not fetched"
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise UserInputError(
+                    f"could not download {config.dataset} into {root} ({reason}): connect to "
+                    f"the internet and try again, or put the IDX files in {root / class_name}/raw "
+                    "yourself and drop --download"
+                ) from None
     raw = root / class_name / "raw"
     train, test = _read_idx_split(raw, "train"), _read_idx_split(raw, "t10k")
     if train is not None and test is not None:
@@ -136,30 +147,52 @@ def load_mnist_family(config: DataConfig) -> RawData:
 
 # main loaders: the user's arrays
 
+NPY_MAGIC = b"\x93NUMPY"  # every .npy file, and every member of a .npz archive, starts so
+ZIP_MAGIC = b"PK"
+
 
 def load_array(config: DataConfig) -> RawData:
-    """A .npy or .npz array of shape (N, D) or (N, H, W); uint8 images are scaled to [0, 1].
+    """A .npy or .npz array of shape (N, D) or (N, H, W); integer images are scaled to [0, 1].
 
     In a .npz, the images are its only array or the one named ``x``; labels, if any, ``y``.
+    Integers are scaled by their bit depth (see ``_as_unit_scale``); floats are taken as they are.
     """
     path = Path(config.path or "")
     if not path.is_file():
-        raise UserInputError(f"no data file at {path}: give a .npy or .npz file")
+        raise UserInputError(f"no data file at {path}: give a .npy or .npz file (--data FILE)")
+    with open(path, "rb") as file:
+        start = file.read(len(NPY_MAGIC))
+    if not start.startswith((NPY_MAGIC, ZIP_MAGIC)):
+        raise UserInputError(
+            f"{path} is not a NumPy .npy or .npz file (it does not start with NumPy's header): "
+            "save the images with numpy.save or numpy.savez"
+        )
     try:
-        loaded = np.load(path, allow_pickle=False)  # never execute code from a data file
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise UserInputError(f"{path} is not a readable .npy/.npz array ({error})") from None
-    labels = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        keys = list(loaded.keys())
-        if "x" not in keys and len(keys) != 1:
+        # allow_pickle=False: a data file is never code to execute, whatever it asks for
+        loaded = np.load(path, allow_pickle=False)
+        labels = None
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            keys = list(loaded.keys())
+            if "x" not in keys and len(keys) != 1:
+                raise UserInputError(
+                    f"{path} holds arrays {keys}: name the images 'x' (and any labels 'y')"
+                )
+            name = "x" if "x" in keys else keys[0]
+            if name != "x":
+                log.info("%s has one array, %r: using it as the images", path, name)
+            array = loaded[name]
+            labels = loaded["y"] if "y" in keys else None
+        else:
+            array = loaded
+    except ValueError as error:
+        if "pickle" in str(error):  # NumPy's words here advise allow_pickle: never follow them
             raise UserInputError(
-                f"{path} holds arrays {keys}: name the images 'x' (and any labels 'y')"
-            )
-        array = loaded["x" if "x" in keys else keys[0]]
-        labels = loaded["y"] if "y" in keys else None
-    else:
-        array = loaded
+                f"{path} holds Python objects, not numbers: save the images as a numeric array "
+                "(numpy.asarray(images, dtype=numpy.float32))"
+            ) from None
+        raise UserInputError(f"{path} is not a readable .npy/.npz array ({error})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        raise UserInputError(f"{path} is not a readable .npy/.npz array ({error})") from None
     return _check_array(array, labels, path)
 
 
@@ -170,20 +203,63 @@ def _check_array(array: np.ndarray, labels: np.ndarray | None, path: Path) -> Ra
         )
     if array.shape[0] == 0 or array.size == 0:
         raise UserInputError(f"{path} holds no data (shape {array.shape})")
+    if np.iscomplexobj(array):
+        raise UserInputError(
+            f"{path} holds complex numbers: save the part the images are made of "
+            "(numpy.real(x) or numpy.abs(x)) as a real array"
+        )
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise UserInputError(f"{path} holds {array.dtype} values: expected numbers")
-    x = torch.as_tensor(array.reshape(array.shape[0], -1).astype(np.float32))
-    if array.dtype == np.uint8:
-        x = x / 255.0  # 8-bit images, like the IDX files
+    x = _as_unit_scale(array, path).reshape(array.shape[0], -1)
     if not torch.isfinite(x).all():
         row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0])
+        if np.isfinite(array[row]).all():  # finite in float64, not once in float32
+            raise UserInputError(
+                f"{path} holds values beyond float32's range (±3.4e38, first in row {row}): "
+                "rescale the data"
+            )
         raise UserInputError(f"{path} holds NaN or infinite values (first in row {row})")
     image_shape = tuple(array.shape[1:]) if array.ndim == 3 else _square_or_row(x.shape[1])
-    if labels is None or len(labels) != len(x):
+    if labels is None:
         y = torch.zeros(len(x), dtype=torch.int64)
     else:
+        if labels.ndim != 1 or len(labels) != len(x) or not np.issubdtype(labels.dtype, np.integer):
+            raise UserInputError(
+                f"{path}: the labels 'y' ({labels.dtype}, shape {labels.shape}) do not label the "
+                f"{len(x)} images: save one integer label per image, or no 'y'"
+            )
         y = torch.as_tensor(labels.astype(np.int64))
     return RawData(x, y, image_shape)
+
+
+def _as_unit_scale(array: np.ndarray, path: Path) -> torch.Tensor:
+    """The images as float32, integers scaled by their bit depth to [0, 1].
+
+    Unsigned integers are scaled by their type's range (uint8 by 255, uint16 by 65,535), as image
+    files are. Signed integers carry no bit depth, so their values decide: 0..255 is taken as 8-bit
+    and 0..65,535 as 16-bit (with a note), anything else is refused. Booleans are 0 and 1. Floats
+    are kept as they are: a real-valued likelihood can model any scale, but see ``scale_note``.
+    """
+    if array.dtype == np.bool_:
+        return torch.as_tensor(array.astype(np.float32))
+    if not np.issubdtype(array.dtype, np.integer):
+        with np.errstate(over="ignore"):  # values beyond float32's range are refused after
+            return torch.as_tensor(array.astype(np.float32))
+    if np.issubdtype(array.dtype, np.unsignedinteger) and array.dtype.itemsize <= 2:
+        depth = np.iinfo(array.dtype).max
+    else:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise UserInputError(
+                f"{path} holds {array.dtype} values from {low} to {high}, which are not pixel "
+                "intensities of 8 or 16 bits: save them as floats on the scale you mean"
+            )
+        depth = 255 if high <= 255 else 65535
+        log.info(
+            "%s holds %s values from %d to %d: read as %d-bit images, scaled to [0, 1]",
+            path, array.dtype, low, high, 8 if depth == 255 else 16,
+        )  # fmt: skip
+    return torch.as_tensor(array.astype(np.float32) / np.float32(depth))
 
 
 def _square_or_row(dim: int) -> tuple[int, int]:

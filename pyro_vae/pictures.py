@@ -105,10 +105,11 @@ def save_manifold(
     codes[:, :, i] = values.unsqueeze(0)  # columns
     codes[:, :, j] = values.flip(0).unsqueeze(1)  # rows
     decoded = vae.likelihood(vae.decoder(codes.flatten(0, 1))).mean
-    return plots.save_image_grid(
+    return plots.save_latent_grid(
         decoded,
         image_shape,
         path,
-        ncols=grid_size,
-        title=f"decodes over z_{i} (→) and z_{j} (↑) at normal quantiles",
+        values.tolist(),
+        (f"z_{i}", f"z_{j}"),
+        f"decodes over z_{i} and z_{j} at {grid_size} normal quantiles (other coordinates 0)",
     )

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pyro_vae.train import EpochMetrics
 
@@ -53,6 +54,35 @@ def save_image_grid(
     return Path(path)
 
 
+def save_latent_grid(
+    images: torch.Tensor,
+    image_shape: Sequence[int],
+    path: Path,
+    values: Sequence[float],
+    axis_labels: tuple[str, str],
+    title: str,
+) -> Path:
+    """A square grid of decodes, (rows × columns, D), with the latent values of its columns and
+    rows (``values``: columns left to right; rows run the other way, high at the top) on its axes.
+    """
+    size = len(values)
+    grid = image_grid(images, image_shape, size)
+    height, width = image_shape
+    figure = Figure(figsize=(7, 7.4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    shown = range(0, size, max(1, -(-size // 8)))  # at most about eight labels a side
+    axes.set_xticks([k * (width + 1) + 1 + width / 2 for k in shown])
+    axes.set_xticklabels([f"{values[k]:.2f}" for k in shown], fontsize=8)
+    axes.set_yticks([k * (height + 1) + 1 + height / 2 for k in shown])
+    axes.set_yticklabels([f"{values[size - 1 - k]:.2f}" for k in shown], fontsize=8)
+    axes.set_xlabel(axis_labels[0])
+    axes.set_ylabel(axis_labels[1])
+    axes.set_title(title, fontsize=9, pad=8)
+    figure.savefig(path, dpi=100)
+    return Path(path)
+
+
 def save_reconstructions(
     originals: torch.Tensor,
     reconstructions: torch.Tensor,
@@ -81,6 +111,7 @@ def save_elbo_curve(history: Sequence[EpochMetrics], path: Path) -> Path:
     axes.plot(epochs, [m.train_elbo for m in history], label=f"train ({history[0].train_kl} KL)")
     axes.plot(epochs, [m.val_elbo for m in history], label=f"validation ({history[0].val_kl} KL)")
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on a short run
     axes.set_ylabel("ELBO (nats per image)")
     axes.grid(alpha=0.3)
     axes.legend()

@@ -23,6 +23,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import ELBO
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.func import functional_call
@@ -31,13 +32,18 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pyro_vae.recordable import PythonGenerators, StateWatch, module_parts, undeclared
+from pyro_vae.recordable import (
+    PythonGenerators,
+    StateWatch,
+    hooks_in,
+    module_parts,
+    undeclared,
+)
 
 log = logging.getLogger(__name__)
 
 # A graph holds for one batch shape, dtype and device, and one set of trainable parameters.
 GraphKey = tuple[tuple[int, ...], torch.dtype, torch.device, tuple[bool, ...]]
-_NOT_RECORDED = object()  # a key not met yet (a graph that could not be made is None)
 
 
 class _Loss(nn.Module):
@@ -67,11 +73,11 @@ class RecordedGradient:
         self, vae: nn.Module, elbo: ELBO, model: Callable[..., Any], guide: Callable[..., Any]
     ):
         self._loss = _Loss(vae, elbo, model, guide)
-        self._parts: list[tuple[str, Any]] = [*module_parts(vae), ("the ELBO", elbo)]
-        self._vae = vae
-        self._graphs: dict[GraphKey, GraphModule | None] = {}  # None: could not be recorded
+        self._vae, self._elbo = vae, elbo
+        self._graphs: dict[GraphKey, GraphModule] = {}
         self._watch: StateWatch | None = None  # made at the first recording
         self.eager_reason: str | None = None  # why every step is eager, once it is
+        self._handled_eagerly = False  # whether a step under a Pyro handler was said to be eager
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor | None:
         """The loss (detached), its gradient in the ``.grad``s; None where no graph can be made
@@ -80,7 +86,7 @@ class RecordedGradient:
         Every ``.grad`` is replaced, as ``zero_grad(set_to_none=True)`` then ``backward`` would
         leave it: None for a parameter that is frozen or that the loss does not use.
         """
-        if self.eager_reason is not None:
+        if self.eager_reason is not None or self._under_a_handler():
             return None
         if self._watch is None:
             if not self._first_recording():
@@ -90,11 +96,12 @@ class RecordedGradient:
             return None
         trainable = tuple(p.requires_grad for p in self._parameters)
         key = (tuple(batch.shape), batch.dtype, batch.device, trainable)
-        graph = self._graphs.get(key, _NOT_RECORDED)
-        if graph is _NOT_RECORDED:
-            graph = self._graphs[key] = self._record(batch)
+        graph = self._graphs.get(key)
         if graph is None:
-            return None
+            graph = self._record(batch)
+            if graph is None:
+                return None
+            self._graphs[key] = graph
         with torch.no_grad():  # the graph computes the gradients itself; autograd keeps out
             loss, *gradients = graph(*self._inputs, batch)
         for parameter, gradient in zip(self._parameters, gradients, strict=True):
@@ -106,23 +113,42 @@ class RecordedGradient:
         self._graphs.clear()
         log.info("training eagerly: %s", reason)
 
+    def _under_a_handler(self) -> bool:
+        """Whether the step runs inside a Pyro handler (``poutine.scale``, say), whose effect a
+        recording would keep as it was: such a step is taken eagerly (said once)."""
+        if not _PYRO_STACK:
+            return False
+        if not self._handled_eagerly:
+            self._handled_eagerly = True
+            log.info(
+                "training eagerly the steps taken inside a Pyro handler (%s): a recorded graph "
+                "would keep the handler's effect as it was when recorded",
+                type(_PYRO_STACK[-1]).__name__,
+            )
+        return True
+
     def _first_recording(self) -> bool:
         """Check the components' declarations, take the graph's inputs and start watching."""
         model, guide = self._loss.model, self._loss.guide
         if not all(getattr(f, "__self__", None) is self._vae for f in (model, guide)):
             self._stand_aside("the model and guide are not the VAE's own methods")
             return False
-        if (part := undeclared(self._parts)) is not None:
+        # The parts as they are now: a component may have been swapped in since construction.
+        parts: list[tuple[str, Any]] = [*module_parts(self._vae), ("the ELBO", self._elbo)]
+        if (part := undeclared(parts)) is not None:
             self._stand_aside(
                 f"{part} does not declare its step static, so a recorded graph could compute "
                 "something else (see the README's 'Recorded steps' for `recordable = True`)"
             )
             return False
+        self._parameters = list(self._loss.parameters())
+        if (hooked := hooks_in(parts, self._parameters)) is not None:
+            self._stand_aside(f"{hooked}, which a recorded graph would not run as it runs")
+            return False
         named = [*self._loss.named_parameters(), *self._loss.named_buffers()]
         self._names = [name for name, _ in named]
         self._inputs = [value for _, value in named]  # the graph's inputs, the batch last
-        self._parameters = list(self._loss.parameters())
-        self._watch = StateWatch(self._parts)
+        self._watch = StateWatch(parts, self._parameters)
         return True
 
     def _record(self, batch: torch.Tensor) -> GraphModule | None:
@@ -146,12 +172,11 @@ class RecordedGradient:
         except Exception as error:  # any failure to record leaves the eager step, always correct
             self._watch.restore()  # whatever the interrupted step had left half-done
             generators.restore()
-            log.info(
-                "training batches of shape %s eagerly: the model and guide could not be recorded "
-                "as a graph (%s: %s)",
-                tuple(batch.shape),
-                type(error).__name__,
-                str(error).splitlines()[0] if str(error) else "",
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            self._stand_aside(
+                "the model and guide could not be recorded as a graph of tensor operations "
+                f"({type(error).__name__}{': ' + lines[0] if lines else ''}); a step that reads "
+                "a tensor's value in Python (if x.mean() > 0, .item()) cannot be"
             )
             return None
         # A broken declaration that shows while recording: state kept between calls (which now

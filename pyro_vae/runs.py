@@ -19,8 +19,10 @@ and rank 0 alone writes the run directory.
 
 import contextlib
 import json
+import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import pyro
 import torch
 
 from pyro_vae import plots
+from pyro_vae.budget import check_budget
 from pyro_vae.checkpoint import (
     Checkpoint,
     capture_rng_state,
@@ -38,20 +41,28 @@ from pyro_vae.checkpoint import (
     save_checkpoint,
 )
 from pyro_vae.config import RunConfig
-from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.data import Dataset, load_dataset, load_run_data
 from pyro_vae.distributed import SINGLE_PROCESS, Replicas
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
 from pyro_vae.pictures import save_reconstructions, save_samples
+from pyro_vae.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    ELBO_CURVE,
+    METRICS,
+    RECONSTRUCTIONS,
+    SAMPLES,
+    TIMING,
+    check_run_dir,
+    check_unlocked,
+    clear_run_files,
+    run_lock,
+    writing,
+)
 from pyro_vae.train import EpochMetrics, StepCallback, Trainer, TrainingDiverged
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-TIMING = "timing.jsonl"
-ELBO_CURVE = "elbo_curve.png"
-RECONSTRUCTIONS = "reconstructions.png"
-SAMPLES = "samples.png"
+log = logging.getLogger(__name__)
 
 NUM_SAMPLES = 64  # images in the samples grid written at the end of training
 NUM_RECONSTRUCTIONS = 16  # test images shown beside their reconstructions
@@ -83,17 +94,6 @@ class RunHooks:
     command: Sequence[str] | None = None  # the command line, recorded in config.json
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse a file, or a folder that already holds something, unless ``overwrite`` is set."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserInputError(f"{run_dir} is a file: choose a directory for the run's output")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise UserInputError(
-            f"{run_dir} already holds files: choose a new output directory, continue the run "
-            "in it (--resume), or replace it (--overwrite)"
-        )
-
-
 def train_run(
     config: RunConfig,
     run_dir: Path,
@@ -103,23 +103,33 @@ def train_run(
 ) -> RunResult:
     """Train a VAE as ``config`` says into a new run directory.
 
-    Every check that can fail (options, device, output folder, data against the likelihood) runs
-    before the first step, so a mistake costs seconds, not a training run.
+    Every check that can fail (options, device, output folder, data against the likelihood, the
+    memory a step needs) runs before the first step, so a mistake costs seconds, not a training
+    run. The data's locations are recorded as absolute paths. ``overwrite`` replaces a previous
+    run's files in ``run_dir`` (and only those); a folder holding only the files of a run that
+    never saved a checkpoint is reused without it.
     """
     run_dir = Path(run_dir)
+    config = replace(config, data=config.data.located())
     if replicas.is_main:
         check_run_dir(run_dir, overwrite)
     device = replicas.device(config.train.device)
     replicas.connect(device)
     pyro.set_rng_seed(config.train.seed)
     data = _load_data(config, device, replicas)
+    check_budget(config, data.image_shape, device)
     vae = VAE.from_config(config.model, data.data_dim).to(device)
     _check_data(vae, data)
     trainer = Trainer(vae, config.train, replicas)
-    if replicas.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_record(run_dir, config, device, data, hooks.command, replicas)
-    return _train(config, run_dir, data, trainer, hooks)
+    run_id = uuid.uuid4().hex
+    with _writer(run_dir, replicas, create=True):
+        if replicas.is_main:
+            removed = clear_run_files(run_dir)
+            if removed:
+                names = ", ".join(path.name for path in removed)
+                log.warning("removed the previous run's files from %s: %s", run_dir, names)
+            _write_record(run_dir, run_id, config, device, data, hooks.command, replicas)
+        return _train(config, run_dir, run_id, data, trainer, hooks)
 
 
 def resume_run(
@@ -127,13 +137,16 @@ def resume_run(
     changes: Mapping[str, Any] | None = None,
     hooks: RunHooks = RunHooks(),
     replicas: Replicas = SINGLE_PROCESS,
+    data_path: str | None = None,
+    data_dir: str | None = None,
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its checkpoint, exactly where it stopped.
 
     ``changes`` may set ``epochs`` (to train longer), ``lr`` (after a divergence, say) and
     ``device``; anything that would change the model, the data or the randomness is refused.
-    The number of processes may change too: a distributed run's randomness is tied to the seed,
-    the epoch and the step (see distributed.py), so the same number continues it exactly.
+    ``data_path`` / ``data_dir`` say where the run's data are now, if they have moved (the same
+    images). The number of processes may change too: a distributed run's randomness is tied to
+    the seed, the epoch and the step (see distributed.py), so the same number continues it exactly.
     """
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(run_dir)
@@ -144,10 +157,16 @@ def resume_run(
             f"a resumed run keeps its configuration, so {', '.join(refused)} cannot change "
             f"(only {', '.join(RESUMABLE)} can): drop those options, or start a new run"
         )
+    run_id = _check_identity(run_dir, checkpoint.run_id)
     config = replace(checkpoint.config, train=replace(checkpoint.config.train, **changes))
+    if replicas.is_main:
+        check_unlocked(run_dir)
     device = replicas.device(config.train.device)
     replicas.connect(device)
-    data = _load_data(config, device, replicas)
+    with replicas.main_first() if config.data.download else contextlib.nullcontext():
+        data = load_run_data(config.data, checkpoint.image_shape, data_path, data_dir)
+    data = data.to(device)
+    config = replace(config, data=config.data.located(data_path, data_dir))
     vae = checkpoint.build_vae(device)
     _check_data(vae, data)
     trainer = Trainer(vae, config.train, replicas)
@@ -158,9 +177,40 @@ def resume_run(
         )
     if checkpoint.rng_state is not None:
         restore_rng_state(checkpoint.rng_state)
-    if replicas.is_main:
-        _write_record(run_dir, config, device, data, hooks.command, replicas, trainer.epoch)
-    return _train(config, run_dir, data, trainer, hooks)
+    with _writer(run_dir, replicas, create=False):
+        if replicas.is_main:
+            _write_record(
+                run_dir, run_id, config, device, data, hooks.command, replicas, trainer.epoch
+            )
+        return _train(config, run_dir, run_id, data, trainer, hooks)
+
+
+@contextlib.contextmanager
+def _writer(run_dir: Path, replicas: Replicas, create: bool) -> Iterator[None]:
+    """Rank 0 as the run directory's one writer, for the block (the other replicas write none)."""
+    if not replicas.is_main:
+        yield
+        return
+    if create:
+        with writing(run_dir, "--out"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        yield
+
+
+def _check_identity(run_dir: Path, run_id: str | None) -> str:
+    """The run's id, after checking that the checkpoint and config.json are of the same run."""
+    try:
+        recorded = json.loads((run_dir / CONFIG).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):  # no record, or not ours: the checkpoint rules
+        recorded = None
+    if run_id is not None and recorded is not None and run_id != recorded:
+        raise UserInputError(
+            f"{run_dir / CHECKPOINT} belongs to another run (id {run_id[:8]}) than "
+            f"{run_dir / CONFIG} (id {recorded[:8]}): a checkpoint copied in from elsewhere? "
+            "Put this run's own checkpoint back, or resume the copy in a folder of its own"
+        )
+    return run_id or recorded or uuid.uuid4().hex  # a checkpoint from before run ids
 
 
 def _load_data(config: RunConfig, device: torch.device, replicas: Replicas) -> Dataset:
@@ -172,10 +222,14 @@ def _load_data(config: RunConfig, device: torch.device, replicas: Replicas) -> D
 def _check_data(vae: VAE, data: Dataset) -> None:
     for split in data.modelled_splits():
         vae.likelihood.check_data(split.x)
+    note = vae.likelihood.scale_note(data.train.x)
+    if note:
+        log.warning(note)
 
 
 def _write_record(
     run_dir: Path,
+    run_id: str,
     config: RunConfig,
     device: torch.device,
     data: Dataset,
@@ -184,6 +238,7 @@ def _write_record(
     resumed_at: int | None = None,
 ) -> None:
     record: dict[str, Any] = {
+        "run_id": run_id,  # shared with the checkpoint: a run directory's identity
         "config": config.to_dict(),
         "environment": environment(),
         "device": str(device),
@@ -205,12 +260,18 @@ def _write_record(
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with writing(path, "--out"):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def _train(
-    config: RunConfig, run_dir: Path, data: Dataset, trainer: Trainer, hooks: RunHooks
+    config: RunConfig,
+    run_dir: Path,
+    run_id: str,
+    data: Dataset,
+    trainer: Trainer,
+    hooks: RunHooks,
 ) -> RunResult:
     replicas = trainer.replicas
     device = next(trainer.vae.parameters()).device
@@ -240,15 +301,18 @@ def _train(
             trainer.vae.state_dict(),
             trainer.state_dict(),
             capture_rng_state(),
+            run_id,
         )
-        save_checkpoint(state, run_dir / CHECKPOINT)
+        path = run_dir / CHECKPOINT
+        with writing(path, "--out"):
+            save_checkpoint(state, path)
 
     def append_lines(metrics: EpochMetrics) -> None:
         if not replicas.is_main:
             return
-        with open(run_dir / METRICS, "a") as file:
+        with writing(run_dir / METRICS, "--out"), open(run_dir / METRICS, "a") as file:
             file.write(_json_line(asdict(metrics)))
-        with open(run_dir / TIMING, "a") as file:
+        with writing(run_dir / TIMING, "--out"), open(run_dir / TIMING, "a") as file:
             file.write(_json_line({"epoch": metrics.epoch, "seconds": trainer.epoch_seconds[-1]}))
 
     steps_since_save = 0
@@ -285,12 +349,7 @@ def _train(
             if hooks.should_stop is not None and replicas.any(hooks.should_stop(), device):
                 return result(False, [run_dir / CHECKPOINT])
     except TrainingDiverged as error:
-        last = f"epoch {trainer.epoch}" if trainer.epoch else "its start"
-        raise TrainingDiverged(
-            f"{error}. {run_dir / CHECKPOINT} still holds the last good state (from {last} or "
-            f"later); continue from it with a lower rate: --resume {run_dir} "
-            f"--lr {config.train.lr / 10:g}"
-        ) from None
+        raise _with_advice(error, run_dir, config) from None
 
     if not replicas.is_main:
         return result(True, [])
@@ -304,6 +363,32 @@ def _train(
     ]
     return result(
         True, [run_dir / name for name in (CHECKPOINT, CONFIG, METRICS, TIMING)] + pictures
+    )
+
+
+def _with_advice(error: TrainingDiverged, run_dir: Path, config: RunConfig) -> TrainingDiverged:
+    """The divergence, with what is on disk and the command that goes on from there."""
+    lr = float(f"{config.train.lr / 10:.3g}")
+    path = run_dir / CHECKPOINT
+    if path.is_file():
+        saved = load_checkpoint(path).trainer_state
+        position = f"epoch {len(saved['history'])}"
+        if saved["epoch_in_progress"] is not None:
+            position += f" and {saved['epoch_in_progress']['steps_done']} steps"
+        return TrainingDiverged(
+            f"{error}; {path} holds the last good state (after {position}): continue from it "
+            f"with a lower rate: pyro-vae train --resume {run_dir} --lr {lr:g} "
+            f"--epochs {config.train.epochs}",
+            run_dir=run_dir,
+            lower_lr=lr,
+            resumable=True,
+        )
+    return TrainingDiverged(
+        f"{error}; no checkpoint had been saved, so there is nothing to resume: train again "
+        f"with a lower rate (--lr {lr:g}), into the same --out {run_dir} if you like",
+        run_dir=run_dir,
+        lower_lr=lr,
+        resumable=False,
     )
 
 

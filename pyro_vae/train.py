@@ -3,6 +3,7 @@
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -36,7 +37,21 @@ class EpochMetrics:
 
 
 class TrainingDiverged(UserInputError):
-    """The loss or a parameter stopped being a finite number, almost always a too-high ``lr``."""
+    """The loss or a parameter stopped being a finite number, almost always a too-high ``lr``.
+
+    Raised by a run with what it knows of the way on: the run directory, a lower rate, and
+    whether a checkpoint there can be resumed (else the run must start again).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        run_dir: Path | None = None,
+        lower_lr: float | None = None,
+        resumable: bool = False,
+    ):
+        super().__init__(message)
+        self.run_dir, self.lower_lr, self.resumable = run_dir, lower_lr, resumable
 
 
 # Called after every step with (step within the epoch, steps per epoch, loss as a 0-dim tensor).
@@ -80,7 +95,7 @@ class Trainer:
         self._parameters = list(vae.parameters())
         replicas.connect(self._parameters[0].device)  # a no-op when train_run has connected
         replicas.broadcast(self._parameters)  # one model on every replica, whatever happened
-        self.elbo = elbo if elbo is not None else make_elbo(config.elbo, config.num_particles)
+        self._elbo = elbo if elbo is not None else make_elbo(config.elbo, config.num_particles)
         # This trainer owns the parameters, so it calls the model and guide without the
         # param-store registration that Pyro's optimizers need, a per-step cost. RenyiELBO is the
         # exception: it computes gradients only for traces in which it sees parameter sites.
@@ -108,6 +123,12 @@ class Trainer:
         self._loss_sum = torch.zeros(())  # their summed loss,
         self._seconds = 0.0  # and their time
         self._validated = False  # whether a step has run with Pyro's validation on
+
+    @property
+    def elbo(self) -> ELBO:
+        """The objective, fixed for the trainer's life (a recorded step holds it): to train with
+        another, make another ``Trainer`` (``Trainer(vae, config, elbo=...)``)."""
+        return self._elbo
 
     @property
     def epoch(self) -> int:

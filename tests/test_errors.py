@@ -4,6 +4,7 @@ One table lists them all: the command line (built in a fresh folder, beside a co
 run) and the words the error must contain.
 """
 
+import fcntl
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,7 @@ CASES: dict[str, tuple[Setup, str]] = {
         "give one of them",
     ),
     # output
-    "run directory in use": (lambda t, r: ["train", "--out", r], "already holds files"),
+    "run directory in use": (lambda t, r: ["train", "--out", r], "holds a trained run"),
     "output is a file": (lambda t, r: ["train", "--out", r / "config.json"], "is a file"),
     "picture over a data file": (
         lambda t, r: ["sample", r, "--out", npy(t, np.ones((3, 4)))],
@@ -104,7 +105,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     # resuming
     "resume changes the model": (
         lambda t, r: ["train", "--resume", r, "--epochs", "3", "--latent-dim", "2"],
-        "--latent-dim cannot change",
+        "--latent-dim (the run has 8) cannot change",
     ),
     "resume a finished run": (lambda t, r: ["train", "--resume", r], "has finished its 1 epochs"),
     "resume with --out": (lambda t, r: ["train", "--resume", r, "--out", t / "x"], "drop --out"),
@@ -146,12 +147,149 @@ CASES: dict[str, tuple[Setup, str]] = {
         ],
         "in [0, 1]",
     ),
+    # values that cannot be trained on
+    "infinite sigma": (lambda t, r: ["train", "--sigma", "inf"], "'--sigma'"),
+    "sigma too small for float32": (lambda t, r: ["train", "--sigma", "1e-30"], "from 1e-06"),
+    "sigma too large": (lambda t, r: ["train", "--sigma", "1e30"], "to 1e+06"),
+    "infinite learning rate": (lambda t, r: ["train", "--lr", "inf"], "'--lr'"),
+    "negative seed": (lambda t, r: ["train", "--seed", "-1"], "'--seed'"),
+    "seed of 2^32": (lambda t, r: ["train", "--seed", str(2**32)], "'--seed'"),
+    "huge seed": (lambda t, r: ["train", "--seed", "9" * 40], "'--seed'"),
+    "negative sampling seed": (lambda t, r: ["sample", r, "--seed", "-5"], "'--seed'"),
+    "layers too large for memory": (
+        lambda t, r: ["train", "--hidden-dims", "1000000000"],
+        "lower --hidden-dims",
+    ),
+    "particles too many for memory": (
+        lambda t, r: ["train", "--num-particles", "100000000"],
+        "lower --num-particles",
+    ),
+    "a device torch knows, pyro-vae does not": (
+        lambda t, r: ["train", "--device", "mps"],
+        "choose auto, cpu, cuda or cuda:N",
+    ),
+    "a malformed CUDA device": (lambda t, r: ["train", "--device", "cuda:x"], "cuda:N"),
+    "a device for sampling that torch does not know": (
+        lambda t, r: ["sample", r, "--device", "tpu"],
+        "choose auto, cpu, cuda or cuda:N",
+    ),
+    # output locations that cannot be written
+    "run directory below a file": (
+        lambda t, r: ["train", "--out", npy(t, np.ones((3, 4))) / "run"],
+        "is a file, not a folder",
+    ),
+    "run directory where nothing can be created": (
+        lambda t, r: ["train", "--out", "/proc/pyro-vae-run"],
+        "cannot write /proc/pyro-vae-run",
+    ),
+    "run directory on a read-only system folder": (
+        lambda t, r: ["train", "--out", "/sys/pyro-vae-run"],
+        "cannot write /sys/pyro-vae-run",
+    ),
+    "picture where nothing can be created": (
+        lambda t, r: ["sample", r, "--out", "/proc/samples.png"],
+        "cannot write /proc",
+    ),
+    "picture below a file": (
+        lambda t, r: ["manifold", r, "--out", npy(t, np.ones((3, 4))) / "m.png"],
+        "is a file, not a folder",
+    ),
+    "evaluation where nothing can be created": (
+        lambda t, r: ["evaluate", r, "--num-samples", "2", "--out", "/proc/e.json"],
+        "cannot write /proc",
+    ),
+    "a folder holding someone's files": (
+        lambda t, r: ["train", "--out", _with_file(t / "mine", "notes.txt")],
+        "files that are not a run's (notes.txt)",
+    ),
+    # data that cannot be read as images, or scored
+    "text file named .npy": (
+        lambda t, r: ["train", "--data", _text(t / "data.npy", "0.1,0.2\n")],
+        "not a NumPy .npy or .npz file",
+    ),
+    "objects in an .npz": (
+        lambda t, r: ["train", "--data", npz(t, x=np.array([[1, "a"]] * 30, dtype=object))],
+        "holds Python objects",
+    ),
+    "complex array": (
+        lambda t, r: ["train", "--data", npy(t, np.ones((30, 4)) * (1 + 1j))],
+        "complex numbers",
+    ),
+    "labels that do not match the images": (
+        lambda t, r: ["train", "--data", npz(t, x=np.ones((30, 4)), y=np.zeros(29, int))],
+        "do not label the 30 images",
+    ),
+    "signed integers that are not pixels": (
+        lambda t, r: ["train", "--data", npy(t, np.full((30, 4), -7, dtype=np.int64))],
+        "not pixel intensities",
+    ),
+    "values too large to score": (
+        lambda t, r: ["train", "--data", npy(t, np.full((30, 4), 1e25, dtype=np.float32))],
+        "cannot score the value 1e+25",
+    ),
+    "values beyond float32": (
+        lambda t, r: ["train", "--data", npy(t, np.full((30, 4), 1e300))],
+        "beyond float32's range",
+    ),
+    "moved data for a run not trained on a file": (
+        lambda t, r: ["evaluate", r, "--data", npy(t, np.ones((30, 64)))],
+        "not on a data file: drop --data",
+    ),
+    # run directories: one writer, one identity
+    "resume a run another process is training": (
+        lambda t, r: ["train", "--resume", _locked(r), "--epochs", "3"],
+        "is being trained by process",
+    ),
+    "train into a folder another process is training": (
+        lambda t, r: ["train", "--out", _locked(t / "busy"), "--overwrite"],
+        "is being trained by process",
+    ),
+    "checkpoint copied in from another run": (
+        lambda t, r: [
+            "train",
+            "--resume",
+            edited_checkpoint(r, lambda p: p.update(run_id="f" * 32)),
+            "--epochs",
+            "3",
+        ],
+        "belongs to another run",
+    ),
     # training
     "diverging learning rate": (
         lambda t, r: ["train", "--lr", "5", "--sigma", "0.1", "--out", t / "run"],
         "learning rate",
     ),
 }
+
+
+def npz(tmp: Path, **arrays: np.ndarray) -> Path:
+    np.savez(tmp / "data.npz", **arrays)
+    return tmp / "data.npz"
+
+
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _with_file(folder: Path, name: str) -> Path:
+    folder.mkdir()
+    (folder / name).write_text("mine")
+    return folder
+
+
+_HELD_LOCKS: list = []  # open files whose locks stand for a training process, until the test ends
+
+
+def _locked(run_dir: Path) -> Path:
+    """``run_dir`` as another process training in it would leave it: its lock held."""
+    run_dir.mkdir(exist_ok=True)
+    file = open(run_dir / ".lock", "a+")  # noqa: SIM115 (kept open: it holds the lock)
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    file.write("4242\n")
+    file.flush()
+    _HELD_LOCKS.append(file)
+    return run_dir
 
 
 def _truncate(path: Path, size: int) -> Path:
@@ -183,6 +321,13 @@ def snapshot(folder: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.fixture(autouse=True)
+def release_held_locks():
+    yield
+    while _HELD_LOCKS:
+        _HELD_LOCKS.pop().close()
+
+
 @pytest.mark.parametrize("setup, message", CASES.values(), ids=CASES.keys())
 def test_user_mistakes_get_one_line_and_exit_status_2(setup, message, trained_run, tmp_path):
     if message == "CUDA is not available" and torch.cuda.is_available():
@@ -190,7 +335,13 @@ def test_user_mistakes_get_one_line_and_exit_status_2(setup, message, trained_ru
     run = tmp_path / "trained"
     shutil.copytree(trained_run, run)
     args = [str(a) for a in setup(tmp_path, run)]
-    before = snapshot(tmp_path)
+    assert_user_error(args, message, tmp_path)
+
+
+def assert_user_error(args: list[str], message: str, folder: Path) -> None:
+    """``args`` end in one ``Error:`` line containing ``message``, exit status 2, no traceback,
+    every file under ``folder`` still there as it was, and no default run directory started."""
+    before = snapshot(folder)
     default_runs = Path.cwd() / "runs"  # where train writes without --out
     runs_before = set(default_runs.iterdir()) if default_runs.is_dir() else set()
     result = CliRunner().invoke(cli.app, args)
@@ -199,6 +350,21 @@ def test_user_mistakes_get_one_line_and_exit_status_2(setup, message, trained_ru
     assert len(error_lines) == 1, result.stderr
     assert message in error_lines[0]
     assert "Traceback" not in result.output
-    assert all(path.read_bytes() == content for path, content in before.items())
+    after = snapshot(folder)
+    assert all(after.get(path) == content for path, content in before.items())
     runs_after = set(default_runs.iterdir()) if default_runs.is_dir() else set()
     assert runs_after == runs_before  # no run directory was started
+
+
+def test_a_download_without_a_network_is_one_line(tmp_path, monkeypatch):
+    """torchvision's own failure (no network here: it is made to fail as it would)."""
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    args = ["train", "--dataset", "mnist", "--download", "--data-dir", str(tmp_path / "data")]
+    assert_user_error(args, "could not download mnist", tmp_path)

@@ -4,6 +4,7 @@ Every file here is written by the test itself: nothing is read from shared data 
 """
 
 import gzip
+import logging
 import sys
 
 import numpy as np
@@ -142,8 +143,56 @@ def test_unreadable_or_ambiguous_files(tmp_path):
     with pytest.raises(UserInputError, match="not a readable"):
         load_dataset(array_config(tmp_path / "junk.npy"))
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 3, dtype=object))
-    with pytest.raises(UserInputError, match="not a readable"):
+    with pytest.raises(UserInputError, match="holds Python objects") as error:
         load_dataset(array_config(tmp_path / "objects.npy"))
+    assert "allow_pickle" not in str(error.value)  # NumPy's advice is never passed on
     np.savez(tmp_path / "two.npz", a=np.zeros((5, 2)), b=np.zeros((5, 2)))
     with pytest.raises(UserInputError, match="name the images 'x'"):
         load_dataset(array_config(tmp_path / "two.npz"))
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p: p.write_text("0.1, 0.2\n0.3, 0.4\n"), "not a NumPy .npy or .npz file"),
+        (
+            lambda p: np.savez(p, x=np.array([[1, "a"]] * 20, dtype=object)),
+            "holds Python objects",
+        ),
+        (lambda p: np.save(p, np.ones((20, 4)) * (1 + 2j)), "holds complex numbers"),
+        (lambda p: np.savez(p, x=np.ones((20, 4)), y=np.zeros(19, int)), "do not label the 20"),
+        (lambda p: np.savez(p, x=np.ones((20, 4)), y=np.zeros(20)), "one integer label per"),
+        (lambda p: np.save(p, np.full((20, 4), -3, dtype=np.int32)), "not pixel intensities"),
+        (lambda p: np.save(p, np.full((20, 4), 1e300)), "beyond float32's range"),
+    ],
+    ids=["text", "objects-in-npz", "complex", "labels-too-few", "float-labels", "signed", "huge"],
+)
+def test_arrays_that_cannot_be_images_are_refused_with_their_own_line(tmp_path, write, message):
+    write(tmp_path / "data.npy")  # np.savez makes it data.npy.npz: either way, the one file
+    (path,) = tmp_path.iterdir()
+    with pytest.raises(UserInputError, match=message):
+        load_dataset(array_config(path))
+
+
+@pytest.mark.parametrize(
+    ("array", "expected_max"),
+    [
+        (np.arange(0, 256, dtype=np.int64).reshape(16, 16) % 256, 1.0),  # 8-bit in int64
+        (np.full((16, 16), 65535, dtype=np.uint16), 1.0),  # 16-bit by its type
+        (np.full((16, 16), 128, dtype=np.uint8), 128 / 255),
+        (np.full((16, 16), 1000, dtype=np.int32), 1000 / 65535),  # above 255: 16-bit
+    ],
+)
+def test_integer_images_are_scaled_by_their_bit_depth(tmp_path, array, expected_max):
+    np.save(tmp_path / "images.npy", array)
+    data = load_dataset(array_config(tmp_path / "images.npy"))
+    x = torch.cat([data.train.x, data.val.x, data.test.x])
+    assert x.max().item() == pytest.approx(expected_max, rel=1e-6)
+    assert x.min() >= 0
+
+
+def test_an_npz_without_x_says_which_array_it_used(tmp_path, caplog):
+    np.savez(tmp_path / "one.npz", images=np.random.default_rng(0).random((20, 4)))
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        load_dataset(array_config(tmp_path / "one.npz"))
+    assert "'images'" in caplog.text

@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -156,7 +157,8 @@ def test_a_model_that_reads_values_trains_eagerly_and_says_why(digits, caplog):
 
     with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
         losses, parameters = trained(seed=1)
-    assert "eagerly" in caplog.text and "(32, 64)" in caplog.text
+    assert "training eagerly" in caplog.text and "reads a tensor's value" in caplog.text
+    assert len(caplog.records) == 1
 
     # The same run, every step eager: what it must equal
     pyro.set_rng_seed(1)
@@ -224,6 +226,14 @@ class NumPyRandomLikelihood(Likelihood):
         return dist.Normal(x_hat, float(np.random.uniform(0.5, 1.5))).to_event(1)
 
 
+class NumPyGaussianLikelihood(Likelihood):
+    """σ from NumPy's legacy normal draw, which every other call serves from a cache: the
+    generator's position does not move for those."""
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(x_hat, 1.0 + 0.1 * abs(float(np.random.normal()))).to_event(1)
+
+
 class CachingLikelihood(Likelihood):
     """Keeps the last decoder output: a recording would leave its fake tensor there."""
 
@@ -264,6 +274,7 @@ USER_COMPONENTS = [
             FloatLikelihood,
             PythonRandomLikelihood,
             NumPyRandomLikelihood,
+            NumPyGaussianLikelihood,
             CachingLikelihood,
         ]
         for declared in (False, True)
@@ -315,43 +326,45 @@ def test_a_user_component_trains_as_eagerly_or_eagerly_with_a_reason(
         FloatLikelihood: "likelihood.sigma changed after the step was recorded",
         PythonRandomLikelihood: "Python's or NumPy's random number generator",
         NumPyRandomLikelihood: "Python's or NumPy's random number generator",
+        NumPyGaussianLikelihood: "Python's or NumPy's random number generator",
         CachingLikelihood: "likelihood.last_x_hat changed while the step was recorded",
     }[kind if declared else False]
     assert expected in reasons[0]
 
 
-def test_a_subclass_of_a_builtin_component_declares_for_itself(caplog):
-    class Tempered(GaussianLikelihood):
-        def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
-            return dist.Normal(x_hat, self.scale * self.temperature).to_event(1)
+class TemperedLikelihood(GaussianLikelihood):
+    """A subclass of a built-in that changes ``forward``: it has not declared anything."""
 
-    assert declares_static(GaussianLikelihood) and not declares_static(Tempered)
+    temperature = 2.0
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(x_hat, self.scale * self.temperature).to_event(1)
+
+
+def test_a_subclass_of_a_builtin_component_declares_for_itself(digits, caplog):
+    assert declares_static(GaussianLikelihood) and not declares_static(TemperedLikelihood)
     assert declares_static(torch.nn.Linear)
+    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+        recorded, _ = train_steps(TemperedLikelihood(64), True, digits.train.x[:32], steps=3)
+    eager, _ = train_steps(TemperedLikelihood(64), False, digits.train.x[:32], steps=3)
+    assert_same_steps(recorded, eager)
+    assert [r.getMessage() for r in caplog.records] == [
+        "training eagerly: likelihood (TemperedLikelihood) does not declare its step static, so a "
+        "recorded graph could compute something else (see the README's 'Recorded steps' for "
+        "`recordable = True`)"
+    ]
+
+
+def assert_same_steps(recorded, eager) -> None:
+    for (loss, values), (eager_loss, eager_values) in zip(recorded, eager, strict=True):
+        if loss is not None:
+            torch.testing.assert_close(loss, eager_loss, rtol=0, atol=0)
+        for value, eager_value in zip(values, eager_values, strict=True):
+            torch.testing.assert_close(value, eager_value, rtol=0, atol=0)
 
 
 def test_a_builtin_buffer_updated_in_place_stays_recorded_and_exact(digits, caplog):
     """The way to change a value during training: the graph reads a buffer at every replay."""
-    x = digits.train.x[:32]
-    results = []
-    for record_graph in (True, False):
-        pyro.set_rng_seed(0)
-        vae = VAE(64, 3, hidden_dims=(16,))
-        trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
-        losses = []
-        for step in range(4):
-            vae.likelihood.scale.fill_(1.0 / (1 + step))
-            losses.append(trainer.step(x))
-        results.append((losses, [p.detach().clone() for p in vae.parameters()]))
-        if record_graph:
-            assert trainer._recorded.eager_reason is None and trainer._recorded._graphs
-    for recorded, eager in zip(*results, strict=True):
-        torch.testing.assert_close(recorded, eager, rtol=0, atol=0)
-    assert "eagerly" not in caplog.text
-
-
-def test_a_builtin_buffer_reassigned_is_noticed(digits, caplog):
-    """The built-in Gaussian likelihood's σ reassigned (as a user annealing it might): the steps
-    after it are eager, and equal to a run that was eager throughout."""
     x = digits.train.x[:32]
     results = []
     with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
@@ -359,9 +372,105 @@ def test_a_builtin_buffer_reassigned_is_noticed(digits, caplog):
             pyro.set_rng_seed(0)
             vae = VAE(64, 3, hidden_dims=(16,))
             trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
-            losses = [trainer.step(x), trainer.step(x)]
-            vae.likelihood.scale = torch.tensor(0.1)  # −log N(x; x̂, 0.1²): a larger loss
-            losses += [trainer.step(x), trainer.step(x)]
-            results.append(losses)
-    torch.testing.assert_close(torch.stack(results[0]), torch.stack(results[1]), rtol=0, atol=0)
-    assert "likelihood.scale was reassigned after the step was recorded" in caplog.text
+            losses = []
+            for step in range(4):
+                vae.likelihood.scale.fill_(1.0 / (1 + step))
+                losses.append(trainer.step(x))
+            results.append((losses, [p.detach().clone() for p in vae.parameters()]))
+            if record_graph:  # replayed: a graph was made and kept
+                assert trainer._recorded.eager_reason is None
+                assert len(trainer._recorded._graphs) == 1
+    for recorded, eager in zip(*results, strict=True):
+        torch.testing.assert_close(recorded, eager, rtol=0, atol=0)
+    assert not caplog.records
+
+
+def changed_between_steps(digits, change, steps_before: int = 2, steps_after: int = 2):
+    """Losses and parameters of a recorded and an eager run, with ``change(vae, trainer)`` made
+    between their steps, and the log lines of the recorded one."""
+    x = digits.train.x[:32]
+    results = []
+    for record_graph in (True, False):
+        pyro.set_rng_seed(0)
+        vae = VAE(64, 3, hidden_dims=(16,))
+        trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
+        losses = [trainer.step(x) for _ in range(steps_before)]
+        change(vae, trainer)
+        losses += [trainer.step(x) for _ in range(steps_after)]
+        results.append((torch.stack(losses), [p.detach().clone() for p in vae.parameters()]))
+    (losses, parameters), (eager_losses, eager_parameters) = results
+    torch.testing.assert_close(losses, eager_losses, rtol=0, atol=0)
+    for parameter, eager_parameter in zip(parameters, eager_parameters, strict=True):
+        torch.testing.assert_close(parameter, eager_parameter, rtol=0, atol=0)
+
+
+def swap_likelihood(likelihood: nn.Module):
+    def change(vae, trainer) -> None:
+        vae.likelihood = likelihood
+
+    return change
+
+
+def reassign_scale(vae, trainer) -> None:
+    vae.likelihood.scale = torch.tensor(0.1)  # −log N(x; x̂, 0.1²): a larger loss
+
+
+def forward_hook(vae, trainer) -> None:
+    vae.decoder.register_forward_hook(lambda module, args, out: out * 0.5)
+
+
+def gradient_hook(vae, trainer) -> None:
+    vae.decoder.net[0].weight.register_hook(lambda gradient: gradient.clamp(-1e-3, 1e-3))
+
+
+CHANGES = {
+    # before the first step: the recording reads the new tensor, nothing to stand aside for
+    "a built-in's buffer reassigned before recording": (reassign_scale, 0, None),
+    "the same, after recording": (reassign_scale, 2, "likelihood.scale was reassigned"),
+    "an undeclared likelihood swapped in before recording": (
+        swap_likelihood(FloatLikelihood(64)),
+        1,
+        "likelihood (FloatLikelihood) does not declare",
+    ),
+    "a forward hook before recording": (forward_hook, 1, "decoder has a hook (forward_hooks)"),
+    "a forward hook after recording": (forward_hook, 2, "a hook of decoder (forward_hooks)"),
+    "a gradient hook before recording": (gradient_hook, 1, "a parameter has a gradient hook"),
+    "a gradient hook after recording": (gradient_hook, 2, "a parameter has a gradient hook"),
+}
+
+
+@pytest.mark.parametrize(("change", "steps_before", "reason"), CHANGES.values(), ids=CHANGES)
+def test_changes_between_steps_are_noticed(change, steps_before, reason, digits, caplog):
+    """Made after the trainer (the first step is eager and validates, the second records)."""
+    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+        changed_between_steps(digits, change, steps_before)
+    messages = [record.getMessage() for record in caplog.records]
+    if reason is None:
+        assert not messages
+    else:
+        assert len(messages) == 1 and reason in messages[0], messages
+
+
+def test_steps_inside_a_pyro_handler_are_eager(digits, caplog):
+    """An annealing schedule written as poutine.scale around the step: the scale of the step,
+    not of the recording."""
+    x = digits.train.x[:32]
+    losses = {}
+    for record_graph in (True, False):
+        pyro.set_rng_seed(0)
+        trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig(), record_graph=record_graph)
+        losses[record_graph] = []
+        with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+            for step in range(4):
+                with poutine.scale(scale=1.0 / (1 + step)):
+                    losses[record_graph].append(trainer.step(x))
+    torch.testing.assert_close(
+        torch.stack(losses[True]), torch.stack(losses[False]), rtol=0, atol=0
+    )
+    assert "inside a Pyro handler (ScaleMessenger)" in caplog.text
+
+
+def test_the_trainers_objective_cannot_be_swapped_under_its_recording():
+    trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig())
+    with pytest.raises(AttributeError):
+        trainer.elbo = make_elbo("analytic")
