@@ -3,30 +3,32 @@
 Run it as ``python cli.py ...`` from a checkout or as ``pyro-vae ...`` once installed.
 """
 
-import contextlib
 import functools
-import inspect
 import json
 import logging
 import math
 import os
-import shlex
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pyro
 import torch
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cli_training import (
+    WorkProgress,
+    command_line,
+    explicit_options,
+    refuse_changes_on_resume,
+    summarise,
+    training,
+)
 from pyro_vae import (
     DATASETS,
     ESTIMATORS,
@@ -35,10 +37,8 @@ from pyro_vae import (
     VAE,
     Checkpoint,
     DataConfig,
-    EpochMetrics,
     ModelConfig,
     RunConfig,
-    RunResult,
     TrainConfig,
     TrainingDiverged,
     UserInputError,
@@ -49,7 +49,7 @@ from pyro_vae import (
 )
 from pyro_vae.config import BINARIZATIONS, MAX_SEED
 from pyro_vae.data import Split, load_run_data
-from pyro_vae.distributed import Replicas, disconnect
+from pyro_vae.distributed import Replicas
 from pyro_vae.evaluate import evaluate_bounds
 from pyro_vae.objectives import kl_method
 from pyro_vae.pictures import (
@@ -61,7 +61,6 @@ from pyro_vae.pictures import (
 )
 from pyro_vae.registry import accepts
 from pyro_vae.rundir import check_writable, writing
-from pyro_vae.runs import RunHooks
 
 app = typer.Typer(
     help="Variational autoencoders as Pyro model/guide pairs: train, sample, reconstruct.",
@@ -70,7 +69,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain click output: an error is one "Error: ..." line, as ours are
     pretty_exceptions_show_locals=False,  # a bug's traceback stays readable, without tensor dumps
 )
-stderr = Console(stderr=True)
 _debug = False  # set by --debug: user errors then show their traceback too
 
 
@@ -279,8 +277,8 @@ def train(
     """
     replicas = Replicas.from_environment()
     if resume is not None:
-        _refuse_changes_on_resume(ctx, out, resume)
-        explicit = _explicit_options(ctx)
+        refuse_changes_on_resume(ctx, out, resume)
+        explicit = explicit_options(ctx)
         changes = {
             name: value
             for name, value in (("epochs", epochs), ("lr", lr), ("device", device))
@@ -290,11 +288,11 @@ def train(
             "data_path": str(data) if data is not None else None,
             "data_dir": str(data_dir) if "data_dir" in explicit else None,
         }
-        with _training(replicas, checkpoint_every) as (hooks, stops):
+        with training(replicas, checkpoint_every) as (hooks, stops):
             result = resume_run(resume, changes, hooks, replicas, **moved)
-        return _summarise(result, replicas, stops)
+        return summarise(result, replicas, stops)
 
-    if data is not None and "dataset" in _explicit_options(ctx):
+    if data is not None and "dataset" in explicit_options(ctx):
         raise UserInputError("--data FILE and --dataset both name the data: give one of them")
     prior_options = _component_options(
         PRIORS, "prior", prior.value, {"--components": ("num_components", components)}
@@ -333,251 +331,15 @@ def train(
             raise UserInputError("a run started by torchrun needs its directory: pass --out DIR")
         name = data.stem if data is not None else dataset.value
         out = Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
-    with _training(replicas, checkpoint_every) as (hooks, stops):
+    with training(replicas, checkpoint_every) as (hooks, stops):
         try:
             result = train_run(config, out, overwrite, hooks, replicas)
         except TrainingDiverged as error:
             if error.resumable or error.lower_lr is None:
                 raise
-            again = _command_line(ctx, {"lr": error.lower_lr, "out": out, "overwrite": False})
+            again = command_line(ctx, {"lr": error.lower_lr, "out": out, "overwrite": False})
             raise UserInputError(f"{error}: {again}") from None
-    _summarise(result, replicas, stops)
-
-
-# Options a resumed run may set: what it may change, and where its data are now.
-RESUMABLE_OPTIONS = {"resume", "epochs", "lr", "device", "checkpoint_every", "data", "data_dir"}
-
-
-def _explicit_options(ctx: typer.Context) -> set[str]:
-    """The options given on the command line (or in the environment), not left at defaults."""
-    return {
-        name
-        for name in ctx.params
-        if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
-    }
-
-
-def _refuse_changes_on_resume(ctx: typer.Context, out: Path | None, resume: Path) -> None:
-    """Refuse options that would change a resumed run; accept those given at its stored value."""
-    if out is not None:
-        raise UserInputError("--resume RUN names the run directory: drop --out")
-    given = _explicit_options(ctx) - RESUMABLE_OPTIONS
-    if not given:
-        return
-    stored = _stored_options(load_checkpoint(resume).config)
-    changed = sorted(name for name in given if _option_value(ctx.params[name]) != stored.get(name))
-    if changed:
-        flags = ", ".join(
-            f"--{name.replace('_', '-')} (the run has {stored.get(name)})" for name in changed
-        )
-        raise UserInputError(
-            f"a resumed run keeps its configuration, so {flags} cannot change (only --epochs, "
-            "--lr, --device, --checkpoint-every and the data's location can): drop them, or "
-            "start a new run"
-        )
-
-
-def _option_value(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
-
-
-def _stored_options(config: RunConfig) -> dict[str, Any]:
-    """The run's configuration as the values of ``train``'s options."""
-    model, data, train = config.model, config.data, config.train
-    return {
-        "dataset": data.dataset,
-        "download": data.download,
-        "binarize": data.binarize,
-        "elbo": train.elbo,
-        "num_particles": train.num_particles,
-        "batch_size": train.batch_size,
-        "seed": train.seed,
-        "latent_dim": model.latent_dim,
-        "hidden_dims": ",".join(map(str, model.hidden_dims)),
-        "prior": model.prior,
-        "likelihood": model.likelihood,
-        "sigma": model.likelihood_options.get(
-            "sigma", _default(LIKELIHOODS, model.likelihood, "sigma")
-        ),
-        "components": model.prior_options.get(
-            "num_components", _default(PRIORS, model.prior, "num_components")
-        ),
-    }
-
-
-def _default(registry: Any, name: str, option: str) -> Any:
-    parameter = (
-        inspect.signature(registry[name]).parameters.get(option) if name in registry else None
-    )
-    return None if parameter is None else parameter.default
-
-
-def _command_line(ctx: typer.Context, values: dict[str, Any]) -> str:
-    """The command that ran, as a user would type it, with ``values`` put in or replaced."""
-    chosen = {name: ctx.params[name] for name in _explicit_options(ctx)} | values
-    words = ["pyro-vae", ctx.info_name or "train"]
-    for name, value in chosen.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            words += [flag] if value else []
-        elif value is not None:
-            words += [flag, shlex.quote(str(_option_value(value)))]
-    return " ".join(words)
-
-
-@contextlib.contextmanager
-def _training(
-    replicas: Replicas, checkpoint_every: int | None
-) -> Iterator[tuple[RunHooks, "_StopRequests"]]:
-    """The hooks of a training run: Ctrl-C and SIGTERM handling, a progress bar on rank 0 only."""
-    try:
-        with _TrainingProgress() as progress, _StopRequests(replicas) as stops:
-            hooks = RunHooks(should_stop=stops, checkpoint_every=checkpoint_every, command=sys.argv)
-            if replicas.is_main:
-                hooks = replace(hooks, on_step=progress.on_step, on_epoch=progress.on_epoch)
-            yield hooks, stops
-    except BaseException:
-        disconnect(together=False)
-        raise
-    disconnect()
-
-
-class _StopRequests:
-    """Ctrl-C (SIGINT) and SIGTERM (what ``kill`` and cluster schedulers send) as requests to save
-    and stop after the current step; called, says whether one came.
-
-    Stopping between steps, never inside one, keeps the parameters and the optimizer in step;
-    a second signal stops at once, without saving. Not under torchrun, though: there the terminal
-    and then torchrun itself send each process a SIGINT, and the processes must stop together.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    NAMES: ClassVar[dict[int, str]] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-
-    def __init__(self, replicas: Replicas):
-        self.replicas = replicas
-        self.signal: int | None = None  # the first that came
-        self._previous: dict[int, Any] = {}
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signal is not None and not self.replicas.distributed:
-            stderr.print("Aborted without saving this step: the run keeps its last checkpoint.")
-            raise KeyboardInterrupt
-        if self.signal is None and self.replicas.is_main:
-            again = "" if self.replicas.distributed else f" ({self.NAMES[signum]} again to abort)"
-            stderr.print(f"{self.NAMES[signum]}: stopping after this step{again}...")
-        self.signal = self.signal or signum
-
-    def __enter__(self) -> "_StopRequests":
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-
-
-def _summarise(result: RunResult, replicas: Replicas, stops: _StopRequests) -> None:
-    # The shell's code for a process ended by the signal: 128 + its number (130, 143).
-    stopped_code = 128 + (stops.signal or signal.SIGINT)
-    if not replicas.is_main:  # rank 0 reports for all the processes
-        raise typer.Exit(0 if result.finished else stopped_code)
-    if not result.finished:
-        position = f"epoch {result.history[-1].epoch if result.history else 0}"
-        if result.steps_done:
-            position += f" and {result.steps_done} steps"
-        typer.echo(
-            f"Stopped after {position}; the checkpoint is saved. Continue with: "
-            f"pyro-vae train --resume {result.run_dir}"
-        )
-        raise typer.Exit(stopped_code)
-    final = result.history[-1]
-    typer.echo(
-        f"Trained {final.epoch} epochs on {result.device} in {sum(result.epoch_seconds):.1f} s "
-        f"of SVI steps ({final.train_kl} KL). Validation ELBO: {final.val_elbo:.2f} nats per "
-        f"image ({final.val_kl} KL)."
-    )
-    config = result.config
-    if config.train.elbo == "analytic" and final.train_kl != "closed-form":
-        typer.echo(
-            f"Note: the {config.model.prior} prior has no closed-form KL to the Gaussian guide, "
-            "so --elbo analytic (TraceMeanField_ELBO) estimated that term by Monte Carlo."
-        )
-    typer.echo(f"Run directory: {result.run_dir}")
-    for path in result.files:
-        typer.echo(f"  {path.name}")
-
-
-class _Progress:
-    """A progress bar for long work that reports (done, total); shown only past a second."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self.start = time.monotonic()
-        self.progress = Progress(
-            TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr
-        )
-        self.task: Any = None
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.task is not None:
-            self.progress.stop()
-
-    def update(self, done: int, total: int) -> None:
-        if self.task is None:
-            if time.monotonic() - self.start < 1.0:  # quick work needs no bar
-                return
-            self.progress.start()
-            self.task = self.progress.add_task(self.what, total=total)
-        self.progress.update(self.task, completed=done)
-
-
-class _TrainingProgress:
-    """A progress bar over the run's steps with the live loss and the last validation ELBO."""
-
-    REFRESH_SECONDS = 0.2  # reading the loss forces a device sync: do it a few times a second only
-
-    def __init__(self) -> None:
-        self.fields = {"epochs": "…", "loss": "…", "val": "…"}
-        self.last_read = 0.0
-        self.progress = Progress(
-            TextColumn("epochs done {task.fields[epochs]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("loss {task.fields[loss]}  val ELBO {task.fields[val]}"),
-            console=stderr,
-        )
-        self.task: Any = None
-
-    def __enter__(self) -> "_TrainingProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.task is not None:  # stopping a bar never shown would print an empty line
-            self.progress.stop()
-
-    def on_step(self, step: int, num_steps: int, loss: torch.Tensor) -> None:
-        if self.task is None:  # only once training runs, not before the checks pass
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=num_steps, **self.fields)
-        if step == 1:
-            self.progress.reset(self.task, total=num_steps)
-        self.progress.advance(self.task)
-        now = time.monotonic()
-        if now - self.last_read > self.REFRESH_SECONDS or step == num_steps:
-            self.last_read = now
-            self.progress.update(self.task, loss=f"{loss.item():.2f}")
-
-    def on_epoch(self, metrics: EpochMetrics) -> None:
-        self.progress.update(self.task, epochs=str(metrics.epoch), val=f"{metrics.val_elbo:.2f}")
+    summarise(result, replicas, stops)
 
 
 def _component_options(
@@ -675,7 +437,7 @@ def evaluate(
     checkpoint, vae, device_ = _load_trained(run, device)
     x = _split(checkpoint, split, device_, data, data_dir).x
     pyro.set_rng_seed(seed)
-    with _Progress("codes decoded") as progress:
+    with WorkProgress("codes decoded") as progress:
         bounds = evaluate_bounds(vae, x, num_samples, on_progress=progress.update)
     kl = kl_method("analytic", vae.prior())
     record = {

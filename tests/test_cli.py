@@ -243,3 +243,19 @@ def test_installed_console_command_runs_the_same_app():
         pytest.skip("pyro-vae is not installed in this environment (pip install -e .)")
     result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
     assert all(command in result.stdout for command in ("train", "sample", "reconstruct"))
+
+
+def test_data_far_from_unit_scale_get_a_note_naming_the_range_and_the_fix(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (60, 16)).astype(np.float64)
+    np.save(tmp_path / "bytes-as-floats.npy", images)
+    result = run("train", "--data", tmp_path / "bytes-as-floats.npy", "--out", tmp_path / "run",
+                 "--epochs", "1", "--hidden-dims", "8")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Note: the data span [0, 255], far from the unit scale that σ = 1 suits" in result.output
+    assert "--likelihood gaussian-learned" in result.output
+
+
+def test_reconstruct_says_when_it_shows_fewer_images_than_asked(run_dir, tmp_path):
+    result = run("reconstruct", run_dir, "--num", "100000", "--out", tmp_path / "r.png")
+    assert result.exit_code == 0, result.output
+    assert "the test split has 180 images: showing all of them, not 100000" in result.output

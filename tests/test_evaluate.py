@@ -1,5 +1,7 @@
 """Importance-weighted evaluation (Burda et al., 2016) against Pyro's own ELBO estimators."""
 
+import itertools
+
 import pyro
 import pytest
 import torch
@@ -57,3 +59,12 @@ def test_bits_per_dim_and_standard_error(trained):
     bounds = evaluate_bounds(vae, data.test.x, num_samples=5)["iwae"]
     assert bounds.bits_per_dim == pytest.approx(-bounds.nats / (64 * torch.log(torch.tensor(2.0))))
     assert 0 < bounds.standard_error < abs(bounds.nats)
+
+
+def test_evaluation_reports_its_progress_to_the_end(trained):
+    vae, data = trained
+    seen = []
+    report = lambda done, total: seen.append((done, total))  # noqa: E731
+    evaluate_bounds(vae, data.test.x[:10], num_samples=300, max_rows=256, on_progress=report)
+    assert len(seen) > 1 and seen[-1] == (10 * 300, 10 * 300)
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(seen))

@@ -1,7 +1,14 @@
 import matplotlib.image
 import torch
 
-from pyro_vae.plots import PAD_VALUE, image_grid, save_image_grid, save_reconstructions
+from pyro_vae.plots import (
+    PAD_VALUE,
+    image_grid,
+    save_elbo_curve,
+    save_image_grid,
+    save_reconstructions,
+)
+from pyro_vae.train import EpochMetrics
 
 
 def test_image_grid_places_each_image_in_its_tile():
@@ -23,3 +30,19 @@ def test_saved_pictures_are_pngs_with_the_grid_proportions(tmp_path):
     assert (height, width) == ((2 * 9 + 1) * 8, (8 * 9 + 1) * 8)
     path = save_reconstructions(torch.rand(4, 64), torch.rand(4, 64), (8, 8), tmp_path / "r.png")
     assert path.stat().st_size > 0
+
+
+def test_a_short_runs_elbo_curve_has_whole_epochs_on_its_axis(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    history = [EpochMetrics(e, -50.0 + e, -49.0 + e, "closed-form", "closed-form") for e in (1, 2)]
+    ticks = []
+    original = Figure.savefig
+
+    def spy(figure, *args, **kwargs):
+        ticks.extend(t for t in figure.axes[0].get_xticks() if 0.5 <= t <= 2.5)
+        return original(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    save_elbo_curve(history, tmp_path / "curve.png")
+    assert ticks and all(float(t).is_integer() for t in ticks)
