@@ -51,7 +51,8 @@ class Likelihood(nn.Module):
                     distribution = distribution.base_dist
                 log_density = distribution.log_prob(chunk)
                 if not bool(torch.isfinite(log_density).all()):
-                    bad = chunk[~torch.isfinite(log_density)][0].item()
+                    # per element, or per row where the distribution scores rows as wholes
+                    bad = chunk[~torch.isfinite(log_density)][0].abs().max().item()
                     raise UserInputError(
                         f"the {type(self).__name__} cannot score the value {bad:g} in float32 "
                         "arithmetic (its log-density overflows): rescale the data to about "
@@ -87,6 +88,55 @@ class LearnedScale(nn.Module):
         return self.min_scale + F.softplus(self.raw)  # (data_dim,)
 
 
+class IsotropicNormal(dist.TorchDistribution):
+    """N(x; loc, σ² I) over the last dimension with one σ for every element: the distribution of
+    ``Normal(loc, σ).to_event(1)``, its log-density computed as one sum of squares,
+
+        log p(x) = −‖x − loc‖² / (2σ²) − D (log σ + ½ log 2π),
+
+    which reads the data twice where ``Normal``'s elementwise form, broadcasting σ to the data's
+    shape, makes nine full-size passes: 2.8× faster at a training batch and 5.5× at a validation
+    pass of 16 samples (benchmarks/README.md).
+    """
+
+    arg_constraints = {"loc": constraints.real_vector, "scale": constraints.positive}  # noqa: RUF012
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None):
+        self.loc, self.scale = loc, scale  # scale: a 0-dim tensor
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (self.scale**2).expand(self.loc.shape)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        shape = self._extended_shape(sample_shape)
+        noise = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + noise * self.scale
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        difference = value - self.loc
+        squares = (difference * difference).sum(-1)
+        normaliser = self.loc.shape[-1] * (self.scale.log() + 0.5 * math.log(2 * math.pi))
+        return squares * (-0.5 / self.scale**2) - normaliser
+
+    def expand(self, batch_shape: torch.Size, _instance=None) -> "IsotropicNormal":
+        new = self._get_checked_instance(IsotropicNormal, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc, new.scale = self.loc.expand(batch_shape + self.event_shape), self.scale
+        super(IsotropicNormal, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
 class GaussianLikelihood(Likelihood):
     """p(x|z) = N(x; x̂, σ²I) with fixed σ; σ = 1 is the seed's identity covariance."""
 
@@ -106,7 +156,7 @@ class GaussianLikelihood(Likelihood):
         self.register_buffer("scale", torch.tensor(float(sigma)), persistent=False)
 
     def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
-        return dist.Normal(x_hat, self.scale).to_event(1)
+        return IsotropicNormal(x_hat, self.scale)  # Normal(x̂, σ).to_event(1), computed faster
 
     def scale_note(self, x: torch.Tensor) -> str | None:
         low, high = x.min().item(), x.max().item()

@@ -1,7 +1,8 @@
 """Pictures of a run: image grids, reconstructions beside their inputs, and the ELBO curve.
 
 Uses matplotlib's object-oriented ``Figure`` (no pyplot), so no global backend or figure state is
-touched and nothing needs a display.
+touched and nothing needs a display. matplotlib is imported where a picture is drawn: a third of a
+second that a command which draws nothing (or not yet) does not wait for.
 """
 
 from collections.abc import Sequence
@@ -9,9 +10,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from pyro_vae.train import EpochMetrics
 
@@ -40,6 +38,8 @@ def save_image_grid(
     title: str | None = None,
 ) -> Path:
     """Save ``images`` (N, D), values in [0, 1], as a grid PNG at ``path``."""
+    from matplotlib.figure import Figure
+
     grid = image_grid(images, image_shape, ncols)
     inches_per_pixel = 0.08 if max(image_shape) <= 16 else 0.03  # small images get bigger pixels
     title_inches = 0.4 if title else 0.0
@@ -65,6 +65,8 @@ def save_latent_grid(
     """A square grid of decodes, (rows × columns, D), with the latent values of its columns and
     rows (``values``: columns left to right; rows run the other way, high at the top) on its axes.
     """
+    from matplotlib.figure import Figure
+
     size = len(values)
     grid = image_grid(images, image_shape, size)
     height, width = image_shape
@@ -105,6 +107,9 @@ def save_reconstructions(
 
 def save_elbo_curve(history: Sequence[EpochMetrics], path: Path) -> Path:
     """Training and validation ELBO (nats per image) against epochs, each labelled with its KL."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [m.epoch for m in history]
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()
@@ -127,6 +132,9 @@ def save_scatter(
     title: str,
 ) -> Path:
     """Two-dimensional points coloured by their integer labels, with a legend of the labels."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
     points, labels = points.detach().cpu(), labels.detach().cpu()
     figure = Figure(figsize=(6, 5.5), layout="constrained")
     axes = figure.add_subplot()

@@ -284,10 +284,7 @@ def _train(
         )
         _write_atomically(
             run_dir / TIMING,
-            "".join(
-                _json_line({"epoch": i + 1, "seconds": s})
-                for i, s in enumerate(trainer.epoch_seconds)
-            ),
+            "".join(_timing_line(trainer, epoch) for epoch in range(1, trainer.epoch + 1)),
         )
 
     def save() -> None:
@@ -313,7 +310,7 @@ def _train(
         with writing(run_dir / METRICS, "--out"), open(run_dir / METRICS, "a") as file:
             file.write(_json_line(asdict(metrics)))
         with writing(run_dir / TIMING, "--out"), open(run_dir / TIMING, "a") as file:
-            file.write(_json_line({"epoch": metrics.epoch, "seconds": trainer.epoch_seconds[-1]}))
+            file.write(_timing_line(trainer, metrics.epoch))
 
     steps_since_save = 0
 
@@ -390,6 +387,14 @@ def _with_advice(error: TrainingDiverged, run_dir: Path, config: RunConfig) -> T
         lower_lr=lr,
         resumable=False,
     )
+
+
+def _timing_line(trainer: Trainer, epoch: int) -> str:
+    """Seconds of an epoch's steps, and of its validation ELBO where known."""
+    values = {"epoch": epoch, "seconds": trainer.epoch_seconds[epoch - 1]}
+    if len(trainer.validation_seconds) == len(trainer.epoch_seconds):
+        values["validation_seconds"] = trainer.validation_seconds[epoch - 1]
+    return _json_line(values)
 
 
 def _json_line(values: Mapping[str, Any]) -> str:

@@ -116,6 +116,7 @@ class Trainer:
         # Wall-clock seconds of each epoch's steps: kept apart from the metrics, which a fixed
         # seed reproduces to the bit while timings never repeat.
         self.epoch_seconds: list[float] = []
+        self.validation_seconds: list[float] = []  # and of each epoch's validation ELBO
         self.train_kl = kl_method(config.elbo, vae.prior())
         self.val_kl = kl_method("analytic", vae.prior())
         self._order: torch.Tensor | None = None  # the epoch in progress: its shuffled indices,
@@ -205,7 +206,9 @@ class Trainer:
                 return None
         self._seconds += time.perf_counter() - start
         self.check_finite()
+        start = time.perf_counter()
         val_elbo = self._validation_elbo(data.val.x)
+        self.validation_seconds.append(time.perf_counter() - start)
         train_elbo = -self._loss_sum.item() / num_train
         metrics = EpochMetrics(self.epoch + 1, train_elbo, val_elbo, self.train_kl, self.val_kl)
         self.history.append(metrics)
@@ -241,6 +244,10 @@ class Trainer:
         return loss_sum, bool(stops > 0)
 
     def _validation_elbo(self, x: torch.Tensor) -> float:
+        with pyro.validation_enabled(False):  # as for the steps: the first one checked it all
+            return self._validation_elbo_unchecked(x)
+
+    def _validation_elbo_unchecked(self, x: torch.Tensor) -> float:
         particles = self.config.val_particles
         if not self.replicas.distributed:
             return elbo_per_datapoint(self.vae, x, num_particles=particles)
@@ -282,6 +289,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "history": [asdict(metrics) for metrics in self.history],
             "epoch_seconds": list(self.epoch_seconds),
+            "validation_seconds": list(self.validation_seconds),
             "epoch_in_progress": in_progress,
         }
 
@@ -291,6 +299,7 @@ class Trainer:
         self.set_lr(self.config.lr)  # ... but a resumed run may lower it
         self.history = [EpochMetrics(**metrics) for metrics in state["history"]]
         self.epoch_seconds = list(state["epoch_seconds"])
+        self.validation_seconds = list(state.get("validation_seconds", []))  # older checkpoints
         in_progress = state["epoch_in_progress"]
         if in_progress is not None:
             device = next(self.vae.parameters()).device

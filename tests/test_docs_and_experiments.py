@@ -4,6 +4,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,3 +120,20 @@ def test_distributed_benchmark_quick_mode(monkeypatch, capsys):
     assert set(rates) == {(1, 64), (2, 64)} and all(rate > 0 for rate in rates.values())
     assert "images/s" in capsys.readouterr().out
     sys.modules.pop("distributed", None)
+
+
+@pytest.mark.slow
+def test_whole_run_benchmark_times_each_contestant(tmp_path, monkeypatch, capsys):
+    """Two epochs of tiny data: each contestant runs as a process and reports its steady state
+    (NumPyro only where its extra is installed: the line saying so otherwise)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import numpy as np
+    import whole_run
+
+    np.save(tmp_path / "tiny.npy", np.random.default_rng(0).random((300, 784), dtype=np.float32))
+    whole_run.main(["--runs", "1", "--epochs", "2", "--data", str(tmp_path / "tiny.npy")])
+    printed = capsys.readouterr().out
+    for name in ("pyro-vae", "hand-written PyTorch"):
+        assert re.search(rf"^  {re.escape(name)} +[0-9.]+ +[0-9.]+ +[0-9.]+$", printed, re.M)
+    assert "pyro-vae ÷ hand-written PyTorch:" in printed
+    sys.modules.pop("whole_run", None)

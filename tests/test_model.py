@@ -112,7 +112,7 @@ def test_components_can_be_passed_as_instances():
         likelihood=likelihood,
     )
     assert vae.likelihood is likelihood
-    assert torch.all(vae.likelihood(torch.zeros(DATA_DIM)).base_dist.scale == 0.25)
+    assert torch.all(vae.likelihood(torch.zeros(DATA_DIM)).scale == 0.25)
 
 
 def test_component_errors_name_the_problem():

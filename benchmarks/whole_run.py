@@ -1,0 +1,144 @@
+"""The whole command as a user times it: pyro-vae, NumPyro and a hand-written PyTorch script.
+
+Each contestant is a fresh process, timed from its start to its exit (imports, data, compilation,
+every epoch, its validation, whatever it writes), on the same 10,000 MNIST images saved as one
+``.npy``: 784-400-20, Gaussian likelihood with σ = 1, batch 128, 15 epochs. Runs alternate
+(A B C, B C A, ...), and the report gives the median of each and the ratios of the medians.
+
+    python benchmarks/whole_run.py         # 3 runs each; NumPyro needs pip install -e ".[bench]"
+    python benchmarks/whole_run.py --runs 1 --epochs 2
+
+The steady state of each comes from its own per-epoch timings (epochs 2 onwards, all runs): the
+epoch (steps and validation), the step (the epoch's steps over their number) and the step's
+achieved GFLOP/s (its matrix products, forward and backward: ``step_flop``). pyro-vae's come from
+its ``timing.jsonl``; the others print theirs.
+"""
+
+import argparse
+import importlib.util
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def mnist_npy(folder: Path) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from pyro_vae import DataConfig, load_dataset
+
+    data = load_dataset(DataConfig(dataset="mnist", data_dir=str(SHARED_DATA)))
+    images = np.concatenate([data.train.x.numpy(), data.val.x.numpy(), data.test.x.numpy()])
+    path = folder / "mnist.npy"
+    np.save(path, images)
+    return path
+
+
+def contestants(data: Path, epochs: int, folder: Path) -> dict[str, list[str]]:
+    python = sys.executable
+    common = ["--epochs", str(epochs), "--batch-size", "128"]
+    found = {
+        "pyro-vae": [
+            python, str(ROOT / "cli.py"), "train", "--data", str(data), *common,
+            "--hidden-dims", "400", "--latent-dim", "20", "--out", str(folder / "run"),
+            "--overwrite",
+        ],
+        "hand-written PyTorch": [
+            python, str(ROOT / "benchmarks" / "torch_vae.py"), str(data), *common,
+        ],
+    }  # fmt: skip
+    if importlib.util.find_spec("numpyro") and importlib.util.find_spec("jax"):
+        found["NumPyro"] = [python, str(ROOT / "benchmarks" / "numpyro_vae.py"), str(data), *common]
+    else:
+        print("NumPyro is not installed: its contestant is skipped (pip install -e '.[bench]')")
+    return found
+
+
+# One training step's matrix products, forward and backward, for the 784-400-20 VAE: each layer
+# 2·B·in·out forward, as much again for the weights' gradient and for the input's, except the
+# first encoder layer's input (the data need no gradient).
+LAYERS = [(784, 400), (400, 40), (20, 400), (400, 784)]
+
+
+def step_flop(batch: float) -> float:
+    forward = sum(2 * batch * n_in * n_out for n_in, n_out in LAYERS)
+    return 3 * forward - 2 * batch * LAYERS[0][0] * LAYERS[0][1]
+
+
+def epochs_of(name: str, output: str, run_dir: Path) -> list[tuple[float, int, float]]:
+    """(seconds of the steps, number of steps, seconds of steps and validation) for each epoch
+    after the first, which compiles or warms up."""
+    if name != "pyro-vae":
+        found = re.findall(r"steps ([0-9.]+) s \((\d+)\), ([0-9.]+) s$", output, re.MULTILINE)
+        return [(float(a), int(n), float(b)) for a, n, b in found][1:]
+    record = json.loads((run_dir / "config.json").read_text())
+    steps = -(-record["data"]["num_train"] // 128)
+    lines = [json.loads(line) for line in (run_dir / "timing.jsonl").open()]
+    return [(t["seconds"], steps, t["seconds"] + t["validation_seconds"]) for t in lines][1:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--data", type=Path, help="a .npy of 784-pixel images (default: MNIST)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        data = args.data or mnist_npy(folder)
+        commands = contestants(data, args.epochs, folder)
+        names = list(commands)
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        epochs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in names}
+        for run in range(args.runs):
+            for name in names[run % len(names) :] + names[: run % len(names)]:
+                start = time.perf_counter()
+                done = subprocess.run(commands[name], capture_output=True, text=True, check=False)
+                seconds[name].append(time.perf_counter() - start)
+                if done.returncode != 0:
+                    raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+                epochs[name] += epochs_of(name, done.stdout, folder / "run")
+    report(seconds, epochs, args)
+
+
+def report(seconds: dict, epochs: dict, args: argparse.Namespace) -> None:
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    print(f"whole run, {args.epochs} epochs, median of {args.runs} alternating runs (s):")
+    for name, median in medians.items():
+        runs = ", ".join(f"{s:.2f}" for s in seconds[name])
+        print(f"  {name:<22} {median:6.2f}  ({runs})")
+    steady = {
+        name: (
+            statistics.median(total for *_, total in values),
+            statistics.median(steps / count for steps, count, _ in values),
+        )
+        for name, values in epochs.items()
+        if values
+    }
+    print("steady state, median over epochs 2 onwards and runs:")
+    print(f"  {'contestant':<22} {'epoch (s)':>10} {'step (ms)':>10} {'GFLOP/s':>8}")
+    for name, (epoch, step) in steady.items():
+        flop = step_flop(8000 / 63 if name == "pyro-vae" else 128)
+        print(f"  {name:<22} {epoch:10.3f} {step * 1e3:10.2f} {flop / step / 1e9:8.1f}")
+    print("ratios (row ÷ column): whole run / steady epoch / step")
+    for name in medians:
+        for other in medians:
+            if name == other or name not in steady or other not in steady:
+                continue
+            (epoch, step), (other_epoch, other_step) = steady[name], steady[other]
+            print(
+                f"  {name} ÷ {other}: {medians[name] / medians[other]:.2f} / "
+                f"{epoch / other_epoch:.2f} / {step / other_step:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
