@@ -357,6 +357,10 @@ def _component_options(
     return options
 
 
+# One picture holds at most this many images: 100 × 100 tiles, beyond which none can be seen
+# (and the images alone would fill the memory long before a picture of 10⁸ could be drawn).
+MAX_TILES = 10_000
+
 RunArgument = Annotated[Path, typer.Argument(help="Run directory (or its checkpoint.pt).")]
 
 
@@ -468,7 +472,9 @@ def evaluate(
 @reports_user_errors
 def sample(
     run: RunArgument,
-    num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
+    num: Annotated[
+        int, typer.Option(min=1, max=MAX_TILES, help="Number of images (one picture).")
+    ] = 64,
     seed: Annotated[
         int, typer.Option(min=0, max=MAX_SEED, help="Seed for the codes z ~ p(z).")
     ] = 0,
@@ -486,7 +492,7 @@ def sample(
 @reports_user_errors
 def reconstruct(
     run: RunArgument,
-    num: Annotated[int, typer.Option(min=1, help="Number of test images.")] = 16,
+    num: Annotated[int, typer.Option(min=1, max=MAX_TILES, help="Number of test images.")] = 16,
     out: Annotated[Path | None, _out_option(".png", "RUN/reconstructions-NUM.png")] = None,
     device: DeviceOption = "auto",
     data: MovedDataOption = None,
@@ -506,8 +512,12 @@ def reconstruct(
 @reports_user_errors
 def interpolate(
     run: RunArgument,
-    pairs: Annotated[int, typer.Option(min=1, help="Rows: pairs of consecutive test images.")] = 4,
-    steps: Annotated[int, typer.Option(min=2, help="Decodes between the two images.")] = 10,
+    pairs: Annotated[
+        int, typer.Option(min=1, max=1000, help="Rows: pairs of consecutive test images.")
+    ] = 4,
+    steps: Annotated[
+        int, typer.Option(min=2, max=1000, help="Decodes between the two images.")
+    ] = 10,
     out: Annotated[Path | None, _out_option(".png", "RUN/interpolations.png")] = None,
     device: DeviceOption = "auto",
     data: MovedDataOption = None,
@@ -545,7 +555,7 @@ def latent(
 @reports_user_errors
 def manifold(
     run: RunArgument,
-    grid: Annotated[int, typer.Option(min=2, help="Decodes per side of the grid.")] = 20,
+    grid: Annotated[int, typer.Option(min=2, max=100, help="Decodes per side of the grid.")] = 20,
     dims: Annotated[
         str, typer.Option(help="The two latent coordinates to vary; the others stay at 0.")
     ] = "0,1",

@@ -30,13 +30,16 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
     encoder = _layers([data_dim, *model.hidden_dims, 2 * model.latent_dim])
     decoder = _layers([model.latent_dim, *reversed(model.hidden_dims), data_dim])
     parameters = sum((n_in + 1) * n_out for n_in, n_out in encoder + decoder)
+    # A mixture prior's components: at most a pseudo-input or a mean and scale, and a weight each.
+    components = int(model.prior_options.get("num_components", 0))
+    parameters += components * (data_dim + 2 * model.latent_dim + 1)
     memory = _memory_bytes(device)
     need = parameters * BYTES_PER_PARAMETER
     if memory is not None and need > memory:
         raise UserInputError(
             f"a VAE of these sizes has {parameters:,} parameters, about {_gb(need)} with their "
             f"gradients and Adam's state, more than the {_gb(memory)} of this {device.type}: "
-            "lower --hidden-dims (or --latent-dim)"
+            "lower --hidden-dims (or --latent-dim, or --components)"
         )
     # One step: the encoder on the batch, the decoder on every particle of every image.
     rows = train.batch_size * train.num_particles

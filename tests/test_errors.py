@@ -160,6 +160,10 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["train", "--hidden-dims", "1000000000"],
         "lower --hidden-dims",
     ),
+    "mixture components too many for memory": (
+        lambda t, r: ["train", "--prior", "vamp", "--components", "1000000000000"],
+        "--components",
+    ),
     "particles too many for memory": (
         lambda t, r: ["train", "--num-particles", "100000000"],
         "lower --num-particles",
@@ -172,6 +176,14 @@ CASES: dict[str, tuple[Setup, str]] = {
     "a device for sampling that torch does not know": (
         lambda t, r: ["sample", r, "--device", "tpu"],
         "choose auto, cpu, cuda or cuda:N",
+    ),
+    "a picture of more images than can be seen": (
+        lambda t, r: ["sample", r, "--num", "100000000"],
+        "'--num'",
+    ),
+    "a manifold grid too fine to draw": (
+        lambda t, r: ["manifold", r, "--grid", "100000"],
+        "'--grid'",
     ),
     # output locations that cannot be written
     "run directory below a file": (
