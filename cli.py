@@ -3,13 +3,20 @@
 Run it as ``python cli.py ...`` from a checkout or as ``pyro-vae ...`` once installed.
 """
 
+import signal
+import sys
+
+# Ctrl-C while torch and Pyro are still being imported (a second or two): end quietly, as the
+# shell would, instead of showing the traceback of some import. Training installs its own handler.
+_HANDLER_BEFORE_IMPORTS = signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
+import errno
 import functools
 import json
 import logging
 import math
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -62,6 +69,8 @@ from pyro_vae.pictures import (
 from pyro_vae.registry import accepts
 from pyro_vae.rundir import check_writable, writing
 
+signal.signal(signal.SIGINT, _HANDLER_BEFORE_IMPORTS)  # imported: Ctrl-C as it was
+
 app = typer.Typer(
     help="Variational autoencoders as Pyro model/guide pairs: train, sample, reconstruct.",
     no_args_is_help=True,
@@ -98,15 +107,32 @@ def reports_user_errors(command: Command) -> Command:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except UserInputError as error:
-            if _debug:
+        except (UserInputError, OSError) as error:
+            if _debug or (isinstance(error, OSError) and not _environmental(error)):
                 raise
-            replicas = Replicas.from_environment()
-            who = f" (process {replicas.rank} of {replicas.world_size})" if replicas.rank else ""
-            typer.echo(f"Error{who}: {error}", err=True)
+            message = str(error) if isinstance(error, UserInputError) else _describe(error)
+            rank = os.environ.get("RANK", "0")
+            who = f" (process {rank} of {os.environ.get('WORLD_SIZE')})" if rank != "0" else ""
+            typer.echo(f"Error{who}: {' '.join(message.split())}", err=True)  # one line
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# What the machine refuses for a path a user named (too long, a loop of links, a full disk, a
+# read-only file system, no permission): the user's to fix, whichever line of ours met it.
+_ENVIRONMENTAL = {
+    errno.ENAMETOOLONG, errno.ELOOP, errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
+    errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+}  # fmt: skip
+
+
+def _environmental(error: OSError) -> bool:
+    return error.errno in _ENVIRONMENTAL and error.filename is not None
+
+
+def _describe(error: OSError) -> str:
+    return f"cannot use {error.filename} ({error.strerror}): choose another path, or fix this one"
 
 
 # Option callbacks: checks that click's types cannot express, reported against the option's name.
@@ -159,6 +185,11 @@ def global_options(
 ) -> None:
     global _debug
     _debug = debug
+    try:
+        replicas = Replicas.from_environment()
+    except UserInputError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from None
     # The library logs what the user should know (such as which split of the data it uses);
     # show it on stderr, resolved per invocation so that a test runner's stderr receives it.
     handler = logging.StreamHandler(sys.stderr)
@@ -166,7 +197,7 @@ def global_options(
     library_log = logging.getLogger("pyro_vae")
     library_log.handlers = [handler]
     # Under torchrun, rank 0 speaks for all the processes; the others report only their errors.
-    library_log.setLevel(logging.INFO if Replicas.from_environment().is_main else logging.ERROR)
+    library_log.setLevel(logging.INFO if replicas.is_main else logging.ERROR)
     library_log.propagate = False
 
 
@@ -427,7 +458,10 @@ SplitName = _choices("SplitName", ["test", "val", "train"])
 def evaluate(
     run: RunArgument,
     num_samples: Annotated[
-        int, typer.Option(min=1, help="Importance samples K per image (5,000 in the literature).")
+        int,
+        typer.Option(
+            min=1, max=10**7, help="Importance samples K per image (5,000 in the literature)."
+        ),
     ] = 1000,
     split: Annotated[SplitName, typer.Option(help="Images to evaluate on.")] = "test",
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for the samples of z.")] = 0,
@@ -485,7 +519,8 @@ def sample(
     path = _output_path(run, out, f"samples-seed{seed}.png")
     checkpoint, vae, _ = _load_trained(run, device)
     with writing(path, "--out"):
-        typer.echo(save_samples(vae, checkpoint.image_shape, path, num, seed))
+        save_samples(vae, checkpoint.image_shape, path, num, seed)
+    typer.echo(path)
 
 
 @app.command()
@@ -505,7 +540,8 @@ def reconstruct(
         _note(f"the test split has {images.shape[0]} images: showing all of them, not {num}")
     path = _output_path(run, out, f"reconstructions-{images.shape[0]}.png")
     with writing(path, "--out"):
-        typer.echo(save_reconstructions(vae, images, checkpoint.image_shape, path))
+        save_reconstructions(vae, images, checkpoint.image_shape, path)
+    typer.echo(path)
 
 
 @app.command()
@@ -530,7 +566,8 @@ def interpolate(
     if x.shape[0] < 2 * pairs:
         raise UserInputError(f"the test split has {x.shape[0]} images: ask for fewer --pairs")
     with writing(path, "--out"):
-        typer.echo(save_interpolations(vae, x[0::2], x[1::2], checkpoint.image_shape, path, steps))
+        save_interpolations(vae, x[0::2], x[1::2], checkpoint.image_shape, path, steps)
+    typer.echo(path)
 
 
 @app.command()
@@ -548,7 +585,8 @@ def latent(
     checkpoint, vae, device_ = _load_trained(run, device)
     images = _split(checkpoint, split, device_, data, data_dir)
     with writing(path, "--out"):
-        typer.echo(save_latent_scatter(vae, images.x, images.labels, path))
+        save_latent_scatter(vae, images.x, images.labels, path)
+    typer.echo(path)
 
 
 @app.command()
@@ -570,7 +608,8 @@ def manifold(
     path = _output_path(run, out, "manifold.png")
     checkpoint, vae, _ = _load_trained(run, device)
     with writing(path, "--out"):
-        typer.echo(save_manifold(vae, checkpoint.image_shape, path, grid, (i, j)))
+        save_manifold(vae, checkpoint.image_shape, path, grid, (i, j))
+    typer.echo(path)
 
 
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"

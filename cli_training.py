@@ -57,6 +57,8 @@ def refuse_changes_on_resume(ctx: typer.Context, out: Path | None, resume: Path)
     given = explicit_options(ctx) - RESUMABLE_OPTIONS
     if not given:
         return
+    if "overwrite" in given:
+        raise UserInputError("--overwrite starts a new run; --resume continues one: drop one")
     stored = _stored_options(load_checkpoint(resume).config)
     changed = sorted(name for name in given if _option_value(ctx.params[name]) != stored.get(name))
     if changed:
@@ -156,12 +158,18 @@ class StopRequests:
         return self.signal is not None
 
     def _handle(self, signum: int, frame: object) -> None:
+        # Plain writes: a signal may land while rich is still importing a module of its own.
         if self.signal is not None and not self.replicas.distributed:
-            stderr.print("Aborted without saving this step: the run keeps its last checkpoint.")
-            raise KeyboardInterrupt
+            print(
+                "Aborted at once: this step is not saved (the last checkpoint, if there is one, "
+                "is intact).",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(128 + signum)  # 130 after Ctrl-C, 143 after SIGTERM
         if self.signal is None and self.replicas.is_main:
             again = "" if self.replicas.distributed else f" ({self.NAMES[signum]} again to abort)"
-            stderr.print(f"{self.NAMES[signum]}: stopping after this step{again}...")
+            print(f"{self.NAMES[signum]}: stopping after this step{again}...", file=sys.stderr)
         self.signal = self.signal or signum
 
     def __enter__(self) -> "StopRequests":

@@ -140,10 +140,20 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
         ) from error
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise UserInputError(f"{path} is not a pyro-vae checkpoint")
+    if not isinstance(payload["format_version"], int):
+        raise UserInputError(f"{path} is not a pyro-vae checkpoint (its format is not a number)")
     if payload["format_version"] > FORMAT_VERSION:
         raise UserInputError(
             f"{path} has checkpoint format {payload['format_version']}, newer than this "
             f"pyro-vae reads ({FORMAT_VERSION}): upgrade pyro-vae"
+        )
+    weights = payload.get("model_state")
+    if isinstance(weights, dict) and not all(
+        bool(torch.isfinite(t).all()) for t in weights.values() if isinstance(t, torch.Tensor)
+    ):
+        raise UserInputError(
+            f"{path} holds weights that are not finite numbers: it was edited or damaged; "
+            "train again"
         )
     try:
         return Checkpoint(

@@ -5,9 +5,9 @@ two CPU cores. Each dataclass checks its own values, so a bad option fails befor
 """
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from pyro_vae.errors import UserInputError
@@ -41,6 +41,12 @@ class ModelConfig:
             all(h >= 1 for h in self.hidden_dims),
             f"hidden_dims must be positive layer sizes, got {list(self.hidden_dims)}",
         )
+
+
+def _absolute(path: str) -> str:
+    # abspath, not resolve: links stay as the user named them (and a loop of them is reported
+    # where the file is read, as a missing file, instead of failing here)
+    return os.path.abspath(os.path.expanduser(path))
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,8 @@ class DataConfig:
         data_dir = data_dir if data_dir is not None else self.data_dir
         return replace(
             self,
-            path=None if path is None else str(Path(path).expanduser().resolve()),
-            data_dir=str(Path(data_dir).expanduser().resolve()),
+            path=None if path is None else _absolute(path),
+            data_dir=_absolute(data_dir),
         )
 
 

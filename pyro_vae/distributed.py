@@ -20,6 +20,7 @@ One process (``WORLD_SIZE`` unset or 1) is the plain single-process path, unchan
 """
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ import torch.distributed as dist
 
 from pyro_vae.devices import resolve_device
 from pyro_vae.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 # Separate streams of derived seeds, so that no step's noise repeats another's.
 TRAINING_STREAM = 0
@@ -56,10 +59,28 @@ class Replicas:
     @classmethod
     def from_environment(cls) -> "Replicas":
         """The place that torchrun gives this process: RANK, WORLD_SIZE and LOCAL_RANK."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        values = {name: os.environ.get(name) for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+        try:
+            world_size = int(values["WORLD_SIZE"] or "1")
+            rank, local_rank = int(values["RANK"] or "0"), int(values["LOCAL_RANK"] or "0")
+        except ValueError:
+            raise UserInputError(
+                f"the environment says WORLD_SIZE={values['WORLD_SIZE']}, RANK={values['RANK']}"
+                ", which are not numbers of processes: unset them (torchrun sets them itself)"
+            ) from None
         if world_size == 1:
             return cls()
-        return cls(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+        missing = [
+            name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ
+        ]
+        if missing or not 0 <= rank < world_size:
+            raise UserInputError(
+                f"WORLD_SIZE={world_size} is set, but {', '.join(missing) or 'RANK'} "
+                f"{'is' if len(missing) < 2 else 'are'} not{' right' if not missing else ''}: "
+                "this is not a torchrun launch; unset WORLD_SIZE, or start the command with "
+                "torchrun"
+            )
+        return cls(rank, world_size, local_rank)
 
     @property
     def distributed(self) -> bool:
@@ -96,6 +117,10 @@ class Replicas:
         NCCL between GPUs, gloo between CPUs. Idempotent; a single process does nothing."""
         if not self.distributed or dist.is_initialized():
             return
+        log.warning(  # it waits until every process has started: say so rather than hang mute
+            "joining %d processes at %s:%s (waits until every one has started)",
+            self.world_size, os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"),
+        )  # fmt: skip
         if device.type == "cuda":
             dist.init_process_group("nccl", device_id=device)
         else:

@@ -24,6 +24,9 @@ class Likelihood(nn.Module):
 
     support: constraints.Constraint = constraints.real
     support_description = "finite real numbers"
+    # Past it, a layer's products (x·w, summed over hundreds of inputs) and the likelihood's
+    # squares leave float32's range within a few steps, whatever the learning rate.
+    MAX_MAGNITUDE = 1e6
 
     def __init__(self, data_dim: int):
         super().__init__()
@@ -42,6 +45,12 @@ class Likelihood(nn.Module):
             raise UserInputError(
                 f"the {type(self).__name__} needs data that are {self.support_description}, "
                 f"but the data hold {bad!r}: choose a likelihood that fits the data{hint}"
+            )
+        largest = x.abs().max().item()
+        if largest > self.MAX_MAGNITUDE:
+            raise UserInputError(
+                f"the data hold values up to {largest:g}, beyond what float32 networks can train "
+                f"on (about {self.MAX_MAGNITUDE:g}): rescale the data to about unit size"
             )
         with torch.no_grad():
             for chunk in x.split(4096):

@@ -65,6 +65,8 @@ def read_idx(path: Path) -> torch.Tensor:
             f"{path} is truncated or damaged: its header promises {expected} bytes of shape "
             f"{shape}, the file has {len(data)}; download it again"
         )
+    if 0 in shape:
+        raise UserInputError(f"{path} holds no images (shape {shape}): download it again")
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
 
@@ -193,6 +195,8 @@ def load_array(config: DataConfig) -> RawData:
         raise UserInputError(f"{path} is not a readable .npy/.npz array ({error})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise UserInputError(f"{path} is not a readable .npy/.npz array ({error})") from None
+    if not isinstance(array, np.ndarray):  # a member of the archive that is no .npy
+        raise UserInputError(f"{path} does not hold NumPy arrays: save it with numpy.savez")
     return _check_array(array, labels, path)
 
 
@@ -208,7 +212,7 @@ def _check_array(array: np.ndarray, labels: np.ndarray | None, path: Path) -> Ra
             f"{path} holds complex numbers: save the part the images are made of "
             "(numpy.real(x) or numpy.abs(x)) as a real array"
         )
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+    if array.dtype.kind not in "biuf":  # booleans, integers, floats: not times or text
         raise UserInputError(f"{path} holds {array.dtype} values: expected numbers")
     x = _as_unit_scale(array, path).reshape(array.shape[0], -1)
     if not torch.isfinite(x).all():

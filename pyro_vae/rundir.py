@@ -13,6 +13,7 @@
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import tempfile
@@ -53,9 +54,22 @@ RUN_PATTERNS = (
 )
 
 
+def is_run_dir(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is provably a run's: its ``config.json`` is a run's record (it names
+    the run's id), or it holds a checkpoint. Only in such a folder are files taken as a run's by
+    their names: elsewhere a ``config.json`` or ``samples.png`` is the user's own."""
+    if (run_dir / CHECKPOINT).is_file():
+        return True
+    try:
+        record = json.loads((run_dir / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "run_id" in record and "config" in record
+
+
 def run_files(run_dir: Path) -> list[Path]:
-    """The files in ``run_dir`` that a run or its commands wrote (by name)."""
-    if not run_dir.is_dir():
+    """The files in ``run_dir`` that a run or its commands wrote (by name, in a run's folder)."""
+    if not run_dir.is_dir() or not is_run_dir(run_dir):
         return []
     found = {run_dir / name for name in RUN_FILES if (run_dir / name).is_file()}
     for pattern in RUN_PATTERNS:
@@ -66,10 +80,11 @@ def run_files(run_dir: Path) -> list[Path]:
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse ``run_dir`` as a new run's output unless it can be used without losing anything.
 
-    A missing or empty folder is fine, and so is one holding only what a run wrote before its
-    first checkpoint (a run that failed or was killed early: there is nothing to resume). A
-    folder with a checkpoint, or with files that are not a run's, needs ``overwrite``, which then
-    replaces the run's files only. Also refuses a folder another process is training.
+    A missing or empty folder is fine, and so is a run's folder holding only what a run wrote
+    before its first checkpoint (a run that failed or was killed early: nothing to resume). A run's
+    folder with a checkpoint needs ``overwrite``, which replaces that run's files and only those.
+    A folder of the user's may hold other files, but none that a run would write over (a
+    ``config.json`` of theirs, say), ``overwrite`` or not. Also refuses a folder being trained.
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise UserInputError(
@@ -80,26 +95,37 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
         return
     check_unlocked(run_dir)
     ours = run_files(run_dir)
-    theirs = [path for path in run_dir.iterdir() if path not in ours]
-    has_checkpoint = (run_dir / CHECKPOINT).is_file()
-    if overwrite or not (has_checkpoint or theirs):
-        if ours and not overwrite:
-            log.warning(
-                "%s holds no checkpoint, only the files of a run that stopped before its first "
-                "save: reusing it",
-                run_dir,
+    if not is_run_dir(run_dir):
+        clashes = sorted(
+            path.name for path in run_dir.iterdir() if path.name in RUN_FILES and path.name != LOCK
+        )
+        if clashes:
+            raise UserInputError(
+                f"{run_dir} holds files of yours that a run would write over ({', '.join(clashes)})"
+                ": choose a new --out"
             )
         return
-    if has_checkpoint:
+    has_checkpoint = (run_dir / CHECKPOINT).is_file()
+    if has_checkpoint and not overwrite:
+        try:
+            from pyro_vae.checkpoint import load_checkpoint
+
+            load_checkpoint(run_dir)
+        except UserInputError:
+            raise UserInputError(
+                f"{run_dir} holds a checkpoint that cannot be read: replace the run in it "
+                "(--overwrite), or choose a new --out"
+            ) from None
         raise UserInputError(
             f"{run_dir} holds a trained run: continue it (--resume {run_dir}), replace it "
             "(--overwrite), or choose a new --out"
         )
-    raise UserInputError(
-        f"{run_dir} already holds files that are not a run's ({theirs[0].name}"
-        f"{', ...' if len(theirs) > 1 else ''}): choose a new --out, or pass --overwrite "
-        "(which replaces only a run's own files)"
-    )
+    if ours and not overwrite:
+        log.warning(
+            "%s holds no checkpoint, only the files of a run that stopped before its first "
+            "save: reusing it",
+            run_dir,
+        )
 
 
 def clear_run_files(run_dir: Path) -> list[Path]:
@@ -168,10 +194,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                 same = False
             if not same:
                 continue
-            file.seek(0)
-            file.truncate()
-            file.write(f"{os.getpid()}\n")
-            file.flush()
+            with writing(run_dir / LOCK, "--out"):
+                file.seek(0)
+                file.truncate()
+                file.write(f"{os.getpid()}\n")
+                file.flush()
             try:
                 yield
             finally:
@@ -182,14 +209,26 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _open_lock(run_dir: Path, create: bool) -> Iterator[object]:
     path = run_dir / LOCK
-    if fcntl is None or (not create and not path.exists()):
+    if fcntl is None or (not create and not os.path.lexists(path)):
         yield None
         return
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+        raise UserInputError(
+            f"{path} is not a lock file that pyro-vae made (a link, a folder or a pipe): "
+            "remove it, then run the command again"
+        )
     try:
-        file = open(path, "a+" if create else "r+")  # noqa: SIM115 (closed below)
+        # O_NOFOLLOW: a link put there since cannot make us write into the file it points to
+        flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+        file = os.fdopen(os.open(path, flags, 0o644), "r+")
     except FileNotFoundError:
         yield None
         return
+    except OSError as error:
+        raise UserInputError(
+            f"cannot lock {run_dir} ({error.strerror or error}): check that the folder is "
+            "writable, or choose another one"
+        ) from None
     try:
         yield file
     finally:

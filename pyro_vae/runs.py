@@ -149,6 +149,8 @@ def resume_run(
     the seed, the epoch and the step (see distributed.py), so the same number continues it exactly.
     """
     run_dir = Path(run_dir)
+    if run_dir.is_file():  # its checkpoint.pt, as the picture commands accept
+        run_dir = run_dir.parent
     checkpoint = load_checkpoint(run_dir)
     changes = dict(changes or {})
     refused = sorted(set(changes) - set(RESUMABLE))
@@ -174,6 +176,11 @@ def resume_run(
     if trainer.epoch >= config.train.epochs and trainer.steps_done == 0:
         raise UserInputError(
             f"{run_dir} has finished its {trainer.epoch} epochs: pass a larger --epochs to train on"
+        )
+    if trainer.epoch >= config.train.epochs:  # stopped inside an epoch past the new target
+        raise UserInputError(
+            f"{run_dir} has trained {trainer.epoch} epochs and part of the next: --epochs "
+            f"{config.train.epochs} is fewer; pass at least --epochs {trainer.epoch + 1}"
         )
     if checkpoint.rng_state is not None:
         restore_rng_state(checkpoint.rng_state)
@@ -346,7 +353,8 @@ def _train(
             if hooks.should_stop is not None and replicas.any(hooks.should_stop(), device):
                 return result(False, [run_dir / CHECKPOINT])
     except TrainingDiverged as error:
-        raise _with_advice(error, run_dir, config) from None
+        note = trainer.vae.likelihood.scale_note(data.train.x)
+        raise _with_advice(error, run_dir, config, note) from None
 
     if not replicas.is_main:
         return result(True, [])
@@ -363,9 +371,17 @@ def _train(
     )
 
 
-def _with_advice(error: TrainingDiverged, run_dir: Path, config: RunConfig) -> TrainingDiverged:
+def _with_advice(
+    error: TrainingDiverged, run_dir: Path, config: RunConfig, scale_note: str | None
+) -> TrainingDiverged:
     """The divergence, with what is on disk and the command that goes on from there."""
-    lr = float(f"{config.train.lr / 10:.3g}")
+    if scale_note is not None:  # a lower rate would diverge again: the data are the cause
+        return TrainingDiverged(
+            f"{error}; here the data's scale is the likely cause, not the learning rate: "
+            f"{scale_note}"
+        )
+    # A tenth of the rate; from an absurd one (above 1), Adam's usual 1e-3 at once.
+    lr = float(f"{config.train.lr / 10:.3g}") if config.train.lr <= 1 else 1e-3
     path = run_dir / CHECKPOINT
     if path.is_file():
         saved = load_checkpoint(path).trainer_state

@@ -267,12 +267,13 @@ def test_a_failing_rank_fails_the_job_with_its_error(tmp_path):
 
 def test_a_user_error_on_rank_0_stops_every_process_and_keeps_the_files(tmp_path):
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "mine.txt").write_text("precious")
+    (tmp_path / "run" / "config.json").write_text("precious")  # the user's, not a run's record
     done = torchrun("train", "--out", "run", "--epochs", "1", cwd=tmp_path)
     assert done.returncode != 0
-    assert "Error: " in process_output(tmp_path, 0) and "--overwrite" in process_output(tmp_path, 0)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["mine.txt"]
-    assert (tmp_path / "run" / "mine.txt").read_text() == "precious"
+    output = process_output(tmp_path, 0)
+    assert "Error: " in output and "would write over (config.json)" in output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
+    assert (tmp_path / "run" / "config.json").read_text() == "precious"
 
 
 # Without torchrun: the pieces.
@@ -294,6 +295,8 @@ def test_replicas_come_from_torchruns_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
     replicas = Replicas.from_environment()
     assert (replicas.rank, replicas.world_size, replicas.local_rank) == (3, 4, 1)
     assert replicas.distributed and not replicas.is_main
@@ -310,6 +313,8 @@ def test_shards_cover_a_batch_once(rows):
 def test_torchrun_without_an_output_directory_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
     result = CliRunner().invoke(cli.app, ["train", "--epochs", "1"])
     assert result.exit_code == 2
     assert "pass --out DIR" in result.output

@@ -6,6 +6,7 @@ run) and the words the error must contain.
 
 import fcntl
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -210,10 +211,6 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["evaluate", r, "--num-samples", "2", "--out", "/proc/e.json"],
         "cannot write /proc",
     ),
-    "a folder holding someone's files": (
-        lambda t, r: ["train", "--out", _with_file(t / "mine", "notes.txt")],
-        "files that are not a run's (notes.txt)",
-    ),
     # data that cannot be read as images, or scored
     "text file named .npy": (
         lambda t, r: ["train", "--data", _text(t / "data.npy", "0.1,0.2\n")],
@@ -237,7 +234,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     ),
     "values too large to score": (
         lambda t, r: ["train", "--data", npy(t, np.full((30, 4), 1e25, dtype=np.float32))],
-        "cannot score the value 1e+25",
+        "beyond what float32 networks can train on",
     ),
     "values beyond float32": (
         lambda t, r: ["train", "--data", npy(t, np.full((30, 4), 1e300))],
@@ -266,6 +263,50 @@ CASES: dict[str, tuple[Setup, str]] = {
         ],
         "belongs to another run",
     ),
+    "values too large for float32 networks, Laplace": (
+        lambda t, r: ["train", "--likelihood", "laplace", "--data", npy(t, np.full((30, 4), 1e30))],
+        "beyond what float32 networks can train on",
+    ),
+    "an .npz holding something else than arrays": (
+        lambda t, r: ["train", "--data", _zip_with_text(t / "data.npz")],
+        "does not hold NumPy arrays",
+    ),
+    "time values": (
+        lambda t, r: ["train", "--data", npy(t, np.ones((30, 4), dtype="timedelta64[s]"))],
+        "expected numbers",
+    ),
+    "an IDX file of no images": (
+        lambda t, r: ["train", "--dataset", "mnist", "--data-dir", _empty_idx(t)],
+        "holds no images",
+    ),
+    "a path too long for the file system": (
+        lambda t, r: ["train", "--out", t / ("x" * 300)],
+        "File name too long",
+    ),
+    "a data file that is a loop of links": (
+        lambda t, r: ["train", "--data", _link_loop(t / "loop.npy")],
+        "no data file at",
+    ),
+    "a folder of yours with a file a run would write over": (
+        lambda t, r: ["train", "--out", _with_file(t / "project", "config.json")],
+        "would write over (config.json)",
+    ),
+    "a lock that is a link": (
+        lambda t, r: ["train", "--out", _lock_link(t / "linked", t / "notes.txt")],
+        "is not a lock file that pyro-vae made",
+    ),
+    "--overwrite with --resume": (
+        lambda t, r: ["train", "--resume", r, "--overwrite", "--epochs", "3"],
+        "--overwrite starts a new run",
+    ),
+    "a checkpoint whose format is not a number": (
+        lambda t, r: ["sample", edited_checkpoint(r, lambda p: p.update(format_version="x"))],
+        "its format is not a number",
+    ),
+    "a checkpoint of NaN weights": (
+        lambda t, r: ["train", "--resume", _nan_weights(r), "--epochs", "3"],
+        "not finite numbers",
+    ),
     # training
     "diverging learning rate": (
         lambda t, r: ["train", "--lr", "5", "--sigma", "0.1", "--out", t / "run"],
@@ -288,6 +329,40 @@ def _with_file(folder: Path, name: str) -> Path:
     folder.mkdir()
     (folder / name).write_text("mine")
     return folder
+
+
+def _zip_with_text(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("hello.txt", "not an array")
+    return path
+
+
+def _empty_idx(tmp: Path) -> Path:
+    raw = write_mnist(tmp / "data", compress=False)
+    images = raw / "t10k-images-idx3-ubyte"
+    images.write_bytes(bytes([0, 0, 8, 3]) + (0).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+    (raw / "train-images-idx3-ubyte").unlink()
+    return tmp / "data"
+
+
+def _link_loop(path: Path) -> Path:
+    path.symlink_to(path)
+    return path
+
+
+def _lock_link(folder: Path, target: Path) -> Path:
+    folder.mkdir()
+    target.write_text("mine")
+    (folder / ".lock").symlink_to(target)
+    return folder
+
+
+def _nan_weights(run: Path) -> Path:
+    def poison(payload: dict) -> None:
+        name = next(iter(payload["model_state"]))
+        payload["model_state"][name] = payload["model_state"][name] * float("nan")
+
+    return edited_checkpoint(run, poison)
 
 
 _HELD_LOCKS: list = []  # open files whose locks stand for a training process, until the test ends
@@ -380,3 +455,17 @@ def test_a_download_without_a_network_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     args = ["train", "--dataset", "mnist", "--download", "--data-dir", str(tmp_path / "data")]
     assert_user_error(args, "could not download mnist", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "environment, message",
+    [
+        ({"WORLD_SIZE": "abc"}, "not numbers of processes"),
+        ({"WORLD_SIZE": "2"}, "this is not a torchrun launch"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR, MASTER_PORT are not"),
+    ],
+)
+def test_a_stray_distributed_environment_is_one_line(environment, message, tmp_path, monkeypatch):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert_user_error(["train", "--out", str(tmp_path / "run")], message, tmp_path)

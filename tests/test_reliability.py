@@ -261,7 +261,7 @@ def test_a_second_ctrl_c_aborts_at_once_without_saving(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli_module.app, ["train", "--out", str(out), *options])
     assert result.exit_code == 130, result.output
     assert "Ctrl-C: stopping after this step" in result.output
-    assert "Aborted without saving" in result.output
+    assert "Aborted at once: this step is not saved" in result.output
     assert "checkpoint is saved" not in result.output
     assert steps == [1, 2, 3]  # no step after the second Ctrl-C
     # the checkpoint written after step 2 is the last one: step 3 was not saved

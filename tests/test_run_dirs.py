@@ -48,7 +48,7 @@ def test_divergence_before_a_checkpoint_prints_a_command_that_trains(in_tmp):
     assert not (in_tmp / "run" / "checkpoint.pt").exists()
     again = printed_command(result.output)
     assert again[:1] == ["train"] and "--lr" in again and "--out" in again
-    assert again[again.index("--lr") + 1] == "0.5"
+    assert again[again.index("--lr") + 1] == "0.001"  # from a rate above 1, Adam's usual one
     # The run directory holds the failed run's files, and the printed command may use it.
     followed = run(*again)
     assert followed.exit_code == 0, followed.output
