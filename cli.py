@@ -67,7 +67,7 @@ from pyro_vae.pictures import (
     save_samples,
 )
 from pyro_vae.registry import accepts
-from pyro_vae.rundir import check_writable, writing
+from pyro_vae.rundir import RUN_FILES, check_writable, is_run_dir, writing
 
 signal.signal(signal.SIGINT, _HANDLER_BEFORE_IMPORTS)  # imported: Ctrl-C as it was
 
@@ -411,6 +411,8 @@ def _out_option(suffix: str, default: str) -> Any:
 def _output_path(run: Path, out: Path | None, default_name: str) -> Path:
     """Where a command writes, checked to be writable before any work."""
     path = out or (run if run.is_dir() else run.parent) / default_name
+    if path.name in RUN_FILES and is_run_dir(path.parent):
+        raise UserInputError(f"{path} is a file of the run itself: choose another --out")
     check_writable(path.parent, "--out")
     return path
 

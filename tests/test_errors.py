@@ -207,6 +207,10 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["manifold", r, "--out", npy(t, np.ones((3, 4))) / "m.png"],
         "is a file, not a folder",
     ),
+    "an evaluation written over the run's own record": (
+        lambda t, r: ["evaluate", r, "--num-samples", "2", "--out", r / "config.json"],
+        "is a file of the run itself",
+    ),
     "evaluation where nothing can be created": (
         lambda t, r: ["evaluate", r, "--num-samples", "2", "--out", "/proc/e.json"],
         "cannot write /proc",
