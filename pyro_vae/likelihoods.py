@@ -104,9 +104,9 @@ class IsotropicNormal(dist.TorchDistribution):
         log p(x) = −‖x − loc‖² / (2σ²) − D (log σ + ½ log 2π),
 
     which reads the data twice where ``Normal``'s elementwise form, broadcasting σ to the data's
-    shape, makes nine full-size passes: a validation pass of 16 samples on 1,000 MNIST images
+    shape, makes nine full-size passes: a validation pass of 16 samples on 1,000 MNIST-sized images
     takes 0.52× the time; a training step, where the matrix products dominate, is unchanged within
-    the noise (benchmarks/README.md).
+    the noise (benchmarks/recorded_checks.py).
     """
 
     arg_constraints = {"loc": constraints.real_vector, "scale": constraints.positive}  # noqa: RUF012

@@ -137,3 +137,12 @@ def test_whole_run_benchmark_times_each_contestant(tmp_path, monkeypatch, capsys
         assert re.search(rf"^  {re.escape(name)} +[0-9.]+ +[0-9.]+ +[0-9.]+$", printed, re.M)
     assert "pyro-vae ÷ hand-written PyTorch:" in printed
     sys.modules.pop("whole_run", None)
+
+
+def test_recorded_checks_benchmark_measures_both_costs(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import recorded_checks
+
+    result = recorded_checks.main(["--turns", "1"])
+    assert result["check_us"] > 0 and result["step"] > 0 and result["validation pass"] > 0
+    sys.modules.pop("recorded_checks", None)
