@@ -197,10 +197,12 @@ def summarise(result: RunResult, replicas: Replicas, stops: StopRequests) -> Non
         )
         raise typer.Exit(stopped_code)
     final = result.history[-1]
+    error = f" ± {final.val_elbo_se:.2f}" if final.val_elbo_se is not None else ""
     typer.echo(
         f"Trained {final.epoch} epochs on {result.device} in {sum(result.epoch_seconds):.1f} s "
-        f"of SVI steps ({final.train_kl} KL). Validation ELBO: {final.val_elbo:.2f} nats per "
-        f"image ({final.val_kl} KL)."
+        f"of SVI steps ({final.train_kl} KL). Validation ELBO: {final.val_elbo:.2f}{error} nats "
+        f"per image ({final.val_kl} KL, {result.config.train.val_particles} samples of z each; "
+        "± one standard error of sampling them)."
     )
     config = result.config
     if config.train.elbo == "analytic" and final.train_kl != "closed-form":

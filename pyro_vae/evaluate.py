@@ -48,6 +48,47 @@ def elbo_per_datapoint(
     return -_mean_loss(vae.model, vae.guide, x, estimator, num_particles, batch_size)
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """A Monte Carlo estimate and its standard error (None where one sample cannot give one)."""
+
+    value: float
+    standard_error: float | None
+
+
+@torch.no_grad()
+def elbo_sums(
+    vae: VAE, x: torch.Tensor, num_particles: int, max_codes: int = 2**13
+) -> torch.Tensor:
+    """Over the rows of ``x``: the summed ELBO (closed-form KL where Pyro has one), and the summed
+    variance of each row's K-sample mean, as one tensor ``[Σ_i ELBO_i, Σ_i Var(ELBO_i)]``.
+
+    Sums, so that shards of ``x`` (replicas, chunks) add up; ``elbo_estimate`` turns them into
+    a mean and its standard error. The variance is the noise of sampling z, estimated from the
+    spread of each row's K samples (Bessel-corrected; NaN for K = 1): the uncertainty of this
+    number as a measurement of this model on these rows.
+    """
+    sums = torch.zeros(2, dtype=torch.float64, device=x.device)
+    rows = max(1, max_codes // num_particles)  # at most max_codes codes decoded at once
+    for chunk in x.split(rows):
+        terms = _sample_terms(vae, chunk, num_particles)
+        kl = terms["kl"] if "kl" in terms else terms["log_guide"] - terms["log_prior"]
+        elbo = (terms["log_likelihood"] - kl).double()  # (K, rows)
+        if num_particles > 1:
+            variance = elbo.var(0) / num_particles
+        else:
+            variance = torch.full_like(elbo[0], math.nan)
+        sums += torch.stack([elbo.mean(0).sum(), variance.sum()])
+    return sums
+
+
+def elbo_estimate(sums: torch.Tensor, num_rows: int) -> Estimate:
+    """The mean ELBO per row and its standard error from ``elbo_sums`` over ``num_rows`` rows."""
+    total, variance = sums.tolist()
+    standard_error = math.sqrt(variance) / num_rows if math.isfinite(variance) else None
+    return Estimate(total / num_rows, standard_error)
+
+
 def kl_per_datapoint(
     vae: VAE, x: torch.Tensor, num_particles: int = 16, batch_size: int = 1024
 ) -> float:

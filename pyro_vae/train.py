@@ -21,7 +21,7 @@ from pyro_vae.distributed import (
     derived_seed,
 )
 from pyro_vae.errors import UserInputError
-from pyro_vae.evaluate import elbo_per_datapoint
+from pyro_vae.evaluate import Estimate, elbo_estimate, elbo_sums
 from pyro_vae.model import VAE
 from pyro_vae.objectives import kl_method, loss_and_backward, make_elbo
 from pyro_vae.recorded import RecordedGradient
@@ -34,6 +34,9 @@ class EpochMetrics:
     val_elbo: float  # nats per image on the validation split, val_particles samples of z
     train_kl: str  # how training treated the KL term: "closed-form" or "monte-carlo"
     val_kl: str  # the same for the validation ELBO (closed form wherever the prior allows)
+    # The standard error of val_elbo from sampling z (None with one sample, and in checkpoints
+    # older than it): how far another evaluation of this model on these images could land.
+    val_elbo_se: float | None = None
 
 
 class TrainingDiverged(UserInputError):
@@ -207,10 +210,17 @@ class Trainer:
         self._seconds += time.perf_counter() - start
         self.check_finite()
         start = time.perf_counter()
-        val_elbo = self._validation_elbo(data.val.x)
+        val = self._validation_elbo(data.val.x)
         self.validation_seconds.append(time.perf_counter() - start)
         train_elbo = -self._loss_sum.item() / num_train
-        metrics = EpochMetrics(self.epoch + 1, train_elbo, val_elbo, self.train_kl, self.val_kl)
+        metrics = EpochMetrics(
+            self.epoch + 1,
+            train_elbo,
+            val.value,
+            self.train_kl,
+            self.val_kl,
+            val.standard_error,
+        )
         self.history.append(metrics)
         self.epoch_seconds.append(self._seconds)
         self._order = None
@@ -243,21 +253,20 @@ class Trainer:
         # Reading the stop flag waits for the step to finish: the price of stopping together.
         return loss_sum, bool(stops > 0)
 
-    def _validation_elbo(self, x: torch.Tensor) -> float:
-        with pyro.validation_enabled(False):  # as for the steps: the first one checked it all
-            return self._validation_elbo_unchecked(x)
-
-    def _validation_elbo_unchecked(self, x: torch.Tensor) -> float:
+    def _validation_elbo(self, x: torch.Tensor) -> Estimate:
+        """The ELBO on ``x`` (closed-form KL where the prior allows, ``val_particles`` samples of
+        z per image) and its standard error; replicas each take a shard, with their own seed."""
         particles = self.config.val_particles
-        if not self.replicas.distributed:
-            return elbo_per_datapoint(self.vae, x, num_particles=particles)
-        rank = self.replicas.rank
-        torch.manual_seed(derived_seed(self.config.seed, VALIDATION_STREAM, self.epoch, rank))
-        shard = self.replicas.shard(x)
-        total = torch.zeros((), dtype=torch.float64, device=x.device)
-        if shard.shape[0]:
-            total += elbo_per_datapoint(self.vae, shard, num_particles=particles) * shard.shape[0]
-        return self.replicas.sum(total).item() / x.shape[0]
+        with pyro.validation_enabled(False):  # as for the steps: the first one checked it all
+            if not self.replicas.distributed:
+                return elbo_estimate(elbo_sums(self.vae, x, particles), x.shape[0])
+            rank = self.replicas.rank
+            torch.manual_seed(derived_seed(self.config.seed, VALIDATION_STREAM, self.epoch, rank))
+            shard = self.replicas.shard(x)
+            sums = torch.zeros(2, dtype=torch.float64, device=x.device)
+            if shard.shape[0]:
+                sums += elbo_sums(self.vae, shard, particles)
+            return elbo_estimate(self.replicas.sum(sums), x.shape[0])
 
     def check_finite(self) -> None:
         """Raise ``TrainingDiverged`` if the loss so far or any parameter is NaN or infinite."""

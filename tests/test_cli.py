@@ -43,7 +43,15 @@ def test_train_writes_every_artefact(run_dir):
     }
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert set(metrics[0]) == {"epoch", "train_elbo", "val_elbo", "train_kl", "val_kl"}
+    assert set(metrics[0]) == {
+        "epoch",
+        "train_elbo",
+        "val_elbo",
+        "train_kl",
+        "val_kl",
+        "val_elbo_se",
+    }
+    assert all(0 < m["val_elbo_se"] < 1 for m in metrics)
     timing = [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
     assert [t["epoch"] for t in timing] == [1, 2] and all(t["seconds"] > 0 for t in timing)
     assert metrics[0]["train_kl"] == metrics[0]["val_kl"] == "closed-form"

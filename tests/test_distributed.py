@@ -24,13 +24,13 @@ from pyro_vae import (
     ModelConfig,
     Replicas,
     TrainConfig,
-    elbo_per_datapoint,
     load_checkpoint,
     load_dataset,
     resume_run,
     runs,
 )
 from pyro_vae.distributed import ORDER_STREAM, TRAINING_STREAM, VALIDATION_STREAM, derived_seed
+from pyro_vae.evaluate import elbo_estimate, elbo_sums
 from pyro_vae.objectives import loss_and_backward, make_elbo
 
 ROOT = Path(__file__).parents[1]
@@ -112,18 +112,18 @@ def one_process_reference() -> list[dict]:
                     elbo, vae.generative_model, vae.inference_guide, data.train.x[shard]
                 )
             optimizer.step()
-        val_sum = 0.0
+        val_sums = torch.zeros(2, dtype=torch.float64)
         for rank, shard in enumerate(data.val.x.tensor_split(2)):
             torch.manual_seed(derived_seed(SEED, VALIDATION_STREAM, epoch, rank))
-            val_sum += elbo_per_datapoint(
-                vae, shard, num_particles=TrainConfig.val_particles
-            ) * len(shard)
+            val_sums += elbo_sums(vae, shard, num_particles=TrainConfig.val_particles)
+        val = elbo_estimate(val_sums, data.val.x.shape[0])
         states.append(
             {
                 "model": {k: v.clone() for k, v in vae.state_dict().items()},
                 "optimizer": copy.deepcopy(optimizer.state_dict()),
                 "train_elbo": -loss_sum.item() / num_train,
-                "val_elbo": val_sum / data.val.x.shape[0],
+                "val_elbo": val.value,
+                "val_elbo_se": val.standard_error,
             }
         )
     return states
@@ -143,6 +143,7 @@ def assert_parameters_match(run: Path, expected: dict) -> None:
     history = checkpoint.trainer_state["history"][-1]
     assert history["train_elbo"] == pytest.approx(expected["train_elbo"], rel=1e-5)
     assert history["val_elbo"] == pytest.approx(expected["val_elbo"], rel=1e-5)
+    assert history["val_elbo_se"] == pytest.approx(expected["val_elbo_se"], rel=1e-4)
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["train_elbo"] == pytest.approx(expected["train_elbo"], rel=1e-5)
 
