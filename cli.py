@@ -54,7 +54,7 @@ from pyro_vae import (
     resume_run,
     train_run,
 )
-from pyro_vae.config import BINARIZATIONS, MAX_SEED
+from pyro_vae.config import BINARIZATIONS, LR_SCHEDULES, MAX_SEED
 from pyro_vae.data import Split, load_run_data
 from pyro_vae.distributed import Replicas
 from pyro_vae.evaluate import evaluate_bounds
@@ -67,7 +67,7 @@ from pyro_vae.pictures import (
     save_samples,
 )
 from pyro_vae.registry import accepts
-from pyro_vae.rundir import RUN_FILES, check_writable, is_run_dir, writing
+from pyro_vae.rundir import BEST, RUN_FILES, check_writable, is_run_dir, writing
 
 signal.signal(signal.SIGINT, _HANDLER_BEFORE_IMPORTS)  # imported: Ctrl-C as it was
 
@@ -95,6 +95,7 @@ Estimator = _choices("Estimator", ESTIMATORS)
 PriorName = _choices("PriorName", PRIORS)
 LikelihoodName = _choices("LikelihoodName", LIKELIHOODS)
 DatasetName = _choices("DatasetName", DATASETS)
+LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
 Binarization = _choices("Binarization", BINARIZATIONS)
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -299,6 +300,48 @@ def train(
             min=1, help="Also save a checkpoint every this many steps.", show_default="every epoch"
         ),
     ] = None,
+    beta: Annotated[
+        float,
+        typer.Option(
+            callback=_positive,
+            help="Weight β of the KL term (β-VAE); every reported ELBO stays the ELBO itself.",
+        ),
+    ] = TrainConfig.beta,
+    kl_warmup: Annotated[
+        int,
+        typer.Option(min=0, help="Epochs over which β rises linearly from 0, step by step."),
+    ] = TrainConfig.kl_warmup,
+    free_bits: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Nats each latent dimension's KL counts at least (--elbo analytic)."
+        ),
+    ] = TrainConfig.free_bits,
+    lr_schedule: Annotated[
+        LrSchedule,
+        typer.Option(
+            help="Learning rate over the epochs: cosine (down to --lr-min), step (× --lr-factor "
+            "every --lr-step epochs), plateau (× --lr-factor after --lr-step epochs without gain)."
+        ),
+    ] = TrainConfig.lr_schedule,
+    lr_step: Annotated[
+        int, typer.Option(min=1, help="Epochs of the step and plateau schedules.")
+    ] = TrainConfig.lr_step,
+    lr_factor: Annotated[
+        float, typer.Option(help="What a step or plateau cut multiplies the rate by (0 to 1).")
+    ] = TrainConfig.lr_factor,
+    lr_min: Annotated[
+        float, typer.Option(min=0, help="The rate the cosine schedule ends at.")
+    ] = TrainConfig.lr_min,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Stop after this many epochs without a better validation ELBO; best.pt keeps "
+            "the best model, which evaluate and the pictures then use.",
+            show_default="never",
+        ),
+    ] = None,
 ) -> None:
     """Train a VAE with SVI and write a run directory (checkpoint, metrics, pictures).
 
@@ -355,6 +398,14 @@ def train(
             epochs=epochs,
             seed=seed,
             device=device,
+            beta=beta,
+            kl_warmup=kl_warmup,
+            free_bits=free_bits,
+            lr_schedule=lr_schedule.value,
+            lr_step=lr_step,
+            lr_factor=lr_factor,
+            lr_min=lr_min,
+            patience=patience,
         ),
     )
     if out is None:
@@ -417,8 +468,25 @@ def _output_path(run: Path, out: Path | None, default_name: str) -> Path:
     return path
 
 
-def _load_trained(run: Path, device_name: str) -> tuple[Checkpoint, VAE, torch.device]:
+LatestOption = Annotated[
+    bool,
+    typer.Option(
+        "--latest",
+        help="Use the last epoch's model (checkpoint.pt) where the run also kept its best "
+        "(best.pt, with --patience).",
+    ),
+]
+
+
+def _load_trained(
+    run: Path, device_name: str, latest: bool = False
+) -> tuple[Checkpoint, VAE, torch.device]:
     device = resolve_device(device_name)
+    if run.is_dir() and (run / BEST).is_file() and not latest:
+        run = run / BEST
+        logging.getLogger("pyro_vae.cli").info(
+            "using %s, the model of the best validation ELBO (--latest: the last epoch's)", run
+        )
     checkpoint = load_checkpoint(run, device)
     return checkpoint, checkpoint.build_vae(device), device
 
@@ -469,12 +537,13 @@ def evaluate(
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for the samples of z.")] = 0,
     out: Annotated[Path | None, _out_option(".json", "RUN/evaluation-SPLIT-kK.json")] = None,
     device: DeviceOption = "auto",
+    latest: LatestOption = False,
     data: MovedDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Test ELBO (closed-form and Monte Carlo KL) and the importance-weighted log p(x)."""
     path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json")
-    checkpoint, vae, device_ = _load_trained(run, device)
+    checkpoint, vae, device_ = _load_trained(run, device, latest)
     x = _split(checkpoint, split, device_, data, data_dir).x
     pyro.set_rng_seed(seed)
     with WorkProgress("codes decoded") as progress:
@@ -516,10 +585,11 @@ def sample(
     ] = 0,
     out: Annotated[Path | None, _out_option(".png", "RUN/samples-seedSEED.png")] = None,
     device: DeviceOption = "auto",
+    latest: LatestOption = False,
 ) -> None:
     """Decode z ~ p(z) with a trained VAE and save the images as a PNG."""
     path = _output_path(run, out, f"samples-seed{seed}.png")
-    checkpoint, vae, _ = _load_trained(run, device)
+    checkpoint, vae, _ = _load_trained(run, device, latest)
     with writing(path, "--out"):
         save_samples(vae, checkpoint.image_shape, path, num, seed)
     typer.echo(path)
@@ -532,11 +602,12 @@ def reconstruct(
     num: Annotated[int, typer.Option(min=1, max=MAX_TILES, help="Number of test images.")] = 16,
     out: Annotated[Path | None, _out_option(".png", "RUN/reconstructions-NUM.png")] = None,
     device: DeviceOption = "auto",
+    latest: LatestOption = False,
     data: MovedDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Show the first test images of the run's dataset beside their reconstructions."""
-    checkpoint, vae, device_ = _load_trained(run, device)
+    checkpoint, vae, device_ = _load_trained(run, device, latest)
     images = _split(checkpoint, SplitName.test, device_, data, data_dir).x[:num]
     if images.shape[0] < num:
         _note(f"the test split has {images.shape[0]} images: showing all of them, not {num}")
@@ -558,12 +629,13 @@ def interpolate(
     ] = 10,
     out: Annotated[Path | None, _out_option(".png", "RUN/interpolations.png")] = None,
     device: DeviceOption = "auto",
+    latest: LatestOption = False,
     data: MovedDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Decode along the line between the posterior means of pairs of test images."""
     path = _output_path(run, out, "interpolations.png")
-    checkpoint, vae, device_ = _load_trained(run, device)
+    checkpoint, vae, device_ = _load_trained(run, device, latest)
     x = _split(checkpoint, SplitName.test, device_, data, data_dir).x[: 2 * pairs]
     if x.shape[0] < 2 * pairs:
         raise UserInputError(f"the test split has {x.shape[0]} images: ask for fewer --pairs")
@@ -579,12 +651,13 @@ def latent(
     split: Annotated[SplitName, typer.Option(help="Images to encode.")] = "test",
     out: Annotated[Path | None, _out_option(".png", "RUN/latent-SPLIT.png")] = None,
     device: DeviceOption = "auto",
+    latest: LatestOption = False,
     data: MovedDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Scatter the posterior means of a split, coloured by label (PCA beyond two dimensions)."""
     path = _output_path(run, out, f"latent-{split.value}.png")
-    checkpoint, vae, device_ = _load_trained(run, device)
+    checkpoint, vae, device_ = _load_trained(run, device, latest)
     images = _split(checkpoint, split, device_, data, data_dir)
     with writing(path, "--out"):
         save_latent_scatter(vae, images.x, images.labels, path)
@@ -601,6 +674,7 @@ def manifold(
     ] = "0,1",
     out: Annotated[Path | None, _out_option(".png", "RUN/manifold.png")] = None,
     device: DeviceOption = "auto",
+    latest: LatestOption = False,
 ) -> None:
     """Decode a grid over two latent coordinates at normal quantiles (Kingma & Welling, 2014)."""
     try:
@@ -608,7 +682,7 @@ def manifold(
     except ValueError:
         raise UserInputError(f"--dims takes two coordinates such as 0,1, got {dims!r}") from None
     path = _output_path(run, out, "manifold.png")
-    checkpoint, vae, _ = _load_trained(run, device)
+    checkpoint, vae, _ = _load_trained(run, device, latest)
     with writing(path, "--out"):
         save_manifold(vae, checkpoint.image_shape, path, grid, (i, j))
     typer.echo(path)

@@ -205,6 +205,14 @@ def summarise(result: RunResult, replicas: Replicas, stops: StopRequests) -> Non
         "± one standard error of sampling them)."
     )
     config = result.config
+    if result.stopped_early:
+        typer.echo(
+            f"Stopped early: no better validation ELBO for {config.train.patience} epochs after "
+            f"epoch {result.best_epoch}, whose model best.pt keeps (evaluate and the pictures "
+            "use it; --latest for the last epoch's)."
+        )
+    if result.active_units is not None and collapsed(result.active_units, config.model.latent_dim):
+        typer.echo(collapse_note(result.active_units, config))
     if config.train.elbo == "analytic" and final.train_kl != "closed-form":
         typer.echo(
             f"Note: the {config.model.prior} prior has no closed-form KL to the Gaussian guide, "
@@ -213,6 +221,33 @@ def summarise(result: RunResult, replicas: Replicas, stops: StopRequests) -> Non
     typer.echo(f"Run directory: {result.run_dir}")
     for path in result.files:
         typer.echo(f"  {path.name}")
+
+
+def collapsed(active: int, latent_dim: int) -> bool:
+    """None, or almost none, of the latent dimensions in use: at most one in ten."""
+    return active <= latent_dim // 10
+
+
+def collapse_note(active: int, config: RunConfig) -> str:
+    """What happened, in a sentence, and the remedies that apply to this run."""
+    remedies = []
+    likelihood, options = config.model.likelihood, config.model.likelihood_options
+    if likelihood == "gaussian":
+        sigma = options.get("sigma", 1.0)
+        remedies += [f"a smaller --sigma (this run: {sigma:g})", "--likelihood gaussian-learned"]
+    if not config.train.kl_warmup:
+        remedies.append("--kl-warmup 10")
+    if not config.train.free_bits and config.train.elbo == "analytic":
+        remedies.append("--free-bits 0.5")
+    elif not config.train.free_bits:
+        remedies.append("--elbo analytic --free-bits 0.5")
+    if config.train.beta > 1:
+        remedies.append(f"a --beta below this run's {config.train.beta:g}")
+    return (
+        f"Note: posterior collapse: {active} of {config.model.latent_dim} latent dimensions are "
+        "in use (the encoder's mean moves with the image in no more), so every image gets much "
+        "the same code and the samples look alike; try " + ", ".join(remedies) + "."
+    )
 
 
 class WorkProgress:

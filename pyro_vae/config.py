@@ -15,6 +15,7 @@ from pyro_vae.errors import UserInputError
 ELBO_ESTIMATORS = ("mc", "analytic", "iwae")  # see objectives.py for what each one computes
 BINARIZATIONS = ("none", "static", "dynamic")  # see data.py
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see schedules.py
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
 
 
@@ -106,6 +107,16 @@ class TrainConfig:
     # as val_elbo_se, halves as they quadruple: 4 give about 0.04 nats on 1,000 MNIST images, at a
     # quarter of 16's cost (the validation pass costs a forward pass per sample and image).
     val_particles: int = 4
+    # The objective's weights (see objectives.py); every reported ELBO stays the ELBO itself.
+    beta: float = 1.0  # weight of the KL term (β-VAE); 1 trains on the ELBO
+    kl_warmup: int = 0  # epochs over which β rises linearly from 0 to beta, step by step
+    free_bits: float = 0.0  # nats each latent dimension's KL counts at least (analytic only)
+    # The learning rate over the epochs (torch.optim.lr_scheduler, stepped once an epoch).
+    lr_schedule: str = "constant"  # "constant", "cosine", "step" or "plateau"
+    lr_step: int = 30  # step: epochs between two cuts; plateau: epochs without gain before one
+    lr_factor: float = 0.1  # step and plateau: what a cut multiplies the rate by
+    lr_min: float = 0.0  # cosine: the rate the last epoch reaches
+    patience: int | None = None  # stop after this many epochs without a better validation ELBO
 
     def __post_init__(self) -> None:
         _require(
@@ -118,6 +129,41 @@ class TrainConfig:
         _require(
             math.isfinite(self.lr) and self.lr > 0,
             f"lr must be a positive number, got {self.lr}",
+        )
+        _require(
+            math.isfinite(self.beta) and self.beta > 0,
+            f"beta must be a positive number, got {self.beta}",
+        )
+        _require(self.kl_warmup >= 0, f"kl_warmup must be 0 or more epochs, got {self.kl_warmup}")
+        _require(
+            math.isfinite(self.free_bits) and self.free_bits >= 0,
+            f"free_bits must be 0 or more nats, got {self.free_bits}",
+        )
+        weighted = self.beta != 1 or self.kl_warmup or self.free_bits
+        _require(
+            not (weighted and self.elbo == "iwae"),
+            "--beta, --kl-warmup and --free-bits weight the ELBO's KL term, which the iwae bound "
+            "does not have: use --elbo mc or analytic with them",
+        )
+        _require(
+            not (self.free_bits and self.elbo != "analytic"),
+            "free bits floor the KL of each latent dimension, which only the closed-form KL "
+            "gives: use --elbo analytic with --free-bits",
+        )
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            f"unknown learning-rate schedule {self.lr_schedule!r}: choose one of "
+            f"{', '.join(LR_SCHEDULES)}",
+        )
+        _require(self.lr_step >= 1, f"lr_step must be at least 1 epoch, got {self.lr_step}")
+        _require(0 < self.lr_factor < 1, f"lr_factor must be between 0 and 1, got {self.lr_factor}")
+        _require(
+            math.isfinite(self.lr_min) and 0 <= self.lr_min < self.lr,
+            f"lr_min must be at least 0 and below lr ({self.lr:g}), got {self.lr_min}",
+        )
+        _require(
+            self.patience is None or self.patience >= 1,
+            f"patience must be at least 1 epoch, got {self.patience}",
         )
         _require(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,

@@ -60,15 +60,17 @@ class Estimate:
 def elbo_sums(
     vae: VAE, x: torch.Tensor, num_particles: int, max_codes: int = 2**13
 ) -> torch.Tensor:
-    """Over the rows of ``x``: the summed ELBO (closed-form KL where Pyro has one), and the summed
-    variance of each row's K-sample mean, as one tensor ``[Σ_i ELBO_i, Σ_i Var(ELBO_i)]``.
+    """Over the rows of ``x``: the summed ELBO (closed-form KL where Pyro has one), the summed
+    variance of each row's K-sample mean, and the summed KL term (the rate), as one tensor
+    ``[Σ_i ELBO_i, Σ_i Var(ELBO_i), Σ_i KL_i]``.
 
     Sums, so that shards of ``x`` (replicas, chunks) add up; ``elbo_estimate`` turns them into
     a mean and its standard error. The variance is the noise of sampling z, estimated from the
     spread of each row's K samples (Bessel-corrected; NaN for K = 1): the uncertainty of this
-    number as a measurement of this model on these rows.
+    number as a measurement of this model on these rows. The model's KL weight plays no part:
+    the terms are the distributions' own densities.
     """
-    sums = torch.zeros(2, dtype=torch.float64, device=x.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
     rows = max(1, max_codes // num_particles)  # at most max_codes codes decoded at once
     for chunk in x.split(rows):
         terms = _sample_terms(vae, chunk, num_particles)
@@ -78,13 +80,13 @@ def elbo_sums(
             variance = elbo.var(0) / num_particles
         else:
             variance = torch.full_like(elbo[0], math.nan)
-        sums += torch.stack([elbo.mean(0).sum(), variance.sum()])
+        sums += torch.stack([elbo.mean(0).sum(), variance.sum(), kl.double().mean(0).sum()])
     return sums
 
 
 def elbo_estimate(sums: torch.Tensor, num_rows: int) -> Estimate:
     """The mean ELBO per row and its standard error from ``elbo_sums`` over ``num_rows`` rows."""
-    total, variance = sums.tolist()
+    total, variance, _ = sums.tolist()
     standard_error = math.sqrt(variance) / num_rows if math.isfinite(variance) else None
     return Estimate(total / num_rows, standard_error)
 

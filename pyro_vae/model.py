@@ -7,12 +7,14 @@ Pyro reparameterises z = μ + σ ⊙ ε, ε ~ N(0, I) because the guide's Normal
 E_q[log p_θ(x|z)] − KL(q_φ(z|x) ‖ p(z)) is estimated by the objectives in ``objectives.py``.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 
 from pyro_vae.config import ModelConfig
@@ -56,6 +58,10 @@ class VAE(PyroModule):
             prior, latent_dim, data_dim=data_dim, encoder=self.encoder, **(prior_options or {})
         )
         self.likelihood = build_likelihood(likelihood, data_dim, **(likelihood_options or {}))
+        # β of a β-VAE (Higgins et al., 2017): the weight of the KL term, 1 for the ELBO itself.
+        # A buffer changed in place, so that a recorded step reads the current one; not saved,
+        # because a trained VAE is the model, whatever weight trained it (see ``kl_weighted``).
+        self.register_buffer("kl_weight", torch.ones(()), persistent=False)
         _check_event_shape(self.prior(), (latent_dim,), "prior p(z)")
         _check_event_shape(self.likelihood(torch.zeros(data_dim)), (data_dim,), "likelihood p(x|z)")
 
@@ -78,7 +84,8 @@ class VAE(PyroModule):
         if x is None and batch_size is None:
             raise ValueError("model() needs data x, or a batch_size to draw new data")
         with pyro.plate("data", x.shape[0] if x is not None else batch_size):
-            z = pyro.sample("z", self.prior())  # (batch, latent_dim)
+            with poutine.scale(scale=self.kl_weight):  # log p(z) counts β times; see kl_weighted
+                z = pyro.sample("z", self.prior())  # (batch, latent_dim)
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)  # (batch, data_dim)
 
     def inference_guide(
@@ -89,7 +96,8 @@ class VAE(PyroModule):
             raise ValueError("the guide q(z|x) needs data x")
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x)
-            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            with poutine.scale(scale=self.kl_weight):  # and log q(z|x): the KL term counts β times
+                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # Pyro's model and guide: the two functions above, run in the PyroModule's context, which
     # registers every parameter they read in Pyro's param store, where SVI and pyro.optim find
@@ -97,6 +105,21 @@ class VAE(PyroModule):
     # directly and skips that registration, a cost paid at every step.
     model = pyro_method(generative_model)
     guide = pyro_method(inference_guide)
+
+    @contextmanager
+    def kl_weighted(self, beta: float) -> Iterator[None]:
+        """Within the block, ``model`` and ``guide`` weight the KL term by ``beta`` > 0: their
+        ``z`` sites are scaled by it (``poutine.scale``), so any Pyro ELBO optimises
+        E_q[log p(x|z)] − β·KL(q(z|x) ‖ p(z)), the β-VAE objective. Outside it, β = 1: the ELBO.
+        """
+        if not beta > 0:
+            raise ValueError(f"the KL weight must be positive, got {beta}")
+        previous = self.kl_weight.item()
+        self.kl_weight.fill_(beta)
+        try:
+            yield
+        finally:
+            self.kl_weight.fill_(previous)
 
     # Deterministic helpers for pictures and evaluation: they read the networks directly.
 

@@ -36,14 +36,19 @@ from pyro_vae.errors import UserInputError
 
 
 class DeviceLossMixin:
-    """``differentiable_loss`` without reading anything back to the host.
+    """``differentiable_loss`` without reading anything back to the host, and beside it −ELBO.
 
     Pyro's Trace_ELBO adds each site's ``log_prob_sum.item()`` into a Python float for the loss's
     value and reads ``isnan(loss)`` for a warning: six host reads a step (four for the mean-field
     ELBO). Here the value is the same sum kept as a tensor; where every guide site is
     reparameterised (a VAE's is), the surrogate whose gradient Pyro takes *is* that sum, so the
-    loss is that one tensor. Anywhere else ``_particle_loss`` falls back on Pyro's own particle
+    loss is that one tensor. Anywhere else ``_particle_losses`` falls back on Pyro's own particle
     function. A NaN loss is left to the caller (``Trainer.check_finite``).
+
+    ``losses`` returns the loss to train on and −ELBO itself: the same number unless the KL term
+    is weighted (``poutine.scale`` on the latent site, which is how ``VAE.kl_weight`` works) or
+    floored (free bits). −ELBO counts every latent site unscaled: a VAE's data plate does not
+    subsample, so a latent site's only scale is the KL weight.
     """
 
     num_particles: int
@@ -51,14 +56,34 @@ class DeviceLossMixin:
     def differentiable_loss(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        traces = self._get_traces(model, guide, args, kwargs)
-        loss = _total(
-            self._particle_loss(model_trace, guide_trace) for model_trace, guide_trace in traces
-        )
-        # One pass over vectorised particles, num_particles passes otherwise: an average either way.
-        return loss / self.num_particles if self.num_particles > 1 else loss
+        return self.losses(model, guide, *args, **kwargs)[0]
 
-    def _particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+    def losses(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the training loss, −ELBO), each summed over the data and averaged over particles."""
+        traces = self._get_traces(model, guide, args, kwargs)
+        pairs = [
+            self._particle_losses(model_trace, guide_trace) for model_trace, guide_trace in traces
+        ]
+        loss, negative_elbo = _total(p[0] for p in pairs), _total(p[1] for p in pairs)
+        # One pass over vectorised particles, num_particles passes otherwise: an average either way.
+        if self.num_particles > 1:
+            loss, negative_elbo = loss / self.num_particles, negative_elbo / self.num_particles
+        return loss, negative_elbo
+
+    def loss_and_grads(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> float:
+        """Pyro's ``SVI`` entry point: the same loss, its gradient added to the ``.grad``s."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item()
+
+    def _particle_losses(
+        self, model_trace: Trace, guide_trace: Trace
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def _pyro_particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
@@ -77,10 +102,17 @@ def _sample_sites(trace: Trace) -> list[dict]:
 
 
 def _reparameterised(site: dict) -> bool:
-    # Pyro's score parts of a reparameterised site: no score-function term, and an entropy term
-    # that is the log-density itself (the same tensor unless a subsample scale was applied).
+    # Pyro's score parts of a reparameterised site (TorchDistributionMixin.score_parts): no
+    # score-function term, and an entropy term that is the log-density itself: the same value,
+    # though a scale (the KL weight) makes it another tensor. A partly reparameterised sampler
+    # (a Rejector) has a score-function term.
     parts = site["score_parts"]
-    return is_identically_zero(parts.score_function) and parts.entropy_term is parts.log_prob
+    return is_identically_zero(parts.score_function) and getattr(site["fn"], "has_rsample", False)
+
+
+def _unweighted(site: dict) -> torch.Tensor:
+    """log p at a latent site, summed, before the KL weight scaled it."""
+    return site["unscaled_log_prob"].sum()
 
 
 class DeviceTrace_ELBO(DeviceLossMixin, Trace_ELBO):
@@ -88,29 +120,49 @@ class DeviceTrace_ELBO(DeviceLossMixin, Trace_ELBO):
 
     recordable = True  # its step is static: see recordable.py
 
-    def _particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+    def _particle_losses(
+        self, model_trace: Trace, guide_trace: Trace
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         guide_sites = _sample_sites(guide_trace)
         if not all(_reparameterised(site) for site in guide_sites):
-            return self._pyro_particle_loss(model_trace, guide_trace)
-        log_p = _total(site["log_prob_sum"] for site in _sample_sites(model_trace))
+            loss = self._pyro_particle_loss(model_trace, guide_trace)
+            return loss, loss
+        model_sites = _sample_sites(model_trace)
+        log_p = _total(site["log_prob_sum"] for site in model_sites)
         log_q = _total(site["log_prob_sum"] for site in guide_sites)
-        return log_q - log_p
+        observed = [site["log_prob_sum"] for site in model_sites if site["is_observed"]]
+        latent_p = [_unweighted(site) for site in model_sites if not site["is_observed"]]
+        elbo = _total([*observed, *latent_p]) - _total(_unweighted(site) for site in guide_sites)
+        return log_q - log_p, -elbo
 
 
 class DeviceTraceMeanField_ELBO(DeviceLossMixin, TraceMeanField_ELBO):
     """TraceMeanField_ELBO: −[log p(x|z) − KL(q(z|x) ‖ p(z))], the KL in closed form where Pyro
-    knows it (else sampled, as Pyro does), its loss kept on the device."""
+    knows it (else sampled, as Pyro does), its loss kept on the device.
+
+    With ``free_bits`` λ > 0 (Kingma et al., 2016), the training loss counts the KL of each
+    latent dimension, averaged over the batch, as at least λ nats: Σ_d max(λ, mean_b KL_bd) per
+    image. Only where the KL is a sum over dimensions in closed form (``per_dimension_kl``).
+    """
 
     recordable = True  # its step is static: see recordable.py
 
-    def _particle_loss(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+    def __init__(self, *args: Any, free_bits: float = 0.0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.free_bits = free_bits
+
+    def _particle_losses(
+        self, model_trace: Trace, guide_trace: Trace
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         auxiliary = [site for site in _sample_sites(guide_trace) if site["name"] not in model_trace]
         if auxiliary:  # guide-only sample sites: rare, and left to Pyro's own bookkeeping
-            return self._pyro_particle_loss(model_trace, guide_trace)
-        elbo_terms = []
+            loss = self._pyro_particle_loss(model_trace, guide_trace)
+            return loss, loss
+        objective, elbo = [], []
         for site in _sample_sites(model_trace):
             if site["is_observed"]:
-                elbo_terms.append(site["log_prob_sum"])
+                objective.append(site["log_prob_sum"])
+                elbo.append(site["log_prob_sum"])
                 continue
             guide_site = guide_trace.nodes[site["name"]]
             if is_validation_enabled():
@@ -119,11 +171,33 @@ class DeviceTraceMeanField_ELBO(DeviceLossMixin, TraceMeanField_ELBO):
                 kl = kl_divergence(guide_site["fn"], site["fn"])
             except NotImplementedError:  # no formula: log p(z) − log q(z|x) at the sampled z
                 entropy_term = guide_site["score_parts"].entropy_term
-                elbo_terms.append(site["log_prob_sum"] - entropy_term.sum())
+                objective.append(site["log_prob_sum"] - entropy_term.sum())
+                elbo.append(_unweighted(site) - _unweighted(guide_site))
                 continue
-            kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
-            elbo_terms.append(-kl.sum())
-        return -_total(elbo_terms)
+            elbo.append(-kl.sum())
+            if self.free_bits > 0:
+                objective.append(-self._floored_kl(guide_site, site["fn"]))
+            else:
+                kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
+                objective.append(-kl.sum())
+        return -_total(objective), -_total(elbo)
+
+    def _floored_kl(self, guide_site: dict, prior: dist.Distribution) -> torch.Tensor:
+        """The KL term with free bits: each dimension's batch average at least ``free_bits``."""
+        per_dimension = per_dimension_kl(guide_site["fn"], prior)  # (..., batch, latent_dim)
+        rows = per_dimension.reshape(-1, per_dimension.shape[-1])
+        floored = rows.mean(0).clamp(min=self.free_bits).sum() * rows.shape[0]
+        return guide_site["scale"] * floored
+
+
+def per_dimension_kl(guide: dist.Distribution, prior: dist.Distribution) -> torch.Tensor:
+    """KL(q ‖ p) for each latent dimension, where both are independent over the last dimension
+    and Pyro has a closed form for each; NotImplementedError elsewhere (a mixture, a flow)."""
+    if not (isinstance(guide, dist.Independent) and isinstance(prior, dist.Independent)):
+        raise NotImplementedError("the KL is not a sum over latent dimensions")
+    if guide.reinterpreted_batch_ndims != 1 or prior.reinterpreted_batch_ndims != 1:
+        raise NotImplementedError("the KL is not a sum over latent dimensions")
+    return kl_divergence(guide.base_dist, prior.base_dist)
 
 
 ESTIMATORS: dict[str, type[ELBO]] = {
@@ -133,13 +207,21 @@ ESTIMATORS: dict[str, type[ELBO]] = {
 }
 
 
-def make_elbo(estimator: str = "mc", num_particles: int = 1) -> ELBO:
-    """The Pyro ELBO named ``estimator``, averaging over ``num_particles`` samples of z."""
+def make_elbo(estimator: str = "mc", num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
+    """The Pyro ELBO named ``estimator``, averaging over ``num_particles`` samples of z; with
+    ``free_bits`` > 0 (``analytic`` only), the KL of each latent dimension floored at it."""
     if estimator not in ESTIMATORS:
         raise UserInputError(
             f"unknown ELBO estimator {estimator!r}: choose one of {', '.join(ESTIMATORS)}"
         )
-    options = {"alpha": 0.0} if estimator == "iwae" else {}
+    options: dict[str, Any] = {"alpha": 0.0} if estimator == "iwae" else {}
+    if free_bits:
+        if estimator != "analytic":
+            raise UserInputError(
+                "free bits floor the KL of each latent dimension, which only the closed-form KL "
+                "gives: use --elbo analytic with --free-bits"
+            )
+        options["free_bits"] = free_bits
     return ESTIMATORS[estimator](
         num_particles=num_particles,
         vectorize_particles=num_particles > 1,
@@ -150,17 +232,23 @@ def make_elbo(estimator: str = "mc", num_particles: int = 1) -> ELBO:
 
 def loss_and_backward(
     elbo: ELBO, model: Callable[..., Any], guide: Callable[..., Any], *args: Any
-) -> torch.Tensor:
-    """−ELBO summed over the batch, as a detached tensor, its gradient added to the ``.grad``s.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss and −ELBO, summed over the batch, as detached tensors; the loss's
+    gradient added to the ``.grad``s.
 
     Pyro's RenyiELBO has no ``differentiable_loss``; its ``loss_and_grads`` does the same work
-    (and reads the loss back to the host, once a step).
+    (and reads the loss back to the host, once a step). For an ELBO without ``losses`` (one of
+    Pyro's own), the loss is taken for −ELBO.
     """
     if isinstance(elbo, RenyiELBO):
-        return torch.tensor(elbo.loss_and_grads(model, guide, *args))
-    loss = elbo.differentiable_loss(model, guide, *args)
+        loss = torch.tensor(elbo.loss_and_grads(model, guide, *args))
+        return loss, loss
+    if isinstance(elbo, DeviceLossMixin):
+        loss, negative_elbo = elbo.losses(model, guide, *args)
+    else:
+        loss = negative_elbo = elbo.differentiable_loss(model, guide, *args)
     loss.backward()
-    return loss.detach()
+    return loss.detach(), negative_elbo.detach()
 
 
 def kl_method(estimator: str, prior: dist.Distribution) -> str:

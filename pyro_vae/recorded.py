@@ -32,6 +32,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from pyro_vae.objectives import DeviceLossMixin
 from pyro_vae.recordable import (
     PythonGenerators,
     StateWatch,
@@ -55,13 +56,17 @@ class _Loss(nn.Module):
         self.vae = vae
         self.elbo, self.model, self.guide = elbo, model, guide
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.elbo.differentiable_loss(self.model, self.guide, batch)
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss and −ELBO (the same tensor for an ELBO that knows no difference)."""
+        if isinstance(self.elbo, DeviceLossMixin):
+            return self.elbo.losses(self.model, self.guide, batch)
+        loss = self.elbo.differentiable_loss(self.model, self.guide, batch)
+        return loss, loss
 
 
 class RecordedGradient:
-    """``loss = elbo.differentiable_loss(model, guide, batch)`` and its gradient in the ``.grad``
-    of ``vae``'s parameters, replayed from a graph recorded for the batch's shape.
+    """``loss, −ELBO = elbo.losses(model, guide, batch)`` and the loss's gradient in the
+    ``.grad`` of ``vae``'s parameters, replayed from a graph recorded for the batch's shape.
 
     Only for components that declare their step static (recordable.py): for any other, and for
     one found breaking that promise, it stands aside (returns None) with one log line saying why,
@@ -79,9 +84,9 @@ class RecordedGradient:
         self.eager_reason: str | None = None  # why every step is eager, once it is
         self._handled_eagerly = False  # whether a step under a Pyro handler was said to be eager
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor | None:
-        """The loss (detached), its gradient in the ``.grad``s; None where no graph can be made
-        or trusted, and nothing done: the caller then takes the eager step.
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The loss and −ELBO (detached), the loss's gradient in the ``.grad``s; None where no
+        graph can be made or trusted, and nothing done: the caller then takes the eager step.
 
         Every ``.grad`` is replaced, as ``zero_grad(set_to_none=True)`` then ``backward`` would
         leave it: None for a parameter that is frozen or that the loss does not use.
@@ -103,10 +108,10 @@ class RecordedGradient:
                 return None
             self._graphs[key] = graph
         with torch.no_grad():  # the graph computes the gradients itself; autograd keeps out
-            loss, *gradients = graph(*self._inputs, batch)
+            loss, negative_elbo, *gradients = graph(*self._inputs, batch)
         for parameter, gradient in zip(self._parameters, gradients, strict=True):
             parameter.grad = gradient
-        return loss
+        return loss, negative_elbo
 
     def _stand_aside(self, reason: str) -> None:
         self.eager_reason = reason
@@ -157,13 +162,15 @@ class RecordedGradient:
 
         def loss_and_gradients(*values: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
             *inputs, x = values
-            loss = functional_call(self._loss, dict(zip(names, inputs, strict=True)), (x,))
+            loss, negative_elbo = functional_call(
+                self._loss, dict(zip(names, inputs, strict=True)), (x,)
+            )
             # Frozen parameters (requires_grad False) get no gradient, as from autograd.
             parameters = inputs[: len(self._parameters)]
             trainable = [value for value in parameters if value.requires_grad]
             found = iter(torch.autograd.grad(loss, trainable, allow_unused=True))
             gradients = (next(found) if value.requires_grad else None for value in parameters)
-            return loss.detach(), *gradients
+            return loss.detach(), negative_elbo.detach(), *gradients
 
         generators = PythonGenerators()
         try:

@@ -30,6 +30,7 @@ except ImportError:  # not on Windows: there a run directory goes unlocked
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # the checkpoint of the best validation ELBO, kept with --patience
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 TIMING = "timing.jsonl"
@@ -38,7 +39,7 @@ RECONSTRUCTIONS = "reconstructions.png"
 SAMPLES = "samples.png"
 LOCK = ".lock"
 
-RUN_FILES = (CHECKPOINT, CONFIG, METRICS, TIMING, ELBO_CURVE, RECONSTRUCTIONS, SAMPLES, LOCK)
+RUN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, TIMING, ELBO_CURVE, RECONSTRUCTIONS, SAMPLES, LOCK)
 # What the other commands write into a run directory by default, and the temporary files of an
 # atomic write that a kill may leave behind.
 RUN_PATTERNS = (
@@ -49,6 +50,7 @@ RUN_PATTERNS = (
     "latent-*.png",
     "manifold.png",
     f".{CHECKPOINT}.*.tmp",
+    f".{BEST}.*.tmp",
     ".*.json.tmp",
     ".*.jsonl.tmp",
 )

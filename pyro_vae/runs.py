@@ -29,6 +29,7 @@ from typing import Any
 
 import pyro
 import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from pyro_vae import plots
 from pyro_vae.budget import check_budget
@@ -44,9 +45,11 @@ from pyro_vae.config import RunConfig
 from pyro_vae.data import Dataset, load_dataset, load_run_data
 from pyro_vae.distributed import SINGLE_PROCESS, Replicas
 from pyro_vae.errors import UserInputError
+from pyro_vae.evaluate import active_units
 from pyro_vae.model import VAE
 from pyro_vae.pictures import save_reconstructions, save_samples
 from pyro_vae.rundir import (
+    BEST,
     CHECKPOINT,
     CONFIG,
     ELBO_CURVE,
@@ -81,6 +84,9 @@ class RunResult:
     files: list[Path]  # what this process wrote (nothing, on a replica other than rank 0)
     finished: bool  # False when should_stop ended the run early (it can be resumed)
     steps_done: int  # steps of the unfinished epoch saved in the checkpoint (0 if none)
+    stopped_early: bool = False  # --patience ended it: no better validation ELBO for so long
+    best_epoch: int | None = None  # the epoch best.pt holds, with --patience
+    active_units: int | None = None  # latent dimensions in use at the end (evaluate.active_units)
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,10 @@ def resume_run(
     _check_data(vae, data)
     trainer = Trainer(vae, config.train, replicas)
     trainer.load_state_dict(checkpoint.trainer_state)
+    if config.train.lr != checkpoint.config.train.lr:  # a new rate; a schedule goes on from it
+        trainer.set_lr(config.train.lr)
+    if isinstance(trainer.scheduler, CosineAnnealingLR):  # to lr_min by the (new) last epoch
+        trainer.scheduler.T_max = config.train.epochs
     if trainer.epoch >= config.train.epochs and trainer.steps_done == 0:
         raise UserInputError(
             f"{run_dir} has finished its {trainer.epoch} epochs: pass a larger --epochs to train on"
@@ -294,7 +304,7 @@ def _train(
             "".join(_timing_line(trainer, epoch) for epoch in range(1, trainer.epoch + 1)),
         )
 
-    def save() -> None:
+    def save(name: str = CHECKPOINT) -> None:
         if trainer.steps_done:  # mid-epoch; a finished epoch was checked by train_epoch
             trainer.check_finite()
         if not replicas.is_main:
@@ -307,7 +317,7 @@ def _train(
             capture_rng_state(),
             run_id,
         )
-        path = run_dir / CHECKPOINT
+        path = run_dir / name
         with writing(path, "--out"):
             save_checkpoint(state, path)
 
@@ -328,7 +338,10 @@ def _train(
             save()
             steps_since_save = 0
 
-    def result(finished: bool, files: list[Path]) -> RunResult:
+    patience = config.train.patience
+    stopping = trainer.early_stopping
+
+    def result(finished: bool, files: list[Path], active: int | None = None) -> RunResult:
         return RunResult(
             config,
             run_dir,
@@ -338,13 +351,20 @@ def _train(
             files if replicas.is_main else [],
             finished,
             trainer.steps_done,
+            stopped_early=stopping.exhausted(trainer.epoch, patience),
+            best_epoch=stopping.best_epoch if patience is not None else None,
+            active_units=active,
         )
 
     try:
-        while trainer.epoch < config.train.epochs:
+        while trainer.epoch < config.train.epochs and not stopping.exhausted(
+            trainer.epoch, patience
+        ):
             metrics = trainer.train_epoch(data, hooks.on_step, hooks.should_stop, after_step)
             if metrics is None:  # stopped on request, checkpoint saved
                 return result(False, [run_dir / CHECKPOINT])
+            if patience is not None and stopping.best_epoch == metrics.epoch:
+                save(BEST)  # before the checkpoint that records it as the best
             save()  # first the checkpoint, then the lines that describe it
             steps_since_save = 0
             append_lines(metrics)
@@ -359,6 +379,11 @@ def _train(
     if not replicas.is_main:
         return result(True, [])
     vae = trainer.vae
+    kept = [CHECKPOINT]
+    if patience is not None and (run_dir / BEST).is_file():  # the run's pictures: its best model
+        vae = load_checkpoint(run_dir / BEST, device).build_vae(device)
+        kept.append(BEST)
+    active = active_units(vae, data.val.x)
     pictures = [
         save_reconstructions(
             vae, data.test.x[:NUM_RECONSTRUCTIONS], data.image_shape, run_dir / RECONSTRUCTIONS
@@ -367,7 +392,7 @@ def _train(
         plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),
     ]
     return result(
-        True, [run_dir / name for name in (CHECKPOINT, CONFIG, METRICS, TIMING)] + pictures
+        True, [run_dir / name for name in (*kept, CONFIG, METRICS, TIMING)] + pictures, active
     )
 
 

@@ -1,7 +1,8 @@
 """Stochastic variational inference: Adam on a Pyro ELBO, one mini-batch per step."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import ELBO, RenyiELBO
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Dataset
@@ -23,20 +25,33 @@ from pyro_vae.distributed import (
 from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import Estimate, elbo_estimate, elbo_sums
 from pyro_vae.model import VAE
-from pyro_vae.objectives import kl_method, loss_and_backward, make_elbo
+from pyro_vae.objectives import kl_method, loss_and_backward, make_elbo, per_dimension_kl
 from pyro_vae.recorded import RecordedGradient
+from pyro_vae.schedules import EarlyStopping, kl_weight, lr_scheduler
 
 
 @dataclass(frozen=True)
 class EpochMetrics:
+    """One epoch's numbers, as metrics.jsonl has them. Fields after ``val_kl`` have defaults so
+    that older checkpoints' histories still load (as None where they did not record it)."""
+
     epoch: int  # counted from 1
-    train_elbo: float  # nats per image, the training objective (for iwae, its bound), epoch average
+    train_elbo: float  # nats per image, epoch average of the ELBO of the batches (iwae: its bound)
     val_elbo: float  # nats per image on the validation split, val_particles samples of z
     train_kl: str  # how training treated the KL term: "closed-form" or "monte-carlo"
     val_kl: str  # the same for the validation ELBO (closed form wherever the prior allows)
-    # The standard error of val_elbo from sampling z (None with one sample, and in checkpoints
-    # older than it): how far another evaluation of this model on these images could land.
+    # The standard error of val_elbo from sampling z (None with one sample): how far another
+    # evaluation of this model on these images could land.
     val_elbo_se: float | None = None
+    # What the steps maximised, beside the ELBO: the same number unless beta, a warm-up or free
+    # bits weighted its KL term.
+    train_objective: float | None = None
+    beta: float | None = None  # the KL weight of the epoch's last step
+    lr: float | None = None  # the learning rate of the epoch's steps
+    # The validation ELBO's two terms (Alemi et al., 2018): rate = KL(q(z|x) ‖ p(z)) and
+    # distortion = −E_q[log p(x|z)], nats per image; val_elbo = −(rate + distortion).
+    val_rate: float | None = None
+    val_distortion: float | None = None
 
 
 class TrainingDiverged(UserInputError):
@@ -98,7 +113,13 @@ class Trainer:
         self._parameters = list(vae.parameters())
         replicas.connect(self._parameters[0].device)  # a no-op when train_run has connected
         replicas.broadcast(self._parameters)  # one model on every replica, whatever happened
-        self._elbo = elbo if elbo is not None else make_elbo(config.elbo, config.num_particles)
+        if config.free_bits:
+            _check_free_bits(vae)
+        self._elbo = (
+            elbo
+            if elbo is not None
+            else make_elbo(config.elbo, config.num_particles, config.free_bits)
+        )
         # This trainer owns the parameters, so it calls the model and guide without the
         # param-store registration that Pyro's optimizers need, a per-step cost. RenyiELBO is the
         # exception: it computes gradients only for traces in which it sees parameter sites.
@@ -115,6 +136,8 @@ class Trainer:
         # The fused implementation updates every parameter in one kernel: on the CPU a quarter
         # of the time of the default per-tensor loop, the same arithmetic.
         self.optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
+        self.scheduler = lr_scheduler(config, self.optimizer)  # None for a constant rate
+        self.early_stopping = EarlyStopping()
         self.history: list[EpochMetrics] = []
         # Wall-clock seconds of each epoch's steps: kept apart from the metrics, which a fixed
         # seed reproduces to the bit while timings never repeat.
@@ -125,6 +148,7 @@ class Trainer:
         self._order: torch.Tensor | None = None  # the epoch in progress: its shuffled indices,
         self._steps_done = 0  # the steps taken,
         self._loss_sum = torch.zeros(())  # their summed loss,
+        self._elbo_sum = torch.zeros(())  # and ELBO (−loss unless the KL term is weighted),
         self._seconds = 0.0  # and their time
         self._validated = False  # whether a step has run with Pyro's validation on
 
@@ -145,33 +169,50 @@ class Trainer:
         return self._steps_done if self._order is not None else 0
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
-        """One SVI step; returns the loss, −ELBO per data point, as a detached 0-dim tensor."""
-        return self._update(batch) / batch.shape[0]
+        """One SVI step, the KL weighted by ``config.beta``; returns the loss per data point (−ELBO
+        where β is 1) as a detached 0-dim tensor. Warm-up is counted in epochs: ``train_epoch``."""
+        with self._kl_weight(self.config.beta):
+            loss, _ = self._update(batch)
+        return loss / batch.shape[0]
 
-    def _update(self, batch: torch.Tensor) -> torch.Tensor:
-        """One step on ``batch``; returns its −ELBO summed, on the device."""
-        loss = self._backward(batch)
+    def _update(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on ``batch``; returns its loss and −ELBO summed, on the device."""
+        losses = self._backward(batch)
         self.optimizer.step()
-        return loss
+        return losses
 
-    def _backward(self, batch: torch.Tensor) -> torch.Tensor:
-        """The −ELBO summed over ``batch``, its gradient in the ``.grad``s."""
+    def _backward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and −ELBO summed over ``batch``, the loss's gradient in the ``.grad``s."""
         # The gradient of the ELBO summed over the batch, as SVI.step takes it: Adam's ε makes the
         # summed and the averaged loss step differently where gradients are tiny.
         if self._validated and self._recorded is not None and batch.shape[0]:
-            loss = self._recorded(batch)  # replaces every .grad: no zero_grad needed
-            if loss is not None:
-                return loss
+            losses = self._recorded(batch)  # replaces every .grad: no zero_grad needed
+            if losses is not None:
+                return losses
         self.optimizer.zero_grad(set_to_none=True)
         if batch.shape[0] == 0:  # a replica's shard of a last batch smaller than the replicas
-            return torch.zeros((), device=batch.device)
+            zero = torch.zeros((), device=batch.device)
+            return zero, zero
         # Pyro checks every distribution's arguments and every site's shape: worth it once, to
         # catch a component's mistake at its first step, then only a cost per step (the data are
         # checked before training, and a divergence is caught by check_finite).
         with pyro.validation_enabled(not self._validated):
-            loss = loss_and_backward(self.elbo, self._model, self._guide, batch)
+            losses = loss_and_backward(self.elbo, self._model, self._guide, batch)
         self._validated = True
-        return loss
+        return losses
+
+    @contextmanager
+    def _kl_weight(self, beta: float) -> Iterator[None]:
+        """β on the VAE's KL weight for the block: a buffer the recorded step reads at every
+        replay, written in place (no host read), and 1 again afterwards."""
+        if beta == 1:
+            yield
+            return
+        self.vae.kl_weight.fill_(beta)
+        try:
+            yield
+        finally:
+            self.vae.kl_weight.fill_(1.0)
 
     def train_epoch(
         self,
@@ -192,13 +233,22 @@ class Trainer:
             self._order = self._epoch_order(num_train, data.train.x.device)
             self._steps_done, self._seconds = 0, 0.0
             self._loss_sum = torch.zeros((), device=data.train.x.device)  # one sync an epoch
+            self._elbo_sum = torch.zeros((), device=data.train.x.device)
         batches = self._order.split(self.config.batch_size)
+        lr = self.optimizer.param_groups[0]["lr"]
+        beta = self.config.beta
         start = time.perf_counter()
         for index in batches[self._steps_done :]:
             # No stop inside an epoch's last step: the epoch ends there anyway.
             last = self._steps_done + 1 == len(batches)
-            loss_sum, stopping = self._train_step(data, index, None if last else should_stop)
+            beta = kl_weight(
+                self.config, self.epoch * len(batches) + self._steps_done, len(batches)
+            )
+            with self._kl_weight(beta):
+                losses, stopping = self._train_step(data, index, None if last else should_stop)
+            loss_sum, negative_elbo_sum = losses
             self._loss_sum += loss_sum
+            self._elbo_sum -= negative_elbo_sum
             self._steps_done += 1
             if on_step is not None:
                 on_step(self._steps_done, len(batches), loss_sum / index.shape[0])
@@ -210,18 +260,28 @@ class Trainer:
         self._seconds += time.perf_counter() - start
         self.check_finite()
         start = time.perf_counter()
-        val = self._validation_elbo(data.val.x)
+        val, val_rate = self._validation_elbo(data.val.x)
         self.validation_seconds.append(time.perf_counter() - start)
-        train_elbo = -self._loss_sum.item() / num_train
+        loss_sum, elbo_sum = torch.stack([self._loss_sum, self._elbo_sum]).tolist()  # one sync
         metrics = EpochMetrics(
             self.epoch + 1,
-            train_elbo,
+            elbo_sum / num_train,
             val.value,
             self.train_kl,
             self.val_kl,
-            val.standard_error,
+            val_elbo_se=val.standard_error,
+            train_objective=-loss_sum / num_train,
+            beta=beta,
+            lr=lr,
+            val_rate=val_rate,
+            val_distortion=-val.value - val_rate,
         )
         self.history.append(metrics)
+        self.early_stopping.improved(metrics.val_elbo, metrics.epoch)
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(metrics.val_elbo)
+        elif self.scheduler is not None:
+            self.scheduler.step()
         self.epoch_seconds.append(self._seconds)
         self._order = None
         return metrics
@@ -235,38 +295,43 @@ class Trainer:
 
     def _train_step(
         self, data: Dataset, index: torch.Tensor, should_stop: Callable[[], bool] | None
-    ) -> tuple[torch.Tensor, bool]:
-        """One step on the batch at ``index``: the loss summed over it, and whether to stop."""
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], bool]:
+        """One step on the batch at ``index``: the loss and −ELBO summed over it, and whether
+        to stop."""
         if not self.replicas.distributed:
-            loss_sum = self._update(data.train_batch(index))
-            return loss_sum, should_stop is not None and should_stop()
+            losses = self._update(data.train_batch(index))
+            return losses, should_stop is not None and should_stop()
         # This replica's noise comes from a seed of its own for this step (see distributed.py).
         rank = self.replicas.rank
         torch.manual_seed(
             derived_seed(self.config.seed, TRAINING_STREAM, self.epoch, self._steps_done, rank)
         )
-        loss_sum = self._backward(data.train_batch(self.replicas.shard(index)))
+        loss_sum, negative_elbo_sum = self._backward(data.train_batch(self.replicas.shard(index)))
         wish = torch.tensor(float(should_stop is not None and should_stop()), device=index.device)
-        riders = torch.stack([loss_sum, wish])
-        loss_sum, stops = self.replicas.sum_gradients(self._parameters, riders)
+        riders = torch.stack([loss_sum, negative_elbo_sum, wish])
+        loss_sum, negative_elbo_sum, stops = self.replicas.sum_gradients(self._parameters, riders)
         self.optimizer.step()
         # Reading the stop flag waits for the step to finish: the price of stopping together.
-        return loss_sum, bool(stops > 0)
+        return (loss_sum, negative_elbo_sum), bool(stops > 0)
 
-    def _validation_elbo(self, x: torch.Tensor) -> Estimate:
+    def _validation_elbo(self, x: torch.Tensor) -> tuple[Estimate, float]:
         """The ELBO on ``x`` (closed-form KL where the prior allows, ``val_particles`` samples of
-        z per image) and its standard error; replicas each take a shard, with their own seed."""
+        z per image) with its standard error, and its rate (the KL term) in nats per image;
+        replicas each take a shard, with their own seed."""
         particles = self.config.val_particles
         with pyro.validation_enabled(False):  # as for the steps: the first one checked it all
             if not self.replicas.distributed:
-                return elbo_estimate(elbo_sums(self.vae, x, particles), x.shape[0])
-            rank = self.replicas.rank
-            torch.manual_seed(derived_seed(self.config.seed, VALIDATION_STREAM, self.epoch, rank))
-            shard = self.replicas.shard(x)
-            sums = torch.zeros(2, dtype=torch.float64, device=x.device)
-            if shard.shape[0]:
-                sums += elbo_sums(self.vae, shard, particles)
-            return elbo_estimate(self.replicas.sum(sums), x.shape[0])
+                sums = elbo_sums(self.vae, x, particles)
+            else:
+                rank = self.replicas.rank
+                seed = derived_seed(self.config.seed, VALIDATION_STREAM, self.epoch, rank)
+                torch.manual_seed(seed)
+                shard = self.replicas.shard(x)
+                sums = torch.zeros(3, dtype=torch.float64, device=x.device)
+                if shard.shape[0]:
+                    sums += elbo_sums(self.vae, shard, particles)
+                sums = self.replicas.sum(sums)
+        return elbo_estimate(sums, x.shape[0]), sums[2].item() / x.shape[0]
 
     def check_finite(self) -> None:
         """Raise ``TrainingDiverged`` if the loss so far or any parameter is NaN or infinite."""
@@ -281,9 +346,11 @@ class Trainer:
             )
 
     def set_lr(self, lr: float) -> None:
-        """Use learning rate ``lr`` from the next step on."""
+        """Use learning rate ``lr`` from the next step on; a schedule goes on from it."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
         in_progress = None
@@ -292,10 +359,13 @@ class Trainer:
                 "order": self._order,
                 "steps_done": self._steps_done,
                 "loss_sum": self._loss_sum,
+                "elbo_sum": self._elbo_sum,
                 "seconds": self._seconds,
             }
         return {
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "early_stopping": asdict(self.early_stopping),
             "history": [asdict(metrics) for metrics in self.history],
             "epoch_seconds": list(self.epoch_seconds),
             "validation_seconds": list(self.validation_seconds),
@@ -304,8 +374,10 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict``; tensors move to the VAE's device, the lr stays the config's."""
-        self.optimizer.load_state_dict(state["optimizer"])  # restores the saved lr too ...
-        self.set_lr(self.config.lr)  # ... but a resumed run may lower it
+        self.optimizer.load_state_dict(state["optimizer"])  # restores the saved lr too
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.early_stopping = EarlyStopping(**state.get("early_stopping", {}))
         self.history = [EpochMetrics(**metrics) for metrics in state["history"]]
         self.epoch_seconds = list(state["epoch_seconds"])
         self.validation_seconds = list(state.get("validation_seconds", []))  # older checkpoints
@@ -315,4 +387,20 @@ class Trainer:
             self._order = in_progress["order"].to(device)
             self._steps_done = in_progress["steps_done"]
             self._loss_sum = in_progress["loss_sum"].to(device)
+            # Older checkpoints trained on the ELBO itself: its sum was the loss's, negated.
+            self._elbo_sum = in_progress.get("elbo_sum", -in_progress["loss_sum"]).to(device)
             self._seconds = in_progress["seconds"]
+
+
+def _check_free_bits(vae: VAE) -> None:
+    """Free bits need the KL as a sum over latent dimensions in closed form."""
+    prior = vae.prior()
+    guide = pyro.distributions.Normal(torch.zeros_like(prior.mean), 1.0).to_event(1)
+    try:
+        per_dimension_kl(guide, prior)
+    except NotImplementedError:
+        raise UserInputError(
+            f"free bits floor the KL of each latent dimension, but the {type(vae.prior).__name__}"
+            "'s KL to the guide is not a sum over dimensions in closed form: use --prior "
+            "standard or gaussian with --free-bits"
+        ) from None

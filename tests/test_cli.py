@@ -44,13 +44,13 @@ def test_train_writes_every_artefact(run_dir):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert set(metrics[0]) == {
-        "epoch",
-        "train_elbo",
-        "val_elbo",
-        "train_kl",
-        "val_kl",
-        "val_elbo_se",
+        *("epoch", "train_elbo", "val_elbo", "train_kl", "val_kl", "val_elbo_se"),
+        *("train_objective", "beta", "lr", "val_rate", "val_distortion"),
     }
+    # Trained on the ELBO itself: the objective is the ELBO, and its terms add up.
+    for m in metrics:
+        assert m["train_objective"] == m["train_elbo"] and m["beta"] == 1 and m["lr"] == 1e-3
+        assert m["val_rate"] + m["val_distortion"] == pytest.approx(-m["val_elbo"])
     assert all(0 < m["val_elbo_se"] < 1 for m in metrics)
     timing = [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
     assert [t["epoch"] for t in timing] == [1, 2] and all(t["seconds"] > 0 for t in timing)

@@ -110,9 +110,9 @@ def one_process_reference() -> list[dict]:
                 torch.manual_seed(derived_seed(SEED, TRAINING_STREAM, epoch, step, rank))
                 loss_sum += loss_and_backward(
                     elbo, vae.generative_model, vae.inference_guide, data.train.x[shard]
-                )
+                )[0]
             optimizer.step()
-        val_sums = torch.zeros(2, dtype=torch.float64)
+        val_sums = torch.zeros(3, dtype=torch.float64)
         for rank, shard in enumerate(data.val.x.tensor_split(2)):
             torch.manual_seed(derived_seed(SEED, VALIDATION_STREAM, epoch, rank))
             val_sums += elbo_sums(vae, shard, num_particles=TrainConfig.val_particles)

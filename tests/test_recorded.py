@@ -169,7 +169,7 @@ def test_a_model_that_reads_values_trains_eagerly_and_says_why(digits, caplog):
     for step in range(4):
         optimizer.zero_grad(set_to_none=True)
         with pyro.validation_enabled(step == 0):
-            loss = loss_and_backward(
+            loss, _ = loss_and_backward(
                 elbo, vae.generative_model, vae.inference_guide, digits.train.x[:32]
             )
         optimizer.step()

@@ -40,6 +40,19 @@ CONFIGS = {
         data=DataConfig(binarize="dynamic"),
         train=TrainConfig(epochs=3, elbo="analytic", num_particles=2),
     ),
+    # a weighted objective on a schedule, a learning-rate schedule and early stopping's state
+    "practice": RunConfig(
+        model=ModelConfig(hidden_dims=(16,)),
+        train=TrainConfig(
+            epochs=3,
+            elbo="analytic",
+            beta=2.0,
+            kl_warmup=2,
+            free_bits=0.1,
+            lr_schedule="cosine",
+            patience=5,
+        ),
+    ),
 }
 
 
@@ -54,6 +67,8 @@ def assert_same_run(a: Path, b: Path) -> None:
             state["exp_avg_sq"], second.trainer_state["optimizer"]["state"][key]["exp_avg_sq"]
         )
     assert (a / "metrics.jsonl").read_bytes() == (b / "metrics.jsonl").read_bytes()
+    for key in ("scheduler", "early_stopping"):
+        assert first.trainer_state[key] == second.trainer_state[key]
 
 
 def stop_after(steps: int):

@@ -1,0 +1,219 @@
+"""Training practice: the KL weight and its warm-up, free bits, learning-rate schedules, early
+stopping, and the note a collapsed run prints."""
+
+import itertools
+import json
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.optim import Adam
+from typer.testing import CliRunner
+
+import cli
+from pyro_vae import VAE, ModelConfig, RunConfig, TrainConfig, Trainer, UserInputError
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.objectives import make_elbo, per_dimension_kl
+from pyro_vae.runs import RunHooks, resume_run, train_run
+from pyro_vae.schedules import EarlyStopping, kl_weight
+
+
+def losses_with_draws(elbo, vae, x, seed):
+    """elbo's (loss, −ELBO) with the random numbers of ``seed``."""
+    pyro.set_rng_seed(seed)
+    return elbo.losses(vae.generative_model, vae.inference_guide, x)
+
+
+def terms(vae, x, seed):
+    """log p(x|z), log p(z), log q(z|x), KL(q ‖ p) summed over ``x``, at the draws of ``seed``."""
+    pyro.set_rng_seed(seed)
+    guide = poutine.trace(vae.inference_guide).get_trace(x)
+    model = poutine.trace(poutine.replay(vae.generative_model, trace=guide)).get_trace(x)
+    z_q, z_p, x_p = guide.nodes["z"], model.nodes["z"], model.nodes["x"]
+    value = z_q["value"]
+    return (
+        x_p["fn"].log_prob(x_p["value"]).sum(),
+        z_p["fn"].log_prob(value).sum(),
+        z_q["fn"].log_prob(value).sum(),
+        torch.distributions.kl_divergence(z_q["fn"], z_p["fn"]).sum(),
+    )
+
+
+@pytest.mark.parametrize("estimator", ["mc", "analytic"])
+def test_beta_weights_the_kl_term_and_the_elbo_stays_the_elbo(estimator, digits):
+    vae, x = VAE(64, 3, hidden_dims=(16,)), digits.train.x[:32]
+    elbo = make_elbo(estimator)
+    log_lik, log_prior, log_guide, kl = terms(vae, x, seed=3)
+    kl_term = kl if estimator == "analytic" else log_guide - log_prior
+    with vae.kl_weighted(2.5):
+        loss, negative_elbo = losses_with_draws(elbo, vae, x, seed=3)
+    torch.testing.assert_close(loss, -(log_lik - 2.5 * kl_term))
+    torch.testing.assert_close(negative_elbo, -(log_lik - kl_term))
+    assert vae.kl_weight.item() == 1.0  # the block put it back
+    loss, negative_elbo = losses_with_draws(elbo, vae, x, seed=3)
+    assert torch.equal(loss, negative_elbo)
+
+
+@pytest.mark.parametrize("pyro_elbo", [Trace_ELBO, TraceMeanField_ELBO])
+def test_pyros_own_svi_trains_the_weighted_objective(pyro_elbo, digits):
+    """kl_weighted is poutine.scale on the z sites: Pyro's stock ELBOs and SVI obey it."""
+    vae, x = VAE(64, 3, hidden_dims=(16,)), digits.train.x[:32]
+    log_lik, log_prior, log_guide, kl = terms(vae, x, seed=5)
+    kl_term = kl if pyro_elbo is TraceMeanField_ELBO else log_guide - log_prior
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), pyro_elbo())
+    with vae.kl_weighted(0.5):
+        pyro.set_rng_seed(5)
+        loss = svi.step(x)
+    assert loss == pytest.approx(-(log_lik - 0.5 * kl_term).item(), rel=1e-5)
+
+
+def test_free_bits_floor_each_dimensions_batch_average(digits):
+    vae, x = VAE(64, 4, hidden_dims=(16,)), digits.train.x[:32]
+    floor = 0.015  # between the dimensions' batch averages at initialisation
+    pyro.set_rng_seed(7)
+    guide = poutine.trace(vae.inference_guide).get_trace(x).nodes["z"]["fn"]
+    per_dimension = per_dimension_kl(guide, vae.prior())  # (32, 4)
+    assert per_dimension.mean(0).min() < floor < per_dimension.mean(0).max()  # both sides seen
+    log_lik, *_, kl = terms(vae, x, seed=7)
+    loss, negative_elbo = losses_with_draws(make_elbo("analytic", free_bits=floor), vae, x, 7)
+    floored = 32 * per_dimension.mean(0).clamp(min=floor).sum()
+    torch.testing.assert_close(loss, -(log_lik - floored))
+    torch.testing.assert_close(negative_elbo, -(log_lik - kl))
+
+
+def test_free_bits_are_refused_where_the_kl_is_not_per_dimension():
+    with pytest.raises(UserInputError, match="--elbo analytic"):
+        TrainConfig(elbo="mc", free_bits=0.5)
+    with pytest.raises(UserInputError, match="iwae"):
+        TrainConfig(elbo="iwae", beta=2.0)
+    with pytest.raises(UserInputError, match="not a sum over dimensions"):
+        Trainer(
+            VAE(64, 3, hidden_dims=(16,), prior="mog"), TrainConfig(elbo="analytic", free_bits=1)
+        )
+
+
+def test_warmup_rises_step_by_step_to_beta():
+    config = TrainConfig(beta=4.0, kl_warmup=2)
+    weights = [kl_weight(config, step, steps_per_epoch=5) for step in range(12)]
+    assert weights[0] == pytest.approx(0.4) and weights[9] == weights[11] == 4.0
+    assert all(b > a for a, b in itertools.pairwise(weights[:10]))
+    assert kl_weight(TrainConfig(beta=0.5), 0, 5) == 0.5
+
+
+@pytest.mark.parametrize("estimator", ["mc", "analytic"])
+def test_the_recorded_step_reads_the_current_beta(estimator, digits):
+    """Warm-up changes β at every step: the recorded steps equal the eager ones throughout."""
+    config = TrainConfig(elbo=estimator, beta=2.0, kl_warmup=2, batch_size=256, epochs=3)
+    trained = []
+    for record in (True, False):
+        pyro.set_rng_seed(0)
+        trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), config, record_graph=record)
+        history = [trainer.train_epoch(digits) for _ in range(3)]
+        trained.append((trainer, history))
+    (recorded, recorded_history), (eager, eager_history) = trained
+    assert recorded._recorded._graphs and recorded._recorded.eager_reason is None
+    for a, b in zip(recorded.vae.parameters(), eager.vae.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert [m.beta for m in recorded_history] == pytest.approx([1.0, 2.0, 2.0])
+    for a, b in zip(recorded_history, eager_history, strict=True):
+        assert a.train_objective == pytest.approx(b.train_objective, rel=1e-5)
+        assert a.train_elbo == pytest.approx(b.train_elbo, rel=1e-5)
+    # The weighted objective is reported beside the ELBO: with β = 2 it is the lower one.
+    assert recorded_history[-1].train_objective < recorded_history[-1].train_elbo
+    assert recorded.vae.kl_weight.item() == 1.0  # the model outside training is the VAE
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ("constant", lambda e: 1e-2),
+        ("cosine", lambda e: 1e-3 + (1e-2 - 1e-3) * (1 + math.cos(math.pi * (e - 1) / 4)) / 2),
+        ("step", lambda e: 1e-2 * 0.5 ** ((e - 1) // 2)),
+    ],
+)
+def test_learning_rate_schedules_are_torchs_and_recorded_per_epoch(schedule, expected, digits):
+    config = TrainConfig(
+        lr=1e-2, lr_schedule=schedule, lr_step=2, lr_factor=0.5, lr_min=1e-3, epochs=4
+    )
+    trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), config)
+    history = [trainer.train_epoch(digits) for _ in range(4)]
+    assert [m.lr for m in history] == pytest.approx([expected(e) for e in range(1, 5)])
+
+
+def test_plateau_cuts_the_rate_when_validation_stops_improving(digits):
+    # A rate this small learns next to nothing: the ELBO plateaus. (Not smaller: torch ignores
+    # a cut of less than 1e-8.)
+    config = TrainConfig(lr=1e-6, lr_schedule="plateau", lr_step=1, lr_factor=0.5, epochs=8)
+    trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), config)
+    history = [trainer.train_epoch(digits) for _ in range(8)]
+    assert history[-1].lr < 1e-6
+
+
+def test_early_stopping_counts_epochs_since_the_best():
+    stopping = EarlyStopping()
+    improved = [stopping.improved(v, e) for e, v in enumerate([-5.0, -4.0, -4.5, -4.0], 1)]
+    assert improved == [True, True, False, False] and stopping.best_epoch == 2
+    assert not stopping.exhausted(3, patience=2) and stopping.exhausted(4, patience=2)
+    assert not stopping.exhausted(100, patience=None)
+
+
+def test_patience_stops_the_run_and_keeps_the_best_model(tmp_path):
+    # A rate too small to learn: the validation ELBO only wobbles, so the run stops soon.
+    config = RunConfig(
+        model=ModelConfig(hidden_dims=(16,)), train=TrainConfig(lr=1e-9, epochs=30, patience=2)
+    )
+    result = train_run(config, tmp_path / "run")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    best = max(range(len(metrics)), key=lambda i: metrics[i]["val_elbo"]) + 1
+    assert result.stopped_early and result.best_epoch == best == len(metrics) - 2
+    kept = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert len(kept.trainer_state["history"]) == best
+    assert (tmp_path / "run" / "best.pt") in result.files
+
+
+def test_commands_use_the_best_model_and_say_so(tmp_path):
+    out = tmp_path / "run"
+    runner = CliRunner()
+    train = ["train", "--out", out, "--epochs", "30", "--lr", "1e-9", "--patience", "1"]
+    result = runner.invoke(cli.app, [str(a) for a in [*train, "--hidden-dims", "16"]])
+    assert result.exit_code == 0, result.output
+    assert "Stopped early" in result.output and "best.pt" in result.output
+    result = runner.invoke(cli.app, ["sample", str(out), "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 0 and "best.pt" in result.output
+    latest = ["sample", str(out), "--latest", "--out", str(tmp_path / "t.png")]
+    result = runner.invoke(cli.app, latest)
+    assert result.exit_code == 0 and "best.pt" not in result.output
+
+
+def test_the_default_run_says_its_posterior_collapsed(tmp_path):
+    """The seed's σ = 1 on the digits: every latent dimension unused, and the run says so."""
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["train", "--out", str(tmp_path / "run"), "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert "posterior collapse: 0 of 8" in result.output
+    for remedy in ("--sigma", "--likelihood gaussian-learned", "--kl-warmup", "--free-bits"):
+        assert remedy in result.output
+    result = runner.invoke(
+        cli.app, ["train", "--out", str(tmp_path / "sharp"), "--epochs", "5", "--sigma", "0.2"]
+    )
+    assert result.exit_code == 0 and "collapse" not in result.output
+
+
+def test_a_resumed_run_goes_on_from_its_schedule(tmp_path):
+    """Resume keeps the scheduled rate (it does not restart from --lr); a cosine run extended
+    before its end still ends at lr_min, and a new --lr is where the schedule goes on from."""
+    train = TrainConfig(lr=1e-2, lr_schedule="cosine", lr_min=1e-4, epochs=4)
+    config = RunConfig(model=ModelConfig(hidden_dims=(16,)), train=train)
+    epochs_done = []
+    hooks = RunHooks(on_epoch=epochs_done.append, should_stop=lambda: len(epochs_done) == 2)
+    assert not train_run(config, tmp_path / "run", hooks=hooks).finished
+    result = resume_run(tmp_path / "run", {"epochs": 6})
+    lrs = [m.lr for m in result.history]
+    assert len(lrs) == 6 and lrs[0] == 1e-2 and all(b < a for a, b in itertools.pairwise(lrs))
+    scheduler = load_checkpoint(tmp_path / "run").trainer_state["scheduler"]
+    assert scheduler["_last_lr"] == pytest.approx([1e-4])  # the rate after the last epoch
+    result = resume_run(tmp_path / "run", {"epochs": 7, "lr": 1e-3})
+    assert result.history[-1].lr == 1e-3
