@@ -35,6 +35,7 @@ from cli_training import (
     refuse_changes_on_resume,
     summarise,
     training,
+    with_config_file,
 )
 from pyro_vae import (
     DATASETS,
@@ -333,6 +334,15 @@ def train(
     lr_min: Annotated[
         float, typer.Option(min=0, help="The rate the cosine schedule ends at.")
     ] = TrainConfig.lr_min,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Start from this configuration: a run's config.json, or a JSON or TOML file "
+            "of its sections (model, data, train); options given here override it.",
+            show_default=False,
+        ),
+    ] = None,
     patience: Annotated[
         int | None,
         typer.Option(
@@ -351,6 +361,11 @@ def train(
     """
     replicas = Replicas.from_environment()
     if resume is not None:
+        if config_file is not None:
+            raise UserInputError(
+                "--resume continues a run with its own configuration: drop --config (to train "
+                "anew from it, give --config RUN/config.json without --resume)"
+            )
         refuse_changes_on_resume(ctx, out, resume)
         explicit = explicit_options(ctx)
         changes = {
@@ -408,6 +423,8 @@ def train(
             patience=patience,
         ),
     )
+    if config_file is not None:
+        config = with_config_file(config, config_file, explicit_options(ctx))
     if out is None:
         if replicas.distributed:  # the processes' clocks may straddle a second
             raise UserInputError("a run started by torchrun needs its directory: pass --out DIR")

@@ -31,6 +31,7 @@ from pyro_vae import (
     UserInputError,
     load_checkpoint,
 )
+from pyro_vae.config import read_config_file
 from pyro_vae.distributed import Replicas, disconnect
 from pyro_vae.runs import RunHooks
 
@@ -48,6 +49,45 @@ def explicit_options(ctx: typer.Context) -> set[str]:
         for name in ctx.params
         if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
     }
+
+
+# Which configuration keys each option of `train` sets: what --config FILE gives way to.
+OPTION_FIELDS: dict[str, list[tuple[str, str]]] = {
+    "dataset": [("data", "dataset"), ("data", "path")],
+    "data": [("data", "dataset"), ("data", "path")],
+    "data_dir": [("data", "data_dir")],
+    "download": [("data", "download")],
+    "binarize": [("data", "binarize")],
+    "latent_dim": [("model", "latent_dim")],
+    "hidden_dims": [("model", "hidden_dims")],
+    "prior": [("model", "prior"), ("model", "prior_options")],
+    "components": [("model", "prior_options")],
+    "likelihood": [("model", "likelihood"), ("model", "likelihood_options")],
+    "sigma": [("model", "likelihood_options")],
+    **{
+        name: [("train", name)]
+        for name in (
+            *("elbo", "num_particles", "lr", "batch_size", "epochs", "seed", "device", "beta"),
+            *("kl_warmup", "free_bits", "lr_schedule", "lr_step", "lr_factor", "lr_min"),
+            "patience",
+        )
+    },
+}
+
+
+def with_config_file(options: RunConfig, path: Path, given: set[str]) -> RunConfig:
+    """The configuration in ``path`` (a run's config.json, or JSON/TOML of the same sections),
+    with the options given on the command line (``given``) in place of its values."""
+    values = read_config_file(str(path))
+    merged = {name: dict(values.get(name, {})) for name in ("model", "data", "train")}
+    mine = options.to_dict()
+    for option in given:
+        for section, key in OPTION_FIELDS.get(option, []):
+            merged[section][key] = mine[section][key]
+    try:
+        return RunConfig.from_dict(merged)
+    except TypeError as error:  # a value of the wrong type, such as "epochs": "ten"
+        raise UserInputError(f"--config {path}: a value has the wrong type ({error})") from None
 
 
 def refuse_changes_on_resume(ctx: typer.Context, out: Path | None, resume: Path) -> None:

@@ -4,13 +4,20 @@ Defaults are chosen so that ``pyro-vae train`` finishes on the built-in digits i
 two CPU cores. Each dataclass checks its own values, so a bad option fails before any work starts.
 """
 
+import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pyro_vae.errors import UserInputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 ELBO_ESTIMATORS = ("mc", "analytic", "iwae")  # see objectives.py for what each one computes
 BINARIZATIONS = ("none", "static", "dynamic")  # see data.py
@@ -193,3 +200,43 @@ class RunConfig:
             data=DataConfig(**values["data"]),
             train=TrainConfig(**values["train"]),
         )
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def read_config_file(path: str) -> dict[str, dict[str, Any]]:
+    """The sections (``model``, ``data``, ``train``) of a run's ``config.json``, or of a JSON or
+    TOML file of the same keys, each section optional; checked for unknown sections and keys.
+
+    A run's ``config.json`` holds them under ``"config"``, beside the run's record.
+    """
+    try:
+        if path.endswith(".toml"):
+            with open(path, "rb") as file:
+                values = tomllib.load(file)
+        else:
+            with open(path, encoding="utf-8") as file:
+                values = json.load(file)
+    except FileNotFoundError:
+        raise UserInputError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserInputError(f"--config {path} is a folder: give its config.json") from None
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError and TOMLDecodeError
+        kind = "TOML" if path.endswith(".toml") else "JSON (or name a .toml file)"
+        reason = str(error).splitlines()[0]
+        raise UserInputError(f"--config {path} is not valid {kind}: {reason}") from None
+    if isinstance(values, dict) and isinstance(values.get("config"), dict):
+        values = values["config"]  # a run's record
+    if not isinstance(values, dict):
+        raise UserInputError(f"--config {path} must hold sections {', '.join(SECTIONS)}")
+    unknown = sorted(set(values) - set(SECTIONS))
+    _require(not unknown, f"--config {path}: unknown sections {unknown}; known: {list(SECTIONS)}")
+    for name, section in values.items():
+        _require(isinstance(section, dict), f"--config {path}: [{name}] must be a table of keys")
+        known = {f.name for f in fields(SECTIONS[name])}
+        extra = sorted(set(section) - known)
+        _require(
+            not extra, f"--config {path}: unknown keys {extra} in [{name}]; known: {sorted(known)}"
+        )
+    return values

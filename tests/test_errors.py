@@ -311,6 +311,45 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["train", "--resume", _nan_weights(r), "--epochs", "3"],
         "not finite numbers",
     ),
+    # the training practice's options, and --config FILE
+    "free bits with the Monte Carlo KL": (
+        lambda t, r: ["train", "--free-bits", "0.5"],
+        "use --elbo analytic with --free-bits",
+    ),
+    "free bits with a mixture prior": (
+        lambda t, r: ["train", "--elbo", "analytic", "--prior", "mog", "--free-bits", "0.5"],
+        "use --prior standard or gaussian with --free-bits",
+    ),
+    "beta with iwae": (lambda t, r: ["train", "--elbo", "iwae", "--beta", "4"], "--elbo mc or"),
+    "zero beta": (lambda t, r: ["train", "--beta", "0"], "'--beta'"),
+    "unknown lr schedule": (lambda t, r: ["train", "--lr-schedule", "linear"], "'--lr-schedule'"),
+    "lr factor above one": (lambda t, r: ["train", "--lr-factor", "2"], "lr_factor must be"),
+    "cosine floor above the rate": (lambda t, r: ["train", "--lr-min", "0.1"], "lr_min must be"),
+    "zero patience": (lambda t, r: ["train", "--patience", "0"], "'--patience'"),
+    "missing config file": (
+        lambda t, r: ["train", "--config", t / "nope.toml"],
+        "no such file",
+    ),
+    "config file that is not TOML": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", "epochs = = 3")],
+        "is not valid TOML",
+    ),
+    "config file that is not JSON": (
+        lambda t, r: ["train", "--config", _text(t / "c.json", '{"train": {}}\n{}')],
+        "is not valid JSON",
+    ),
+    "config file with an unknown key": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", "[train]\nepoch = 3\n")],
+        "unknown keys ['epoch'] in [train]",
+    ),
+    "config file with a value of the wrong type": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", '[train]\nepochs = "ten"\n')],
+        "wrong type",
+    ),
+    "config with resume": (
+        lambda t, r: ["train", "--resume", r, "--config", r / "config.json"],
+        "drop --config",
+    ),
     # training
     "diverging learning rate": (
         lambda t, r: ["train", "--lr", "5", "--sigma", "0.1", "--out", t / "run"],

@@ -217,3 +217,25 @@ def test_a_resumed_run_goes_on_from_its_schedule(tmp_path):
     assert scheduler["_last_lr"] == pytest.approx([1e-4])  # the rate after the last epoch
     result = resume_run(tmp_path / "run", {"epochs": 7, "lr": 1e-3})
     assert result.history[-1].lr == 1e-3
+
+
+def test_config_repeats_a_run_and_options_vary_it(tmp_path):
+    runner = CliRunner()
+    first = ["train", "--out", tmp_path / "a", "--epochs", "2", "--hidden-dims", "16"]
+    result = runner.invoke(cli.app, [str(a) for a in [*first, "--sigma", "0.2", "--beta", "2"]])
+    assert result.exit_code == 0, result.output
+    again = ["train", "--config", tmp_path / "a" / "config.json", "--out", tmp_path / "b"]
+    result = runner.invoke(cli.app, [str(a) for a in [*again, "--epochs", "3"]])
+    assert result.exit_code == 0, result.output
+    a, b = (json.loads((tmp_path / n / "config.json").read_text())["config"] for n in "ab")
+    assert b["train"].pop("epochs") == 3 and a["train"].pop("epochs") == 2
+    assert a == b  # everything else as the first run had it: σ, β, the layers, the seed
+    metrics = [(tmp_path / n / "metrics.jsonl").read_text().splitlines() for n in "ab"]
+    assert metrics[1][:2] == metrics[0]  # the same seed: the same first two epochs
+    (tmp_path / "c.toml").write_text("[model]\nhidden_dims = [16]\n[train]\nbeta = 0.5\n")
+    toml = ["train", "--config", tmp_path / "c.toml", "--out", tmp_path / "c", "--epochs", "1"]
+    result = runner.invoke(cli.app, [str(a) for a in toml])
+    assert result.exit_code == 0, result.output
+    c = json.loads((tmp_path / "c" / "config.json").read_text())["config"]
+    assert c["train"]["beta"] == 0.5 and c["model"]["hidden_dims"] == [16]
+    assert c["model"]["latent_dim"] == ModelConfig.latent_dim  # not in the file: the default
