@@ -334,6 +334,14 @@ def train(
     lr_min: Annotated[
         float, typer.Option(min=0, help="The rate the cosine schedule ends at.")
     ] = TrainConfig.lr_min,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Also write TensorBoard events into the run directory (curves, pictures, "
+            "hyperparameters): pip install 'pyro-vae[tensorboard]'.",
+        ),
+    ] = False,
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -377,7 +385,7 @@ def train(
             "data_path": str(data) if data is not None else None,
             "data_dir": str(data_dir) if "data_dir" in explicit else None,
         }
-        with training(replicas, checkpoint_every) as (hooks, stops):
+        with training(replicas, checkpoint_every, tensorboard) as (hooks, stops):
             result = resume_run(resume, changes, hooks, replicas, **moved)
         return summarise(result, replicas, stops)
 
@@ -430,7 +438,7 @@ def train(
             raise UserInputError("a run started by torchrun needs its directory: pass --out DIR")
         name = data.stem if data is not None else dataset.value
         out = Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
-    with training(replicas, checkpoint_every) as (hooks, stops):
+    with training(replicas, checkpoint_every, tensorboard) as (hooks, stops):
         try:
             result = train_run(config, out, overwrite, hooks, replicas)
         except TrainingDiverged as error:

@@ -39,7 +39,9 @@ stderr = Console(stderr=True)
 
 
 # Options a resumed run may set: what it may change, and where its data are now.
-RESUMABLE_OPTIONS = {"resume", "epochs", "lr", "device", "checkpoint_every", "data", "data_dir"}
+RESUMABLE_OPTIONS = {
+    *("resume", "epochs", "lr", "device", "checkpoint_every", "data", "data_dir", "tensorboard"),
+}
 
 
 def explicit_options(ctx: typer.Context) -> set[str]:
@@ -162,12 +164,17 @@ def command_line(ctx: typer.Context, values: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def training(
-    replicas: Replicas, checkpoint_every: int | None
+    replicas: Replicas, checkpoint_every: int | None, tensorboard: bool = False
 ) -> Iterator[tuple[RunHooks, "StopRequests"]]:
     """The hooks of a training run: Ctrl-C and SIGTERM handling, a progress bar on rank 0 only."""
     try:
         with _TrainingProgress() as progress, StopRequests(replicas) as stops:
-            hooks = RunHooks(should_stop=stops, checkpoint_every=checkpoint_every, command=sys.argv)
+            hooks = RunHooks(
+                should_stop=stops,
+                checkpoint_every=checkpoint_every,
+                command=sys.argv,
+                tensorboard=tensorboard,
+            )
             if replicas.is_main:
                 hooks = replace(hooks, on_step=progress.on_step, on_epoch=progress.on_epoch)
             yield hooks, stops

@@ -49,6 +49,7 @@ RUN_PATTERNS = (
     "interpolations.png",
     "latent-*.png",
     "manifold.png",
+    "events.out.tfevents.*",  # TensorBoard's, with --tensorboard
     f".{CHECKPOINT}.*.tmp",
     f".{BEST}.*.tmp",
     ".*.json.tmp",

@@ -63,6 +63,7 @@ from pyro_vae.rundir import (
     run_lock,
     writing,
 )
+from pyro_vae.tensorboard_log import TensorBoardLog, summary_writer_class
 from pyro_vae.train import EpochMetrics, StepCallback, Trainer, TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class RunHooks:
     should_stop: Callable[[], bool] | None = None  # checked at every step: save and stop
     checkpoint_every: int | None = None  # also save every this many steps
     command: Sequence[str] | None = None  # the command line, recorded in config.json
+    tensorboard: bool = False  # also write TensorBoard events into the run directory
 
 
 def train_run(
@@ -116,6 +118,8 @@ def train_run(
     never saved a checkpoint is reused without it.
     """
     run_dir = Path(run_dir)
+    if hooks.tensorboard:
+        summary_writer_class()  # the extra is there, before any work
     config = replace(config, data=config.data.located())
     if replicas.is_main:
         check_run_dir(run_dir, overwrite)
@@ -158,6 +162,8 @@ def resume_run(
     if run_dir.is_file():  # its checkpoint.pt, as the picture commands accept
         run_dir = run_dir.parent
     checkpoint = load_checkpoint(run_dir)
+    if hooks.tensorboard:
+        summary_writer_class()
     changes = dict(changes or {})
     refused = sorted(set(changes) - set(RESUMABLE))
     if refused:
@@ -340,6 +346,9 @@ def _train(
 
     patience = config.train.patience
     stopping = trainer.early_stopping
+    board = None
+    if hooks.tensorboard and replicas.is_main:
+        board = TensorBoardLog(run_dir, config, data.image_shape)
 
     def result(finished: bool, files: list[Path], active: int | None = None) -> RunResult:
         return RunResult(
@@ -368,6 +377,8 @@ def _train(
             save()  # first the checkpoint, then the lines that describe it
             steps_since_save = 0
             append_lines(metrics)
+            if board is not None:
+                board.epoch(metrics, trainer.vae, data.test.x)
             if hooks.on_epoch is not None:
                 hooks.on_epoch(metrics)
             if hooks.should_stop is not None and replicas.any(hooks.should_stop(), device):
@@ -375,6 +386,9 @@ def _train(
     except TrainingDiverged as error:
         note = trainer.vae.likelihood.scale_note(data.train.x)
         raise _with_advice(error, run_dir, config, note) from None
+    finally:
+        if board is not None:
+            board.close(trainer.history)
 
     if not replicas.is_main:
         return result(True, [])
@@ -391,9 +405,9 @@ def _train(
         save_samples(vae, data.image_shape, run_dir / SAMPLES, NUM_SAMPLES, config.train.seed),
         plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),
     ]
-    return result(
-        True, [run_dir / name for name in (*kept, CONFIG, METRICS, TIMING)] + pictures, active
-    )
+    events = sorted(run_dir.glob("events.out.tfevents.*")) if board is not None else []
+    files = [run_dir / name for name in (*kept, CONFIG, METRICS, TIMING)] + events + pictures
+    return result(True, files, active)
 
 
 def _with_advice(
