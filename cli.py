@@ -31,6 +31,7 @@ import typer
 from cli_training import (
     WorkProgress,
     command_line,
+    config_file_options,
     explicit_options,
     refuse_changes_on_resume,
     summarise,
@@ -378,7 +379,12 @@ def train(
         explicit = explicit_options(ctx)
         changes = {
             name: value
-            for name, value in (("epochs", epochs), ("lr", lr), ("device", device))
+            for name, value in (
+                ("epochs", epochs),
+                ("lr", lr),
+                ("device", device),
+                ("patience", patience),
+            )
             if name in explicit
         }
         moved = {
@@ -389,54 +395,25 @@ def train(
             result = resume_run(resume, changes, hooks, replicas, **moved)
         return summarise(result, replicas, stops)
 
-    if data is not None and "dataset" in explicit_options(ctx):
-        raise UserInputError("--data FILE and --dataset both name the data: give one of them")
-    prior_options = _component_options(
-        PRIORS, "prior", prior.value, {"--components": ("num_components", components)}
-    )
-    likelihood_options = _component_options(
-        LIKELIHOODS, "likelihood", likelihood.value, {"--sigma": ("sigma", sigma)}
-    )
-    config = RunConfig(
-        model=ModelConfig(
-            latent_dim=latent_dim,
-            hidden_dims=tuple(int(size) for size in hidden_dims.split(",")),
-            prior=prior.value,
-            likelihood=likelihood.value,
-            prior_options=prior_options,
-            likelihood_options=likelihood_options,
-        ),
-        data=DataConfig(
-            dataset="array" if data is not None else dataset.value,
-            path=None if data is None else str(data),
-            data_dir=str(data_dir),
-            download=download,
-            binarize=binarize.value,
-        ),
-        train=TrainConfig(
-            elbo=elbo.value,
-            num_particles=num_particles,
-            lr=lr,
-            batch_size=batch_size,
-            epochs=epochs,
-            seed=seed,
-            device=device,
-            beta=beta,
-            kl_warmup=kl_warmup,
-            free_bits=free_bits,
-            lr_schedule=lr_schedule.value,
-            lr_step=lr_step,
-            lr_factor=lr_factor,
-            lr_min=lr_min,
-            patience=patience,
-        ),
-    )
-    if config_file is not None:
-        config = with_config_file(config, config_file, explicit_options(ctx))
+    explicit = explicit_options(ctx)
+    options = dict(ctx.params)
+    if config_file is not None:  # the file's values where the command line gave none
+        options.update(config_file_options(config_file, explicit))
+    try:
+        config = _run_config(options, explicit)
+    except TypeError as error:  # only a file's value can have the wrong type: options are parsed
+        if config_file is None:
+            raise
+        raise UserInputError(
+            f"--config {config_file}: a value has the wrong type ({error})"
+        ) from None
+    if config_file is not None:  # and what no option expresses (component options, say)
+        config = with_config_file(config, config_file, explicit)
     if out is None:
         if replicas.distributed:  # the processes' clocks may straddle a second
             raise UserInputError("a run started by torchrun needs its directory: pass --out DIR")
-        name = data.stem if data is not None else dataset.value
+        path = config.data.path
+        name = Path(path).stem if path is not None else config.data.dataset
         out = Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
     with training(replicas, checkpoint_every, tensorboard) as (hooks, stops):
         try:
@@ -447,6 +424,47 @@ def train(
             again = command_line(ctx, {"lr": error.lower_lr, "out": out, "overwrite": False})
             raise UserInputError(f"{error}: {again}") from None
     summarise(result, replicas, stops)
+
+
+def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
+    """The run's configuration from ``train``'s option values (by parameter name)."""
+    o = {name: value.value if isinstance(value, Enum) else value for name, value in options.items()}
+    data = o["data"]
+    if data is not None and "dataset" in explicit:
+        raise UserInputError("--data FILE and --dataset both name the data: give one of them")
+    prior_options = _component_options(
+        PRIORS, "prior", o["prior"], {"--components": ("num_components", o["components"])}
+    )
+    likelihood_options = _component_options(
+        LIKELIHOODS, "likelihood", o["likelihood"], {"--sigma": ("sigma", o["sigma"])}
+    )
+    return RunConfig(
+        model=ModelConfig(
+            latent_dim=o["latent_dim"],
+            hidden_dims=tuple(int(size) for size in str(o["hidden_dims"]).split(",")),
+            prior=o["prior"],
+            likelihood=o["likelihood"],
+            prior_options=prior_options,
+            likelihood_options=likelihood_options,
+        ),
+        data=DataConfig(
+            dataset="array" if data is not None else o["dataset"],
+            path=None if data is None else str(data),
+            data_dir=str(o["data_dir"]),
+            download=o["download"],
+            binarize=o["binarize"],
+        ),
+        train=TrainConfig(
+            **{name: o[name] for name in TRAIN_OPTIONS},
+            lr_schedule=o["lr_schedule"],
+        ),
+    )
+
+
+TRAIN_OPTIONS = (
+    *("elbo", "num_particles", "lr", "batch_size", "epochs", "seed", "device", "beta"),
+    *("kl_warmup", "free_bits", "lr_step", "lr_factor", "lr_min", "patience"),
+)
 
 
 def _component_options(
@@ -714,7 +732,9 @@ def manifold(
 
 
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
-ExperimentName = _choices("ExperimentName", ["estimators", "priors", "posterior_collapse"])
+ExperimentName = _choices(
+    "ExperimentName", ["estimators", "priors", "posterior_collapse", "rate_distortion"]
+)
 
 
 @app.command()

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +31,7 @@ from pyro_vae import (
     UserInputError,
     load_checkpoint,
 )
-from pyro_vae.config import read_config_file
+from pyro_vae.config import DataConfig, ModelConfig, TrainConfig, read_config_file
 from pyro_vae.distributed import Replicas, disconnect
 from pyro_vae.runs import RunHooks
 
@@ -41,6 +41,7 @@ stderr = Console(stderr=True)
 # Options a resumed run may set: what it may change, and where its data are now.
 RESUMABLE_OPTIONS = {
     *("resume", "epochs", "lr", "device", "checkpoint_every", "data", "data_dir", "tensorboard"),
+    "patience",
 }
 
 
@@ -109,8 +110,8 @@ def refuse_changes_on_resume(ctx: typer.Context, out: Path | None, resume: Path)
         )
         raise UserInputError(
             f"a resumed run keeps its configuration, so {flags} cannot change (only --epochs, "
-            "--lr, --device, --checkpoint-every and the data's location can): drop them, or "
-            "start a new run"
+            "--lr, --patience, --device, --checkpoint-every, --tensorboard and the data's "
+            "location can): drop them, or start a new run"
         )
 
 
@@ -120,26 +121,58 @@ def _option_value(value: Any) -> Any:
 
 def _stored_options(config: RunConfig) -> dict[str, Any]:
     """The run's configuration as the values of ``train``'s options."""
-    model, data, train = config.model, config.data, config.train
+    model, data, train = (asdict(section) for section in (config.model, config.data, config.train))
+    values = _option_values(model, data, train)
+    values["sigma"] = model["likelihood_options"].get(
+        "sigma", _default(LIKELIHOODS, model["likelihood"], "sigma")
+    )
+    values["components"] = model["prior_options"].get(
+        "num_components", _default(PRIORS, model["prior"], "num_components")
+    )
+    return values
+
+
+def _option_values(model: dict, data: dict, train: dict) -> dict[str, Any]:
+    """A configuration's sections as the values of ``train``'s options, by parameter name."""
     return {
-        "dataset": data.dataset,
-        "download": data.download,
-        "binarize": data.binarize,
-        "elbo": train.elbo,
-        "num_particles": train.num_particles,
-        "batch_size": train.batch_size,
-        "seed": train.seed,
-        "latent_dim": model.latent_dim,
-        "hidden_dims": ",".join(map(str, model.hidden_dims)),
-        "prior": model.prior,
-        "likelihood": model.likelihood,
-        "sigma": model.likelihood_options.get(
-            "sigma", _default(LIKELIHOODS, model.likelihood, "sigma")
-        ),
-        "components": model.prior_options.get(
-            "num_components", _default(PRIORS, model.prior, "num_components")
-        ),
+        "dataset": data["dataset"],
+        "data": Path(data["path"]) if data["dataset"] == "array" and data["path"] else None,
+        "data_dir": Path(data["data_dir"]),
+        "download": data["download"],
+        "binarize": data["binarize"],
+        "latent_dim": model["latent_dim"],
+        "hidden_dims": ",".join(map(str, model["hidden_dims"])),
+        "prior": model["prior"],
+        "likelihood": model["likelihood"],
+        "sigma": model["likelihood_options"].get("sigma"),
+        "components": model["prior_options"].get("num_components"),
+        **{name: train[name] for name in TRAIN_KEYS},
     }
+
+
+TRAIN_KEYS = (
+    *("elbo", "num_particles", "lr", "batch_size", "epochs", "seed", "device", "beta"),
+    *("kl_warmup", "free_bits", "lr_schedule", "lr_step", "lr_factor", "lr_min", "patience"),
+)
+
+
+def config_file_options(path: Path, given: set[str]) -> dict[str, Any]:
+    """``train``'s option values from a --config file, for the options not ``given``: what the
+    run's configuration is built from, so that it is checked as a whole, file and options."""
+    sections = read_config_file(str(path))
+    defaults = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig()}
+    model, data, train = (
+        {**asdict(defaults[name]), **sections.get(name, {})} for name in ("model", "data", "train")
+    )
+    values = _option_values(model, data, train)
+    # An option given on the command line decides the ones that go with it.
+    if "likelihood" in given or values["sigma"] is None:
+        values.pop("sigma")
+    if "prior" in given or values["components"] is None:
+        values.pop("components")
+    if given & {"data", "dataset"}:
+        values.pop("data"), values.pop("dataset")
+    return {name: value for name, value in values.items() if name not in given}
 
 
 def _default(registry: Any, name: str, option: str) -> Any:
@@ -255,8 +288,13 @@ def summarise(result: RunResult, replicas: Replicas, stops: StopRequests) -> Non
     if result.stopped_early:
         typer.echo(
             f"Stopped early: no better validation ELBO for {config.train.patience} epochs after "
-            f"epoch {result.best_epoch}, whose model best.pt keeps (evaluate and the pictures "
-            "use it; --latest for the last epoch's)."
+            f"epoch {result.best_epoch}."
+        )
+    if result.best_epoch is not None and result.best_epoch != final.epoch:
+        best = result.history[result.best_epoch - 1]
+        typer.echo(
+            f"best.pt keeps epoch {best.epoch} (validation ELBO {best.val_elbo:.2f}), which "
+            "evaluate and the pictures use (--latest for the last epoch's)."
         )
     if result.active_units is not None and collapsed(result.active_units, config.model.latent_dim):
         typer.echo(collapse_note(result.active_units, config))
@@ -282,12 +320,14 @@ def collapse_note(active: int, config: RunConfig) -> str:
     if likelihood == "gaussian":
         sigma = options.get("sigma", 1.0)
         remedies += [f"a smaller --sigma (this run: {sigma:g})", "--likelihood gaussian-learned"]
-    if not config.train.kl_warmup:
-        remedies.append("--kl-warmup 10")
-    if not config.train.free_bits and config.train.elbo == "analytic":
-        remedies.append("--free-bits 0.5")
-    elif not config.train.free_bits:
-        remedies.append("--elbo analytic --free-bits 0.5")
+    if config.train.elbo == "iwae":  # no KL term to weight: the ELBO's remedies need an ELBO
+        remedies.append("--elbo analytic with --kl-warmup 10 or --free-bits 0.5")
+    else:
+        if not config.train.kl_warmup:
+            remedies.append("--kl-warmup 10")
+        if not config.train.free_bits:
+            analytic = "" if config.train.elbo == "analytic" else "--elbo analytic "
+            remedies.append(f"{analytic}--free-bits 0.5")
     if config.train.beta > 1:
         remedies.append(f"a --beta below this run's {config.train.beta:g}")
     return (

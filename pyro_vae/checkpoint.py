@@ -24,7 +24,8 @@ from pyro_vae.config import RunConfig
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
 
-FORMAT_VERSION = 1  # bump when the layout changes; older readers refuse newer files
+FORMAT_VERSION = 2  # bump when the layout changes; older readers refuse newer files
+# 2: the trainer state holds a learning-rate schedule and early stopping; metrics gained keys
 
 
 def environment() -> dict[str, str]:

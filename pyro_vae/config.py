@@ -31,6 +31,14 @@ def _require(condition: bool, message: str) -> None:
         raise UserInputError(message)
 
 
+def _whole(value: Any, name: str, minimum: int) -> None:
+    """``value`` a whole number of at least ``minimum`` (a config file may hold 64.0 or "64")."""
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        f"{name} must be a whole number of at least {minimum}, got {value!r}",
+    )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The VAE's architecture; the data dimension is not here because the data decide it."""
@@ -43,12 +51,14 @@ class ModelConfig:
     likelihood_options: dict[str, Any] = field(default_factory=dict)  # ... of the likelihood
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))  # JSON gives lists
-        _require(self.latent_dim >= 1, f"latent_dim must be at least 1, got {self.latent_dim}")
         _require(
-            all(h >= 1 for h in self.hidden_dims),
-            f"hidden_dims must be positive layer sizes, got {list(self.hidden_dims)}",
+            isinstance(self.hidden_dims, list | tuple),
+            f"hidden_dims must be a list of layer sizes, got {self.hidden_dims!r}",
         )
+        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))  # JSON gives lists
+        _whole(self.latent_dim, "latent_dim", 1)
+        for size in self.hidden_dims:
+            _whole(size, "each of hidden_dims", 1)
 
 
 def _absolute(path: str) -> str:
@@ -130,9 +140,11 @@ class TrainConfig:
             self.elbo in ELBO_ESTIMATORS,
             f"unknown ELBO estimator {self.elbo!r}: choose one of {', '.join(ELBO_ESTIMATORS)}",
         )
-        for name in ("num_particles", "batch_size", "epochs", "val_particles"):
-            value = getattr(self, name)
-            _require(value >= 1, f"{name} must be at least 1, got {value}")
+        for name in ("num_particles", "batch_size", "epochs", "val_particles", "lr_step"):
+            _whole(getattr(self, name), name, 1)
+        _whole(self.kl_warmup, "kl_warmup", 0)
+        if self.patience is not None:
+            _whole(self.patience, "patience", 1)
         _require(
             math.isfinite(self.lr) and self.lr > 0,
             f"lr must be a positive number, got {self.lr}",
@@ -141,7 +153,6 @@ class TrainConfig:
             math.isfinite(self.beta) and self.beta > 0,
             f"beta must be a positive number, got {self.beta}",
         )
-        _require(self.kl_warmup >= 0, f"kl_warmup must be 0 or more epochs, got {self.kl_warmup}")
         _require(
             math.isfinite(self.free_bits) and self.free_bits >= 0,
             f"free_bits must be 0 or more nats, got {self.free_bits}",
@@ -162,15 +173,15 @@ class TrainConfig:
             f"unknown learning-rate schedule {self.lr_schedule!r}: choose one of "
             f"{', '.join(LR_SCHEDULES)}",
         )
-        _require(self.lr_step >= 1, f"lr_step must be at least 1 epoch, got {self.lr_step}")
         _require(0 < self.lr_factor < 1, f"lr_factor must be between 0 and 1, got {self.lr_factor}")
         _require(
-            math.isfinite(self.lr_min) and 0 <= self.lr_min < self.lr,
-            f"lr_min must be at least 0 and below lr ({self.lr:g}), got {self.lr_min}",
+            math.isfinite(self.lr_min) and self.lr_min >= 0,
+            f"lr_min must be 0 or more, got {self.lr_min}",
         )
         _require(
-            self.patience is None or self.patience >= 1,
-            f"patience must be at least 1 epoch, got {self.patience}",
+            self.lr_schedule != "cosine" or self.lr_min < self.lr,
+            f"lr_min ({self.lr_min:g}) must be below lr ({self.lr:g}): the cosine schedule "
+            "anneals from lr down to lr_min",
         )
         _require(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,

@@ -63,6 +63,7 @@ from pyro_vae.rundir import (
     run_lock,
     writing,
 )
+from pyro_vae.schedules import extend_cosine
 from pyro_vae.tensorboard_log import TensorBoardLog, summary_writer_class
 from pyro_vae.train import EpochMetrics, StepCallback, Trainer, TrainingDiverged
 
@@ -72,7 +73,8 @@ NUM_SAMPLES = 64  # images in the samples grid written at the end of training
 NUM_RECONSTRUCTIONS = 16  # test images shown beside their reconstructions
 
 
-RESUMABLE = ("epochs", "lr", "device")  # what a resumed run may change: not model, data or seed
+# What a resumed run may change: not model, data or seed.
+RESUMABLE = ("epochs", "lr", "device", "patience")
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,12 @@ def resume_run(
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its checkpoint, exactly where it stopped.
 
-    ``changes`` may set ``epochs`` (to train longer), ``lr`` (after a divergence, say) and
-    ``device``; anything that would change the model, the data or the randomness is refused.
-    ``data_path`` / ``data_dir`` say where the run's data are now, if they have moved (the same
-    images). The number of processes may change too: a distributed run's randomness is tied to
-    the seed, the epoch and the step (see distributed.py), so the same number continues it exactly.
+    ``changes`` may set ``epochs`` (to train longer), ``lr`` (after a divergence, say),
+    ``patience`` (to go on after an early stop) and ``device``; anything that would change the
+    model, the data or the randomness is refused. ``data_path`` / ``data_dir`` say where the
+    run's data are now, if they have moved (the same images). The number of processes may
+    change too: a distributed run's randomness is tied to the seed, the epoch and the step (see
+    distributed.py), so the same number continues it exactly.
     """
     run_dir = Path(run_dir)
     if run_dir.is_file():  # its checkpoint.pt, as the picture commands accept
@@ -185,13 +188,21 @@ def resume_run(
     _check_data(vae, data)
     trainer = Trainer(vae, config.train, replicas)
     trainer.load_state_dict(checkpoint.trainer_state)
+    extended = config.train.epochs != checkpoint.config.train.epochs
+    if extended and isinstance(trainer.scheduler, CosineAnnealingLR):  # to lr_min at the end
+        extend_cosine(trainer.scheduler, config.train.epochs)
     if config.train.lr != checkpoint.config.train.lr:  # a new rate; a schedule goes on from it
         trainer.set_lr(config.train.lr)
-    if isinstance(trainer.scheduler, CosineAnnealingLR):  # to lr_min by the (new) last epoch
-        trainer.scheduler.T_max = config.train.epochs
     if trainer.epoch >= config.train.epochs and trainer.steps_done == 0:
         raise UserInputError(
             f"{run_dir} has finished its {trainer.epoch} epochs: pass a larger --epochs to train on"
+        )
+    stopping, patience = trainer.early_stopping, config.train.patience
+    if trainer.steps_done == 0 and stopping.exhausted(trainer.epoch, patience):
+        raise UserInputError(
+            f"{run_dir} stopped early after epoch {trainer.epoch}: no better validation ELBO "
+            f"since epoch {stopping.best_epoch} (--patience {patience}); pass a larger "
+            "--patience to train on"
         )
     if trainer.epoch >= config.train.epochs:  # stopped inside an epoch past the new target
         raise UserInputError(
@@ -360,7 +371,8 @@ def _train(
             files if replicas.is_main else [],
             finished,
             trainer.steps_done,
-            stopped_early=stopping.exhausted(trainer.epoch, patience),
+            stopped_early=stopping.exhausted(trainer.epoch, patience)
+            and trainer.epoch < config.train.epochs,
             best_epoch=stopping.best_epoch if patience is not None else None,
             active_units=active,
         )

@@ -65,8 +65,6 @@ class TensorBoardLog:
 
     @torch.no_grad()
     def _pictures(self, epoch: int, vae: VAE, x_test: torch.Tensor) -> None:
-        from torchvision.utils import make_grid  # only runs that draw for TensorBoard need it
-
         device = x_test.device
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the run's own random numbers untouched
@@ -75,8 +73,8 @@ class TensorBoardLog:
         originals = x_test[: NUM_IMAGES // 2]
         pairs = torch.stack([originals, vae.reconstruct(originals)], dim=1).flatten(0, 1)
         for tag, images in (("samples", samples), ("reconstructions", pairs)):
-            tiles = images.reshape(-1, 1, *self.image_shape[-2:]).clamp(0, 1).cpu()
-            self._writer.add_image(tag, make_grid(tiles, nrow=8, pad_value=1.0), epoch)
+            tiles = images.reshape(-1, *self.image_shape[-2:]).clamp(0, 1).cpu()
+            self._writer.add_image(tag, _grid(tiles, columns=8), epoch, dataformats="HW")
 
     def close(self, history: list[EpochMetrics]) -> None:
         """The hyperparameters beside the final numbers (TensorBoard's HPARAMS tab), then close."""
@@ -90,3 +88,13 @@ class TensorBoardLog:
             metrics = {"hparam/val_elbo": final.val_elbo, "hparam/train_elbo": final.train_elbo}
             self._writer.add_hparams(hparams, metrics, run_name=".", global_step=final.epoch)
         self._writer.close()
+
+
+def _grid(tiles: torch.Tensor, columns: int) -> torch.Tensor:
+    """(N, H, W) images as one (rows·(H+1), columns·(W+1)) picture, a white line between them."""
+    n, height, width = tiles.shape
+    rows = -(-n // columns)
+    padded = torch.ones(rows * columns, height + 1, width + 1)
+    padded[:n, :height, :width] = tiles
+    grid = padded.reshape(rows, columns, height + 1, width + 1).permute(0, 2, 1, 3)
+    return grid.reshape(rows * (height + 1), columns * (width + 1))

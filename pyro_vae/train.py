@@ -115,6 +115,11 @@ class Trainer:
         replicas.broadcast(self._parameters)  # one model on every replica, whatever happened
         if config.free_bits:
             _check_free_bits(vae)
+            if replicas.distributed:
+                raise UserInputError(
+                    "--free-bits floors each latent dimension's KL averaged over the whole batch, "
+                    "which a data-parallel run splits between processes: train it in one process"
+                )
         self._elbo = (
             elbo
             if elbo is not None
@@ -373,7 +378,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict``; tensors move to the VAE's device, the lr stays the config's."""
+        """Restore a ``state_dict``; tensors move to the VAE's device. The learning rate is the
+        saved one (a schedule's): ``set_lr`` changes it."""
         self.optimizer.load_state_dict(state["optimizer"])  # restores the saved lr too
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -395,7 +401,7 @@ class Trainer:
 def _check_free_bits(vae: VAE) -> None:
     """Free bits need the KL as a sum over latent dimensions in closed form."""
     prior = vae.prior()
-    guide = pyro.distributions.Normal(torch.zeros_like(prior.mean), 1.0).to_event(1)
+    guide = pyro.distributions.Normal(torch.zeros(prior.event_shape), 1.0).to_event(1)
     try:
         per_dimension_kl(guide, prior)
     except NotImplementedError:

@@ -146,3 +146,18 @@ def test_recorded_checks_benchmark_measures_both_costs(monkeypatch):
     result = recorded_checks.main(["--turns", "1"])
     assert result["check_us"] > 0 and result["step"] > 0 and result["validation pass"] > 0
     sys.modules.pop("recorded_checks", None)
+
+
+def test_rate_distortion_experiment_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import rate_distortion
+
+    # No MNIST in the data folder: the digits part alone, which every machine can run.
+    out = rate_distortion.main(
+        ["--quick", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r.md")]
+    )
+    text = out.read_text()
+    assert "## MNIST" not in text and "does warm-up or free bits prevent the collapse" in text
+    for setting in ("plain ELBO", "warm-up 1", "free bits 0.25", "free bits 1"):
+        assert f"| {setting} |" in text
+    sys.modules.pop("rate_distortion", None)

@@ -324,7 +324,10 @@ CASES: dict[str, tuple[Setup, str]] = {
     "zero beta": (lambda t, r: ["train", "--beta", "0"], "'--beta'"),
     "unknown lr schedule": (lambda t, r: ["train", "--lr-schedule", "linear"], "'--lr-schedule'"),
     "lr factor above one": (lambda t, r: ["train", "--lr-factor", "2"], "lr_factor must be"),
-    "cosine floor above the rate": (lambda t, r: ["train", "--lr-min", "0.1"], "lr_min must be"),
+    "cosine floor above the rate": (
+        lambda t, r: ["train", "--lr-schedule", "cosine", "--lr-min", "0.1"],
+        "lr_min (0.1) must be below lr",
+    ),
     "zero patience": (lambda t, r: ["train", "--patience", "0"], "'--patience'"),
     "missing config file": (
         lambda t, r: ["train", "--config", t / "nope.toml"],
@@ -344,7 +347,19 @@ CASES: dict[str, tuple[Setup, str]] = {
     ),
     "config file with a value of the wrong type": (
         lambda t, r: ["train", "--config", _text(t / "c.toml", '[train]\nepochs = "ten"\n')],
-        "wrong type",
+        "epochs must be a whole number of at least 1, got 'ten'",
+    ),
+    "config file with a float for a whole number": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", "[train]\nbatch_size = 64.0\n")],
+        "batch_size must be a whole number",
+    ),
+    "config file with a string for a number": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", '[train]\nlr = "fast"\n')],
+        "a value has the wrong type",
+    ),
+    "resume changing beta": (
+        lambda t, r: ["train", "--resume", r, "--epochs", "3", "--beta", "2"],
+        "--beta (the run has 1.0) cannot change",
     ),
     "config with resume": (
         lambda t, r: ["train", "--resume", r, "--config", r / "config.json"],

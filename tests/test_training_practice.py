@@ -130,7 +130,8 @@ def test_the_recorded_step_reads_the_current_beta(estimator, digits):
     "schedule, expected",
     [
         ("constant", lambda e: 1e-2),
-        ("cosine", lambda e: 1e-3 + (1e-2 - 1e-3) * (1 + math.cos(math.pi * (e - 1) / 4)) / 2),
+        # from lr at the first epoch to lr_min at the last (the fourth)
+        ("cosine", lambda e: 1e-3 + (1e-2 - 1e-3) * (1 + math.cos(math.pi * (e - 1) / 3)) / 2),
         ("step", lambda e: 1e-2 * 0.5 ** ((e - 1) // 2)),
     ],
 )
@@ -213,10 +214,21 @@ def test_a_resumed_run_goes_on_from_its_schedule(tmp_path):
     result = resume_run(tmp_path / "run", {"epochs": 6})
     lrs = [m.lr for m in result.history]
     assert len(lrs) == 6 and lrs[0] == 1e-2 and all(b < a for a, b in itertools.pairwise(lrs))
-    scheduler = load_checkpoint(tmp_path / "run").trainer_state["scheduler"]
-    assert scheduler["_last_lr"] == pytest.approx([1e-4])  # the rate after the last epoch
+    assert lrs[-1] == pytest.approx(1e-4)  # the last epoch trains at lr_min
     result = resume_run(tmp_path / "run", {"epochs": 7, "lr": 1e-3})
     assert result.history[-1].lr == 1e-3
+
+
+def test_a_finished_cosine_run_extended_anneals_again(tmp_path):
+    """At its end a cosine run trains at lr_min; given more epochs, it goes back up the new,
+    longer curve instead of staying there (torch's update only scales the rate)."""
+    train = TrainConfig(lr=1e-2, lr_schedule="cosine", lr_min=0.0, epochs=3)
+    train_run(RunConfig(model=ModelConfig(hidden_dims=(16,)), train=train), tmp_path / "run")
+    lrs = [m.lr for m in resume_run(tmp_path / "run", {"epochs": 5}).history]
+    assert lrs[:3] == pytest.approx([1e-2, 5e-3, 0.0], abs=1e-12)
+    # epochs 4 and 5 of a 5-epoch curve: (1 + cos(π·3/4))/2 and 0
+    assert lrs[3] == pytest.approx(1e-2 * (1 + math.cos(3 * math.pi / 4)) / 2)
+    assert lrs[4] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_config_repeats_a_run_and_options_vary_it(tmp_path):
@@ -239,3 +251,40 @@ def test_config_repeats_a_run_and_options_vary_it(tmp_path):
     c = json.loads((tmp_path / "c" / "config.json").read_text())["config"]
     assert c["train"]["beta"] == 0.5 and c["model"]["hidden_dims"] == [16]
     assert c["model"]["latent_dim"] == ModelConfig.latent_dim  # not in the file: the default
+
+
+def test_config_file_and_options_are_checked_together(tmp_path):
+    """An option that needs a file's value (free bits need the analytic ELBO, components a
+    mixture prior) is judged against the merged configuration, not the command line's defaults."""
+    (tmp_path / "c.toml").write_text(
+        '[model]\nhidden_dims = [16]\nprior = "mog"\n[train]\nelbo = "analytic"\nlr = 0.01\n'
+    )
+    args = ["train", "--config", tmp_path / "c.toml", "--out", tmp_path / "run", "--epochs", "1"]
+    more = ["--components", "3", "--lr-schedule", "cosine", "--lr-min", "0.005"]
+    result = CliRunner().invoke(cli.app, [str(a) for a in [*args, *more]])
+    assert result.exit_code == 0, result.output
+    c = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert c["model"]["prior_options"] == {"num_components": 3} and c["train"]["lr"] == 0.01
+    (tmp_path / "f.toml").write_text('[model]\nhidden_dims = [16]\n[train]\nelbo = "analytic"\n')
+    args = ["train", "--config", tmp_path / "f.toml", "--out", tmp_path / "f", "--epochs", "1"]
+    result = CliRunner().invoke(cli.app, [str(a) for a in [*args, "--free-bits", "0.5"]])
+    assert result.exit_code == 0, result.output
+
+
+def test_an_early_stopped_run_resumes_only_with_more_patience(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    train = ["train", "--out", out, "--epochs", "30", "--lr", "1e-9", "--patience", "1"]
+    result = runner.invoke(cli.app, [str(a) for a in [*train, "--hidden-dims", "16"]])
+    assert result.exit_code == 0 and "Stopped early" in result.output
+    stopped_at = len((out / "metrics.jsonl").read_text().splitlines())
+    result = runner.invoke(cli.app, ["train", "--resume", str(out)])
+    assert result.exit_code == 2 and "pass a larger --patience" in result.output
+    result = runner.invoke(cli.app, ["train", "--resume", str(out), "--patience", "3"])
+    assert result.exit_code == 0, result.output
+    assert len((out / "metrics.jsonl").read_text().splitlines()) > stopped_at
+    # given at the run's own value, an option that cannot change is accepted
+    result = runner.invoke(
+        cli.app, ["train", "--resume", str(out), "--patience", "30", "--beta", "1"]
+    )
+    assert result.exit_code == 0, result.output
