@@ -310,11 +310,12 @@ def time_epochs(
 # Run the CLI, then print this process's peak resident memory. VmHWM belongs to the process's
 # own address space, which exec replaces; getrusage's maxrss would also count the forked copy of
 # the (large) benchmark process that existed before the exec.
+# The app, not cli.main, which ends the process at once (see cli._exit_now).
 PEAK_MEMORY_CHILD = """
 import runpy, sys
 sys.argv = sys.argv[1:]
 try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    runpy.run_path(sys.argv[0], run_name="cli")["app"]()
 except SystemExit:
     pass
 status = open("/proc/self/status").read()
