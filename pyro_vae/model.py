@@ -111,6 +111,7 @@ class VAE(PyroModule):
         """Within the block, ``model`` and ``guide`` weight the KL term by ``beta`` > 0: their
         ``z`` sites are scaled by it (``poutine.scale``), so any Pyro ELBO optimises
         E_q[log p(x|z)] − β·KL(q(z|x) ‖ p(z)), the β-VAE objective. Outside it, β = 1: the ELBO.
+        For Pyro's own ``SVI``: ``Trainer`` sets the weight itself, from its ``TrainConfig``.
         """
         if not beta > 0:
             raise ValueError(f"the KL weight must be positive, got {beta}")
