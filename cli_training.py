@@ -164,6 +164,19 @@ def config_file_options(path: Path, given: set[str]) -> dict[str, Any]:
     model, data, train = (
         {**asdict(defaults[name]), **sections.get(name, {})} for name in ("model", "data", "train")
     )
+    for key, kind, what in (
+        ("hidden_dims", (list, tuple), "a list of layer sizes"),
+        ("prior_options", dict, "a table of keywords"),
+        ("likelihood_options", dict, "a table of keywords"),
+    ):
+        if not isinstance(model[key], kind):
+            raise UserInputError(
+                f"--config {path}: [model] {key} must be {what}, got {model[key]!r}"
+            )
+    if not isinstance(data["path"], str | None):
+        raise UserInputError(
+            f"--config {path}: [data] path must be a file name, got {data['path']!r}"
+        )
     values = _option_values(model, data, train)
     # An option given on the command line decides the ones that go with it.
     if "likelihood" in given or values["sigma"] is None:

@@ -59,6 +59,9 @@ class ModelConfig:
         _whole(self.latent_dim, "latent_dim", 1)
         for size in self.hidden_dims:
             _whole(size, "each of hidden_dims", 1)
+        for name in ("prior_options", "likelihood_options"):
+            value = getattr(self, name)
+            _require(isinstance(value, dict), f"{name} must be a table of keywords, got {value!r}")
 
 
 def _absolute(path: str) -> str:

@@ -373,7 +373,8 @@ def _train(
             trainer.steps_done,
             stopped_early=stopping.exhausted(trainer.epoch, patience)
             and trainer.epoch < config.train.epochs,
-            best_epoch=stopping.best_epoch if patience is not None else None,
+            # best.pt holds it, unless --patience came with a resume after the best epoch
+            best_epoch=stopping.best_epoch if (run_dir / BEST).is_file() else None,
             active_units=active,
         )
 

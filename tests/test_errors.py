@@ -361,6 +361,14 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["train", "--resume", r, "--epochs", "3", "--beta", "2"],
         "--beta (the run has 1.0) cannot change",
     ),
+    "config file with a number for the layers": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", "[model]\nhidden_dims = 5\n")],
+        "[model] hidden_dims must be a list of layer sizes, got 5",
+    ),
+    "config file with a number for component options": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", "[model]\nprior_options = 3\n")],
+        "[model] prior_options must be a table of keywords",
+    ),
     "config with resume": (
         lambda t, r: ["train", "--resume", r, "--config", r / "config.json"],
         "drop --config",
