@@ -312,12 +312,16 @@ def train(
     ] = TrainConfig.beta,
     kl_warmup: Annotated[
         int,
-        typer.Option(min=0, help="Epochs over which β rises linearly from 0, step by step."),
+        typer.Option(
+            min=0, help="Epochs over which β rises linearly, step by step, from near 0 to --beta."
+        ),
     ] = TrainConfig.kl_warmup,
     free_bits: Annotated[
         float,
         typer.Option(
-            min=0, help="Nats each latent dimension's KL counts at least (--elbo analytic)."
+            min=0,
+            help="Nats each latent dimension's KL counts at least (--elbo analytic, with the "
+            "standard or gaussian prior).",
         ),
     ] = TrainConfig.free_bits,
     lr_schedule: Annotated[
@@ -328,7 +332,12 @@ def train(
         ),
     ] = TrainConfig.lr_schedule,
     lr_step: Annotated[
-        int, typer.Option(min=1, help="Epochs of the step and plateau schedules.")
+        int,
+        typer.Option(
+            min=1,
+            help="step: epochs between two cuts; plateau: epochs without a better validation "
+            "ELBO before a cut (not --patience, which stops the run).",
+        ),
     ] = TrainConfig.lr_step,
     lr_factor: Annotated[
         float, typer.Option(help="What a step or plateau cut multiplies the rate by (0 to 1).")
@@ -394,7 +403,7 @@ def train(
         }
         with training(replicas, checkpoint_every, tensorboard) as (hooks, stops):
             result = resume_run(resume, changes, hooks, replicas, **moved)
-        return summarise(result, replicas, stops)
+        return summarise(result, replicas, stops, tensorboard)
 
     explicit = explicit_options(ctx)
     options = dict(ctx.params)
@@ -424,12 +433,21 @@ def train(
                 raise
             again = command_line(ctx, {"lr": error.lower_lr, "out": out, "overwrite": False})
             raise UserInputError(f"{error}: {again}") from None
-    summarise(result, replicas, stops)
+    summarise(result, replicas, stops, tensorboard)
 
 
 def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
     """The run's configuration from ``train``'s option values (by parameter name)."""
     o = {name: value.value if isinstance(value, Enum) else value for name, value in options.items()}
+    used = {"constant": (), "cosine": ("lr_min",), "step": ("lr_step", "lr_factor")}
+    used["plateau"] = used["step"]
+    for name in ("lr_min", "lr_step", "lr_factor"):
+        if name in explicit and name not in used.get(o["lr_schedule"], ()):
+            takers = " or ".join(s for s, names in used.items() if name in names)
+            raise UserInputError(
+                f"--{name.replace('_', '-')} applies to --lr-schedule {takers}, not "
+                f"{o['lr_schedule']}: drop it, or choose that schedule"
+            )
     data = o["data"]
     if data is not None and "dataset" in explicit:
         raise UserInputError("--data FILE and --dataset both name the data: give one of them")
@@ -503,8 +521,11 @@ def _out_option(suffix: str, default: str) -> Any:
     )
 
 
-def _output_path(run: Path, out: Path | None, default_name: str) -> Path:
-    """Where a command writes, checked to be writable before any work."""
+def _output_path(run: Path, out: Path | None, default_name: str, latest: bool = False) -> Path:
+    """Where a command writes, checked to be writable before any work. The last epoch's model
+    of a run that kept its best (--latest) writes under its own names, beside the best's."""
+    if latest and run.is_dir() and (run / BEST).is_file():
+        default_name = f"{Path(default_name).stem}-latest{Path(default_name).suffix}"
     path = out or (run if run.is_dir() else run.parent) / default_name
     if path.name in RUN_FILES and is_run_dir(path.parent):
         raise UserInputError(f"{path} is a file of the run itself: choose another --out")
@@ -526,6 +547,11 @@ def _load_trained(
     run: Path, device_name: str, latest: bool = False
 ) -> tuple[Checkpoint, VAE, torch.device]:
     device = resolve_device(device_name)
+    if latest and run.name == BEST:
+        raise UserInputError(
+            f"{run} is the best model, and --latest asks for the last epoch's: give the run "
+            f"directory ({run.parent}) with --latest, or drop --latest"
+        )
     if run.is_dir() and (run / BEST).is_file() and not latest:
         run = run / BEST
         logging.getLogger("pyro_vae.cli").info(
@@ -586,7 +612,7 @@ def evaluate(
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Test ELBO (closed-form and Monte Carlo KL) and the importance-weighted log p(x)."""
-    path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json")
+    path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json", latest)
     checkpoint, vae, device_ = _load_trained(run, device, latest)
     x = _split(checkpoint, split, device_, data, data_dir).x
     pyro.set_rng_seed(seed)
@@ -595,6 +621,8 @@ def evaluate(
     kl = kl_method("analytic", vae.prior())
     record = {
         "run": str(run),
+        "model": "best.pt" if run.is_dir() and (run / BEST).is_file() and not latest else "latest",
+        "epochs_trained": len(checkpoint.trainer_state["history"]),
         "split": split.value,
         "images": x.shape[0],
         "num_samples": num_samples,
@@ -632,7 +660,7 @@ def sample(
     latest: LatestOption = False,
 ) -> None:
     """Decode z ~ p(z) with a trained VAE and save the images as a PNG."""
-    path = _output_path(run, out, f"samples-seed{seed}.png")
+    path = _output_path(run, out, f"samples-seed{seed}.png", latest)
     checkpoint, vae, _ = _load_trained(run, device, latest)
     with writing(path, "--out"):
         save_samples(vae, checkpoint.image_shape, path, num, seed)
@@ -655,7 +683,7 @@ def reconstruct(
     images = _split(checkpoint, SplitName.test, device_, data, data_dir).x[:num]
     if images.shape[0] < num:
         _note(f"the test split has {images.shape[0]} images: showing all of them, not {num}")
-    path = _output_path(run, out, f"reconstructions-{images.shape[0]}.png")
+    path = _output_path(run, out, f"reconstructions-{images.shape[0]}.png", latest)
     with writing(path, "--out"):
         save_reconstructions(vae, images, checkpoint.image_shape, path)
     typer.echo(path)
@@ -678,7 +706,7 @@ def interpolate(
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Decode along the line between the posterior means of pairs of test images."""
-    path = _output_path(run, out, "interpolations.png")
+    path = _output_path(run, out, "interpolations.png", latest)
     checkpoint, vae, device_ = _load_trained(run, device, latest)
     x = _split(checkpoint, SplitName.test, device_, data, data_dir).x[: 2 * pairs]
     if x.shape[0] < 2 * pairs:
@@ -700,7 +728,7 @@ def latent(
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Scatter the posterior means of a split, coloured by label (PCA beyond two dimensions)."""
-    path = _output_path(run, out, f"latent-{split.value}.png")
+    path = _output_path(run, out, f"latent-{split.value}.png", latest)
     checkpoint, vae, device_ = _load_trained(run, device, latest)
     images = _split(checkpoint, split, device_, data, data_dir)
     with writing(path, "--out"):
@@ -725,7 +753,7 @@ def manifold(
         i, j = (int(d) for d in dims.split(","))
     except ValueError:
         raise UserInputError(f"--dims takes two coordinates such as 0,1, got {dims!r}") from None
-    path = _output_path(run, out, "manifold.png")
+    path = _output_path(run, out, "manifold.png", latest)
     checkpoint, vae, _ = _load_trained(run, device, latest)
     with writing(path, "--out"):
         save_manifold(vae, checkpoint.image_shape, path, grid, (i, j))

@@ -173,10 +173,14 @@ def config_file_options(path: Path, given: set[str]) -> dict[str, Any]:
             raise UserInputError(
                 f"--config {path}: [model] {key} must be {what}, got {model[key]!r}"
             )
-    if not isinstance(data["path"], str | None):
+    sizes = model["hidden_dims"]
+    if not sizes or not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes):
         raise UserInputError(
-            f"--config {path}: [data] path must be a file name, got {data['path']!r}"
+            f"--config {path}: [model] hidden_dims must list whole layer sizes, got {sizes!r}"
         )
+    for key, kind, what in (("path", str | None, "a file name"), ("data_dir", str, "a folder")):
+        if not isinstance(data[key], kind):
+            raise UserInputError(f"--config {path}: [data] {key} must be {what}, got {data[key]!r}")
     values = _option_values(model, data, train)
     # An option given on the command line decides the ones that go with it.
     if "likelihood" in given or values["sigma"] is None:
@@ -275,7 +279,9 @@ class StopRequests:
             signal.signal(signum, previous)
 
 
-def summarise(result: RunResult, replicas: Replicas, stops: StopRequests) -> None:
+def summarise(
+    result: RunResult, replicas: Replicas, stops: StopRequests, tensorboard: bool = False
+) -> None:
     # The shell's code for a process ended by the signal: 128 + its number (130, 143).
     stopped_code = 128 + (stops.signal or signal.SIGINT)
     if not replicas.is_main:  # rank 0 reports for all the processes
@@ -286,7 +292,7 @@ def summarise(result: RunResult, replicas: Replicas, stops: StopRequests) -> Non
             position += f" and {result.steps_done} steps"
         typer.echo(
             f"Stopped after {position}; the checkpoint is saved. Continue with: "
-            f"pyro-vae train --resume {result.run_dir}"
+            f"pyro-vae train --resume {result.run_dir}" + (" --tensorboard" if tensorboard else "")
         )
         raise typer.Exit(stopped_code)
     final = result.history[-1]
@@ -300,8 +306,8 @@ def summarise(result: RunResult, replicas: Replicas, stops: StopRequests) -> Non
     config = result.config
     if result.stopped_early:
         typer.echo(
-            f"Stopped early: no better validation ELBO for {config.train.patience} epochs after "
-            f"epoch {result.best_epoch}."
+            f"Stopped early: no better validation ELBO in the {config.train.patience} "
+            f"epoch{'s' if config.train.patience != 1 else ''} after epoch {result.best_epoch}."
         )
     if result.best_epoch is not None and result.best_epoch != final.epoch:
         best = result.history[result.best_epoch - 1]
@@ -310,7 +316,7 @@ def summarise(result: RunResult, replicas: Replicas, stops: StopRequests) -> Non
             "evaluate and the pictures use (--latest for the last epoch's)."
         )
     if result.active_units is not None and collapsed(result.active_units, config.model.latent_dim):
-        typer.echo(collapse_note(result.active_units, config))
+        typer.echo(collapse_note(result.active_units, config, result.free_bits_possible))
     if config.train.elbo == "analytic" and final.train_kl != "closed-form":
         typer.echo(
             f"Note: the {config.model.prior} prior has no closed-form KL to the Gaussian guide, "
@@ -326,27 +332,39 @@ def collapsed(active: int, latent_dim: int) -> bool:
     return active <= latent_dim // 10
 
 
-def collapse_note(active: int, config: RunConfig) -> str:
-    """What happened, in a sentence, and the remedies that apply to this run."""
+def collapse_note(active: int, config: RunConfig, free_bits_possible: bool) -> str:
+    """What happened, in a sentence, and the remedies that apply to this run: first the
+    model's (its likelihood's σ), then the objective's, each one that this run's options accept."""
+    model, train = config.model, config.train
     remedies = []
-    likelihood, options = config.model.likelihood, config.model.likelihood_options
-    if likelihood == "gaussian":
-        sigma = options.get("sigma", 1.0)
-        remedies += [f"a smaller --sigma (this run: {sigma:g})", "--likelihood gaussian-learned"]
-    if config.train.elbo == "iwae":  # no KL term to weight: the ELBO's remedies need an ELBO
-        remedies.append("--elbo analytic with --kl-warmup 10 or --free-bits 0.5")
+    if model.likelihood == "gaussian":
+        sigma = model.likelihood_options.get("sigma", 1.0)
+        if sigma > 0.1:
+            remedies.append(f"--sigma 0.1 (this run: {sigma:g}; for pixels in [0, 1])")
+        remedies.append("--likelihood gaussian-learned")
+    objective = []
+    warmup = max(1, min(10, train.epochs // 2))  # within the run's epochs, as the option requires
+    analytic = "" if train.elbo == "analytic" else "--elbo analytic "
+    if train.elbo == "iwae":  # no KL term to weight: the ELBO's remedies need an ELBO
+        objective.append(f"--elbo analytic --kl-warmup {warmup}")
+    elif not train.kl_warmup:
+        objective.append(f"--kl-warmup {warmup}")
+    if free_bits_possible and not train.free_bits:
+        objective.append(f"{analytic}--free-bits 0.5")
+    if train.beta > 1:
+        objective.append(f"a --beta below this run's {train.beta:g}")
+    if objective and remedies:  # measured: with σ too large, the objective does not save it
+        remedies.append(
+            "or change the objective (" + ", ".join(objective) + "), which on the digits at "
+            "σ = 1 did not help the ELBO (experiments/results/rate_distortion.md)"
+        )
     else:
-        if not config.train.kl_warmup:
-            remedies.append("--kl-warmup 10")
-        if not config.train.free_bits:
-            analytic = "" if config.train.elbo == "analytic" else "--elbo analytic "
-            remedies.append(f"{analytic}--free-bits 0.5")
-    if config.train.beta > 1:
-        remedies.append(f"a --beta below this run's {config.train.beta:g}")
+        remedies += objective
+    advice = "; try " + ", ".join(remedies) if remedies else ""
     return (
-        f"Note: posterior collapse: {active} of {config.model.latent_dim} latent dimensions are "
-        "in use (the encoder's mean moves with the image in no more), so every image gets much "
-        "the same code and the samples look alike; try " + ", ".join(remedies) + "."
+        f"Note: posterior collapse: {active} of {model.latent_dim} latent dimensions are in use "
+        "(the encoder's mean moves with the image in no more), so every image gets much the "
+        f"same code and the samples look alike{advice}."
     )
 
 

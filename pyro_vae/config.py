@@ -24,11 +24,20 @@ BINARIZATIONS = ("none", "static", "dynamic")  # see data.py
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see schedules.py
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
+MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UserInputError(message)
+
+
+def _number(value: Any, name: str) -> None:
+    """``value`` a real number (a config file may hold "0.1" or true)."""
+    _require(
+        isinstance(value, int | float) and not isinstance(value, bool),
+        f"{name} must be a number, got {value!r}",
+    )
 
 
 def _whole(value: Any, name: str, minimum: int) -> None:
@@ -84,6 +93,17 @@ class DataConfig:
     binarize: str = "none"  # "static": sample x ~ Bernoulli(pixel) once; "dynamic": every batch
 
     def __post_init__(self) -> None:
+        for name in ("dataset", "data_dir", "binarize"):
+            value = getattr(self, name)
+            _require(isinstance(value, str), f"{name} must be a string, got {value!r}")
+        _require(
+            isinstance(self.download, bool),
+            f"download must be true or false, got {self.download!r}",
+        )
+        _require(
+            isinstance(self.split_seed, int) and 0 <= self.split_seed <= MAX_SEED,
+            f"split_seed must be a whole number from 0 to {MAX_SEED}, got {self.split_seed!r}",
+        )
         _require(
             (self.dataset == "array") == (self.path is not None),
             "a data file goes with dataset 'array' (--data FILE), and only with it",
@@ -94,6 +114,7 @@ class DataConfig:
         )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
+            _number(value, name)
             _require(0 < value < 1, f"{name} must lie strictly between 0 and 1, got {value}")
         _require(
             self.val_fraction + self.test_fraction < 1,
@@ -148,13 +169,24 @@ class TrainConfig:
         _whole(self.kl_warmup, "kl_warmup", 0)
         if self.patience is not None:
             _whole(self.patience, "patience", 1)
+        for name in ("lr", "beta", "free_bits", "lr_factor", "lr_min"):
+            _number(getattr(self, name), name)
+        for name in ("elbo", "device", "lr_schedule"):
+            value = getattr(self, name)
+            _require(isinstance(value, str), f"{name} must be a string, got {value!r}")
         _require(
             math.isfinite(self.lr) and self.lr > 0,
             f"lr must be a positive number, got {self.lr}",
         )
+        # Within float32's comfortable range: β, and β over a warm-up's steps, stay normal numbers.
         _require(
-            math.isfinite(self.beta) and self.beta > 0,
-            f"beta must be a positive number, got {self.beta}",
+            math.isfinite(self.beta) and MIN_BETA <= self.beta <= MAX_BETA,
+            f"beta must lie between {MIN_BETA:g} and {MAX_BETA:g}, got {self.beta}",
+        )
+        _require(
+            self.kl_warmup <= self.epochs,
+            f"--kl-warmup {self.kl_warmup} is longer than the run's {self.epochs} epochs, so β "
+            f"would never reach {self.beta:g}: lower --kl-warmup or raise --epochs",
         )
         _require(
             math.isfinite(self.free_bits) and self.free_bits >= 0,
@@ -169,14 +201,17 @@ class TrainConfig:
         _require(
             not (self.free_bits and self.elbo != "analytic"),
             "free bits floor the KL of each latent dimension, which only the closed-form KL "
-            "gives: use --elbo analytic with --free-bits",
+            "gives: use --elbo analytic with --free-bits (or --free-bits 0 for none)",
         )
         _require(
             self.lr_schedule in LR_SCHEDULES,
             f"unknown learning-rate schedule {self.lr_schedule!r}: choose one of "
             f"{', '.join(LR_SCHEDULES)}",
         )
-        _require(0 < self.lr_factor < 1, f"lr_factor must be between 0 and 1, got {self.lr_factor}")
+        _require(
+            0 < self.lr_factor < 1,
+            f"lr_factor must lie strictly between 0 and 1 (a cut), got {self.lr_factor}",
+        )
         _require(
             math.isfinite(self.lr_min) and self.lr_min >= 0,
             f"lr_min must be 0 or more, got {self.lr_min}",
@@ -225,6 +260,8 @@ def read_config_file(path: str) -> dict[str, dict[str, Any]]:
 
     A run's ``config.json`` holds them under ``"config"``, beside the run's record.
     """
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        path = os.path.join(path, "config.json")  # a run directory: its record
     try:
         if path.endswith(".toml"):
             with open(path, "rb") as file:

@@ -47,8 +47,10 @@ RUN_PATTERNS = (
     "samples-seed*.png",
     "reconstructions-*.png",
     "interpolations.png",
+    "interpolations-latest.png",  # the last epoch's model where best.pt is kept (--latest)
     "latent-*.png",
     "manifold.png",
+    "manifold-latest.png",
     "events.out.tfevents.*",  # TensorBoard's, with --tensorboard
     f".{CHECKPOINT}.*.tmp",
     f".{BEST}.*.tmp",

@@ -65,7 +65,13 @@ from pyro_vae.rundir import (
 )
 from pyro_vae.schedules import extend_cosine
 from pyro_vae.tensorboard_log import TensorBoardLog, summary_writer_class
-from pyro_vae.train import EpochMetrics, StepCallback, Trainer, TrainingDiverged
+from pyro_vae.train import (
+    EpochMetrics,
+    StepCallback,
+    Trainer,
+    TrainingDiverged,
+    supports_free_bits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,7 @@ class RunResult:
     stopped_early: bool = False  # --patience ended it: no better validation ELBO for so long
     best_epoch: int | None = None  # the epoch best.pt holds, with --patience
     active_units: int | None = None  # latent dimensions in use at the end (evaluate.active_units)
+    free_bits_possible: bool = True  # whether this model's KL is per dimension (--free-bits)
 
 
 @dataclass(frozen=True)
@@ -376,6 +383,7 @@ def _train(
             # best.pt holds it, unless --patience came with a resume after the best epoch
             best_epoch=stopping.best_epoch if (run_dir / BEST).is_file() else None,
             active_units=active,
+            free_bits_possible=supports_free_bits(trainer.vae),
         )
 
     try:

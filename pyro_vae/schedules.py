@@ -28,10 +28,8 @@ def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Scheduler | None:
     """The schedule ``config.lr_schedule`` names, on ``optimizer``; None for a constant rate."""
-    if config.lr_schedule == "cosine":  # from lr at the first epoch to lr_min at the last
-        return CosineAnnealingLR(
-            optimizer, T_max=_cosine_steps(config.epochs), eta_min=config.lr_min
-        )
+    if config.lr_schedule == "cosine":  # from lr at the first epoch to lr_min after the last
+        return CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr_min)
     if config.lr_schedule == "step":  # × lr_factor every lr_step epochs
         return StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_factor)
     if config.lr_schedule == "plateau":  # × lr_factor after lr_step epochs without a gain
@@ -48,16 +46,11 @@ def lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Sched
     return None
 
 
-def _cosine_steps(epochs: int) -> int:
-    # The schedule steps after each epoch: epochs − 1 steps from the first epoch's rate to the last.
-    return max(1, epochs - 1)
-
-
 def extend_cosine(scheduler: CosineAnnealingLR, epochs: int) -> None:
     """Stretch a cosine schedule to end at ``epochs`` (a resumed run trained longer), its rate
     set on the new curve where the run stands: torch's own update only scales the distance to
     lr_min, so a schedule already at its end would otherwise stay there."""
-    scheduler.T_max = _cosine_steps(epochs)
+    scheduler.T_max = epochs
     t = min(scheduler.last_epoch, scheduler.T_max)
     factor = (1 + math.cos(math.pi * t / scheduler.T_max)) / 2
     rates = [scheduler.eta_min + (base - scheduler.eta_min) * factor for base in scheduler.base_lrs]

@@ -398,15 +398,22 @@ class Trainer:
             self._seconds = in_progress["seconds"]
 
 
-def _check_free_bits(vae: VAE) -> None:
-    """Free bits need the KL as a sum over latent dimensions in closed form."""
+def supports_free_bits(vae: VAE) -> bool:
+    """Whether the VAE's KL to its guide is a sum over latent dimensions in closed form, which
+    free bits floor one by one."""
     prior = vae.prior()
     guide = pyro.distributions.Normal(torch.zeros(prior.event_shape), 1.0).to_event(1)
     try:
         per_dimension_kl(guide, prior)
     except NotImplementedError:
+        return False
+    return True
+
+
+def _check_free_bits(vae: VAE) -> None:
+    if not supports_free_bits(vae):
         raise UserInputError(
             f"free bits floor the KL of each latent dimension, but the {type(vae.prior).__name__}"
             "'s KL to the guide is not a sum over dimensions in closed form: use --prior "
             "standard or gaussian with --free-bits"
-        ) from None
+        )

@@ -323,7 +323,24 @@ CASES: dict[str, tuple[Setup, str]] = {
     "beta with iwae": (lambda t, r: ["train", "--elbo", "iwae", "--beta", "4"], "--elbo mc or"),
     "zero beta": (lambda t, r: ["train", "--beta", "0"], "'--beta'"),
     "unknown lr schedule": (lambda t, r: ["train", "--lr-schedule", "linear"], "'--lr-schedule'"),
-    "lr factor above one": (lambda t, r: ["train", "--lr-factor", "2"], "lr_factor must be"),
+    "lr factor above one": (
+        lambda t, r: ["train", "--lr-schedule", "step", "--lr-factor", "2"],
+        "lr_factor must lie strictly between 0 and 1",
+    ),
+    "a schedule's option without it": (
+        lambda t, r: ["train", "--lr-min", "1e-5"],
+        "--lr-min applies to --lr-schedule cosine, not constant",
+    ),
+    "warm-up longer than the run": (
+        lambda t, r: ["train", "--epochs", "3", "--kl-warmup", "5"],
+        "--kl-warmup 5 is longer than the run's 3 epochs",
+    ),
+    "a beta too small for float32": (lambda t, r: ["train", "--beta", "1e-46"], "beta must lie"),
+    "a beta too large for float32": (lambda t, r: ["train", "--beta", "1e39"], "beta must lie"),
+    "a string where a number belongs in a config file": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", '[train]\nbeta = "2"\n')],
+        "beta must be a number, got '2'",
+    ),
     "cosine floor above the rate": (
         lambda t, r: ["train", "--lr-schedule", "cosine", "--lr-min", "0.1"],
         "lr_min (0.1) must be below lr",
@@ -355,7 +372,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     ),
     "config file with a string for a number": (
         lambda t, r: ["train", "--config", _text(t / "c.toml", '[train]\nlr = "fast"\n')],
-        "a value has the wrong type",
+        "lr must be a number, got 'fast'",
     ),
     "resume changing beta": (
         lambda t, r: ["train", "--resume", r, "--epochs", "3", "--beta", "2"],

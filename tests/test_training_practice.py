@@ -130,8 +130,9 @@ def test_the_recorded_step_reads_the_current_beta(estimator, digits):
     "schedule, expected",
     [
         ("constant", lambda e: 1e-2),
-        # from lr at the first epoch to lr_min at the last (the fourth)
-        ("cosine", lambda e: 1e-3 + (1e-2 - 1e-3) * (1 + math.cos(math.pi * (e - 1) / 3)) / 2),
+        # torch's convention: from lr at the first epoch to lr_min after the last (the fourth),
+        # so that the last epoch still learns when lr_min is 0
+        ("cosine", lambda e: 1e-3 + (1e-2 - 1e-3) * (1 + math.cos(math.pi * (e - 1) / 4)) / 2),
         ("step", lambda e: 1e-2 * 0.5 ** ((e - 1) // 2)),
     ],
 )
@@ -187,6 +188,16 @@ def test_commands_use_the_best_model_and_say_so(tmp_path):
     latest = ["sample", str(out), "--latest", "--out", str(tmp_path / "t.png")]
     result = runner.invoke(cli.app, latest)
     assert result.exit_code == 0 and "best.pt" not in result.output
+    # Without --out, the two models write under different names, and the record says which.
+    for extra in ([], ["--latest"]):
+        result = runner.invoke(cli.app, ["evaluate", str(out), "--num-samples", "2", *extra])
+        assert result.exit_code == 0, result.output
+    best = json.loads((out / "evaluation-test-k2.json").read_text())
+    latest = json.loads((out / "evaluation-test-k2-latest.json").read_text())
+    assert best["model"] == "best.pt" and latest["model"] == "latest"
+    assert best["epochs_trained"] < latest["epochs_trained"]
+    result = runner.invoke(cli.app, ["sample", str(out / "best.pt"), "--latest"])
+    assert result.exit_code == 2 and "drop --latest" in result.output
 
 
 def test_the_default_run_says_its_posterior_collapsed(tmp_path):
@@ -214,21 +225,22 @@ def test_a_resumed_run_goes_on_from_its_schedule(tmp_path):
     result = resume_run(tmp_path / "run", {"epochs": 6})
     lrs = [m.lr for m in result.history]
     assert len(lrs) == 6 and lrs[0] == 1e-2 and all(b < a for a, b in itertools.pairwise(lrs))
-    assert lrs[-1] == pytest.approx(1e-4)  # the last epoch trains at lr_min
+    scheduler = load_checkpoint(tmp_path / "run").trainer_state["scheduler"]
+    assert scheduler["_last_lr"] == pytest.approx([1e-4])  # the rate after the last epoch
     result = resume_run(tmp_path / "run", {"epochs": 7, "lr": 1e-3})
     assert result.history[-1].lr == 1e-3
 
 
 def test_a_finished_cosine_run_extended_anneals_again(tmp_path):
-    """At its end a cosine run trains at lr_min; given more epochs, it goes back up the new,
-    longer curve instead of staying there (torch's update only scales the rate)."""
+    """A finished cosine run stands at lr_min; given more epochs, it goes on along the new,
+    longer curve instead of staying there (torch's update only scales the distance to lr_min)."""
     train = TrainConfig(lr=1e-2, lr_schedule="cosine", lr_min=0.0, epochs=3)
     train_run(RunConfig(model=ModelConfig(hidden_dims=(16,)), train=train), tmp_path / "run")
     lrs = [m.lr for m in resume_run(tmp_path / "run", {"epochs": 5}).history]
-    assert lrs[:3] == pytest.approx([1e-2, 5e-3, 0.0], abs=1e-12)
-    # epochs 4 and 5 of a 5-epoch curve: (1 + cos(π·3/4))/2 and 0
-    assert lrs[3] == pytest.approx(1e-2 * (1 + math.cos(3 * math.pi / 4)) / 2)
-    assert lrs[4] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[:3] == pytest.approx([1e-2 * (1 + math.cos(math.pi * t / 3)) / 2 for t in range(3)])
+    # epochs 4 and 5 on a 5-epoch curve, every one of them above 0
+    assert lrs[3:] == pytest.approx([1e-2 * (1 + math.cos(math.pi * t / 5)) / 2 for t in (3, 4)])
+    assert min(lrs) > 0
 
 
 def test_config_repeats_a_run_and_options_vary_it(tmp_path):
@@ -236,7 +248,7 @@ def test_config_repeats_a_run_and_options_vary_it(tmp_path):
     first = ["train", "--out", tmp_path / "a", "--epochs", "2", "--hidden-dims", "16"]
     result = runner.invoke(cli.app, [str(a) for a in [*first, "--sigma", "0.2", "--beta", "2"]])
     assert result.exit_code == 0, result.output
-    again = ["train", "--config", tmp_path / "a" / "config.json", "--out", tmp_path / "b"]
+    again = ["train", "--config", tmp_path / "a", "--out", tmp_path / "b"]  # the run's folder
     result = runner.invoke(cli.app, [str(a) for a in [*again, "--epochs", "3"]])
     assert result.exit_code == 0, result.output
     a, b = (json.loads((tmp_path / n / "config.json").read_text())["config"] for n in "ab")
