@@ -93,9 +93,14 @@ class DataConfig:
     binarize: str = "none"  # "static": sample x ~ Bernoulli(pixel) once; "dynamic": every batch
 
     def __post_init__(self) -> None:
+        for name in ("path", "data_dir"):  # a pathlib.Path is as good as a string here
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
         for name in ("dataset", "data_dir", "binarize"):
             value = getattr(self, name)
             _require(isinstance(value, str), f"{name} must be a string, got {value!r}")
+        _require(isinstance(self.path, str | None), f"path must be a file name, got {self.path!r}")
         _require(
             isinstance(self.download, bool),
             f"download must be true or false, got {self.download!r}",

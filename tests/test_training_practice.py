@@ -300,3 +300,24 @@ def test_an_early_stopped_run_resumes_only_with_more_patience(tmp_path):
         cli.app, ["train", "--resume", str(out), "--patience", "30", "--beta", "1"]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_configurations_check_types_and_take_paths():
+    """A config file can hold anything: each value is checked for its type, by name; a
+    pathlib.Path from Python is as good as a string."""
+    from pathlib import Path
+
+    from pyro_vae import DataConfig
+
+    assert DataConfig(data_dir=Path("data")).data_dir == "data"
+    assert DataConfig(dataset="array", path=Path("x.npy")).path == "x.npy"
+    for section, values, words in [
+        (TrainConfig, {"lr": "0.1"}, "lr must be a number"),
+        (TrainConfig, {"free_bits": True}, "free_bits must be a number"),
+        (TrainConfig, {"batch_size": 64.0}, "batch_size must be a whole number"),
+        (DataConfig, {"download": "yes"}, "download must be true or false"),
+        (DataConfig, {"split_seed": -1}, "split_seed must be a whole number"),
+        (ModelConfig, {"hidden_dims": [16.5]}, "each of hidden_dims must be a whole number"),
+    ]:
+        with pytest.raises(UserInputError, match=words):
+            section(**values)
