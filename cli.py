@@ -70,7 +70,7 @@ from pyro_vae.pictures import (
     save_samples,
 )
 from pyro_vae.registry import accepts
-from pyro_vae.rundir import BEST, RUN_FILES, check_writable, is_run_dir, writing
+from pyro_vae.rundir import BEST, CHECKPOINT, RUN_FILES, check_writable, is_run_dir, writing
 
 signal.signal(signal.SIGINT, _HANDLER_BEFORE_IMPORTS)  # imported: Ctrl-C as it was
 
@@ -408,7 +408,7 @@ def train(
     explicit = explicit_options(ctx)
     options = dict(ctx.params)
     if config_file is not None:  # the file's values where the command line gave none
-        options.update(config_file_options(config_file, explicit))
+        options.update(config_file_options(config_file, explicit, options))
     try:
         config = _run_config(options, explicit)
     except TypeError as error:  # only a file's value can have the wrong type: options are parsed
@@ -521,10 +521,11 @@ def _out_option(suffix: str, default: str) -> Any:
     )
 
 
-def _output_path(run: Path, out: Path | None, default_name: str, latest: bool = False) -> Path:
+def _output_path(run: Path, out: Path | None, default_name: str, model: Path) -> Path:
     """Where a command writes, checked to be writable before any work. The last epoch's model
-    of a run that kept its best (--latest) writes under its own names, beside the best's."""
-    if latest and run.is_dir() and (run / BEST).is_file():
+    of a run that kept its best (``model``, from ``_model_file``) writes under its own names,
+    beside the best's."""
+    if model.name != BEST and (model.parent / BEST).is_file():
         default_name = f"{Path(default_name).stem}-latest{Path(default_name).suffix}"
     path = out or (run if run.is_dir() else run.parent) / default_name
     if path.name in RUN_FILES and is_run_dir(path.parent):
@@ -543,21 +544,28 @@ LatestOption = Annotated[
 ]
 
 
-def _load_trained(
-    run: Path, device_name: str, latest: bool = False
-) -> tuple[Checkpoint, VAE, torch.device]:
-    device = resolve_device(device_name)
+def _model_file(run: Path, latest: bool) -> Path:
+    """The checkpoint a command reads for ``run`` (a run directory or a checkpoint file): the
+    run's best.pt where it kept one, unless ``latest`` asks for the last epoch's."""
     if latest and run.name == BEST:
         raise UserInputError(
             f"{run} is the best model, and --latest asks for the last epoch's: give the run "
             f"directory ({run.parent}) with --latest, or drop --latest"
         )
-    if run.is_dir() and (run / BEST).is_file() and not latest:
-        run = run / BEST
+    if not run.is_dir():
+        return run
+    if (run / BEST).is_file() and not latest:
         logging.getLogger("pyro_vae.cli").info(
-            "using %s, the model of the best validation ELBO (--latest: the last epoch's)", run
+            "using %s, the model of the best validation ELBO (--latest: the last epoch's)",
+            run / BEST,
         )
-    checkpoint = load_checkpoint(run, device)
+        return run / BEST
+    return run / CHECKPOINT
+
+
+def _load_trained(model: Path, device_name: str) -> tuple[Checkpoint, VAE, torch.device]:
+    device = resolve_device(device_name)
+    checkpoint = load_checkpoint(model, device)
     return checkpoint, checkpoint.build_vae(device), device
 
 
@@ -612,8 +620,9 @@ def evaluate(
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Test ELBO (closed-form and Monte Carlo KL) and the importance-weighted log p(x)."""
-    path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json", latest)
-    checkpoint, vae, device_ = _load_trained(run, device, latest)
+    model = _model_file(run, latest)
+    path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json", model)
+    checkpoint, vae, device_ = _load_trained(model, device)
     x = _split(checkpoint, split, device_, data, data_dir).x
     pyro.set_rng_seed(seed)
     with WorkProgress("codes decoded") as progress:
@@ -621,7 +630,7 @@ def evaluate(
     kl = kl_method("analytic", vae.prior())
     record = {
         "run": str(run),
-        "model": "best.pt" if run.is_dir() and (run / BEST).is_file() and not latest else "latest",
+        "model": str(model),
         "epochs_trained": len(checkpoint.trainer_state["history"]),
         "split": split.value,
         "images": x.shape[0],
@@ -660,8 +669,9 @@ def sample(
     latest: LatestOption = False,
 ) -> None:
     """Decode z ~ p(z) with a trained VAE and save the images as a PNG."""
-    path = _output_path(run, out, f"samples-seed{seed}.png", latest)
-    checkpoint, vae, _ = _load_trained(run, device, latest)
+    model = _model_file(run, latest)
+    path = _output_path(run, out, f"samples-seed{seed}.png", model)
+    checkpoint, vae, _ = _load_trained(model, device)
     with writing(path, "--out"):
         save_samples(vae, checkpoint.image_shape, path, num, seed)
     typer.echo(path)
@@ -679,11 +689,12 @@ def reconstruct(
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Show the first test images of the run's dataset beside their reconstructions."""
-    checkpoint, vae, device_ = _load_trained(run, device, latest)
+    model = _model_file(run, latest)
+    checkpoint, vae, device_ = _load_trained(model, device)
     images = _split(checkpoint, SplitName.test, device_, data, data_dir).x[:num]
     if images.shape[0] < num:
         _note(f"the test split has {images.shape[0]} images: showing all of them, not {num}")
-    path = _output_path(run, out, f"reconstructions-{images.shape[0]}.png", latest)
+    path = _output_path(run, out, f"reconstructions-{images.shape[0]}.png", model)
     with writing(path, "--out"):
         save_reconstructions(vae, images, checkpoint.image_shape, path)
     typer.echo(path)
@@ -706,8 +717,9 @@ def interpolate(
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Decode along the line between the posterior means of pairs of test images."""
-    path = _output_path(run, out, "interpolations.png", latest)
-    checkpoint, vae, device_ = _load_trained(run, device, latest)
+    model = _model_file(run, latest)
+    path = _output_path(run, out, "interpolations.png", model)
+    checkpoint, vae, device_ = _load_trained(model, device)
     x = _split(checkpoint, SplitName.test, device_, data, data_dir).x[: 2 * pairs]
     if x.shape[0] < 2 * pairs:
         raise UserInputError(f"the test split has {x.shape[0]} images: ask for fewer --pairs")
@@ -728,8 +740,9 @@ def latent(
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Scatter the posterior means of a split, coloured by label (PCA beyond two dimensions)."""
-    path = _output_path(run, out, f"latent-{split.value}.png", latest)
-    checkpoint, vae, device_ = _load_trained(run, device, latest)
+    model = _model_file(run, latest)
+    path = _output_path(run, out, f"latent-{split.value}.png", model)
+    checkpoint, vae, device_ = _load_trained(model, device)
     images = _split(checkpoint, split, device_, data, data_dir)
     with writing(path, "--out"):
         save_latent_scatter(vae, images.x, images.labels, path)
@@ -749,12 +762,13 @@ def manifold(
     latest: LatestOption = False,
 ) -> None:
     """Decode a grid over two latent coordinates at normal quantiles (Kingma & Welling, 2014)."""
+    model = _model_file(run, latest)
     try:
         i, j = (int(d) for d in dims.split(","))
     except ValueError:
         raise UserInputError(f"--dims takes two coordinates such as 0,1, got {dims!r}") from None
-    path = _output_path(run, out, "manifold.png", latest)
-    checkpoint, vae, _ = _load_trained(run, device, latest)
+    path = _output_path(run, out, "manifold.png", model)
+    checkpoint, vae, _ = _load_trained(model, device)
     with writing(path, "--out"):
         save_manifold(vae, checkpoint.image_shape, path, grid, (i, j))
     typer.echo(path)
@@ -815,6 +829,8 @@ def _exit_now(code: int | str | None) -> NoReturn:
     status = 0 if code is None else code
     atexit._run_exitfuncs()  # CPython's own: the handlers an interpreter exit would run
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a full disk or a closed pipe: the output was not written

@@ -86,7 +86,12 @@ def with_config_file(options: RunConfig, path: Path, given: set[str]) -> RunConf
     mine = options.to_dict()
     for option in given:
         for section, key in OPTION_FIELDS.get(option, []):
-            merged[section][key] = mine[section][key]
+            # The file's likelihood or prior named again: its options (all of them) stay.
+            same = option in ("likelihood", "prior") and mine["model"][option] == values.get(
+                "model", {}
+            ).get(option, asdict(ModelConfig())[option])
+            if not (same and key.endswith("_options")):
+                merged[section][key] = mine[section][key]
     try:
         return RunConfig.from_dict(merged)
     except TypeError as error:  # a value of the wrong type, such as "epochs": "ten"
@@ -156,7 +161,7 @@ TRAIN_KEYS = (
 )
 
 
-def config_file_options(path: Path, given: set[str]) -> dict[str, Any]:
+def config_file_options(path: Path, given: set[str], chosen: dict[str, Any]) -> dict[str, Any]:
     """``train``'s option values from a --config file, for the options not ``given``: what the
     run's configuration is built from, so that it is checked as a whole, file and options."""
     sections = read_config_file(str(path))
@@ -182,11 +187,12 @@ def config_file_options(path: Path, given: set[str]) -> dict[str, Any]:
         if not isinstance(data[key], kind):
             raise UserInputError(f"--config {path}: [data] {key} must be {what}, got {data[key]!r}")
     values = _option_values(model, data, train)
-    # An option given on the command line decides the ones that go with it.
-    if "likelihood" in given or values["sigma"] is None:
-        values.pop("sigma")
-    if "prior" in given or values["components"] is None:
-        values.pop("components")
+    # An option given on the command line decides the ones that go with it, where it changes
+    # the file's choice (another likelihood has other options).
+    for option, dependent in (("likelihood", "sigma"), ("prior", "components")):
+        changed = option in given and _option_value(chosen[option]) != values[option]
+        if changed or values[dependent] is None:
+            values.pop(dependent)
     if given & {"data", "dataset"}:
         values.pop("data"), values.pop("dataset")
     return {name: value for name, value in values.items() if name not in given}

@@ -129,6 +129,12 @@ def train_run(
     run_dir = Path(run_dir)
     if hooks.tensorboard:
         summary_writer_class()  # the extra is there, before any work
+    train = config.train
+    if train.kl_warmup > train.epochs:  # checked for a new run only: a stored run always loads
+        raise UserInputError(
+            f"--kl-warmup {train.kl_warmup} is longer than the run's {train.epochs} epochs, so β "
+            f"would never reach {train.beta:g}: lower --kl-warmup or raise --epochs"
+        )
     config = replace(config, data=config.data.located())
     if replicas.is_main:
         check_run_dir(run_dir, overwrite)

@@ -267,3 +267,11 @@ def test_reconstruct_says_when_it_shows_fewer_images_than_asked(run_dir, tmp_pat
     result = run("reconstruct", run_dir, "--num", "5000", "--out", tmp_path / "r.png")
     assert result.exit_code == 0, result.output
     assert "the test split has 180 images: showing all of them, not 5000" in result.output
+
+
+def test_the_command_exits_cleanly_with_its_output_closed():
+    """The command ends the process itself (cli._exit_now): a closed stdout is no traceback."""
+    done = subprocess.run(
+        f"{sys.executable} {ROOT / 'cli.py'} --help >&-", shell=True, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr

@@ -194,8 +194,11 @@ def test_commands_use_the_best_model_and_say_so(tmp_path):
         assert result.exit_code == 0, result.output
     best = json.loads((out / "evaluation-test-k2.json").read_text())
     latest = json.loads((out / "evaluation-test-k2-latest.json").read_text())
-    assert best["model"] == "best.pt" and latest["model"] == "latest"
+    assert best["model"] == str(out / "best.pt") and latest["model"] == str(out / "checkpoint.pt")
     assert best["epochs_trained"] < latest["epochs_trained"]
+    # the last epoch's checkpoint named as a file is the latest model too: its own names
+    result = runner.invoke(cli.app, ["sample", str(out / "checkpoint.pt")])
+    assert result.exit_code == 0 and (out / "samples-seed0-latest.png").is_file()
     result = runner.invoke(cli.app, ["sample", str(out / "best.pt"), "--latest"])
     assert result.exit_code == 2 and "drop --latest" in result.output
 
@@ -263,6 +266,17 @@ def test_config_repeats_a_run_and_options_vary_it(tmp_path):
     c = json.loads((tmp_path / "c" / "config.json").read_text())["config"]
     assert c["train"]["beta"] == 0.5 and c["model"]["hidden_dims"] == [16]
     assert c["model"]["latent_dim"] == ModelConfig.latent_dim  # not in the file: the default
+    # Naming the file's own likelihood again keeps its options; another one drops them.
+    (tmp_path / "s.toml").write_text(
+        "[model]\nhidden_dims = [16]\nlikelihood_options = {sigma = 0.2}\n"
+    )
+    for likelihood, options in (("gaussian", {"sigma": 0.2}), ("laplace", {})):
+        out = tmp_path / likelihood
+        args = ["train", "--config", tmp_path / "s.toml", "--likelihood", likelihood, "--out", out]
+        result = runner.invoke(cli.app, [str(a) for a in [*args, "--epochs", "1"]])
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "config.json").read_text())["config"]
+        assert record["model"]["likelihood_options"] == options
 
 
 def test_config_file_and_options_are_checked_together(tmp_path):
