@@ -30,6 +30,7 @@ import torch
 import typer
 
 from cli_training import (
+    TRAIN_KEYS,
     WorkProgress,
     command_line,
     config_file_options,
@@ -57,7 +58,7 @@ from pyro_vae import (
     resume_run,
     train_run,
 )
-from pyro_vae.config import BINARIZATIONS, LR_SCHEDULES, MAX_SEED
+from pyro_vae.config import BINARIZATIONS, LR_SCHEDULES, MAX_SEED, read_config_file
 from pyro_vae.data import Split, load_run_data
 from pyro_vae.distributed import Replicas
 from pyro_vae.evaluate import evaluate_bounds
@@ -408,7 +409,8 @@ def train(
     explicit = explicit_options(ctx)
     options = dict(ctx.params)
     if config_file is not None:  # the file's values where the command line gave none
-        options.update(config_file_options(config_file, explicit, options))
+        sections = read_config_file(str(config_file))
+        options.update(config_file_options(config_file, sections, explicit, options))
     try:
         config = _run_config(options, explicit)
     except TypeError as error:  # only a file's value can have the wrong type: options are parsed
@@ -418,7 +420,7 @@ def train(
             f"--config {config_file}: a value has the wrong type ({error})"
         ) from None
     if config_file is not None:  # and what no option expresses (component options, say)
-        config = with_config_file(config, config_file, explicit)
+        config = with_config_file(config, config_file, sections, explicit)
     if out is None:
         if replicas.distributed:  # the processes' clocks may straddle a second
             raise UserInputError("a run started by torchrun needs its directory: pass --out DIR")
@@ -473,17 +475,8 @@ def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
             download=o["download"],
             binarize=o["binarize"],
         ),
-        train=TrainConfig(
-            **{name: o[name] for name in TRAIN_OPTIONS},
-            lr_schedule=o["lr_schedule"],
-        ),
+        train=TrainConfig(**{name: o[name] for name in TRAIN_KEYS}),
     )
-
-
-TRAIN_OPTIONS = (
-    *("elbo", "num_particles", "lr", "batch_size", "epochs", "seed", "device", "beta"),
-    *("kl_warmup", "free_bits", "lr_step", "lr_factor", "lr_min", "patience"),
-)
 
 
 def _component_options(

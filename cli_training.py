@@ -31,7 +31,7 @@ from pyro_vae import (
     UserInputError,
     load_checkpoint,
 )
-from pyro_vae.config import DataConfig, ModelConfig, TrainConfig, read_config_file
+from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.distributed import Replicas, disconnect
 from pyro_vae.runs import RunHooks
 
@@ -54,6 +54,13 @@ def explicit_options(ctx: typer.Context) -> set[str]:
     }
 
 
+# The options of `train` that set the TrainConfig field of their name.
+TRAIN_KEYS = (
+    *("elbo", "num_particles", "lr", "batch_size", "epochs", "seed", "device", "beta"),
+    *("kl_warmup", "free_bits", "lr_schedule", "lr_step", "lr_factor", "lr_min", "patience"),
+)
+
+
 # Which configuration keys each option of `train` sets: what --config FILE gives way to.
 OPTION_FIELDS: dict[str, list[tuple[str, str]]] = {
     "dataset": [("data", "dataset"), ("data", "path")],
@@ -67,21 +74,15 @@ OPTION_FIELDS: dict[str, list[tuple[str, str]]] = {
     "components": [("model", "prior_options")],
     "likelihood": [("model", "likelihood"), ("model", "likelihood_options")],
     "sigma": [("model", "likelihood_options")],
-    **{
-        name: [("train", name)]
-        for name in (
-            *("elbo", "num_particles", "lr", "batch_size", "epochs", "seed", "device", "beta"),
-            *("kl_warmup", "free_bits", "lr_schedule", "lr_step", "lr_factor", "lr_min"),
-            "patience",
-        )
-    },
+    **{name: [("train", name)] for name in TRAIN_KEYS},
 }
 
 
-def with_config_file(options: RunConfig, path: Path, given: set[str]) -> RunConfig:
-    """The configuration in ``path`` (a run's config.json, or JSON/TOML of the same sections),
-    with the options given on the command line (``given``) in place of its values."""
-    values = read_config_file(str(path))
+def with_config_file(
+    options: RunConfig, path: Path, values: dict[str, dict[str, Any]], given: set[str]
+) -> RunConfig:
+    """The configuration ``values`` read from ``path`` (``read_config_file``), with the options
+    given on the command line (``given``) in place of its values."""
     merged = {name: dict(values.get(name, {})) for name in ("model", "data", "train")}
     mine = options.to_dict()
     for option in given:
@@ -155,16 +156,11 @@ def _option_values(model: dict, data: dict, train: dict) -> dict[str, Any]:
     }
 
 
-TRAIN_KEYS = (
-    *("elbo", "num_particles", "lr", "batch_size", "epochs", "seed", "device", "beta"),
-    *("kl_warmup", "free_bits", "lr_schedule", "lr_step", "lr_factor", "lr_min", "patience"),
-)
-
-
-def config_file_options(path: Path, given: set[str], chosen: dict[str, Any]) -> dict[str, Any]:
-    """``train``'s option values from a --config file, for the options not ``given``: what the
-    run's configuration is built from, so that it is checked as a whole, file and options."""
-    sections = read_config_file(str(path))
+def config_file_options(
+    path: Path, sections: dict[str, dict[str, Any]], given: set[str], chosen: dict[str, Any]
+) -> dict[str, Any]:
+    """``train``'s option values from the --config file's ``sections``, for the options not
+    ``given``: what the run's configuration is built from, so that it is checked as a whole."""
     defaults = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig()}
     model, data, train = (
         {**asdict(defaults[name]), **sections.get(name, {})} for name in ("model", "data", "train")

@@ -161,3 +161,15 @@ def test_rate_distortion_experiment_quick_mode(tmp_path, monkeypatch):
     for setting in ("plain ELBO", "warm-up 1", "free bits 0.25", "free bits 1"):
         assert f"| {setting} |" in text
     sys.modules.pop("rate_distortion", None)
+
+
+def test_step_anatomy_benchmark_quick_mode(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import step_anatomy
+
+    step_anatomy.main(["--quick"])
+    printed = capsys.readouterr().out
+    assert "matrix products:" in printed and "GFLOP/s" in printed
+    for particles in (1, 4, 16):
+        assert f"validation, {particles:2d} samples of z" in printed
+    sys.modules.pop("step_anatomy", None)

@@ -345,6 +345,9 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["train", "--lr-schedule", "cosine", "--lr-min", "0.1"],
         "lr_min (0.1) must be below lr",
     ),
+    "zero lr step": (lambda t, r: ["train", "--lr-step", "0"], "'--lr-step'"),
+    "negative warm-up": (lambda t, r: ["train", "--kl-warmup", "-1"], "'--kl-warmup'"),
+    "negative free bits": (lambda t, r: ["train", "--free-bits", "-1"], "'--free-bits'"),
     "zero patience": (lambda t, r: ["train", "--patience", "0"], "'--patience'"),
     "missing config file": (
         lambda t, r: ["train", "--config", t / "nope.toml"],
