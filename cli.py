@@ -58,10 +58,11 @@ from pyro_vae import (
     resume_run,
     train_run,
 )
-from pyro_vae.config import BINARIZATIONS, LR_SCHEDULES, MAX_SEED, read_config_file
+from pyro_vae.config import BINARIZATIONS, LAYOUTS, LR_SCHEDULES, MAX_SEED, read_config_file
 from pyro_vae.data import Split, load_run_data
 from pyro_vae.distributed import Replicas
 from pyro_vae.evaluate import evaluate_bounds
+from pyro_vae.networks import NETWORKS
 from pyro_vae.objectives import kl_method
 from pyro_vae.pictures import (
     save_interpolations,
@@ -98,6 +99,8 @@ def _choices(name: str, names: Any) -> type[Enum]:
 Estimator = _choices("Estimator", ESTIMATORS)
 PriorName = _choices("PriorName", PRIORS)
 LikelihoodName = _choices("LikelihoodName", LIKELIHOODS)
+NetworkName = _choices("NetworkName", NETWORKS)
+Layout = _choices("Layout", LAYOUTS)
 DatasetName = _choices("DatasetName", DATASETS)
 LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
 Binarization = _choices("Binarization", BINARIZATIONS)
@@ -149,7 +152,9 @@ def _positive(value: float | None) -> float | None:
     return value
 
 
-def _layer_sizes(value: str) -> str:
+def _layer_sizes(value: str | None) -> str | None:
+    if value is None:
+        return None
     try:
         sizes = [int(size) for size in value.split(",")]
     except ValueError:
@@ -159,6 +164,29 @@ def _layer_sizes(value: str) -> str:
             f"expected comma-separated positive layer sizes such as 256,128, got {value!r}"
         )
     return value
+
+
+def _image_size(value: str | None) -> str | None:
+    """ "64" -> "64x64", "48×64" -> "48x64": one spelling, as a stored run's is compared."""
+    if value is None:
+        return None
+    pair = _size_pair(value)
+    if pair is None:
+        raise typer.BadParameter(f"expected a size such as 64 or 48x64 (H x W), got {value!r}")
+    return "x".join(map(str, pair))
+
+
+def _size_pair(value: str | None) -> tuple[int, int] | None:
+    """ "64" -> (64, 64), "48x64" -> (48, 64); None for None or anything else."""
+    if value is None:
+        return None
+    parts = value.lower().replace("×", "x").split("x")
+    if len(parts) not in (1, 2) or not all(part.strip().isdecimal() for part in parts):
+        return None
+    sizes = [int(part) for part in parts]
+    if min(sizes) < 1:
+        return None
+    return (sizes[0], sizes[-1])
 
 
 def _device(value: str) -> str:
@@ -219,12 +247,44 @@ def train(
     ] = False,
     dataset: Annotated[
         DatasetName,
-        typer.Option(help="Dataset to train on; --data FILE picks 'array' for you."),
+        typer.Option(help="Dataset to train on; --data picks 'array' or 'folder' for you."),
     ] = DataConfig.dataset,
     data: Annotated[
         Path | None,
-        typer.Option(help="Your own images: a .npy or .npz array of shape (N, D) or (N, H, W)."),
+        typer.Option(
+            help="Your own images: a folder of image files (PNG, JPEG, ...; subfolders are "
+            "classes), or a .npy/.npz array of shape (N, D), (N, H, W), (N, H, W, C) or "
+            "(N, C, H, W)."
+        ),
     ] = None,
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            callback=_image_size,
+            help="--data DIR: resize every image to this size, H or HxW.",
+            show_default="the images' most common size",
+        ),
+    ] = None,
+    crop: Annotated[
+        bool,
+        typer.Option("--crop", help="--data DIR: centre-crop each image to a square first."),
+    ] = False,
+    channels: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=3,
+            help="--data DIR: 1 (grey) or 3 (RGB) channels.",
+            show_default="3 if any image has colour, else 1",
+        ),
+    ] = None,
+    layout: Annotated[
+        Layout,
+        typer.Option(
+            help="--data FILE with a 4-d array: its axes, nchw or nhwc (auto guesses, and says "
+            "what it assumed)."
+        ),
+    ] = DataConfig.layout,
     data_dir: Annotated[
         Path,
         typer.Option(help="Folder holding MNIST/raw/*-ubyte.gz and the like (torchvision's)."),
@@ -255,13 +315,22 @@ def train(
     latent_dim: Annotated[
         int, typer.Option(min=1, help="Dimension of the latent code z.")
     ] = ModelConfig.latent_dim,
+    network: Annotated[
+        NetworkName,
+        typer.Option(
+            help="Encoder/decoder pair: mlp (fully connected) or conv (strided convolutions, "
+            "for images of 8×8 and up)."
+        ),
+    ] = ModelConfig.network,
     hidden_dims: Annotated[
-        str,
+        str | None,
         typer.Option(
             callback=_layer_sizes,
-            help="Encoder hidden layer sizes, comma-separated; the decoder mirrors them.",
+            help="The encoder's widths, comma-separated (mlp: units per layer; conv: channels "
+            "per stage, each stage halving the image); the decoder mirrors them.",
+            show_default="256,128 for mlp, 32,64 for conv",
         ),
-    ] = ",".join(map(str, ModelConfig.hidden_dims)),
+    ] = None,
     prior: Annotated[PriorName, typer.Option(help="Prior p(z).")] = ModelConfig.prior,
     likelihood: Annotated[
         LikelihoodName, typer.Option(help="Likelihood p(x|z) around the decoder's output.")
@@ -452,7 +521,23 @@ def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
             )
     data = o["data"]
     if data is not None and "dataset" in explicit:
-        raise UserInputError("--data FILE and --dataset both name the data: give one of them")
+        raise UserInputError("--data and --dataset both name the data: give one of them")
+    if data is not None and not data.exists():
+        raise UserInputError(
+            f"no file or folder at {data}: give a .npy/.npz file or a folder of images (--data)"
+        )
+    dataset = o["dataset"] if data is None else "folder" if data.is_dir() else "array"
+    for name, applies in (
+        ("image_size", "folder"),
+        ("crop", "folder"),
+        ("channels", "folder"),
+        ("layout", "array"),
+    ):
+        if name in explicit and dataset != applies:
+            what = "--data DIR (a folder of images)" if applies == "folder" else "--data FILE"
+            raise UserInputError(
+                f"--{name.replace('_', '-')} applies to {what}, not to {dataset}: drop it"
+            )
     prior_options = _component_options(
         PRIORS, "prior", o["prior"], {"--components": ("num_components", o["components"])}
     )
@@ -462,18 +547,25 @@ def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
     return RunConfig(
         model=ModelConfig(
             latent_dim=o["latent_dim"],
-            hidden_dims=tuple(int(size) for size in str(o["hidden_dims"]).split(",")),
+            network=o["network"],
+            hidden_dims=None
+            if o["hidden_dims"] is None
+            else tuple(int(size) for size in str(o["hidden_dims"]).split(",")),
             prior=o["prior"],
             likelihood=o["likelihood"],
             prior_options=prior_options,
             likelihood_options=likelihood_options,
         ),
         data=DataConfig(
-            dataset="array" if data is not None else o["dataset"],
+            dataset=dataset,
             path=None if data is None else str(data),
             data_dir=str(o["data_dir"]),
             download=o["download"],
             binarize=o["binarize"],
+            image_size=_size_pair(o["image_size"]),
+            crop=o["crop"],
+            channels=o["channels"],
+            layout=o["layout"],
         ),
         train=TrainConfig(**{name: o[name] for name in TRAIN_KEYS}),
     )
@@ -566,7 +658,9 @@ def _load_trained(model: Path, device_name: str) -> tuple[Checkpoint, VAE, torch
 MovedDataOption = Annotated[
     Path | None,
     typer.Option(
-        "--data", help="The run's data file, if it has moved since training.", show_default=False
+        "--data",
+        help="The run's data file or image folder, if it has moved since training.",
+        show_default=False,
     ),
 ]
 MovedDataDirOption = Annotated[
@@ -616,7 +710,7 @@ def evaluate(
     model = _model_file(run, latest)
     path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json", model)
     checkpoint, vae, device_ = _load_trained(model, device)
-    x = _split(checkpoint, split, device_, data, data_dir).x
+    x = _split(checkpoint, split, device_, data, data_dir).stored  # uint8 converted per chunk
     pyro.set_rng_seed(seed)
     with WorkProgress("codes decoded") as progress:
         bounds = evaluate_bounds(vae, x, num_samples, on_progress=progress.update)
@@ -684,7 +778,7 @@ def reconstruct(
     """Show the first test images of the run's dataset beside their reconstructions."""
     model = _model_file(run, latest)
     checkpoint, vae, device_ = _load_trained(model, device)
-    images = _split(checkpoint, SplitName.test, device_, data, data_dir).x[:num]
+    images = _split(checkpoint, SplitName.test, device_, data, data_dir).rows(slice(0, num))
     if images.shape[0] < num:
         _note(f"the test split has {images.shape[0]} images: showing all of them, not {num}")
     path = _output_path(run, out, f"reconstructions-{images.shape[0]}.png", model)
@@ -713,7 +807,7 @@ def interpolate(
     model = _model_file(run, latest)
     path = _output_path(run, out, "interpolations.png", model)
     checkpoint, vae, device_ = _load_trained(model, device)
-    x = _split(checkpoint, SplitName.test, device_, data, data_dir).x[: 2 * pairs]
+    x = _split(checkpoint, SplitName.test, device_, data, data_dir).rows(slice(0, 2 * pairs))
     if x.shape[0] < 2 * pairs:
         raise UserInputError(f"the test split has {x.shape[0]} images: ask for fewer --pairs")
     with writing(path, "--out"):
@@ -738,7 +832,7 @@ def latent(
     checkpoint, vae, device_ = _load_trained(model, device)
     images = _split(checkpoint, split, device_, data, data_dir)
     with writing(path, "--out"):
-        save_latent_scatter(vae, images.x, images.labels, path)
+        save_latent_scatter(vae, images.stored, images.labels, path)
     typer.echo(path)
 
 
@@ -769,7 +863,8 @@ def manifold(
 
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 ExperimentName = _choices(
-    "ExperimentName", ["estimators", "priors", "posterior_collapse", "rate_distortion"]
+    "ExperimentName",
+    ["estimators", "priors", "posterior_collapse", "rate_distortion", "networks"],
 )
 
 

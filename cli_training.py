@@ -68,7 +68,12 @@ OPTION_FIELDS: dict[str, list[tuple[str, str]]] = {
     "data_dir": [("data", "data_dir")],
     "download": [("data", "download")],
     "binarize": [("data", "binarize")],
+    "image_size": [("data", "image_size")],
+    "crop": [("data", "crop")],
+    "channels": [("data", "channels")],
+    "layout": [("data", "layout")],
     "latent_dim": [("model", "latent_dim")],
+    "network": [("model", "network"), ("model", "hidden_dims")],
     "hidden_dims": [("model", "hidden_dims")],
     "prior": [("model", "prior"), ("model", "prior_options")],
     "components": [("model", "prior_options")],
@@ -142,12 +147,23 @@ def _option_values(model: dict, data: dict, train: dict) -> dict[str, Any]:
     """A configuration's sections as the values of ``train``'s options, by parameter name."""
     return {
         "dataset": data["dataset"],
-        "data": Path(data["path"]) if data["dataset"] == "array" and data["path"] else None,
+        "data": Path(data["path"])
+        if data["dataset"] in ("array", "folder") and data["path"]
+        else None,
         "data_dir": Path(data["data_dir"]),
         "download": data["download"],
         "binarize": data["binarize"],
+        "image_size": None
+        if data["image_size"] is None
+        else "x".join(map(str, data["image_size"])),
+        "crop": data["crop"],
+        "channels": data["channels"],
+        "layout": data["layout"],
         "latent_dim": model["latent_dim"],
-        "hidden_dims": ",".join(map(str, model["hidden_dims"])),
+        "network": model["network"],
+        "hidden_dims": None
+        if model["hidden_dims"] is None
+        else ",".join(map(str, model["hidden_dims"])),
         "prior": model["prior"],
         "likelihood": model["likelihood"],
         "sigma": model["likelihood_options"].get("sigma"),
@@ -166,7 +182,7 @@ def config_file_options(
         {**asdict(defaults[name]), **sections.get(name, {})} for name in ("model", "data", "train")
     )
     for key, kind, what in (
-        ("hidden_dims", (list, tuple), "a list of layer sizes"),
+        ("hidden_dims", (list, tuple, type(None)), "a list of layer sizes"),
         ("prior_options", dict, "a table of keywords"),
         ("likelihood_options", dict, "a table of keywords"),
     ):
@@ -175,9 +191,20 @@ def config_file_options(
                 f"--config {path}: [model] {key} must be {what}, got {model[key]!r}"
             )
     sizes = model["hidden_dims"]
-    if not sizes or not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes):
+    if sizes is not None and (
+        not sizes or not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes)
+    ):
         raise UserInputError(
             f"--config {path}: [model] hidden_dims must list whole layer sizes, got {sizes!r}"
+        )
+    image_size = data["image_size"]
+    if image_size is not None and not (
+        isinstance(image_size, list | tuple)
+        and len(image_size) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in image_size)
+    ):
+        raise UserInputError(
+            f"--config {path}: [data] image_size must be [height, width], got {image_size!r}"
         )
     for key, kind, what in (("path", str | None, "a file name"), ("data_dir", str, "a folder")):
         if not isinstance(data[key], kind):
@@ -185,7 +212,11 @@ def config_file_options(
     values = _option_values(model, data, train)
     # An option given on the command line decides the ones that go with it, where it changes
     # the file's choice (another likelihood has other options).
-    for option, dependent in (("likelihood", "sigma"), ("prior", "components")):
+    for option, dependent in (
+        ("likelihood", "sigma"),
+        ("prior", "components"),
+        ("network", "hidden_dims"),  # a conv's channels are no MLP's units
+    ):
         changed = option in given and _option_value(chosen[option]) != values[option]
         if changed or values[dependent] is None:
             values.pop(dependent)

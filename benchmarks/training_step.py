@@ -13,13 +13,15 @@ turn by turn, each pair from one turn, a few seconds apart.
   ELBO``: eager with Pyro's classes as shipped, which read every site's log-density back to the
   host; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
   torch Adam, and the latter with its compile cache fixed (see CachedJitTraceMeanField_ELBO).
-- hand-written: the same Encoder and Decoder modules, Bernoulli log-likelihood and closed-form KL
-  written out in torch, torch Adam: what a user would write without Pyro.
+- hand-written: the same Encoder and Decoder modules (MLP or, with ``--network conv``, the same
+  convolution layers), Bernoulli log-likelihood and closed-form KL written out in torch, torch
+  Adam: what a user would write without Pyro.
 - tutorial: ``SVI.step`` with ``pyro.optim.Adam`` (one optimizer per parameter) and its
   ``.item()`` every step; for whole epochs also a per-sample ``DataLoader``.
 
     python benchmarks/training_step.py                  # MNIST-sized (784-400-50, batch 128)
     python benchmarks/training_step.py --shape digits   # 8×8 digits, default network, batch 32
+    python benchmarks/training_step.py --network conv   # conv networks (32-64 channels), batch 128
     python benchmarks/training_step.py --compile        # also torch.compile'd networks (slow start)
     python benchmarks/training_step.py --device cuda --batch 1024   # on a GPU, images per second
     python benchmarks/training_step.py --quick          # seconds, for the test suite
@@ -209,20 +211,27 @@ def tutorial_step(vae: VAE) -> Callable[[torch.Tensor], float]:
 
 
 def build(
-    shape: str, quick: bool, device: torch.device, compile_networks: bool = False
+    shape: str,
+    quick: bool,
+    device: torch.device,
+    compile_networks: bool = False,
+    network_name: str = "mlp",
 ) -> tuple[torch.Tensor, int, dict[str, Callable], Callable[[str], VAE]]:
     if shape == "mnist":
         x, batch, network = mnist_sized(quick), 128, {"hidden_dims": (400,), "latent_dim": 50}
+        image_shape = (1, 28, 28)
     else:
         x = load_dataset(DataConfig(binarize="static")).train.x
-        batch, network = 32, {}
+        batch, network, image_shape = 32, {}, (1, 8, 8)
+    if network_name == "conv":  # the conv default: 32 and 64 channels, 28×28 → 7×7
+        network = {"latent_dim": network.get("latent_dim", 8), "network": "conv"}
     x = x.to(device)  # the data live where the model does, as in pyro-vae train
     contestants = {}
 
     def fresh(name: str) -> VAE:
         pyro.set_rng_seed(0)
         # its own name: each contestant's parameters get their own entries in Pyro's param store
-        return VAE(x.shape[1], likelihood="bernoulli", name=name, **network).to(device)
+        return VAE(image_shape, likelihood="bernoulli", name=name, **network).to(device)
 
     contestants["hand-written PyTorch"] = hand_written_step(fresh("hand"))
     # pyro-vae's Trainer uses the fused Adam; this shows what is left of Pyro's own overhead
@@ -371,6 +380,9 @@ def report(title: str, seconds: dict[str, list[float]], unit: float, label: str)
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=["mnist", "digits"], default="mnist")
+    parser.add_argument(
+        "--network", choices=["mlp", "conv"], default="mlp", help="the networks of every contestant"
+    )
     parser.add_argument("--turns", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20, help="steps timed in one turn")
     parser.add_argument("--epoch-turns", type=int, default=11, help="whole epochs per contestant")
@@ -383,12 +395,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     turns, steps = (2, 3) if args.quick else (args.turns, args.steps)
     device = torch.device(args.device)
-    x, batch, contestants, fresh = build(args.shape, args.quick, device, args.compile)
+    x, batch, contestants, fresh = build(args.shape, args.quick, device, args.compile, args.network)
     batch = args.batch or batch
     seconds = time_steps(contestants, x, batch, turns, steps)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"{args.shape}: batch {batch}, {x.shape[1]} dimensions, {len(x)} images, {where}, "
+        f"{args.shape}, {args.network}: batch {batch}, {x.shape[1]} dimensions, {len(x)} images, "
+        f"{where}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, pyro {pyro.__version__}"
     )
     medians = report(f"training step ({turns} turns of {steps} steps)", seconds, 1e3, "ms/step")

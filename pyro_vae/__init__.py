@@ -11,6 +11,7 @@ from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import active_units, elbo_per_datapoint, kl_per_datapoint
 from pyro_vae.likelihoods import LIKELIHOODS, BernoulliLikelihood, GaussianLikelihood, Likelihood
 from pyro_vae.model import VAE
+from pyro_vae.networks import NETWORKS
 from pyro_vae.objectives import ESTIMATORS, make_elbo
 from pyro_vae.priors import PRIORS, Prior, StandardNormalPrior
 from pyro_vae.runs import RunHooks, RunResult, resume_run, train_run
@@ -20,6 +21,7 @@ __all__ = [
     "DATASETS",
     "ESTIMATORS",
     "LIKELIHOODS",
+    "NETWORKS",
     "PRIORS",
     "VAE",
     "BernoulliLikelihood",

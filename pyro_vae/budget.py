@@ -9,12 +9,15 @@ from the layer sizes, a step's work from the batch, the particles and the layers
 import itertools
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from math import prod
 
 import torch
 
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import UserInputError
+from pyro_vae.networks import as_data_shape, conv_grid, default_hidden_dims
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +28,11 @@ SLOW_STEP_FLOP = 5e10  # a second or more a step on a few CPU cores (~100× an M
 def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.device) -> None:
     """Refuse a run whose parameters or one step's activations cannot fit in ``device``'s memory,
     and log a note when one step is a lot of work."""
-    data_dim = prod(image_shape)
     model, train = config.model, config.train
-    encoder = _layers([data_dim, *model.hidden_dims, 2 * model.latent_dim])
-    decoder = _layers([model.latent_dim, *reversed(model.hidden_dims), data_dim])
-    parameters = sum((n_in + 1) * n_out for n_in, n_out in encoder + decoder)
+    data_shape = as_data_shape(image_shape)
+    data_dim = prod(data_shape)
+    cost = network_cost(model.network, data_shape, model.latent_dim, model.hidden_dims)
+    parameters = cost.parameters
     # A mixture prior's components: at most a pseudo-input or a mean and scale, and a weight each.
     components = int(model.prior_options.get("num_components", 0))
     parameters += components * (data_dim + 2 * model.latent_dim + 1)
@@ -43,17 +46,18 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
         )
     # One step: the encoder on the batch, the decoder on every particle of every image.
     rows = train.batch_size * train.num_particles
-    decoder_units = model.latent_dim + sum(n_out for _, n_out in decoder)
-    activations = 4 * 4 * rows * decoder_units  # values, gradients and the likelihood's terms
+    activations = 4 * (
+        2 * train.batch_size * cost.encoder_activations  # values and gradients
+        + 4 * rows * cost.decoder_activations  # ... and the likelihood's terms
+    )
     if memory is not None and need + activations > memory:
         raise UserInputError(
             f"one step decodes {rows:,} samples of z ({train.batch_size} images × "
             f"{train.num_particles} particles), about {_gb(activations)} of activations, more "
             f"than the {_gb(memory)} of this {device.type}: lower --num-particles or --batch-size"
         )
-    flop = 6 * (
-        train.batch_size * sum(a * b for a, b in encoder) + rows * sum(a * b for a, b in decoder)
-    )
+    # forward and backward: about three times the forward's multiply-adds, two FLOP each
+    flop = 3 * (train.batch_size * cost.encoder_flop + rows * cost.decoder_flop)
     if flop > SLOW_STEP_FLOP:
         log.warning(
             "each step computes about %.0f GFLOP (%s images × %s particles through the "
@@ -64,8 +68,64 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
         )
 
 
-def _layers(sizes: list[int]) -> list[tuple[int, int]]:
-    return list(itertools.pairwise(sizes))
+@dataclass(frozen=True)
+class NetworkCost:
+    parameters: int  # of the encoder and the decoder
+    encoder_flop: float  # FLOP of one image's forward pass (two per multiply-add)
+    decoder_flop: float
+    encoder_activations: int  # values every layer outputs, for one image
+    decoder_activations: int
+
+
+def network_cost(
+    network: str, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int] | None
+) -> NetworkCost:
+    """What the registered networks cost, from their layer sizes (building them, or a forward
+    pass on torch's meta device, would take a second of a run's start). A network registered
+    by a user is not known here: zero, so that nothing is refused on a guess."""
+    widths = list(default_hidden_dims(network) if hidden_dims is None else hidden_dims)
+    data_dim = prod(data_shape)
+    if network == "mlp":
+        encoder = _linear([data_dim, *widths, 2 * latent_dim])
+        decoder = _linear([latent_dim, *reversed(widths), data_dim])
+    elif network == "conv":
+        channels, _, _ = data_shape
+        grid_h, grid_w = conv_grid(data_shape, len(widths))
+        # Stage by stage at the padded sizes: a 4×4 kernel costs 16 multiply-adds per input
+        # channel, output channel and output pixel (a transposed one, per input pixel).
+        grid, depth = grid_h * grid_w, len(widths)
+        flat = widths[-1] * grid
+        encoder = [
+            (16 * n_in * n_out + n_out, 16 * n_in * n_out * pixels, n_out * pixels)
+            for (n_in, n_out), pixels in zip(
+                itertools.pairwise([channels, *widths]),
+                (grid * 4 ** (depth - 1 - k) for k in range(depth)),
+                strict=True,
+            )
+        ] + _linear([flat, 2 * latent_dim])
+        decoder = _linear([latent_dim, flat]) + [
+            (16 * n_in * n_out + n_out, 16 * n_in * n_out * pixels, n_out * pixels * 4)
+            for (n_in, n_out), pixels in zip(
+                itertools.pairwise([*reversed(widths), channels]),
+                (grid * 4**k for k in range(depth)),
+                strict=True,
+            )
+        ]
+    else:
+        return NetworkCost(0, 0.0, 0.0, 0, 0)
+    parameters = sum(p for p, _, _ in encoder + decoder)
+    return NetworkCost(
+        parameters,
+        2.0 * sum(m for _, m, _ in encoder),
+        2.0 * sum(m for _, m, _ in decoder),
+        sum(v for _, _, v in encoder),
+        sum(v for _, _, v in decoder),
+    )
+
+
+def _linear(sizes: list[int]) -> list[tuple[int, int, int]]:
+    """(parameters, multiply-adds, output values) of each linear layer ``sizes[i] -> [i+1]``."""
+    return [((n_in + 1) * n_out, n_in * n_out, n_out) for n_in, n_out in itertools.pairwise(sizes)]
 
 
 def _memory_bytes(device: torch.device) -> int | None:

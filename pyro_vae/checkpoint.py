@@ -12,7 +12,6 @@ import platform
 import random
 import tempfile
 from dataclasses import dataclass
-from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,11 @@ import torch
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
+from pyro_vae.networks import as_data_shape
 
-FORMAT_VERSION = 2  # bump when the layout changes; older readers refuse newer files
+FORMAT_VERSION = 3  # bump when the layout changes; older readers refuse newer files
 # 2: the trainer state holds a learning-rate schedule and early stopping; metrics gained keys
+# 3: image_shape is (C, H, W); the model config names its network; the data config image options
 
 
 def environment() -> dict[str, str]:
@@ -43,7 +44,7 @@ def environment() -> dict[str, str]:
 @dataclass
 class Checkpoint:
     config: RunConfig
-    image_shape: tuple[int, ...]
+    image_shape: tuple[int, int, int]  # (C, H, W); a run saved before colour held (H, W)
     model_state: dict[str, torch.Tensor]
     trainer_state: dict[str, Any]  # see Trainer.state_dict: optimizer, history, epoch in progress
     rng_state: dict[str, Any] | None = None  # see capture_rng_state
@@ -51,7 +52,7 @@ class Checkpoint:
 
     def build_vae(self, device: torch.device | str = "cpu") -> VAE:
         """The trained VAE, on ``device``."""
-        vae = VAE.from_config(self.config.model, prod(self.image_shape))
+        vae = VAE.from_config(self.config.model, self.image_shape)
         try:
             vae.load_state_dict(self.model_state)
         except RuntimeError as error:  # missing, unexpected or mis-shaped weights
@@ -159,11 +160,11 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     try:
         return Checkpoint(
             config=RunConfig.from_dict(payload["config"]),
-            image_shape=tuple(payload["image_shape"]),
+            image_shape=as_data_shape(payload["image_shape"]),
             model_state=payload["model_state"],
             trainer_state=payload["trainer_state"],
             rng_state=payload.get("rng_state"),
             run_id=payload.get("run_id"),
         )
-    except (KeyError, TypeError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise UserInputError(f"{path} is an incomplete pyro-vae checkpoint ({error})") from error

@@ -21,6 +21,7 @@ else:  # pragma: no cover - Python 3.10
 
 ELBO_ESTIMATORS = ("mc", "analytic", "iwae")  # see objectives.py for what each one computes
 BINARIZATIONS = ("none", "static", "dynamic")  # see data.py
+LAYOUTS = ("auto", "nchw", "nhwc")  # how a 4-d array's axes are read (see loaders.py)
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see schedules.py
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
@@ -53,21 +54,35 @@ class ModelConfig:
     """The VAE's architecture; the data dimension is not here because the data decide it."""
 
     latent_dim: int = 8  # dim z; digits need few dimensions, and small ones keep pictures readable
-    hidden_dims: tuple[int, ...] = (256, 128)  # encoder layers; the decoder mirrors them
+    network: str = "mlp"  # a name from networks.NETWORKS: the encoder/decoder pair
+    # The encoder's widths (mlp: units per layer; conv: channels per stage); the decoder mirrors
+    # them. None: the network's own default (networks.default_hidden_dims).
+    hidden_dims: tuple[int, ...] | None = None
     prior: str = "standard"  # a name from priors.PRIORS: p(z) = N(0, I) by default
     likelihood: str = "gaussian"  # a name from likelihoods.LIKELIHOODS: N(x; x̂, I) by default
     prior_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the prior
     likelihood_options: dict[str, Any] = field(default_factory=dict)  # ... of the likelihood
 
+    def resolved(self) -> "ModelConfig":
+        """The same model with its widths written out (the network's default where None), so
+        that a stored run rebuilds the same networks whatever later defaults say."""
+        if self.hidden_dims is not None:
+            return self
+        from pyro_vae.networks import default_hidden_dims  # torch, only when a run starts
+
+        return replace(self, hidden_dims=default_hidden_dims(self.network))
+
     def __post_init__(self) -> None:
-        _require(
-            isinstance(self.hidden_dims, list | tuple),
-            f"hidden_dims must be a list of layer sizes, got {self.hidden_dims!r}",
-        )
-        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))  # JSON gives lists
+        _require(isinstance(self.network, str), f"network must be a name, got {self.network!r}")
+        if self.hidden_dims is not None:
+            _require(
+                isinstance(self.hidden_dims, list | tuple),
+                f"hidden_dims must be a list of layer sizes, got {self.hidden_dims!r}",
+            )
+            object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))  # JSON gives lists
+            for size in self.hidden_dims:
+                _whole(size, "each of hidden_dims", 1)
         _whole(self.latent_dim, "latent_dim", 1)
-        for size in self.hidden_dims:
-            _whole(size, "each of hidden_dims", 1)
         for name in ("prior_options", "likelihood_options"):
             value = getattr(self, name)
             _require(isinstance(value, dict), f"{name} must be a table of keywords, got {value!r}")
@@ -83,14 +98,21 @@ def _absolute(path: str) -> str:
 class DataConfig:
     """Which data, and how they are split into train / validation / test."""
 
-    dataset: str = "digits"  # a name from data.DATASETS; "array" reads the file at `path`
-    path: str | None = None  # the user's .npy / .npz file, for dataset "array"
+    dataset: str = "digits"  # a name from data.DATASETS; "array" and "folder" read `path`
+    path: str | None = None  # the user's .npy / .npz file ("array") or image folder ("folder")
     data_dir: str = "data"  # holds <Class>/raw/*-ubyte(.gz) for the MNIST family (torchvision)
     download: bool = False  # let torchvision fetch the MNIST family into data_dir first
     val_fraction: float = 0.1  # share of the images held out for the per-epoch validation ELBO
     test_fraction: float = 0.1  # share held out for testing, unless the dataset fixes its own
     split_seed: int = 0  # apart from the training seed: --seed never changes the held-out images
     binarize: str = "none"  # "static": sample x ~ Bernoulli(pixel) once; "dynamic": every batch
+    # Images from a folder: resized to (height, width) (None: their most common size), centre-
+    # cropped to a square first where asked, converted to 1 (grey) or 3 (RGB) channels (None:
+    # RGB if any image has colour).
+    image_size: tuple[int, int] | None = None
+    crop: bool = False
+    channels: int | None = None
+    layout: str = "auto"  # a 4-d array's axes: "nchw", "nhwc", or "auto" (guessed, and said)
 
     def __post_init__(self) -> None:
         for name in ("path", "data_dir"):  # a pathlib.Path is as good as a string here
@@ -110,8 +132,23 @@ class DataConfig:
             f"split_seed must be a whole number from 0 to {MAX_SEED}, got {self.split_seed!r}",
         )
         _require(
-            (self.dataset == "array") == (self.path is not None),
-            "a data file goes with dataset 'array' (--data FILE), and only with it",
+            (self.dataset in ("array", "folder")) == (self.path is not None),
+            "a data path goes with dataset 'array' (--data FILE) or 'folder' (--data DIR), "
+            "and only with them",
+        )
+        if self.image_size is not None:
+            _require(
+                isinstance(self.image_size, list | tuple) and len(self.image_size) == 2,
+                f"image_size must be (height, width), got {self.image_size!r}",
+            )
+            object.__setattr__(self, "image_size", tuple(self.image_size))  # JSON gives lists
+            for size in self.image_size:
+                _whole(size, "each of image_size", 1)
+        _require(isinstance(self.crop, bool), f"crop must be true or false, got {self.crop!r}")
+        _require(self.channels in (None, 1, 3), f"channels must be 1 or 3, got {self.channels!r}")
+        _require(
+            self.layout in LAYOUTS,
+            f"unknown layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}",
         )
         _require(
             self.binarize in BINARIZATIONS,

@@ -11,6 +11,7 @@ from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.data import as_float
 from pyro_vae.model import VAE
 from pyro_vae.objectives import make_elbo
 
@@ -60,7 +61,8 @@ class Estimate:
 def elbo_sums(
     vae: VAE, x: torch.Tensor, num_particles: int, max_codes: int = 2**13
 ) -> torch.Tensor:
-    """Over the rows of ``x``: the summed ELBO (closed-form KL where Pyro has one), the summed
+    """Over the rows of ``x`` (float, or uint8 pixel values, converted a chunk at a time, see
+    ``data.as_float``): the summed ELBO (closed-form KL where Pyro has one), the summed
     variance of each row's K-sample mean, and the summed KL term (the rate), as one tensor
     ``[Σ_i ELBO_i, Σ_i Var(ELBO_i), Σ_i KL_i]``.
 
@@ -73,7 +75,7 @@ def elbo_sums(
     sums = torch.zeros(3, dtype=torch.float64, device=x.device)
     rows = max(1, max_codes // num_particles)  # at most max_codes codes decoded at once
     for chunk in x.split(rows):
-        terms = _sample_terms(vae, chunk, num_particles)
+        terms = _sample_terms(vae, as_float(chunk), num_particles)
         kl = terms["kl"] if "kl" in terms else terms["log_guide"] - terms["log_prior"]
         elbo = (terms["log_likelihood"] - kl).double()  # (K, rows)
         if num_particles > 1:
@@ -107,9 +109,10 @@ def active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> int:
     """Latent dimensions u with Var_x(E_q[z_u | x]) > ``threshold`` (Burda et al., 2016).
 
     A dimension whose posterior mean does not move with the data carries no information about
-    it: the VAE has collapsed that dimension onto the prior.
+    it: the VAE has collapsed that dimension onto the prior. ``x`` may be stored uint8 rows;
+    the encoder sees a chunk at a time (a conv encoder's activations are many times the data's).
     """
-    loc, _ = vae.encoder(x)
+    loc = torch.cat([vae.encoder(as_float(chunk))[0] for chunk in x.split(1024)])
     return int((loc.var(dim=0) > threshold).sum())
 
 
@@ -173,6 +176,7 @@ def evaluate_bounds(
     chunks, samples in chunks, the log-sum-exp carried across sample chunks. The default was the
     fastest and the smallest of 2¹³ to 2¹⁶ for K = 1,000 on 2,000 MNIST images on 2 CPU cores.
     ``on_progress(done, total)`` is called after every chunk with the codes decoded so far.
+    ``x`` may be stored uint8 rows, converted a chunk at a time (see ``data.as_float``).
     """
     total, done = x.shape[0] * num_samples, 0
     images_per_chunk = max(1, min(x.shape[0], max_rows // num_samples))
@@ -186,7 +190,7 @@ def evaluate_bounds(
         log_sum_w = torch.full((chunk.shape[0],), -math.inf, device=x.device)
         sums = {"log_w": 0.0, "analytic": 0.0}
         for k in _chunk_sizes(num_samples, samples_per_chunk):
-            terms = _sample_terms(vae, chunk, k)
+            terms = _sample_terms(vae, as_float(chunk), k)
             log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_guide"]  # (k, B)
             log_sum_w = torch.logaddexp(log_sum_w, log_w.logsumexp(0))
             sums["log_w"] = sums["log_w"] + log_w.sum(0)

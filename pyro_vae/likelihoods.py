@@ -24,6 +24,7 @@ class Likelihood(nn.Module):
 
     support: constraints.Constraint = constraints.real
     support_description = "finite real numbers"
+    support_hint = ""  # what to do about data outside the support, ending the error message
     # Past it, a layer's products (x·w, summed over hundreds of inputs) and the likelihood's
     # squares leave float32's range within a few steps, whatever the learning rate.
     MAX_MAGNITUDE = 1e6
@@ -41,10 +42,10 @@ class Likelihood(nn.Module):
         inside = self.support.check(x) & torch.isfinite(x)
         if not bool(inside.all()):
             bad = x[~inside][0].item()
-            hint = " (binarize them)" if self.support is constraints.boolean else ""
             raise UserInputError(
                 f"the {type(self).__name__} needs data that are {self.support_description}, "
-                f"but the data hold {bad!r}: choose a likelihood that fits the data{hint}"
+                f"but the data hold {bad!r}: choose a likelihood that fits the data"
+                f"{self.support_hint}"
             )
         largest = x.abs().max().item()
         if largest > self.MAX_MAGNITUDE:
@@ -147,6 +148,106 @@ class IsotropicNormal(dist.TorchDistribution):
         return new
 
 
+class _EightBitValues(constraints.Constraint):
+    """The 256 values k/255, k = 0..255: 8-bit pixels scaled to [0, 1] (uint8 / 255 in float32).
+
+    The tolerance, a thousandth of a grid step, admits float32's rounding of k/255 and nothing
+    that was ever a different number (an average of two pixels lies half a step away).
+    """
+
+    is_discrete = True
+    event_dim = 0
+
+    def check(self, value: torch.Tensor) -> torch.Tensor:
+        steps = value * 255
+        return (value >= 0) & (value <= 1) & ((steps - steps.round()).abs() < 1e-3)
+
+
+eight_bit_values = _EightBitValues()
+
+
+class DiscretizedLogistic(dist.TorchDistribution):
+    """A logistic(loc, scale) on [-1, 1] binned into 256 values, reported on the 8-bit grid k/255.
+
+    Salimans, Karpathy, Chen & Kingma, "PixelCNN++: improving the PixelCNN with discretized
+    logistic mixture likelihood and other modifications", ICLR 2017 (one component, no mixture).
+    A value x = k/255 is the bin of x' = 2x − 1 ∈ [-1, 1], which covers [x' − 1/255, x' + 1/255]
+    with the two edge bins open to ±∞, so that the 256 probabilities sum to 1:
+
+        P(x) = σ((x' + 1/255 − loc)/scale) − σ((x' − 1/255 − loc)/scale)   for 0 < x < 1,
+        P(0) = σ((x' + 1/255 − loc)/scale),   P(1) = 1 − σ((x' − 1/255 − loc)/scale).
+
+    Elementwise (batch shape = the broadcast shape of loc and scale, event shape ()): a likelihood
+    makes its images events with ``.to_event(1)``.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}  # noqa: RUF012
+    support = eight_bit_values
+    has_rsample = False
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None):
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)  # views, nothing copied
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """With a = (x' + 1/255 − loc)/scale and b = (x' − 1/255 − loc)/scale, the interior bins
+        use the identity σ(a) − σ(b) = σ(a)·σ(−b)·(1 − e^−(a−b)):
+
+            log P(x) = log σ(a) + log σ(−b) + log(1 − e^−(a−b)),
+
+        exact and finite for any loc: each log σ is computed as −softplus, which neither
+        underflows nor loses the difference of two sigmoids that both round to 1 (or to 0), and
+        a − b = 2/(255·scale) does not depend on loc. So no fallback to the density at the bin's
+        centre (PixelCNN++'s) is needed. The edge bins keep one factor each.
+        """
+        if self._validate_args:
+            self._validate_sample(value)
+        inverse_scale = self.scale.reciprocal()
+        centred = (2 * value - 1 - self.loc) * inverse_scale  # (x' − loc)/scale
+        half_bin = inverse_scale / 255  # (a − b)/2
+        log_below_upper = F.logsigmoid(centred + half_bin)  # log σ(a) = log P(X' < x' + 1/255)
+        log_above_lower = F.logsigmoid(-(centred - half_bin))  # log σ(−b) = log P(X' > x' − 1/255)
+        log_bin_width = torch.log(-torch.expm1(-2 * half_bin))  # log(1 − e^−(a−b)), < 0
+        interior = log_below_upper + log_above_lower + log_bin_width
+        # The edges by the grid index (half a step away from the neighbours): every branch is
+        # finite, so torch.where's zero gradient for the unused ones stays zero, never NaN.
+        steps = value * 255
+        return torch.where(
+            steps < 0.5, log_below_upper, torch.where(steps > 254.5, log_above_lower, interior)
+        )
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[x] = E[k]/255 with E[k] = Σ_{j=1..255} P(k ≥ j) = Σ_j σ((loc − b_j)/scale), b_j the
+        boundary (2j − 1)/255 − 1 between bins j − 1 and j: one boundary at a time, so it takes
+        the memory of one batch rather than 255 of them."""
+        inverse_scale = self.scale.reciprocal()
+        total = torch.zeros_like(self.loc)
+        for j in range(1, 256):
+            boundary = (2 * j - 1) / 255 - 1
+            total = total + torch.sigmoid((self.loc - boundary) * inverse_scale)
+        return total / 255
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        """A logistic draw binned to its grid value: the bins' boundaries are the midpoints
+        between grid values, so rounding 255·x is the binning, and clamping folds the tails into
+        the edge bins, exactly as P assigns them. (A uniform draw of 0 gives −∞, which the clamp
+        makes 0: still a value of the distribution.)"""
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            uniform = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+            logistic = self.loc + self.scale * torch.logit(uniform)  # in x' ∈ ℝ
+            return ((logistic + 1) * (255 / 2)).round().clamp(0, 255) / 255
+
+    def expand(self, batch_shape: torch.Size, _instance=None) -> "DiscretizedLogistic":
+        new = self._get_checked_instance(DiscretizedLogistic, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
+        super(DiscretizedLogistic, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
 class GaussianLikelihood(Likelihood):
     """p(x|z) = N(x; x̂, σ²I) with fixed σ; σ = 1 is the seed's identity covariance."""
 
@@ -201,6 +302,7 @@ class BernoulliLikelihood(Likelihood):
 
     support = constraints.boolean
     support_description = "binary (0 or 1)"
+    support_hint = " (binarize them)"
 
     def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
         return dist.Bernoulli(logits=x_hat).to_event(1)
@@ -237,17 +339,75 @@ class LaplaceLikelihood(Likelihood):
         return dist.Laplace(x_hat, self.scale()).to_event(1)
 
 
+class DiscretizedLogisticLikelihood(Likelihood):
+    """p(x|z) = Π_d DiscretizedLogistic(x_d; x̂_d, s_c(d)), for 8-bit images x = k/255.
+
+    The standard likelihood of 8-bit images in VAE papers, after PixelCNN++ (Salimans et al.,
+    ICLR 2017; see ``DiscretizedLogistic``): unlike a density, it cannot grow without bound on
+    pixels that never change. The decoder's x̂ is the location in [-1, 1] (x' = 2x − 1), as in
+    PixelCNN++; the scale is learnt per channel, shared by that channel's H·W pixels of the
+    channel-major flat data: dimension d belongs to channel d // (H·W).
+    """
+
+    recordable = True  # its step is static: see recordable.py
+
+    support = eight_bit_values
+    support_description = "8-bit pixel values k/255 in [0, 1]"
+    support_hint = (
+        " (data that are not 8-bit need a continuous one: gaussian-learned, laplace or "
+        "continuous-bernoulli)"
+    )
+
+    def __init__(
+        self,
+        data_dim: int,
+        data_shape: tuple[int, int, int],
+        initial_scale: float = 0.2,  # on [-1, 1]; see below
+        min_scale: float = math.exp(-7),  # PixelCNN++'s floor, log s ≥ −7
+    ):
+        super().__init__(data_dim)
+        channels, height, width = data_shape
+        if channels * height * width != data_dim:
+            raise UserInputError(
+                f"the data shape {tuple(data_shape)} holds {channels * height * width} values, "
+                f"but the data have {data_dim} per image"
+            )
+        self.pixels_per_channel = height * width
+        # Initial s = 0.2: the logistic's sd (s·π/√3 = 0.36) is about the spread of pixel values
+        # on [-1, 1] around an untrained decoder's x̂ ≈ 0, so every value starts near the uniform's
+        # 5.5 nats (an edge pixel costs 5.0, a mid-grey one 4.6) and the gradients in x̂, which
+        # grow as 1/s, start moderate; s = 0.01 would charge an edge pixel 100 nats at the start.
+        # The floor keeps 1/s, hence the steps in x̂, finite: the probability of a bin is at most
+        # 1, so unlike a density the likelihood needs no floor to stay bounded.
+        self.scale = LearnedScale(channels, min_scale, initial_scale)
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        # (C,) → (D,): channel c's scale for dimensions c·H·W … (c + 1)·H·W − 1
+        scale = self.scale().repeat_interleave(self.pixels_per_channel)
+        return DiscretizedLogistic(x_hat, scale).to_event(1)  # event (D,)
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     "gaussian": GaussianLikelihood,
     "gaussian-learned": LearnedGaussianLikelihood,
     "bernoulli": BernoulliLikelihood,
     "continuous-bernoulli": ContinuousBernoulliLikelihood,
     "laplace": LaplaceLikelihood,
+    "discretized-logistic": DiscretizedLogisticLikelihood,
 }
 
 
 def build_likelihood(
-    likelihood: "str | Likelihood", data_dim: int, **options: object
+    likelihood: "str | Likelihood",
+    data_dim: int,
+    *,
+    data_shape: tuple[int, int, int] | None = None,
+    **options: object,
 ) -> Likelihood:
-    """The likelihood registered as ``likelihood`` for ``data_dim``, or the module itself."""
-    return build(LIKELIHOODS, likelihood, "likelihood", data_dim, **options)
+    """The likelihood registered as ``likelihood`` for ``data_dim``, or the module itself.
+
+    ``data_shape`` (C, H, W), with C·H·W = ``data_dim``, reaches only the likelihoods whose
+    constructors ask for it (one with a parameter per channel, say); (1, 1, D) if not given.
+    """
+    context = {"data_shape": data_shape if data_shape is not None else (1, 1, data_dim)}
+    return build(LIKELIHOODS, likelihood, "likelihood", data_dim, context=context, **options)

@@ -1,9 +1,9 @@
 """Where the images come from: scikit-learn's digits, the MNIST family, and the user's arrays.
 
-Each loader takes the ``DataConfig`` and returns ``RawData``: all images flattened to (N, D)
-float32, their labels, the image shape, and, where the dataset's authors fixed one, the official
-test split.
-``data.DATASETS`` maps names to these functions.
+Each loader takes the ``DataConfig`` and returns ``RawData``: all images flattened channel-major
+to (N, D) (uint8 for 8-bit pixels, else float32), their labels, the image shape (C, H, W), and,
+where the dataset's authors fixed one, the official test split. Image files and CIFAR-10 are in
+``images.py``. ``data.DATASETS`` maps names to these functions.
 """
 
 import gzip
@@ -23,9 +23,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RawData:
-    x: torch.Tensor  # (N, D) float32
+    # (N, D), D = C·H·W flattened channel-major (as image.reshape(N, -1) from (N, C, H, W)):
+    # uint8 pixel values 0..255 for 8-bit images (a quarter of float32's memory; data.Split
+    # converts them to [0, 1] per batch), else float32.
+    x: torch.Tensor
     labels: torch.Tensor  # (N,) int64; zeros where the data have none
-    image_shape: tuple[int, ...]  # (H, W) with H·W = D
+    image_shape: tuple[int, int, int]  # (C, H, W) with C·H·W = D; (1, 1, D) for plain vectors
     test: tuple[torch.Tensor, torch.Tensor] | None = None  # the official test split, if any
     note: str = ""  # what the user should know about where the data came from
 
@@ -36,7 +39,7 @@ def load_digits(config: DataConfig) -> RawData:
 
     bunch = sklearn_digits()
     x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0  # pixel values are 0..16
-    return RawData(x, torch.as_tensor(bunch.target, dtype=torch.int64), (8, 8))
+    return RawData(x, torch.as_tensor(bunch.target, dtype=torch.int64), (1, 8, 8))
 
 
 # helper functions: IDX files
@@ -88,7 +91,7 @@ def _read_idx_split(raw: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]
             f"{images.name} ({tuple(x.shape)}) and {labels.name} ({tuple(y.shape)}) do not "
             "describe the same images: download them again"
         )
-    return x.reshape(x.shape[0], -1).float() / 255.0, y.long()
+    return x.reshape(x.shape[0], -1), y.long()  # uint8 pixels: data.py scales them per batch
 
 
 # main loaders: the MNIST family through torchvision's folder layout
@@ -97,14 +100,15 @@ def _read_idx_split(raw: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 
 
-def _torchvision_datasets():
+def torchvision_datasets(files: str = "the IDX files"):
+    """torchvision.datasets, for --download; ``files`` names what the user could fetch instead."""
     try:
         import torchvision.datasets
     except Exception as error:  # ImportError, or torchvision built against another torch
         raise UserInputError(
             f"--download needs torchvision, which cannot be imported ({error}): install torch "
             "and torchvision together (pip install --force-reinstall torch torchvision), or "
-            "put the IDX files under --data-dir yourself"
+            f"put {files} under --data-dir yourself"
         ) from None
     return torchvision.datasets
 
@@ -119,7 +123,7 @@ def load_mnist_family(config: DataConfig) -> RawData:
     class_name = TORCHVISION_CLASSES[config.dataset]
     root = Path(config.data_dir)
     if config.download:
-        datasets = _torchvision_datasets()
+        datasets = torchvision_datasets()
         for train in (True, False):
             try:
                 getattr(datasets, class_name)(root, train=train, download=True)
@@ -133,11 +137,11 @@ def load_mnist_family(config: DataConfig) -> RawData:
     raw = root / class_name / "raw"
     train, test = _read_idx_split(raw, "train"), _read_idx_split(raw, "t10k")
     if train is not None and test is not None:
-        return RawData(*train, image_shape=(28, 28), test=test)
+        return RawData(*train, image_shape=(1, 28, 28), test=test)
     if test is not None:
         return RawData(
             *test,
-            image_shape=(28, 28),
+            image_shape=(1, 28, 28),
             note=f"only the test split of {config.dataset} is in {raw} ({len(test[0])} images): "
             "training on a seeded train / validation / test split of it",
         )
@@ -154,10 +158,12 @@ ZIP_MAGIC = b"PK"
 
 
 def load_array(config: DataConfig) -> RawData:
-    """A .npy or .npz array of shape (N, D) or (N, H, W); integer images are scaled to [0, 1].
+    """A .npy or .npz array of images: (N, D), (N, H, W), (N, H, W, C) or (N, C, H, W).
 
     In a .npz, the images are its only array or the one named ``x``; labels, if any, ``y``.
-    Integers are scaled by their bit depth (see ``_as_unit_scale``); floats are taken as they are.
+    A 4-d array's channel axis follows ``config.layout``, or is guessed (and said). 8-bit pixels
+    stay uint8; other integers are scaled by their bit depth and floats taken as they are (see
+    ``_pixel_values``).
     """
     path = Path(config.path or "")
     if not path.is_file():
@@ -186,6 +192,8 @@ def load_array(config: DataConfig) -> RawData:
             labels = loaded["y"] if "y" in keys else None
         else:
             array = loaded
+    except UserInputError:
+        raise
     except ValueError as error:
         if "pickle" in str(error):  # NumPy's words here advise allow_pickle: never follow them
             raise UserInputError(
@@ -197,13 +205,14 @@ def load_array(config: DataConfig) -> RawData:
         raise UserInputError(f"{path} is not a readable .npy/.npz array ({error})") from None
     if not isinstance(array, np.ndarray):  # a member of the archive that is no .npy
         raise UserInputError(f"{path} does not hold NumPy arrays: save it with numpy.savez")
-    return _check_array(array, labels, path)
+    return _check_array(array, labels, path, config.layout)
 
 
-def _check_array(array: np.ndarray, labels: np.ndarray | None, path: Path) -> RawData:
-    if array.ndim not in (2, 3):
+def _check_array(array: np.ndarray, labels: np.ndarray | None, path: Path, layout: str) -> RawData:
+    if array.ndim not in (2, 3, 4):
         raise UserInputError(
-            f"{path} holds an array of shape {array.shape}: expected (N, D) or (N, H, W)"
+            f"{path} holds an array of shape {array.shape}: expected (N, D), (N, H, W), "
+            "(N, H, W, C) or (N, C, H, W)"
         )
     if array.shape[0] == 0 or array.size == 0:
         raise UserInputError(f"{path} holds no data (shape {array.shape})")
@@ -214,8 +223,17 @@ def _check_array(array: np.ndarray, labels: np.ndarray | None, path: Path) -> Ra
         )
     if array.dtype.kind not in "biuf":  # booleans, integers, floats: not times or text
         raise UserInputError(f"{path} holds {array.dtype} values: expected numbers")
-    x = _as_unit_scale(array, path).reshape(array.shape[0], -1)
-    if not torch.isfinite(x).all():
+    if array.ndim == 4:
+        if _channel_layout(array.shape, layout, path) == "nhwc":
+            array = array.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+        image_shape = tuple(array.shape[1:])
+    elif array.ndim == 3:
+        image_shape = (1, *array.shape[1:])
+    else:
+        image_shape = _square_or_row(array.shape[1], path)
+    pixels = np.ascontiguousarray(_pixel_values(array, path))  # (N, C, H, W) channel-major
+    x = torch.from_numpy(pixels).reshape(array.shape[0], -1)
+    if x.is_floating_point() and not torch.isfinite(x).all():
         row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0])
         if np.isfinite(array[row]).all():  # finite in float64, not once in float32
             raise UserInputError(
@@ -223,7 +241,6 @@ def _check_array(array: np.ndarray, labels: np.ndarray | None, path: Path) -> Ra
                 "rescale the data"
             )
         raise UserInputError(f"{path} holds NaN or infinite values (first in row {row})")
-    image_shape = tuple(array.shape[1:]) if array.ndim == 3 else _square_or_row(x.shape[1])
     if labels is None:
         y = torch.zeros(len(x), dtype=torch.int64)
     else:
@@ -236,37 +253,90 @@ def _check_array(array: np.ndarray, labels: np.ndarray | None, path: Path) -> Ra
     return RawData(x, y, image_shape)
 
 
-def _as_unit_scale(array: np.ndarray, path: Path) -> torch.Tensor:
-    """The images as float32, integers scaled by their bit depth to [0, 1].
+def _channel_layout(shape: tuple[int, ...], layout: str, path: Path) -> str:
+    """Which axis of a 4-d array holds the channels: "nchw" (axis 1) or "nhwc" (axis 3).
 
-    Unsigned integers are scaled by their type's range (uint8 by 255, uint16 by 65,535), as image
-    files are. Signed integers carry no bit depth, so their values decide: 0..255 is taken as 8-bit
-    and 0..65,535 as 16-bit (with a note), anything else is refused. Booleans are 0 and 1. Floats
-    are kept as they are: a real-valued likelihood can model any scale, but see ``scale_note``.
+    ``layout`` decides when the user gave one; under "auto" the axis of size 1 or 3 (grey or RGB)
+    does, and the guess is logged, since a wrong one gives images that look like noise.
     """
+    sizes = {"nchw": shape[1], "nhwc": shape[3]}
+    if layout == "auto":
+        fits = [name for name, size in sizes.items() if size in (1, 3)]
+        if len(fits) == 2:
+            # Either reading makes images 1 or 3 pixels wide (or high): PyTorch's order is the
+            # likelier one for a library built on it, but the user must know it was a guess.
+            layout = "nchw"
+            log.info(
+                "%s: both axis 1 and axis 3 of shape %s could hold the channels; assumed "
+                "(N, C, H, W) (pass --layout nhwc if the channels come last)", path, shape,
+            )  # fmt: skip
+        elif len(fits) == 1:
+            layout = fits[0]
+            log.info(
+                "%s: read shape %s as %s (the channel axis has 1 or 3 entries; --layout sets it)",
+                path, shape, "(N, C, H, W)" if layout == "nchw" else "(N, H, W, C)",
+            )  # fmt: skip
+        elif 4 in sizes.values():
+            layout = "nhwc" if sizes["nhwc"] == 4 else "nchw"  # refused as RGBA just below
+        else:
+            raise UserInputError(
+                f"{path} holds an array of shape {shape} whose channel axis cannot be told: "
+                "neither axis 1 nor axis 3 has 1 (grey) or 3 (RGB) entries; save the images as "
+                "(N, C, H, W) or (N, H, W, C) with C 1 or 3, and name the order with --layout"
+            )
+    channels = sizes[layout]
+    if channels == 4:
+        drop = "x[:, :3]" if layout == "nchw" else "x[..., :3]"
+        raise UserInputError(
+            f"{path} holds images with 4 channels (shape {shape}, RGBA?): drop the alpha channel "
+            f"({drop}) and save the array again"
+        )
+    if channels not in (1, 3):
+        axis = 1 if layout == "nchw" else 3
+        raise UserInputError(
+            f"{path} holds an array of shape {shape}, read as {layout}: its axis {axis} has "
+            f"{channels} channels, but images have 1 (grey) or 3 (RGB); check --layout"
+        )
+    return layout
+
+
+def _pixel_values(array: np.ndarray, path: Path) -> np.ndarray:
+    """The images as uint8 pixel values 0..255 if they are 8-bit, else float32.
+
+    uint8 stays as it is (data.py scales it per batch, at a quarter of float32's memory).
+    uint16 is scaled by its range (65,535) to [0, 1], as image files are. Signed integers carry no
+    bit depth, so their values decide: 0..255 is taken as 8-bit and 0..65,535 as 16-bit (with a
+    note), anything else is refused. Booleans are 0.0 and 1.0. Floats are kept as they are: a
+    real-valued likelihood can model any scale, but see ``scale_note``.
+    """
+    if array.dtype == np.uint8:
+        return array
     if array.dtype == np.bool_:
-        return torch.as_tensor(array.astype(np.float32))
+        return array.astype(np.float32)
     if not np.issubdtype(array.dtype, np.integer):
         with np.errstate(over="ignore"):  # values beyond float32's range are refused after
-            return torch.as_tensor(array.astype(np.float32))
-    if np.issubdtype(array.dtype, np.unsignedinteger) and array.dtype.itemsize <= 2:
-        depth = np.iinfo(array.dtype).max
-    else:
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 65535:
-            raise UserInputError(
-                f"{path} holds {array.dtype} values from {low} to {high}, which are not pixel "
-                "intensities of 8 or 16 bits: save them as floats on the scale you mean"
-            )
-        depth = 255 if high <= 255 else 65535
-        log.info(
-            "%s holds %s values from %d to %d: read as %d-bit images, scaled to [0, 1]",
-            path, array.dtype, low, high, 8 if depth == 255 else 16,
-        )  # fmt: skip
-    return torch.as_tensor(array.astype(np.float32) / np.float32(depth))
+            return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.unsignedinteger) and array.dtype.itemsize == 2:
+        return array.astype(np.float32) / np.float32(65535)
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 65535:
+        raise UserInputError(
+            f"{path} holds {array.dtype} values from {low} to {high}, which are not pixel "
+            "intensities of 8 or 16 bits: save them as floats on the scale you mean"
+        )
+    log.info(
+        "%s holds %s values from %d to %d: read as %s", path, array.dtype, low, high,
+        "8-bit images" if high <= 255 else "16-bit images, scaled to [0, 1]",
+    )  # fmt: skip
+    if high <= 255:
+        return array.astype(np.uint8)
+    return array.astype(np.float32) / np.float32(65535)
 
 
-def _square_or_row(dim: int) -> tuple[int, int]:
-    """How to draw a flat vector: a square image if D is a square number, else one row."""
+def _square_or_row(dim: int, path: Path) -> tuple[int, int, int]:
+    """How to draw a flat vector: a square grey image if D is a square number, else one row."""
     side = round(dim**0.5)
-    return (side, side) if side * side == dim else (1, dim)
+    if side * side != dim:
+        return (1, 1, dim)
+    log.info("%s: read rows of %d values as %d×%d grey images", path, dim, side, side)
+    return (1, side, side)

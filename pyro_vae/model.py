@@ -3,10 +3,15 @@
 Generative model:  z ~ p(z),  x̂ = NeuralNet(z; θ),  x ~ p_θ(x | z)        (``VAE.model``)
 Guide:             μ, log σ² = NeuralNet(x; φ),  z ~ q_φ(z | x) = N(μ, diag σ²)   (``VAE.guide``)
 
+x is flat in both, a vector of D = C·H·W values per data point (channel-major for images), so
+every prior, likelihood and estimator works on any data; the networks (``networks.py``) know the
+data's shape (C, H, W) and reshape where they need it.
+
 Pyro reparameterises z = μ + σ ⊙ ε, ε ~ N(0, I) because the guide's Normal has ``rsample``; the ELBO
 E_q[log p_θ(x|z)] − KL(q_φ(z|x) ‖ p(z)) is estimated by the objectives in ``objectives.py``.
 """
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -16,19 +21,24 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
+from torch import nn
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import Likelihood, build_likelihood
-from pyro_vae.networks import Decoder, Encoder
+from pyro_vae.networks import DataShape, as_data_shape, build_networks
 from pyro_vae.priors import Prior, build_prior
 
 
 class VAE(PyroModule):
     """A variational autoencoder whose ``model`` and ``guide`` are ordinary Pyro callables.
 
-    ``prior`` and ``likelihood`` are registry names (see ``priors.PRIORS`` and
-    ``likelihoods.LIKELIHOODS``), with keyword arguments in ``prior_options`` and
-    ``likelihood_options``, or module instances. Being a ``PyroModule``, the VAE registers the
+    ``data_shape`` is the data's (C, H, W), or (H, W) for one channel, or D for plain vectors.
+    ``network`` names an encoder/decoder pair in ``networks.NETWORKS`` (``hidden_dims`` its
+    widths, None for its default); or pass your own ``encoder`` and ``decoder`` modules (see
+    ``networks.py`` for what each maps to what). ``prior`` and ``likelihood`` are registry names
+    (see ``priors.PRIORS`` and ``likelihoods.LIKELIHOODS``), with keyword arguments in
+    ``prior_options`` and ``likelihood_options``, or module instances. Being a ``PyroModule``, the
+    VAE registers the
     parameters of its plain ``nn.Module`` children with Pyro whenever ``model`` or ``guide`` reads
     them, so ``SVI(vae.model, vae.guide, optim, elbo)`` trains every parameter.
     """
@@ -37,38 +47,52 @@ class VAE(PyroModule):
 
     def __init__(
         self,
-        data_dim: int,
+        data_shape: int | Sequence[int],
         latent_dim: int = ModelConfig.latent_dim,
-        hidden_dims: Sequence[int] = ModelConfig.hidden_dims,
+        hidden_dims: Sequence[int] | None = ModelConfig.hidden_dims,
         prior: "str | Prior" = ModelConfig.prior,
         likelihood: "str | Likelihood" = ModelConfig.likelihood,
         prior_options: Mapping[str, Any] | None = None,
         likelihood_options: Mapping[str, Any] | None = None,
         name: str = "",
+        *,
+        network: str = ModelConfig.network,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
         # ``name`` prefixes the parameters' names in Pyro's global param store, so that several
         # VAEs trained with SVI in one process do not share (and silently overwrite) entries.
         super().__init__(name)
-        self.data_dim = data_dim
+        self.data_shape: DataShape = as_data_shape(data_shape)
+        self.data_dim = math.prod(self.data_shape)
         self.latent_dim = latent_dim
-        self.encoder = Encoder(data_dim, hidden_dims, latent_dim)
-        self.decoder = Decoder(latent_dim, tuple(reversed(hidden_dims)), data_dim)
+        if (encoder is None) != (decoder is None):
+            raise ValueError("give both an encoder and a decoder, or neither")
+        if encoder is None:
+            encoder, decoder = build_networks(network, self.data_shape, latent_dim, hidden_dims)
+        self.encoder, self.decoder = encoder, decoder
         # A prior may ask for the encoder (the VampPrior does), so it is built after it.
         self.prior = build_prior(
-            prior, latent_dim, data_dim=data_dim, encoder=self.encoder, **(prior_options or {})
+            prior, latent_dim, data_dim=self.data_dim, encoder=self.encoder, **(prior_options or {})
         )
-        self.likelihood = build_likelihood(likelihood, data_dim, **(likelihood_options or {}))
+        self.likelihood = build_likelihood(
+            likelihood, self.data_dim, data_shape=self.data_shape, **(likelihood_options or {})
+        )
         # β of a β-VAE (Higgins et al., 2017): the weight of the KL term, 1 for the ELBO itself.
         # A buffer changed in place, so that a recorded step reads the current one; not saved,
         # because a trained VAE is the model, whatever weight trained it (see ``kl_weighted``).
         self.register_buffer("kl_weight", torch.ones(()), persistent=False)
+        _check_networks(self.encoder, self.decoder, self.data_dim, latent_dim)
         _check_event_shape(self.prior(), (latent_dim,), "prior p(z)")
-        _check_event_shape(self.likelihood(torch.zeros(data_dim)), (data_dim,), "likelihood p(x|z)")
+        _check_event_shape(
+            self.likelihood(torch.zeros(self.data_dim)), (self.data_dim,), "likelihood p(x|z)"
+        )
 
     @classmethod
-    def from_config(cls, config: ModelConfig, data_dim: int) -> "VAE":
+    def from_config(cls, config: ModelConfig, data_shape: int | Sequence[int]) -> "VAE":
         return cls(
-            data_dim,
+            data_shape,
+            network=config.network,
             latent_dim=config.latent_dim,
             hidden_dims=config.hidden_dims,
             prior=config.prior,
@@ -133,6 +157,32 @@ class VAE(PyroModule):
         """The mean of p_θ(x | z) for ``num_samples`` codes z ~ p(z): new data, no pixel noise."""
         z = self.prior().sample((num_samples,))
         return self.likelihood(self.decoder(z)).mean
+
+
+@torch.no_grad()
+def _check_networks(encoder: nn.Module, decoder: nn.Module, data_dim: int, latent_dim: int) -> None:
+    # A network built for another size would otherwise fail deep inside Pyro, or worse, train:
+    # one call each on two zero rows (two, so that a squeezed batch dimension is caught too).
+    try:
+        parameter = next(encoder.parameters())
+        device, dtype = parameter.device, parameter.dtype
+    except StopIteration:
+        device, dtype = None, None
+    out = encoder(torch.zeros(2, data_dim, device=device, dtype=dtype))
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        raise ValueError("the encoder must return a pair (loc, scale) of the guide's parameters")
+    for what, value in zip(("loc", "scale"), out, strict=True):
+        if tuple(value.shape) != (2, latent_dim):
+            raise ValueError(
+                f"the encoder's {what} has shape {tuple(value.shape)} for a batch of 2, "
+                f"but this VAE needs (2, {latent_dim})"
+            )
+    x_hat = decoder(torch.zeros(2, latent_dim, device=device, dtype=dtype))
+    if tuple(x_hat.shape) != (2, data_dim):
+        raise ValueError(
+            f"the decoder returns shape {tuple(x_hat.shape)} for a batch of 2 codes, but this "
+            f"VAE needs (2, {data_dim}): flat data points of D = C·H·W values"
+        )
 
 
 def _check_event_shape(

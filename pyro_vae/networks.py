@@ -1,10 +1,54 @@
-"""The VAE's two neural networks: the encoder NeuralNet(x; φ) and the decoder NeuralNet(z; θ)."""
+"""The VAE's two neural networks: the encoder NeuralNet(x; φ) and the decoder NeuralNet(z; θ).
+
+A network is an encoder/decoder pair registered by name in ``NETWORKS``, like the priors and the
+likelihoods. Both sides see the data as the Pyro model does, flat: the encoder maps x (..., D) to
+the guide's parameters (μ, σ), each (..., latent_dim); the decoder maps z (..., latent_dim) to the
+likelihood's raw parameter (..., D). Both are told the data's shape (C, H, W), with C·H·W = D, so an
+image network reshapes where it needs to (``as_images`` and ``as_vectors`` do it for any leading
+dimensions). A constructor takes, by name, what it needs of ``data_shape``, ``latent_dim`` and
+``hidden_dims`` (the encoder's widths, which the decoder mirrors).
+
+- ``mlp``: fully connected layers, ``hidden_dims`` units each (Kingma & Welling, 2014).
+- ``conv``: strided 4×4 convolutions down, one stage per entry of ``hidden_dims`` (its channels),
+  each halving the height and width, then a linear layer to (μ, log σ²); the decoder mirrors it
+  with transposed convolutions (the DCGAN stack of Radford et al., 2016, without batch norm,
+  which would couple the images of a batch and break the ELBO's sum over them).
+"""
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from pyro_vae.errors import UserInputError
+from pyro_vae.registry import build
+
+DataShape = tuple[int, int, int]  # (C, H, W)
+
+
+# helper functions
+
+
+def as_data_shape(shape: int | Sequence[int]) -> DataShape:
+    """(C, H, W) from D (plain vectors: (1, 1, D)), (H, W) (one channel) or (C, H, W)."""
+    dims = (shape,) if isinstance(shape, int) else tuple(int(size) for size in shape)
+    if not 1 <= len(dims) <= 3 or min(dims) < 1:
+        raise ValueError(f"a data shape is D, (H, W) or (C, H, W), got {shape!r}")
+    return (1,) * (3 - len(dims)) + dims  # type: ignore[return-value]
+
+
+def as_images(x: torch.Tensor, data_shape: Sequence[int]) -> torch.Tensor:
+    """(..., D) flat data as (N, C, H, W) images, N the product of the leading dimensions."""
+    # N spelt out rather than -1, which an empty batch (a replica's empty shard) leaves undefined
+    return x.reshape(math.prod(x.shape[:-1]), *data_shape)
+
+
+def as_vectors(images: torch.Tensor, leading: Sequence[int]) -> torch.Tensor:
+    """(N, C, H, W) images back to (*leading, D)."""
+    return images.reshape(*leading, -1)
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -17,29 +61,153 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def guide_parameters(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ, σ from one output holding μ and log σ² side by side (one matmul instead of two)."""
+    loc, log_var = output.chunk(2, dim=-1)  # (..., latent_dim) each
+    return loc, torch.exp(0.5 * log_var)  # σ = exp(½ log σ²)
+
+
+# main classes: fully connected
+
+
 class Encoder(nn.Module):
-    """μ, log σ² = NeuralNet(x; φ): the parameters of the guide q_φ(z|x) = N(μ, diag σ²)."""
+    """μ, log σ² = MLP(x; φ): the parameters of the guide q_φ(z|x) = N(μ, diag σ²)."""
 
     recordable = True  # its step is static: see recordable.py
+    default_hidden_dims = (256, 128)  # units per layer: a minute on the digits with 2 CPU cores
 
-    def __init__(self, data_dim: int, hidden_dims: Sequence[int], latent_dim: int):
+    def __init__(self, data_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int):
         super().__init__()
-        # One output layer for μ and log σ² together: a single matmul instead of two.
-        self.net = mlp([data_dim, *hidden_dims, 2 * latent_dim])
+        self.net = mlp([math.prod(data_shape), *hidden_dims, 2 * latent_dim])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, log_var = self.net(x).chunk(2, dim=-1)  # (..., latent_dim) each
-        return loc, torch.exp(0.5 * log_var)  # σ = exp(½ log σ²)
+        return guide_parameters(self.net(x))
 
 
 class Decoder(nn.Module):
-    """x̂ = NeuralNet(z; θ): the raw parameter (mean or logits) of the likelihood p_θ(x|z)."""
+    """x̂ = MLP(z; θ): the raw parameter (mean or logits) of the likelihood p_θ(x|z)."""
 
     recordable = True  # its step is static: see recordable.py
 
-    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], data_dim: int):
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], data_shape: Sequence[int]):
         super().__init__()
-        self.net = mlp([latent_dim, *hidden_dims, data_dim])
+        self.net = mlp([latent_dim, *reversed(hidden_dims), math.prod(data_shape)])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)  # (..., data_dim)
+        return self.net(z)  # (..., D)
+
+
+# main classes: convolutional
+
+KERNEL, STRIDE, PADDING = 4, 2, 1  # each stage halves the height and width exactly
+
+
+def conv_grid(data_shape: Sequence[int], stages: int) -> tuple[int, int]:
+    """The (height, width) the conv stack works on after its ``stages`` halvings.
+
+    Images are padded up to a multiple of 2^stages (the decoder's output cropped back), so any
+    size works; but a side shorter than 2^stages would be mostly padding, and is refused.
+    """
+    channels, height, width = data_shape
+    if height == 1 or width == 1:
+        raise UserInputError(
+            f"--network conv needs images, but the data are vectors of {channels * height * width}"
+            " values with no image shape: use --network mlp, or save the data as (N, H, W) images"
+        )
+    if stages == 0:
+        raise UserInputError("--network conv needs at least one stage: give --hidden-dims")
+    side = 2**stages
+    if min(height, width) < side:
+        most = int(math.log2(min(height, width)))
+        raise UserInputError(
+            f"images of {height}×{width} are too small for {stages} conv stages (each halves "
+            f"them; {stages} need at least {side}×{side}): give at most {most} --hidden-dims, "
+            "or larger images (--image-size, for a folder of images)"
+        )
+    return -(-height // side), -(-width // side)  # ceiling division
+
+
+class ConvEncoder(nn.Module):
+    """μ, log σ² = Linear(Conv(x; φ)): strided convolutions, each halving the image."""
+
+    recordable = True  # its step is static: see recordable.py
+    default_hidden_dims = (32, 64)  # channels per stage: 28×28 down to 7×7, as DCGAN VAEs do
+
+    def __init__(self, data_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        channels, height, width = self.data_shape
+        grid_h, grid_w = conv_grid(self.data_shape, len(hidden_dims))
+        # Zero padding on the bottom and right, up to the grid's multiple of the image size.
+        side = 2 ** len(hidden_dims)
+        self.padding = (0, grid_w * side - width, 0, grid_h * side - height)
+        layers: list[nn.Module] = []
+        for n_in, n_out in itertools.pairwise([channels, *hidden_dims]):
+            layers += [nn.Conv2d(n_in, n_out, KERNEL, STRIDE, PADDING), nn.ReLU()]
+        self.conv = nn.Sequential(*layers)
+        self.out = nn.Linear(hidden_dims[-1] * grid_h * grid_w, 2 * latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = F.pad(as_images(x, self.data_shape), self.padding)  # (N, C, H', W')
+        features = self.conv(images).flatten(1)  # (N, hidden_dims[-1]·h·w)
+        return guide_parameters(self.out(features).reshape(*x.shape[:-1], -1))
+
+
+class ConvDecoder(nn.Module):
+    """x̂ = ConvTranspose(Linear(z; θ)): the encoder's stages mirrored, each doubling the image."""
+
+    recordable = True  # its step is static: see recordable.py
+
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], data_shape: Sequence[int]):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        channels, self.height, self.width = self.data_shape
+        self.grid = conv_grid(self.data_shape, len(hidden_dims))  # (h, w)
+        widths = list(reversed(hidden_dims))
+        self.first = widths[0]
+        self.inp = nn.Linear(latent_dim, widths[0] * self.grid[0] * self.grid[1])
+        layers: list[nn.Module] = [nn.ReLU()]
+        for n_in, n_out in itertools.pairwise([*widths, channels]):
+            layers += [nn.ConvTranspose2d(n_in, n_out, KERNEL, STRIDE, PADDING), nn.ReLU()]
+        self.deconv = nn.Sequential(*layers[:-1])  # no ReLU on the raw parameter
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        n = math.prod(z.shape[:-1])
+        features = self.inp(z).reshape(n, self.first, *self.grid)  # (N, widths[0], h, w)
+        images = self.deconv(features)[..., : self.height, : self.width]  # crop the padding
+        return as_vectors(images, z.shape[:-1])  # (..., D)
+
+
+# the registry
+
+# name -> (encoder class, decoder class). A constructor takes by name what it needs of
+# ``data_shape``, ``latent_dim`` and ``hidden_dims``; an encoder class may carry
+# ``default_hidden_dims``, the widths used when none are given.
+NETWORKS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+    "mlp": (Encoder, Decoder),
+    "conv": (ConvEncoder, ConvDecoder),
+}
+
+
+def default_hidden_dims(network: str) -> tuple[int, ...]:
+    """The widths the network registered as ``network`` uses when none are given."""
+    if network not in NETWORKS:
+        raise UserInputError(f"unknown network {network!r}: choose one of {', '.join(NETWORKS)}")
+    return tuple(getattr(NETWORKS[network][0], "default_hidden_dims", Encoder.default_hidden_dims))
+
+
+def build_networks(
+    network: str,
+    data_shape: Sequence[int],
+    latent_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder registered as ``network``, for data of ``data_shape`` (C, H, W);
+    ``hidden_dims`` None takes the network's default widths."""
+    widths = default_hidden_dims(network) if hidden_dims is None else tuple(hidden_dims)
+    context = {"data_shape": tuple(data_shape), "latent_dim": latent_dim, "hidden_dims": widths}
+    encoder_class, decoder_class = NETWORKS[network]
+    return (
+        build({network: encoder_class}, network, "encoder", context=context),
+        build({network: decoder_class}, network, "decoder", context=context),
+    )

@@ -1,7 +1,8 @@
 """Pictures of what a trained VAE does: from the model to images, then to PNGs via plots.py.
 
-Every picture shows means of p(x|z), not samples with pixel noise, and images at their true
-height and width (the dataset's ``image_shape``).
+Every picture shows means of p(x|z), not samples with pixel noise, and images in their own
+channels (grey or RGB) at their true height and width: the dataset's ``image_shape``, (C, H, W),
+or (H, W) for grey in a checkpoint from before colour.
 """
 
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ import pyro
 import torch
 
 from pyro_vae import plots
+from pyro_vae.data import as_float
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
 
@@ -60,8 +62,9 @@ def save_interpolations(
 
 @torch.no_grad()
 def save_latent_scatter(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: Path) -> Path:
-    """Posterior means μ(x) coloured by label; projected on two principal axes beyond 2-D."""
-    codes, _ = vae.encoder(x)
+    """Posterior means μ(x) coloured by label; projected on two principal axes beyond 2-D.
+    ``x`` may be stored uint8 rows: the encoder sees a chunk at a time."""
+    codes = torch.cat([vae.encoder(as_float(chunk))[0] for chunk in x.split(1024)])
     if codes.shape[1] == 1:
         raise UserInputError("a 1-D latent space has no 2-D picture: train with --latent-dim 2+")
     if codes.shape[1] == 2:

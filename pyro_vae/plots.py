@@ -1,4 +1,5 @@
-"""Pictures of a run: image grids, reconstructions beside their inputs, and the ELBO curve.
+"""Pictures of a run: grids of grey or RGB images, reconstructions beside their inputs, and the
+ELBO curve.
 
 Uses matplotlib's object-oriented ``Figure`` (no pyplot), so no global backend or figure state is
 touched and nothing needs a display. matplotlib is imported where a picture is drawn: a third of a
@@ -16,18 +17,41 @@ from pyro_vae.train import EpochMetrics
 PAD_VALUE = 0.5  # grey lines between images, distinct from black (0) and white (1) pixels
 
 
+def image_chw(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """(C, H, W) of ``image_shape``: (C, H, W) with C = 1 (grey) or 3 (RGB), or (H, W) for grey
+    (the shape of runs from before colour)."""
+    if len(image_shape) == 2:
+        height, width = image_shape
+        return 1, height, width
+    if len(image_shape) == 3 and image_shape[0] in (1, 3):
+        channels, height, width = image_shape
+        return channels, height, width
+    raise ValueError(f"pictures need image_shape (H, W) or (C, H, W), C 1 or 3: {image_shape}")
+
+
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int) -> torch.Tensor:
-    """Tile ``images`` (N, D) into one 2-D array, with 1-pixel separators between tiles."""
-    height, width = image_shape
+    """Tile ``images`` (N, D), flattened channel-major from (N, C, H, W), into one picture with
+    1-pixel separators between tiles: (rows, cols) for grey images, (rows, cols, 3) for RGB."""
+    channels, height, width = image_chw(image_shape)
     n = images.shape[0]
     nrows = -(-n // ncols)  # ceiling division
-    tiles = images.detach().float().cpu().clamp(0, 1).reshape(n, height, width)
-    blanks = torch.full((nrows * ncols - n, height, width), PAD_VALUE)
+    tiles = images.detach().float().cpu().clamp(0, 1).reshape(n, channels, height, width)
+    blanks = torch.full((nrows * ncols - n, channels, height, width), PAD_VALUE)
     tiles = torch.cat([tiles, blanks])
     tiles = F.pad(tiles, (1, 0, 1, 0), value=PAD_VALUE)  # separator above and left of each tile
-    grid = tiles.reshape(nrows, ncols, height + 1, width + 1).permute(0, 2, 1, 3)
-    grid = grid.reshape(nrows * (height + 1), ncols * (width + 1))
-    return F.pad(grid, (0, 1, 0, 1), value=PAD_VALUE)  # close the right and bottom edges
+    tiles = tiles.reshape(nrows, ncols, channels, height + 1, width + 1)
+    grid = tiles.permute(0, 3, 1, 4, 2)  # (rows, H+1, cols, W+1, C)
+    grid = grid.reshape(nrows * (height + 1), ncols * (width + 1), channels)
+    grid = F.pad(grid, (0, 0, 0, 1, 0, 1), value=PAD_VALUE)  # close the right and bottom edges
+    return grid.squeeze(-1) if channels == 1 else grid
+
+
+def _show(axes, grid: torch.Tensor) -> None:
+    """Draw an ``image_grid``: an RGB array as it is, a grey one on a fixed 0-to-1 grey scale."""
+    if grid.ndim == 3:
+        axes.imshow(grid.numpy(), interpolation="nearest")
+    else:
+        axes.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
 
 
 def save_image_grid(
@@ -41,12 +65,13 @@ def save_image_grid(
     from matplotlib.figure import Figure
 
     grid = image_grid(images, image_shape, ncols)
-    inches_per_pixel = 0.08 if max(image_shape) <= 16 else 0.03  # small images get bigger pixels
+    _, height, width = image_chw(image_shape)
+    inches_per_pixel = 0.08 if max(height, width) <= 16 else 0.03  # small images, bigger pixels
     title_inches = 0.4 if title else 0.0
     height_inches = grid.shape[0] * inches_per_pixel + title_inches
     figure = Figure(figsize=(grid.shape[1] * inches_per_pixel, height_inches))
     axes = figure.add_axes((0, 0, 1, 1 - title_inches / height_inches))
-    axes.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    _show(axes, grid)
     axes.set_axis_off()
     if title:
         figure.suptitle(title, fontsize=9)
@@ -69,10 +94,10 @@ def save_latent_grid(
 
     size = len(values)
     grid = image_grid(images, image_shape, size)
-    height, width = image_shape
+    _, height, width = image_chw(image_shape)
     figure = Figure(figsize=(7, 7.4), layout="constrained")
     axes = figure.add_subplot()
-    axes.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    _show(axes, grid)
     shown = range(0, size, max(1, -(-size // 8)))  # at most about eight labels a side
     axes.set_xticks([k * (width + 1) + 1 + width / 2 for k in shown])
     axes.set_xticklabels([f"{values[k]:.2f}" for k in shown], fontsize=8)

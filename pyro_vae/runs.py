@@ -135,7 +135,7 @@ def train_run(
             f"--kl-warmup {train.kl_warmup} is longer than the run's {train.epochs} epochs, so β "
             f"would never reach {train.beta:g}: lower --kl-warmup or raise --epochs"
         )
-    config = replace(config, data=config.data.located())
+    config = replace(config, data=config.data.located(), model=config.model.resolved())
     if replicas.is_main:
         check_run_dir(run_dir, overwrite)
     device = replicas.device(config.train.device)
@@ -143,7 +143,7 @@ def train_run(
     pyro.set_rng_seed(config.train.seed)
     data = _load_data(config, device, replicas)
     check_budget(config, data.image_shape, device)
-    vae = VAE.from_config(config.model, data.data_dim).to(device)
+    vae = VAE.from_config(config.model, data.image_shape).to(device)
     _check_data(vae, data)
     trainer = Trainer(vae, config.train, replicas)
     run_id = uuid.uuid4().hex
@@ -268,10 +268,17 @@ def _load_data(config: RunConfig, device: torch.device, replicas: Replicas) -> D
 
 def _check_data(vae: VAE, data: Dataset) -> None:
     for split in data.modelled_splits():
-        vae.likelihood.check_data(split.x)
-    note = vae.likelihood.scale_note(data.train.x)
+        for chunk in split.chunks():
+            vae.likelihood.check_data(chunk)
+    note = _scale_note(vae, data)
     if note:
         log.warning(note)
+
+
+def _scale_note(vae: VAE, data: Dataset) -> str | None:
+    if data.train.stored.dtype == torch.uint8:  # pixel values, in [0, 1] once converted
+        return None
+    return vae.likelihood.scale_note(data.train.x)
 
 
 def _write_record(
@@ -293,9 +300,9 @@ def _write_record(
         "data": {
             "name": data.name,
             "image_shape": data.image_shape,
-            "num_train": data.train.x.shape[0],
-            "num_val": data.val.x.shape[0],
-            "num_test": data.test.x.shape[0],
+            "num_train": len(data.train),
+            "num_val": len(data.val),
+            "num_test": len(data.test),
             "note": data.note,
         },
         "command": list(command) if command is not None else None,
@@ -405,13 +412,13 @@ def _train(
             steps_since_save = 0
             append_lines(metrics)
             if board is not None:
-                board.epoch(metrics, trainer.vae, data.test.x)
+                board.epoch(metrics, trainer.vae, data.test.rows(slice(0, 64)))
             if hooks.on_epoch is not None:
                 hooks.on_epoch(metrics)
             if hooks.should_stop is not None and replicas.any(hooks.should_stop(), device):
                 return result(False, [run_dir / CHECKPOINT])
     except TrainingDiverged as error:
-        note = trainer.vae.likelihood.scale_note(data.train.x)
+        note = _scale_note(trainer.vae, data)
         raise _with_advice(error, run_dir, config, note) from None
     finally:
         if board is not None:
@@ -424,10 +431,13 @@ def _train(
     if patience is not None and (run_dir / BEST).is_file():  # the run's pictures: its best model
         vae = load_checkpoint(run_dir / BEST, device).build_vae(device)
         kept.append(BEST)
-    active = active_units(vae, data.val.x)
+    active = active_units(vae, data.val.stored)
     pictures = [
         save_reconstructions(
-            vae, data.test.x[:NUM_RECONSTRUCTIONS], data.image_shape, run_dir / RECONSTRUCTIONS
+            vae,
+            data.test.rows(slice(0, NUM_RECONSTRUCTIONS)),
+            data.image_shape,
+            run_dir / RECONSTRUCTIONS,
         ),
         save_samples(vae, data.image_shape, run_dir / SAMPLES, NUM_SAMPLES, config.train.seed),
         plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),

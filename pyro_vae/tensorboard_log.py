@@ -15,6 +15,7 @@ import torch
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
+from pyro_vae.plots import image_grid
 from pyro_vae.train import EpochMetrics
 
 NUM_IMAGES = 64  # in each grid
@@ -73,8 +74,9 @@ class TensorBoardLog:
         originals = x_test[: NUM_IMAGES // 2]
         pairs = torch.stack([originals, vae.reconstruct(originals)], dim=1).flatten(0, 1)
         for tag, images in (("samples", samples), ("reconstructions", pairs)):
-            tiles = images.reshape(-1, *self.image_shape[-2:]).clamp(0, 1).cpu()
-            self._writer.add_image(tag, _grid(tiles, columns=8), epoch, dataformats="HW")
+            grid = image_grid(images, self.image_shape, ncols=8)  # (H, W) grey, (H, W, 3) RGB
+            dataformats = "HWC" if grid.ndim == 3 else "HW"
+            self._writer.add_image(tag, grid, epoch, dataformats=dataformats)
 
     def close(self, history: list[EpochMetrics]) -> None:
         """The hyperparameters beside the final numbers (TensorBoard's HPARAMS tab), then close."""
@@ -88,13 +90,3 @@ class TensorBoardLog:
             metrics = {"hparam/val_elbo": final.val_elbo, "hparam/train_elbo": final.train_elbo}
             self._writer.add_hparams(hparams, metrics, run_name=".", global_step=final.epoch)
         self._writer.close()
-
-
-def _grid(tiles: torch.Tensor, columns: int) -> torch.Tensor:
-    """(N, H, W) images as one (rows·(H+1), columns·(W+1)) picture, a white line between them."""
-    n, height, width = tiles.shape
-    rows = -(-n // columns)
-    padded = torch.ones(rows * columns, height + 1, width + 1)
-    padded[:n, :height, :width] = tiles
-    grid = padded.reshape(rows, columns, height + 1, width + 1).permute(0, 2, 1, 3)
-    return grid.reshape(rows * (height + 1), columns * (width + 1))

@@ -233,12 +233,12 @@ class Trainer:
         say). On a stop the epoch ends there, its progress kept for a later call, and this
         returns None.
         """
-        num_train = data.train.x.shape[0]
+        num_train, device = len(data.train), data.train.stored.device
         if self._order is None:
-            self._order = self._epoch_order(num_train, data.train.x.device)
+            self._order = self._epoch_order(num_train, device)
             self._steps_done, self._seconds = 0, 0.0
-            self._loss_sum = torch.zeros((), device=data.train.x.device)  # one sync an epoch
-            self._elbo_sum = torch.zeros((), device=data.train.x.device)
+            self._loss_sum = torch.zeros((), device=device)  # one sync an epoch
+            self._elbo_sum = torch.zeros((), device=device)
         batches = self._order.split(self.config.batch_size)
         lr = self.optimizer.param_groups[0]["lr"]
         beta = self.config.beta
@@ -265,7 +265,7 @@ class Trainer:
         self._seconds += time.perf_counter() - start
         self.check_finite()
         start = time.perf_counter()
-        val, val_rate = self._validation_elbo(data.val.x)
+        val, val_rate = self._validation_elbo(data.val.stored)
         self.validation_seconds.append(time.perf_counter() - start)
         loss_sum, elbo_sum = torch.stack([self._loss_sum, self._elbo_sum]).tolist()  # one sync
         metrics = EpochMetrics(
@@ -320,9 +320,10 @@ class Trainer:
         return (loss_sum, negative_elbo_sum), bool(stops > 0)
 
     def _validation_elbo(self, x: torch.Tensor) -> tuple[Estimate, float]:
-        """The ELBO on ``x`` (closed-form KL where the prior allows, ``val_particles`` samples of
-        z per image) with its standard error, and its rate (the KL term) in nats per image;
-        replicas each take a shard, with their own seed."""
+        """The ELBO on ``x`` (as stored: uint8 rows are converted a chunk at a time), with
+        closed-form KL where the prior allows and ``val_particles`` samples of z per image, its
+        standard error, and its rate (the KL term) in nats per image; replicas each take a
+        shard, with their own seed."""
         particles = self.config.val_particles
         with pyro.validation_enabled(False):  # as for the steps: the first one checked it all
             if not self.replicas.distributed:

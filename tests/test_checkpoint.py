@@ -45,7 +45,7 @@ def test_reloaded_model_gives_the_same_elbo_under_a_fixed_seed(trained, digits):
     config, vae, _, path = trained
     checkpoint = load_checkpoint(path.parent)  # the run directory works as well as the file
     rebuilt = checkpoint.build_vae()
-    assert checkpoint.config == config and checkpoint.image_shape == (8, 8)
+    assert checkpoint.config == config and checkpoint.image_shape == (1, 8, 8)
     assert rebuilt.likelihood.scale == 0.5
     pyro.set_rng_seed(7)
     expected = elbo_per_datapoint(vae, digits.test.x)

@@ -210,7 +210,7 @@ def test_training_on_a_users_array(tmp_path):
     out = tmp_path / "run"
     result = run("train", "--data", tmp_path / "mine.npy", "--out", out, *FAST)
     assert result.exit_code == 0, result.output
-    assert load_checkpoint(out).image_shape == (5, 6)
+    assert load_checkpoint(out).image_shape == (1, 5, 6)
     result = run("reconstruct", out, "--num", "2", "--out", tmp_path / "r.png")
     assert result.exit_code == 0, result.output
     result = run("train", "--data", tmp_path / "mine.npy", "--dataset", "mnist")
@@ -232,7 +232,7 @@ def test_mnist_from_a_data_dir_says_when_only_the_test_split_is_there(tmp_path):
     assert "Note: only the test split of mnist" in result.stderr
     record = json.loads((out / "config.json").read_text())
     assert "only the test split" in record["data"]["note"]
-    assert record["data"]["image_shape"] == [28, 28]
+    assert record["data"]["image_shape"] == [1, 28, 28]
 
 
 def test_cli_py_runs_as_a_script():

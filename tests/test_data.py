@@ -9,7 +9,7 @@ from pyro_vae.data import shuffled_batches
 def test_digits_are_split_once_and_for_all(digits):
     sizes = [split.x.shape[0] for split in (digits.train, digits.val, digits.test)]
     assert sum(sizes) == 1797 and sizes[1] == sizes[2] == 180
-    assert digits.image_shape == (8, 8) and digits.data_dim == 64
+    assert digits.image_shape == (1, 8, 8) and digits.data_dim == 64
     everything = torch.cat([digits.train.x, digits.val.x, digits.test.x])
     assert everything.dtype == torch.float32
     assert everything.min() == 0 and everything.max() == 1

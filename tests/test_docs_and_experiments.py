@@ -173,3 +173,26 @@ def test_step_anatomy_benchmark_quick_mode(monkeypatch, capsys):
     for particles in (1, 4, 16):
         assert f"validation, {particles:2d} samples of z" in printed
     sys.modules.pop("step_anatomy", None)
+
+
+def test_training_step_benchmark_times_conv_networks_too(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import training_step
+
+    medians = training_step.main(["--quick", "--shape", "digits", "--network", "conv"])
+    assert {"hand-written PyTorch", "pyro-vae mc", "pyro-vae analytic"} <= set(medians)
+    assert "digits, conv: batch 32" in capsys.readouterr().out
+    sys.modules.pop("training_step", None)
+
+
+def test_networks_experiment_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import networks
+
+    text = networks.main(["--quick", "--out", str(tmp_path / "r.md")]).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "(seed 0)" in line]
+    assert [row.split(" | ")[1] for row in rows] == ["reference", "equal epochs", "equal time"]
+    conv, mlp = rows[0].split(" | "), rows[1].split(" | ")
+    assert int(conv[5].replace(",", "")) != int(mlp[5].replace(",", ""))  # parameters differ
+    assert "Command: `python experiments/networks.py --quick" in text
+    sys.modules.pop("networks", None)

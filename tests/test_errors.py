@@ -246,7 +246,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     ),
     "moved data for a run not trained on a file": (
         lambda t, r: ["evaluate", r, "--data", npy(t, np.ones((30, 64)))],
-        "not on a data file: drop --data",
+        "not on a data file or folder: drop --data",
     ),
     # run directories: one writer, one identity
     "resume a run another process is training": (
@@ -289,7 +289,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     ),
     "a data file that is a loop of links": (
         lambda t, r: ["train", "--data", _link_loop(t / "loop.npy")],
-        "no data file at",
+        "no file or folder at",
     ),
     "a folder of yours with a file a run would write over": (
         lambda t, r: ["train", "--out", _with_file(t / "project", "config.json")],

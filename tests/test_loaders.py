@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pyro_vae import DataConfig, UserInputError, load_dataset
-from pyro_vae.loaders import read_idx
+from pyro_vae.loaders import load_array, load_mnist_family, read_idx
 
 
 def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
@@ -52,10 +52,12 @@ def test_read_idx_round_trip(tmp_path):
 def test_mnist_with_both_splits_keeps_the_official_test_split(tmp_path, compress):
     write_mnist(tmp_path, compress=compress)
     data = load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path), val_fraction=0.25))
-    assert data.image_shape == (28, 28) and data.note == ""
+    assert data.image_shape == (1, 28, 28) and data.note == ""
     assert (data.train.x.shape[0], data.val.x.shape[0], data.test.x.shape[0]) == (30, 10, 20)
     assert data.train.x.min() >= 0 and data.train.x.max() <= 1
     assert data.test.x.shape[1] == 784
+    raw = load_mnist_family(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+    assert raw.x.dtype == torch.uint8 and raw.test[0].dtype == torch.uint8  # 0..255, not scaled
 
 
 def test_only_the_test_split_on_disk_is_said_and_split(tmp_path, caplog):
@@ -106,12 +108,12 @@ def array_config(path) -> DataConfig:
 def test_user_arrays_of_every_accepted_shape(tmp_path):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "flat.npy", rng.random((50, 36)).astype(np.float32))
-    assert load_dataset(array_config(tmp_path / "flat.npy")).image_shape == (6, 6)
+    assert load_dataset(array_config(tmp_path / "flat.npy")).image_shape == (1, 6, 6)
     np.save(tmp_path / "row.npy", rng.random((50, 5)))
-    assert load_dataset(array_config(tmp_path / "row.npy")).image_shape == (1, 5)
+    assert load_dataset(array_config(tmp_path / "row.npy")).image_shape == (1, 1, 5)
     np.save(tmp_path / "images.npy", rng.integers(0, 256, (50, 4, 7)).astype(np.uint8))
     data = load_dataset(array_config(tmp_path / "images.npy"))
-    assert data.image_shape == (4, 7) and data.train.x.max() <= 1.0  # uint8 scaled to [0, 1]
+    assert data.image_shape == (1, 4, 7) and data.train.x.max() <= 1.0  # uint8 scaled to [0, 1]
     np.savez(tmp_path / "named.npz", x=rng.random((50, 9)), y=np.arange(50) % 3)
     data = load_dataset(array_config(tmp_path / "named.npz"))
     assert set(torch.cat([data.train.labels, data.val.labels]).tolist()) == {0, 1, 2}
@@ -124,11 +126,11 @@ def test_user_arrays_of_every_accepted_shape(tmp_path):
         (np.array([[0.1, np.inf]] * 20), "NaN or infinite values"),
         (np.zeros((0, 4)), "holds no data"),
         (np.zeros((10, 0)), "holds no data"),
-        (np.zeros(10), r"expected \(N, D\) or \(N, H, W\)"),
-        (np.zeros((2, 3, 4, 5)), r"expected \(N, D\) or \(N, H, W\)"),
+        (np.zeros(10), r"expected \(N, D\), \(N, H, W\)"),
+        (np.zeros((2, 3, 4, 5, 6)), r"expected \(N, D\), \(N, H, W\)"),
         (np.array([["a", "b"]] * 10), "expected numbers"),
     ],
-    ids=["nan", "inf", "no-rows", "no-columns", "rank-1", "rank-4", "strings"],
+    ids=["nan", "inf", "no-rows", "no-columns", "rank-1", "rank-5", "strings"],
 )
 def test_bad_user_arrays_get_one_line_errors(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
@@ -196,3 +198,68 @@ def test_an_npz_without_x_says_which_array_it_used(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pyro_vae"):
         load_dataset(array_config(tmp_path / "one.npz"))
     assert "'images'" in caplog.text
+
+
+def load_raw(tmp_path, array: np.ndarray, layout: str = "auto"):
+    np.save(tmp_path / "images.npy", array)
+    return load_array(DataConfig(dataset="array", path=str(tmp_path / "images.npy"), layout=layout))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [(np.uint8, torch.uint8), (np.int64, torch.uint8), (np.uint16, torch.float32)],
+)
+def test_8_bit_arrays_stay_uint8_and_others_become_float(tmp_path, dtype, expected):
+    raw = load_raw(tmp_path, (np.arange(20 * 16).reshape(20, 4, 4) % 256).astype(dtype))
+    assert raw.x.dtype == expected and raw.image_shape == (1, 4, 4)
+    if expected == torch.uint8:
+        assert raw.x.max().item() == 255  # pixel values, not scaled
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "image_shape", "said"),
+    [
+        ((6, 5, 7, 3), "auto", (3, 5, 7), "(N, H, W, C)"),
+        ((6, 3, 5, 7), "auto", (3, 5, 7), "(N, C, H, W)"),
+        ((6, 5, 7, 1), "auto", (1, 5, 7), "(N, H, W, C)"),
+        ((6, 3, 8, 3), "auto", (3, 8, 3), "--layout nhwc"),  # either axis could be the channels
+        ((6, 3, 8, 3), "nhwc", (3, 3, 8), None),
+        ((6, 3, 8, 5), "nchw", (3, 8, 5), None),
+    ],
+)
+def test_4d_arrays_follow_the_layout_or_say_the_guess(
+    tmp_path, caplog, shape, layout, image_shape, said
+):
+    array = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        raw = load_raw(tmp_path, array, layout)
+    assert raw.image_shape == image_shape
+    # channel-major rows: (N, C, H, W).reshape(N, -1), whichever order the file had
+    channels_last = image_shape != shape[1:]
+    expected = array.transpose(0, 3, 1, 2) if channels_last else array
+    assert torch.equal(raw.x, torch.from_numpy(expected.reshape(6, -1)))
+    if said is None:
+        assert "layout" not in caplog.text
+    else:
+        assert said in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "message"),
+    [
+        ((6, 5, 7, 4), "auto", r"4 channels .*RGBA.*x\[\.\.\., :3\]"),
+        ((6, 4, 7, 5), "auto", r"4 channels .*x\[:, :3\]"),
+        ((6, 5, 7, 4), "nhwc", r"x\[\.\.\., :3\]"),
+        ((6, 5, 7, 6), "auto", "cannot be told.*--layout"),
+        ((6, 3, 7, 5), "nhwc", "axis 3 has 5 channels.*check --layout"),
+    ],
+)
+def test_4d_arrays_without_1_or_3_channels_are_refused(tmp_path, shape, layout, message):
+    with pytest.raises(UserInputError, match=message):
+        load_raw(tmp_path, np.zeros(shape, dtype=np.float32), layout)
+
+
+def test_square_rows_are_read_as_grey_images_and_said(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        raw = load_raw(tmp_path, np.zeros((5, 49), dtype=np.float32))
+    assert raw.image_shape == (1, 7, 7) and "7×7 grey images" in caplog.text

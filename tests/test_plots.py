@@ -1,4 +1,5 @@
 import matplotlib.image
+import pytest
 import torch
 
 from pyro_vae.plots import (
@@ -6,9 +7,18 @@ from pyro_vae.plots import (
     image_grid,
     save_elbo_curve,
     save_image_grid,
+    save_latent_grid,
     save_reconstructions,
 )
 from pyro_vae.train import EpochMetrics
+
+RED, GREEN, BLUE = torch.eye(3)  # (R, G, B) of each
+
+
+def coloured_tiles(colours: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+    """One plain (3, height, width) image per colour, flattened channel-major: (N, 3·H·W)."""
+    images = torch.stack(colours).reshape(-1, 3, 1, 1).expand(-1, 3, height, width)
+    return images.reshape(len(colours), -1)
 
 
 def test_image_grid_places_each_image_in_its_tile():
@@ -23,13 +33,61 @@ def test_image_grid_places_each_image_in_its_tile():
     assert torch.all(grid[0] == PAD_VALUE) and torch.all(grid[:, -1] == PAD_VALUE)
 
 
+@pytest.mark.parametrize("image_shape", [(1, 2, 3), (3, 2, 3)])
+def test_image_grid_places_each_channel_of_each_image_in_its_tile(image_shape):
+    channels = image_shape[0]
+    images = torch.rand(5, channels, 2, 3).clamp(0.01, 0.99)  # channel-major, as the data are
+    grid = image_grid(images.reshape(5, -1), image_shape, ncols=3)
+    assert grid.shape == ((2 * 3 + 1, 3 * 4 + 1) if channels == 1 else (7, 13, 3))
+    for k in range(5):
+        row, col = divmod(k, 3)
+        tile = grid[1 + row * 3 : 1 + row * 3 + 2, 1 + col * 4 : 1 + col * 4 + 3]
+        expected = images[k].permute(1, 2, 0)  # (H, W, C)
+        assert torch.equal(tile, expected.squeeze(-1) if channels == 1 else expected)
+    assert torch.all(grid[4:6, 9:12] == PAD_VALUE)  # the empty sixth tile
+    assert torch.all(grid[0] == PAD_VALUE) and torch.all(grid[:, -1] == PAD_VALUE)
+
+
+def test_an_image_shape_of_height_and_width_is_one_grey_channel():
+    images = torch.rand(4, 6)
+    assert torch.equal(image_grid(images, (2, 3), 2), image_grid(images, (1, 2, 3), 2))
+    with pytest.raises(ValueError, match="C 1 or 3"):
+        image_grid(torch.rand(4, 12), (2, 2, 3), 2)
+
+
+def test_red_green_and_blue_images_keep_their_colours_in_the_grid():
+    grid = image_grid(coloured_tiles([RED, GREEN, BLUE], 2, 2), (3, 2, 2), ncols=3)
+    for k, colour in enumerate((RED, GREEN, BLUE)):
+        assert torch.equal(grid[1:3, 1 + 3 * k : 3 + 3 * k], colour.expand(2, 2, 3))
+    assert torch.all(grid[0] == PAD_VALUE)  # the separators stay grey in every channel
+
+
+def test_saved_colour_pictures_are_in_colour_and_grey_ones_grey(tmp_path):
+    colours = coloured_tiles([RED, GREEN, BLUE, RED], 8, 8)
+    path = save_image_grid(colours, (3, 8, 8), tmp_path / "colour.png", ncols=2)
+    pixels = matplotlib.image.imread(path)[..., :3]  # (height, width, RGB); PNGs may add alpha
+    assert pixels.shape[:2] == ((2 * 9 + 1) * 8, (2 * 9 + 1) * 8)
+    centre = 8 * 5  # the middle of the first tile, in screen pixels
+    assert pixels[centre, centre].tolist() == pytest.approx([1, 0, 0], abs=0.02)  # red
+    assert pixels[centre, centre + 9 * 8].tolist() == pytest.approx([0, 1, 0], abs=0.02)  # green
+    path = save_image_grid(torch.rand(4, 64), (1, 8, 8), tmp_path / "grey.png", ncols=2)
+    pixels = matplotlib.image.imread(path)[..., :3]
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    values = [-1.0, 1.0]
+    path = save_latent_grid(colours, (3, 8, 8), tmp_path / "m.png", values, ("a", "b"), "t")
+    pixels = matplotlib.image.imread(path)[..., :3]
+    assert (abs(pixels[..., 0] - pixels[..., 1]) > 0.5).any()  # a colour picture
+
+
 def test_saved_pictures_are_pngs_with_the_grid_proportions(tmp_path):
     path = save_image_grid(torch.rand(16, 64), (8, 8), tmp_path / "grid.png", ncols=8)
     height, width, _ = matplotlib.image.imread(path).shape
     # 2 rows and 8 columns of 8×8 tiles with 1-pixel separators, 8 screen pixels per image pixel
     assert (height, width) == ((2 * 9 + 1) * 8, (8 * 9 + 1) * 8)
-    path = save_reconstructions(torch.rand(4, 64), torch.rand(4, 64), (8, 8), tmp_path / "r.png")
-    assert path.stat().st_size > 0
+    grey = save_reconstructions(torch.rand(4, 64), torch.rand(4, 64), (8, 8), tmp_path / "r.png")
+    originals, reconstructions = torch.rand(4, 3 * 64), torch.rand(4, 3 * 64)
+    rgb = save_reconstructions(originals, reconstructions, (3, 8, 8), tmp_path / "rgb.png")
+    assert matplotlib.image.imread(rgb).shape == matplotlib.image.imread(grey).shape  # same size
 
 
 def test_a_short_runs_elbo_curve_has_whole_epochs_on_its_axis(tmp_path, monkeypatch):

@@ -103,7 +103,7 @@ def test_a_run_on_moved_data_is_evaluated_and_resumed_from_anywhere(in_tmp, monk
     assert record["config"]["data"]["path"] == str(in_tmp / "moved" / "images.npy")
     np.save(in_tmp / "other.npy", np.ones((60, 49), dtype=np.float32))
     wrong = run("evaluate", "../run", "--data", "../other.npy")
-    assert wrong.exit_code == 2 and "images of shape (7, 7)" in wrong.output
+    assert wrong.exit_code == 2 and "images of shape (1, 7, 7)" in wrong.output
 
 
 def test_overwrite_replaces_a_runs_files_and_keeps_the_users(in_tmp):
