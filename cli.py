@@ -490,6 +490,13 @@ def train(
         ) from None
     if config_file is not None:  # and what no option expresses (component options, say)
         config = with_config_file(config, config_file, sections, explicit)
+    if config.data.dataset == "folder" and Path(out or ".").resolve().is_relative_to(
+        Path(config.data.path).resolve()
+    ):
+        raise UserInputError(
+            f"the run directory would lie inside the image folder {config.data.path}, whose "
+            "images its pictures would join: choose --out outside it (or run from elsewhere)"
+        )
     if out is None:
         if replicas.distributed:  # the processes' clocks may straddle a second
             raise UserInputError("a run started by torchrun needs its directory: pass --out DIR")
@@ -681,7 +688,9 @@ def _split(
 ) -> Split:
     moved = {"path": None if data is None else str(data)}
     moved["data_dir"] = None if data_dir is None else str(data_dir)
-    dataset = load_run_data(checkpoint.config.data, checkpoint.image_shape, **moved)
+    dataset = load_run_data(
+        checkpoint.config.data, checkpoint.image_shape, **moved, num_images=checkpoint.num_images
+    )
     return getattr(dataset.to(device), split.value)
 
 

@@ -49,6 +49,9 @@ class Checkpoint:
     trainer_state: dict[str, Any]  # see Trainer.state_dict: optimizer, history, epoch in progress
     rng_state: dict[str, Any] | None = None  # see capture_rng_state
     run_id: str | None = None  # the run directory's identity, shared with its config.json
+    # Images in the run's data, all splits: a folder that has gained or lost images since would
+    # split differently (test images among the training ones); None before it was recorded.
+    num_images: int | None = None
 
     def build_vae(self, device: torch.device | str = "cpu") -> VAE:
         """The trained VAE, on ``device``."""
@@ -100,6 +103,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
         "trainer_state": checkpoint.trainer_state,
         "rng_state": checkpoint.rng_state,
         "run_id": checkpoint.run_id,
+        "num_images": checkpoint.num_images,
     }
     path = Path(path)
     # The temporary file lives in the same folder, so the final rename never crosses file systems.
@@ -165,6 +169,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
             trainer_state=payload["trainer_state"],
             rng_state=payload.get("rng_state"),
             run_id=payload.get("run_id"),
+            num_images=payload.get("num_images"),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise UserInputError(f"{path} is an incomplete pyro-vae checkpoint ({error})") from error

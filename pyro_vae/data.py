@@ -13,6 +13,7 @@ afresh in every batch (a regulariser) and the validation and test images once.
 
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from math import prod
 
@@ -127,10 +128,13 @@ def load_dataset(config: DataConfig) -> Dataset:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(config.split_seed))
     n_val = round(n * config.val_fraction)
     n_test = 0 if raw.test is not None else round(n * config.test_fraction)
-    if min(n_val, n - n_val - n_test) < 1 or (raw.test is None and n_test < 1):
+    # Two held-out images at least: one has no standard error (and no spread for a picture).
+    if n_val < 2 or n - n_val - n_test < 1 or (raw.test is None and n_test < 2):
+        needed = next(m for m in range(n, 10**9) if _split_sizes_fit(m, config, raw.test is None))
         raise UserInputError(
             f"{n} images are too few for a train / validation / test split with fractions "
-            f"{config.val_fraction} and {config.test_fraction}"
+            f"{config.val_fraction} and {config.test_fraction}, which needs at least 2 "
+            f"validation and 2 test images: give at least {needed} images"
         )
     val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
     grey, x = raw.x, raw.x
@@ -150,6 +154,24 @@ def load_dataset(config: DataConfig) -> Dataset:
         binarize=config.binarize,
         note=raw.note,
     )
+
+
+@contextmanager
+def _quiet(*loggers: logging.Logger) -> Iterator[None]:
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _split_sizes_fit(n: int, config: DataConfig, own_test: bool) -> bool:
+    n_val = round(n * config.val_fraction)
+    n_test = round(n * config.test_fraction) if own_test else 0
+    return n_val >= 2 and n - n_val - n_test >= 1 and (not own_test or n_test >= 2)
 
 
 def _binarize(x: torch.Tensor, config: DataConfig, generator: torch.Generator) -> torch.Tensor:
@@ -178,6 +200,7 @@ def load_run_data(
     image_shape: tuple[int, ...],
     path: str | None = None,
     data_dir: str | None = None,
+    num_images: int | None = None,
 ) -> Dataset:
     """A trained run's dataset, from where its config says or from where it has moved to
     (``path`` for a data file, ``data_dir`` for the MNIST family), checked to be images of the
@@ -187,12 +210,23 @@ def load_run_data(
             f"the run was trained on {config.dataset}, not on a data file or folder: drop --data"
             + (" (point --data-dir at its folder)" if config.dataset != "digits" else "")
         )
-    data = load_dataset(config.located(path, data_dir))
+    # The notes of reading the data (sizes converted, a layout assumed) were the training run's
+    # to give; every later command that reads them again would only repeat them.
+    with _quiet(log, logging.getLogger("pyro_vae.loaders"), logging.getLogger("pyro_vae.images")):
+        data = load_dataset(config.located(path, data_dir))
     if tuple(data.image_shape) != as_data_shape(image_shape):
         where = path or data_dir or config.path or config.data_dir
         raise UserInputError(
             f"the data at {where} are images of shape {tuple(data.image_shape)}, but the run was "
             f"trained on shape {as_data_shape(image_shape)}: point --data or --data-dir at the "
             "run's data"
+        )
+    held = len(data.train) + len(data.val) + len(data.test)
+    if num_images is not None and held != num_images:
+        where = path or data_dir or config.path or config.data_dir
+        raise UserInputError(
+            f"the data at {where} hold {held} images, but the run was trained on {num_images}: "
+            "their split would differ (test images among the training ones); point --data or "
+            "--data-dir at the run's images as they were"
         )
     return data

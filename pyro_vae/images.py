@@ -46,9 +46,9 @@ DECODE_ERRORS = (
 )
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # Pillow's modes for 16-bit grey
 PALETTE_MODES = ("P", "PA")  # grey or colour, as their palette says
-# Past this, a folder of photos read at their own size (12 megapixels, say) would fill the memory
-# before anything could say so: --image-size is then asked for instead.
-MAX_UNSIZED_BYTES = 4 * 2**30
+# Past this, a folder of photos read at their own size (12 megapixels, say), or at a size asked for
+# by mistake, would fill the memory before anything could say so: a smaller size is asked for.
+MAX_DECODED_BYTES = 4 * 2**30
 COMMON_EXTENSIONS = ".png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp"  # for messages only
 
 
@@ -161,9 +161,13 @@ def _convert(image: Image.Image, target: _Target) -> tuple[np.ndarray, list[str]
         # Scaled, not clipped: Pillow's own conversion to "L" clips every value above 255 to
         # white. round(v / 257) maps 0..65535 onto 0..255; (v + 128) // 257 is it in integers.
         wide = np.asarray(image).astype(np.int64)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):  # mode I holds 32-bit integers
+            raise ValueError(
+                f"holds integer pixels from {wide.min()} to {wide.max()}, beyond 16 bits"
+            )
         image = Image.fromarray(((wide + 128) // 257).clip(0, 255).astype(np.uint8))
         changes.append("16-bit")
-        mode = "L" if target.mode == "L" else mode  # the mode change is the reduction itself
+        mode = "L"  # the reduction is the mode change (to grey; to RGB is counted below)
     if image.mode != target.mode:
         image = image.convert(target.mode)  # drops alpha; maps palettes, CMYK, YCbCr to RGB
     if mode != target.mode:
@@ -323,13 +327,14 @@ def _choose_target(config: DataConfig, headers: list[_Header], files: list[Path]
     else:  # ties go to the size met first in sorted order, so the choice is reproducible
         sizes = Counter(_cropped_size(header.size, config.crop) for header in headers)
         size = sizes.most_common(1)[0][0]
-        decoded = len(headers) * channels * size[0] * size[1]  # bytes, as uint8
-        if decoded > MAX_UNSIZED_BYTES:
-            raise UserInputError(
-                f"the {len(headers):,} images are {size[1]}×{size[0]}: decoded at that size "
-                f"they would take {decoded / 2**30:,.1f} GiB; give --image-size (64, say, with "
-                "--crop for a square) to train on smaller copies"
-            )
+    decoded = len(headers) * channels * size[0] * size[1]  # bytes, as uint8
+    if decoded > MAX_DECODED_BYTES:
+        which = "--image-size" if config.image_size is not None else "their own size"
+        raise UserInputError(
+            f"the {len(headers):,} images at {size[1]}×{size[0]} ({which}) would take "
+            f"{decoded / 2**30:,.1f} GiB decoded: give a smaller --image-size (64, say, with "
+            "--crop for a square)"
+        )
     return _Target("L" if channels == 1 else "RGB", size, config.crop)
 
 

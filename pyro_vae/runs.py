@@ -194,7 +194,9 @@ def resume_run(
     device = replicas.device(config.train.device)
     replicas.connect(device)
     with replicas.main_first() if config.data.download else contextlib.nullcontext():
-        data = load_run_data(config.data, checkpoint.image_shape, data_path, data_dir)
+        data = load_run_data(
+            config.data, checkpoint.image_shape, data_path, data_dir, checkpoint.num_images
+        )
     data = data.to(device)
     config = replace(config, data=config.data.located(data_path, data_dir))
     vae = checkpoint.build_vae(device)
@@ -353,6 +355,7 @@ def _train(
             trainer.state_dict(),
             capture_rng_state(),
             run_id,
+            len(data.train) + len(data.val) + len(data.test),
         )
         path = run_dir / name
         with writing(path, "--out"):

@@ -152,9 +152,9 @@ def test_a_run_records_the_widths_its_network_used(tmp_path):
 
 
 def test_a_folder_of_large_images_asks_for_a_size(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr("pyro_vae.images.MAX_UNSIZED_BYTES", 1000)
+    monkeypatch.setattr("pyro_vae.images.MAX_DECODED_BYTES", 5000)
     result = run("train", "--data", folder, "--out", tmp_path / "run", "--epochs", "1")
-    assert result.exit_code == 2 and "give --image-size" in result.output
+    assert result.exit_code == 2 and "give a smaller --image-size" in result.output
     result = run("train", "--data", folder, "--out", tmp_path / "run", "--image-size", "4")
     assert result.exit_code == 0, result.output
 
@@ -170,3 +170,38 @@ def test_more_data_mistakes(arguments, message, folder, tmp_path):
     arguments = [a.format(folder=folder) for a in arguments]
     result = run("train", "--out", tmp_path / "run", "--epochs", "1", *arguments)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_a_folder_that_changed_since_training_is_refused(folder, tmp_path):
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(folder, photos)
+    out = tmp_path / "run"
+    assert run("train", "--data", photos, "--out", out, "--epochs", "1").exit_code == 0
+    same = run("reconstruct", out, "--num", "2")
+    assert same.exit_code == 0, same.output
+    assert (
+        "Note: read" not in same.output and "converted" not in same.output
+    )  # said once, at training
+    (photos / "red" / "1.png").unlink()
+    changed = run("reconstruct", out, "--num", "2")
+    assert changed.exit_code == 2, changed.output
+    assert "hold 39 images, but the run was trained on 40" in changed.output
+
+
+def test_a_run_directory_inside_its_image_folder_is_refused(folder, tmp_path, monkeypatch):
+    result = run("train", "--data", folder, "--out", folder / "runs" / "a", "--epochs", "1")
+    assert result.exit_code == 2 and "inside the image folder" in result.output
+    monkeypatch.chdir(folder)  # the default runs/... would land there too
+    result = run("train", "--data", ".", "--epochs", "1")
+    assert result.exit_code == 2 and "inside the image folder" in result.output
+    assert not (folder / "runs").exists()
+
+
+def test_too_few_images_for_the_split_say_how_many_are_needed(tmp_path):
+    (tmp_path / "few").mkdir()
+    for i in range(5):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "few" / f"{i}.png")
+    result = run("train", "--data", tmp_path / "few", "--out", tmp_path / "run", "--epochs", "1")
+    assert result.exit_code == 2 and "give at least 15 images" in result.output

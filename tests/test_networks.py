@@ -28,11 +28,12 @@ def fits(network: str, shape: tuple[int, int, int]) -> bool:
     return network != "conv" or min(shape[1:]) >= 2 ** len(widths(network, shape))
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("network", NETWORKS)
+@pytest.mark.parametrize(
+    ("network", "shape"),
+    [(n, s) for n in NETWORKS for s in SHAPES if fits(n, s)],  # conv refuses vectors (below)
+    ids=str,
+)
 def test_networks_map_data_to_the_guide_and_codes_to_the_data(network, shape):
-    if not fits(network, shape):
-        pytest.skip("vectors have no image shape")
     latent, data_dim = 5, math.prod(shape)
     encoder, decoder = build_networks(network, shape, latent, widths(network, shape))
     x = torch.rand(4, 3, data_dim)  # leading dimensions of any number, as Pyro's plates give
