@@ -11,6 +11,7 @@ pixel x ~ Bernoulli(grey value) once, with a fixed seed; ``dynamic`` draws the t
 afresh in every batch (a regulariser) and the validation and test images once.
 """
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,7 +131,11 @@ def load_dataset(config: DataConfig) -> Dataset:
     n_test = 0 if raw.test is not None else round(n * config.test_fraction)
     # Two held-out images at least: one has no standard error (and no spread for a picture).
     if n_val < 2 or n - n_val - n_test < 1 or (raw.test is None and n_test < 2):
-        needed = next(m for m in range(n, 10**9) if _split_sizes_fit(m, config, raw.test is None))
+        # round(m·f) ≥ 2 from about m = 1.5/f on: start there, not at n (f may be tiny)
+        own_test = raw.test is None
+        smallest = min(config.val_fraction, config.test_fraction if own_test else 1.0)
+        start = max(n, int(1.5 / smallest) - 1)
+        needed = next(m for m in itertools.count(start) if _split_sizes_fit(m, config, own_test))
         raise UserInputError(
             f"{n} images are too few for a train / validation / test split with fractions "
             f"{config.val_fraction} and {config.test_fraction}, which needs at least 2 "
