@@ -1,5 +1,6 @@
 """Stochastic variational inference: Adam on a Pyro ELBO, one mini-batch per step."""
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -267,6 +268,13 @@ class Trainer:
         start = time.perf_counter()
         val, val_rate = self._validation_elbo(data.val.stored)
         self.validation_seconds.append(time.perf_counter() - start)
+        if not math.isfinite(val.value):  # finite weights can still overflow on some image
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.epoch + 1}: the validation ELBO is "
+                f"{val.value}, though the weights are finite numbers (some image's activations "
+                f"or likelihood overflow); the learning rate ({self.config.lr:g}) is the usual "
+                "cause"
+            )
         loss_sum, elbo_sum = torch.stack([self._loss_sum, self._elbo_sum]).tolist()  # one sync
         metrics = EpochMetrics(
             self.epoch + 1,

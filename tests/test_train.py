@@ -98,3 +98,14 @@ def test_training_on_cuda_keeps_everything_on_the_gpu(tmp_path):
 
     vae = load_checkpoint(tmp_path / "run", "cuda").build_vae("cuda")
     assert all(p.is_cuda for p in vae.parameters())
+
+
+def test_a_validation_elbo_that_is_not_finite_is_a_divergence(digits, monkeypatch):
+    """Finite weights can still overflow on some image: the epoch must not end as a success."""
+    from pyro_vae.evaluate import Estimate
+    from pyro_vae.train import TrainingDiverged
+
+    trainer = Trainer(VAE(64, 2, hidden_dims=(8,)), TrainConfig(batch_size=256))
+    monkeypatch.setattr(trainer, "_validation_elbo", lambda x: (Estimate(float("-inf"), None), 0.0))
+    with pytest.raises(TrainingDiverged, match="the validation ELBO is -inf"):
+        trainer.train_epoch(digits)
