@@ -153,23 +153,24 @@ def _option_values(model: dict, data: dict, train: dict) -> dict[str, Any]:
         "data_dir": Path(data["data_dir"]),
         "download": data["download"],
         "binarize": data["binarize"],
-        "image_size": None
-        if data["image_size"] is None
-        else "x".join(map(str, data["image_size"])),
+        "image_size": _joined(data["image_size"], "x"),
         "crop": data["crop"],
         "channels": data["channels"],
         "layout": data["layout"],
         "latent_dim": model["latent_dim"],
         "network": model["network"],
-        "hidden_dims": None
-        if model["hidden_dims"] is None
-        else ",".join(map(str, model["hidden_dims"])),
+        "hidden_dims": _joined(model["hidden_dims"], ","),
         "prior": model["prior"],
         "likelihood": model["likelihood"],
         "sigma": model["likelihood_options"].get("sigma"),
         "components": model["prior_options"].get("num_components"),
         **{name: train[name] for name in TRAIN_KEYS},
     }
+
+
+def _joined(sizes: Any, separator: str) -> str | None:
+    """A list of sizes as the option spells it (``64x64``, ``256,128``); None stays None."""
+    return None if sizes is None else separator.join(map(str, sizes))
 
 
 def config_file_options(

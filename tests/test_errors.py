@@ -29,6 +29,19 @@ def edited_checkpoint(run: Path, edit: Callable[[dict], None]) -> Path:
     return run
 
 
+def image_folder(tmp: Path, broken: bool = False) -> Path:
+    """A folder of 30 small PNG images (and, if ``broken``, one file that is no image)."""
+    from PIL import Image
+
+    folder = tmp / "photos"
+    folder.mkdir()
+    for i in range(30):
+        Image.new("RGB", (8, 8), (8 * i, 0, 0)).save(folder / f"{i}.png")
+    if broken:
+        (folder / "broken.png").write_bytes(b"not a PNG")
+    return folder
+
+
 def npy(tmp: Path, array: np.ndarray) -> Path:
     np.save(tmp / "data.npy", array)
     return tmp / "data.npy"
@@ -243,6 +256,55 @@ CASES: dict[str, tuple[Setup, str]] = {
     "values beyond float32": (
         lambda t, r: ["train", "--data", npy(t, np.full((30, 4), 1e300))],
         "beyond float32's range",
+    ),
+    # images: the networks, folders, array layouts and the 8-bit likelihood
+    "conv networks on vectors": (
+        lambda t, r: ["train", "--network", "conv", "--data", npy(t, np.ones((30, 30)))],
+        "no image shape: use --network mlp",
+    ),
+    "more conv stages than the images have pixels": (
+        lambda t, r: ["train", "--network", "conv", "--hidden-dims", "8,16,32,64"],
+        "too small for 4 conv stages",
+    ),
+    "an image size of zero": (
+        lambda t, r: ["train", "--data", image_folder(t), "--image-size", "8x0"],
+        "'--image-size'",
+    ),
+    "a channel count no image has": (
+        lambda t, r: ["train", "--data", image_folder(t), "--channels", "4"],
+        "'--channels'",
+    ),
+    "an image option for a dataset that is no folder": (
+        lambda t, r: ["train", "--crop"],
+        "--crop applies to --data DIR",
+    ),
+    "a layout for data that is no array": (
+        lambda t, r: ["train", "--layout", "nhwc"],
+        "--layout applies to --data FILE",
+    ),
+    "a folder with no images": (
+        lambda t, r: ["train", "--data", _with_file(t / "notes", "readme.txt")],
+        "no image files in",
+    ),
+    "an image file that does not decode": (
+        lambda t, r: ["train", "--data", image_folder(t, broken=True)],
+        "cannot be decoded: broken.png",
+    ),
+    "no data at the --data path": (
+        lambda t, r: ["train", "--data", t / "missing"],
+        "no file or folder at",
+    ),
+    "a 4-d array whose channels cannot be told": (
+        lambda t, r: ["train", "--data", npy(t, np.ones((30, 5, 6, 7), dtype=np.uint8))],
+        "name the order with --layout",
+    ),
+    "the 8-bit likelihood on data that are not 8-bit": (
+        lambda t, r: ["train", "--likelihood", "discretized-logistic"],
+        "8-bit pixel values k/255",
+    ),
+    "no CIFAR-10 batches in the data folder": (
+        lambda t, r: ["train", "--dataset", "cifar10", "--data-dir", t],
+        "no CIFAR-10",
     ),
     "moved data for a run not trained on a file": (
         lambda t, r: ["evaluate", r, "--data", npy(t, np.ones((30, 64)))],
