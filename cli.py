@@ -43,6 +43,7 @@ from cli_training import (
 from pyro_vae import (
     DATASETS,
     ESTIMATORS,
+    GUIDES,
     LIKELIHOODS,
     PRIORS,
     VAE,
@@ -100,6 +101,7 @@ Estimator = _choices("Estimator", ESTIMATORS)
 PriorName = _choices("PriorName", PRIORS)
 LikelihoodName = _choices("LikelihoodName", LIKELIHOODS)
 NetworkName = _choices("NetworkName", NETWORKS)
+GuideName = _choices("GuideName", GUIDES)
 Layout = _choices("Layout", LAYOUTS)
 DatasetName = _choices("DatasetName", DATASETS)
 LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
@@ -297,7 +299,8 @@ def train(
         typer.Option(
             help="Training objective: mc = Trace_ELBO (KL by Monte Carlo), analytic = "
             "TraceMeanField_ELBO (KL in closed form), iwae = the importance-weighted bound "
-            "(RenyiELBO, alpha 0, K = --num-particles)."
+            "(RenyiELBO, alpha 0, K = --num-particles), stl = mc's ELBO with the "
+            "path-derivative gradient (sticking the landing: log q with the guide detached)."
         ),
     ] = TrainConfig.elbo,
     num_particles: Annotated[
@@ -330,6 +333,18 @@ def train(
             "per stage, each stage halving the image); the decoder mirrors them.",
             show_default="256,128 for mlp, 32,64 for conv",
         ),
+    ] = None,
+    guide: Annotated[
+        GuideName,
+        typer.Option(
+            help="Guide family q(z|x): diagonal (Gaussian, independent dimensions), full "
+            "(Gaussian, full covariance) or iaf (diagonal Gaussian then inverse autoregressive "
+            "flows)."
+        ),
+    ] = ModelConfig.guide,
+    flows: Annotated[
+        int | None,
+        typer.Option(min=1, help="Flows K of the iaf guide.", show_default="2"),
     ] = None,
     prior: Annotated[PriorName, typer.Option(help="Prior p(z).")] = ModelConfig.prior,
     likelihood: Annotated[
@@ -545,6 +560,9 @@ def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
             raise UserInputError(
                 f"--{name.replace('_', '-')} applies to {what}, not to {dataset}: drop it"
             )
+    guide_options = _component_options(
+        GUIDES, "guide", o["guide"], {"--flows": ("flows", o["flows"])}
+    )
     prior_options = _component_options(
         PRIORS, "prior", o["prior"], {"--components": ("num_components", o["components"])}
     )
@@ -558,6 +576,8 @@ def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
             hidden_dims=None
             if o["hidden_dims"] is None
             else tuple(int(size) for size in str(o["hidden_dims"]).split(",")),
+            guide=o["guide"],
+            guide_options=guide_options,
             prior=o["prior"],
             likelihood=o["likelihood"],
             prior_options=prior_options,
@@ -723,7 +743,7 @@ def evaluate(
     pyro.set_rng_seed(seed)
     with WorkProgress("codes decoded") as progress:
         bounds = evaluate_bounds(vae, x, num_samples, on_progress=progress.update)
-    kl = kl_method("analytic", vae.prior())
+    kl = kl_method("analytic", vae.prior(), vae.family_member())
     record = {
         "run": str(run),
         "model": str(model),
@@ -873,7 +893,7 @@ def manifold(
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 ExperimentName = _choices(
     "ExperimentName",
-    ["estimators", "priors", "posterior_collapse", "rate_distortion", "networks"],
+    ["estimators", "priors", "posterior_collapse", "rate_distortion", "networks", "guides"],
 )
 
 

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pyro_vae import (
+    GUIDES,
     LIKELIHOODS,
     PRIORS,
     EpochMetrics,
@@ -75,6 +76,8 @@ OPTION_FIELDS: dict[str, list[tuple[str, str]]] = {
     "latent_dim": [("model", "latent_dim")],
     "network": [("model", "network"), ("model", "hidden_dims")],
     "hidden_dims": [("model", "hidden_dims")],
+    "guide": [("model", "guide"), ("model", "guide_options")],
+    "flows": [("model", "guide_options")],
     "prior": [("model", "prior"), ("model", "prior_options")],
     "components": [("model", "prior_options")],
     "likelihood": [("model", "likelihood"), ("model", "likelihood_options")],
@@ -92,12 +95,12 @@ def with_config_file(
     mine = options.to_dict()
     for option in given:
         for section, key in OPTION_FIELDS.get(option, []):
-            # The file's likelihood or prior named again: its options (all of them) stay.
-            same = option in ("likelihood", "prior") and mine["model"][option] == values.get(
-                "model", {}
-            ).get(option, asdict(ModelConfig())[option])
-            if not (same and key.endswith("_options")):
-                merged[section][key] = mine[section][key]
+            # The file's likelihood, prior or guide named again: its options (all of them) stay.
+            if key.endswith("_options") and option in ("likelihood", "prior", "guide"):
+                stored = values.get("model", {}).get(option, asdict(ModelConfig())[option])
+                if mine["model"][option] == stored:
+                    continue
+            merged[section][key] = mine[section][key]
     try:
         return RunConfig.from_dict(merged)
     except TypeError as error:  # a value of the wrong type, such as "epochs": "ten"
@@ -140,6 +143,7 @@ def _stored_options(config: RunConfig) -> dict[str, Any]:
     values["components"] = model["prior_options"].get(
         "num_components", _default(PRIORS, model["prior"], "num_components")
     )
+    values["flows"] = model["guide_options"].get("flows", _default(GUIDES, model["guide"], "flows"))
     return values
 
 
@@ -160,6 +164,8 @@ def _option_values(model: dict, data: dict, train: dict) -> dict[str, Any]:
         "latent_dim": model["latent_dim"],
         "network": model["network"],
         "hidden_dims": _joined(model["hidden_dims"], ","),
+        "guide": model["guide"],
+        "flows": model["guide_options"].get("flows"),
         "prior": model["prior"],
         "likelihood": model["likelihood"],
         "sigma": model["likelihood_options"].get("sigma"),
@@ -184,6 +190,7 @@ def config_file_options(
     )
     for key, kind, what in (
         ("hidden_dims", (list, tuple, type(None)), "a list of layer sizes"),
+        ("guide_options", dict, "a table of keywords"),
         ("prior_options", dict, "a table of keywords"),
         ("likelihood_options", dict, "a table of keywords"),
     ):
@@ -216,6 +223,7 @@ def config_file_options(
     for option, dependent in (
         ("likelihood", "sigma"),
         ("prior", "components"),
+        ("guide", "flows"),
         ("network", "hidden_dims"),  # a conv's channels are no MLP's units
     ):
         changed = option in given and _option_value(chosen[option]) != values[option]

@@ -47,6 +47,7 @@ from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, T
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset, make_elbo
+from pyro_vae.guides import diagonal_parameters
 
 # Pyro's JIT ELBOs are built on torch.jit.trace, which torch 2.15 deprecates with a warning a call.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace` is deprecated")
@@ -68,7 +69,7 @@ def hand_written_step(vae: VAE, fused: bool = False) -> Callable[[torch.Tensor],
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=fused)
 
     def step(x: torch.Tensor) -> torch.Tensor:
-        loc, scale = vae.encoder(x)
+        loc, scale = diagonal_parameters(vae.encoder(x))
         z = loc + scale * torch.randn_like(loc)
         logits = vae.decoder(z)
         log_likelihood = -F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
@@ -144,7 +145,7 @@ def forward_passes(vae: VAE) -> dict[str, Callable[[torch.Tensor], object]]:
     model, guide = vae.generative_model, vae.inference_guide
 
     def hand_written_loss(x: torch.Tensor) -> torch.Tensor:
-        loc, scale = vae.encoder(x)
+        loc, scale = diagonal_parameters(vae.encoder(x))
         z = loc + scale * torch.randn_like(loc)
         log_likelihood = -F.binary_cross_entropy_with_logits(vae.decoder(z), x, reduction="sum")
         return 0.5 * (loc**2 + scale**2 - 1 - 2 * torch.log(scale)).sum() - log_likelihood

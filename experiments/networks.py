@@ -16,16 +16,14 @@ samples) and the IWAE bound, both with their standard errors over images.
 
 import argparse
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
-from common import output_path, provenance
+from common import held_out_bounds, output_path, provenance, train_for
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset
 from pyro_vae.data import Dataset
-from pyro_vae.evaluate import evaluate_bounds
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"  # beside the checkout
@@ -61,21 +59,12 @@ def train(data: Dataset, network: str, seed: int, epochs: int | None, seconds: f
         likelihood="bernoulli",
     )
     trainer = Trainer(vae, TrainConfig(batch_size=BATCH_SIZE, seed=seed))
-    start, done = time.perf_counter(), 0
-    while (epochs is not None and done < epochs) or (
-        seconds is not None and time.perf_counter() - start < seconds
-    ):
-        trainer.train_epoch(data)
-        done += 1
-    pairs = zip(trainer.epoch_seconds, trainer.validation_seconds, strict=True)
-    epochs_taken = [steps + validation for steps, validation in pairs]
-    return vae, done, time.perf_counter() - start, statistics.median(epochs_taken)
+    return vae, *train_for(trainer, data, epochs, seconds)
 
 
 def score(vae: VAE, data: Dataset, seed: int, samples: int) -> tuple[float, float, float, float]:
     """The test ELBO and IWAE bound, both from the same K samples of z per image."""
-    pyro.set_rng_seed(seed)
-    bounds = evaluate_bounds(vae, data.test.x, num_samples=samples)
+    bounds = held_out_bounds(vae, data, seed, samples)
     elbo, iwae = bounds["elbo_analytic_kl"], bounds["iwae"]
     return elbo.nats, elbo.standard_error, iwae.nats, iwae.standard_error
 

@@ -9,6 +9,7 @@ from pyro_vae.devices import resolve_device
 from pyro_vae.distributed import Replicas
 from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import active_units, elbo_per_datapoint, kl_per_datapoint
+from pyro_vae.guides import GUIDES, GuideFamily
 from pyro_vae.likelihoods import LIKELIHOODS, BernoulliLikelihood, GaussianLikelihood, Likelihood
 from pyro_vae.model import VAE
 from pyro_vae.networks import NETWORKS
@@ -20,6 +21,7 @@ from pyro_vae.train import EpochMetrics, Trainer, TrainingDiverged
 __all__ = [
     "DATASETS",
     "ESTIMATORS",
+    "GUIDES",
     "LIKELIHOODS",
     "NETWORKS",
     "PRIORS",
@@ -30,6 +32,7 @@ __all__ = [
     "Dataset",
     "EpochMetrics",
     "GaussianLikelihood",
+    "GuideFamily",
     "Likelihood",
     "ModelConfig",
     "Prior",

@@ -17,6 +17,7 @@ import torch
 
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import UserInputError
+from pyro_vae.guides import build_guide
 from pyro_vae.networks import as_data_shape, conv_grid, default_hidden_dims
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,10 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
     model, train = config.model, config.train
     data_shape = as_data_shape(image_shape)
     data_dim = prod(data_shape)
-    cost = network_cost(model.network, data_shape, model.latent_dim, model.hidden_dims)
+    guide = build_guide(model.guide, model.latent_dim, **model.guide_options)
+    cost = network_cost(
+        model.network, data_shape, model.latent_dim, model.hidden_dims, guide.parameter_dim
+    )
     parameters = cost.parameters
     # A mixture prior's components: at most a pseudo-input or a mean and scale, and a weight each.
     components = int(model.prior_options.get("num_components", 0))
@@ -78,15 +82,22 @@ class NetworkCost:
 
 
 def network_cost(
-    network: str, data_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int] | None
+    network: str,
+    data_shape: Sequence[int],
+    latent_dim: int,
+    hidden_dims: Sequence[int] | None,
+    output_dim: int | None = None,
 ) -> NetworkCost:
     """What the registered networks cost, from their layer sizes (building them, or a forward
-    pass on torch's meta device, would take a second of a run's start). A network registered
-    by a user is not known here: zero, so that nothing is refused on a guess."""
+    pass on torch's meta device, would take a second of a run's start), the encoder giving
+    ``output_dim`` values (None: 2·latent_dim, the diagonal guide's). A network registered by a
+    user is not known here: zero, so that nothing is refused on a guess. The guide family's own
+    layers (a flow's) are not counted: small beside the networks."""
     widths = list(default_hidden_dims(network) if hidden_dims is None else hidden_dims)
     data_dim = prod(data_shape)
+    output_dim = output_dim or 2 * latent_dim
     if network == "mlp":
-        encoder = _linear([data_dim, *widths, 2 * latent_dim])
+        encoder = _linear([data_dim, *widths, output_dim])
         decoder = _linear([latent_dim, *reversed(widths), data_dim])
     elif network == "conv":
         channels, _, _ = data_shape
@@ -102,7 +113,7 @@ def network_cost(
                 (grid * 4 ** (depth - 1 - k) for k in range(depth)),
                 strict=True,
             )
-        ] + _linear([flat, 2 * latent_dim])
+        ] + _linear([flat, output_dim])
         decoder = _linear([latent_dim, flat]) + [
             (16 * n_in * n_out + n_out, 16 * n_in * n_out * pixels, n_out * pixels * 4)
             for (n_in, n_out), pixels in zip(

@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-ELBO_ESTIMATORS = ("mc", "analytic", "iwae")  # see objectives.py for what each one computes
+ELBO_ESTIMATORS = ("mc", "analytic", "iwae", "stl")  # see objectives.py for what each one computes
 BINARIZATIONS = ("none", "static", "dynamic")  # see data.py
 LAYOUTS = ("auto", "nchw", "nhwc")  # how a 4-d array's axes are read (see loaders.py)
 DEVICES = ("auto", "cpu", "cuda")
@@ -58,8 +58,10 @@ class ModelConfig:
     # The encoder's widths (mlp: units per layer; conv: channels per stage); the decoder mirrors
     # them. None: the network's own default (networks.default_hidden_dims).
     hidden_dims: tuple[int, ...] | None = None
+    guide: str = "diagonal"  # a name from guides.GUIDES: q(z|x) = N(μ, diag σ²) by default
     prior: str = "standard"  # a name from priors.PRIORS: p(z) = N(0, I) by default
     likelihood: str = "gaussian"  # a name from likelihoods.LIKELIHOODS: N(x; x̂, I) by default
+    guide_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the guide
     prior_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the prior
     likelihood_options: dict[str, Any] = field(default_factory=dict)  # ... of the likelihood
 
@@ -74,6 +76,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.network, str), f"network must be a name, got {self.network!r}")
+        _require(isinstance(self.guide, str), f"guide must be a name, got {self.guide!r}")
         if self.hidden_dims is not None:
             _require(
                 isinstance(self.hidden_dims, list | tuple),
@@ -83,7 +86,7 @@ class ModelConfig:
             for size in self.hidden_dims:
                 _whole(size, "each of hidden_dims", 1)
         _whole(self.latent_dim, "latent_dim", 1)
-        for name in ("prior_options", "likelihood_options"):
+        for name in ("guide_options", "prior_options", "likelihood_options"):
             value = getattr(self, name)
             _require(isinstance(value, dict), f"{name} must be a table of keywords, got {value!r}")
 
@@ -179,7 +182,9 @@ class DataConfig:
 class TrainConfig:
     """How the ELBO is estimated and optimised."""
 
-    elbo: str = "mc"  # "mc": Trace_ELBO (Monte Carlo KL); "analytic": TraceMeanField_ELBO; "iwae"
+    # "mc": Trace_ELBO (Monte Carlo KL); "analytic": TraceMeanField_ELBO; "iwae"; "stl": mc's
+    # ELBO with the path-derivative gradient (see objectives.py)
+    elbo: str = "mc"
     num_particles: int = 1  # samples of z per data point in each training ELBO estimate
     lr: float = 1e-3  # Adam's learning rate
     batch_size: int = 64  # images per SVI step; small data sets favour small batches
@@ -233,7 +238,7 @@ class TrainConfig:
         _require(
             not (weighted and self.elbo == "iwae"),
             "--beta, --kl-warmup and --free-bits weight the ELBO's KL term, which the iwae bound "
-            "does not have: use --elbo mc or analytic with them",
+            "does not have: use --elbo mc, analytic or stl with them",
         )
         _require(
             not (self.free_bits and self.elbo != "analytic"),

@@ -112,8 +112,8 @@ def active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> int:
     it: the VAE has collapsed that dimension onto the prior. ``x`` may be stored uint8 rows;
     the encoder sees a chunk at a time (a conv encoder's activations are many times the data's).
     """
-    loc = torch.cat([vae.encoder(as_float(chunk))[0] for chunk in x.split(1024)])
-    return int((loc.var(dim=0) > threshold).sum())
+    codes = torch.cat([vae.encode(as_float(chunk)) for chunk in x.split(1024)])
+    return int((codes.var(dim=0) > threshold).sum())
 
 
 # importance-weighted evaluation (Burda, Grosse & Salakhutdinov, ICLR 2016)

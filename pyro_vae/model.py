@@ -1,13 +1,17 @@
 """The VAE as a Pyro model/guide pair (Kingma & Welling, 2014).
 
 Generative model:  z ~ p(z),  x̂ = NeuralNet(z; θ),  x ~ p_θ(x | z)        (``VAE.model``)
-Guide:             μ, log σ² = NeuralNet(x; φ),  z ~ q_φ(z | x) = N(μ, diag σ²)   (``VAE.guide``)
+Guide:             λ = NeuralNet(x; φ),  z ~ q_φ(z | x) = Family(λ)          (``VAE.guide``)
+
+The guide family (guides.py) is N(μ, diag σ²) by default, with λ = (μ, log σ²); a full-covariance
+Gaussian or a normalizing flow are the others.
 
 x is flat in both, a vector of D = C·H·W values per data point (channel-major for images), so
 every prior, likelihood and estimator works on any data; the networks (``networks.py``) know the
 data's shape (C, H, W) and reshape where they need it.
 
-Pyro reparameterises z = μ + σ ⊙ ε, ε ~ N(0, I) because the guide's Normal has ``rsample``; the ELBO
+Pyro reparameterises z = μ + σ ⊙ ε, ε ~ N(0, I) because the guide's Normal has ``rsample`` (as do
+the other families: z = μ + Lε, or the flows applied to μ + σ ⊙ ε); the ELBO
 E_q[log p_θ(x|z)] − KL(q_φ(z|x) ‖ p(z)) is estimated by the objectives in ``objectives.py``.
 """
 
@@ -24,6 +28,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from pyro_vae.config import ModelConfig
+from pyro_vae.guides import GuideFamily, build_guide
 from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.networks import DataShape, as_data_shape, build_networks
 from pyro_vae.priors import Prior, build_prior
@@ -35,10 +40,11 @@ class VAE(PyroModule):
     ``data_shape`` is the data's (C, H, W), or (H, W) for one channel, or D for plain vectors.
     ``network`` names an encoder/decoder pair in ``networks.NETWORKS`` (``hidden_dims`` its
     widths, None for its default); or pass your own ``encoder`` and ``decoder`` modules (see
-    ``networks.py`` for what each maps to what). ``prior`` and ``likelihood`` are registry names
-    (see ``priors.PRIORS`` and ``likelihoods.LIKELIHOODS``), with keyword arguments in
-    ``prior_options`` and ``likelihood_options``, or module instances. Being a ``PyroModule``, the
-    VAE registers the
+    ``networks.py`` for what each maps to what; the encoder outputs the guide family's
+    ``parameter_dim`` values). ``guide``, ``prior`` and ``likelihood`` are registry names (see
+    ``guides.GUIDES``, ``priors.PRIORS`` and ``likelihoods.LIKELIHOODS``), with keyword arguments
+    in ``guide_options``, ``prior_options`` and ``likelihood_options``, or module instances.
+    Being a ``PyroModule``, the VAE registers the
     parameters of its plain ``nn.Module`` children with Pyro whenever ``model`` or ``guide`` reads
     them, so ``SVI(vae.model, vae.guide, optim, elbo)`` trains every parameter.
     """
@@ -59,6 +65,8 @@ class VAE(PyroModule):
         network: str = ModelConfig.network,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        guide: "str | GuideFamily" = ModelConfig.guide,
+        guide_options: Mapping[str, Any] | None = None,
     ):
         # ``name`` prefixes the parameters' names in Pyro's global param store, so that several
         # VAEs trained with SVI in one process do not share (and silently overwrite) entries.
@@ -68,12 +76,22 @@ class VAE(PyroModule):
         self.latent_dim = latent_dim
         if (encoder is None) != (decoder is None):
             raise ValueError("give both an encoder and a decoder, or neither")
+        # The family decides how many values the encoder outputs, so it comes first.
+        self.guide_family = build_guide(guide, latent_dim, **(guide_options or {}))
         if encoder is None:
-            encoder, decoder = build_networks(network, self.data_shape, latent_dim, hidden_dims)
+            encoder, decoder = build_networks(
+                network, self.data_shape, latent_dim, hidden_dims, self.guide_family.parameter_dim
+            )
         self.encoder, self.decoder = encoder, decoder
-        # A prior may ask for the encoder (the VampPrior does), so it is built after it.
+        # A prior may ask for the encoder and the guide family (the VampPrior does), so it is
+        # built after them.
         self.prior = build_prior(
-            prior, latent_dim, data_dim=self.data_dim, encoder=self.encoder, **(prior_options or {})
+            prior,
+            latent_dim,
+            data_dim=self.data_dim,
+            encoder=self.encoder,
+            guide_family=self.guide_family,
+            **(prior_options or {}),
         )
         self.likelihood = build_likelihood(
             likelihood, self.data_dim, data_shape=self.data_shape, **(likelihood_options or {})
@@ -82,7 +100,7 @@ class VAE(PyroModule):
         # A buffer changed in place, so that a recorded step reads the current one; not saved,
         # because a trained VAE is the model, whatever weight trained it (see ``kl_weighted``).
         self.register_buffer("kl_weight", torch.ones(()), persistent=False)
-        _check_networks(self.encoder, self.decoder, self.data_dim, latent_dim)
+        _check_networks(self.encoder, self.decoder, self.guide_family, self.data_dim, latent_dim)
         _check_event_shape(self.prior(), (latent_dim,), "prior p(z)")
         _check_event_shape(
             self.likelihood(torch.zeros(self.data_dim)), (self.data_dim,), "likelihood p(x|z)"
@@ -93,6 +111,8 @@ class VAE(PyroModule):
         return cls(
             data_shape,
             network=config.network,
+            guide=config.guide,
+            guide_options=config.guide_options,
             latent_dim=config.latent_dim,
             hidden_dims=config.hidden_dims,
             prior=config.prior,
@@ -115,13 +135,14 @@ class VAE(PyroModule):
     def inference_guide(
         self, x: torch.Tensor | None = None, batch_size: int | None = None
     ) -> torch.Tensor:
-        """z ~ q_φ(z | x) = N(μ(x), diag σ(x)²).  Takes the model's arguments, as Pyro requires."""
+        """z ~ q_φ(z | x), the guide family at the encoder's output.  Takes the model's arguments,
+        as Pyro requires."""
         if x is None:
             raise ValueError("the guide q(z|x) needs data x")
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x)
+            q = self.guide_family(self.encoder(x))
             with poutine.scale(scale=self.kl_weight):  # and log q(z|x): the KL term counts β times
-                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                return pyro.sample("z", q)
 
     # Pyro's model and guide: the two functions above, run in the PyroModule's context, which
     # registers every parameter they read in Pyro's param store, where SVI and pyro.optim find
@@ -148,10 +169,26 @@ class VAE(PyroModule):
 
     # Deterministic helpers for pictures and evaluation: they read the networks directly.
 
+    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+        """q_φ(z | x), batch shape x.shape[:-1]: what the guide samples from."""
+        return self.guide_family(self.encoder(x))
+
+    @torch.no_grad()
+    def family_member(self) -> dist.Distribution:
+        """q(z|x) at x = 0: one member of the guide's family, to ask what holds for all of them
+        (whether its KL to the prior has a closed form)."""
+        parameter = next(self.encoder.parameters(), None)
+        device = parameter.device if parameter is not None else None
+        return self.posterior(torch.zeros(1, self.data_dim, device=device))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """One code per data point: the mean of q(z|x) (for a flow, the flows applied to its
+        Gaussian's mean)."""
+        return self.guide_family.encode(self.encoder(x))
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean of p_θ(x | z = μ(x)): what the VAE makes of ``x`` through its latent code."""
-        loc, _ = self.encoder(x)
-        return self.likelihood(self.decoder(loc)).mean
+        """The mean of p_θ(x | z = encode(x)): what the VAE makes of ``x`` through its code."""
+        return self.likelihood(self.decoder(self.encode(x))).mean
 
     def generate(self, num_samples: int) -> torch.Tensor:
         """The mean of p_θ(x | z) for ``num_samples`` codes z ~ p(z): new data, no pixel noise."""
@@ -160,7 +197,9 @@ class VAE(PyroModule):
 
 
 @torch.no_grad()
-def _check_networks(encoder: nn.Module, decoder: nn.Module, data_dim: int, latent_dim: int) -> None:
+def _check_networks(
+    encoder: nn.Module, decoder: nn.Module, family: GuideFamily, data_dim: int, latent_dim: int
+) -> None:
     # A network built for another size would otherwise fail deep inside Pyro, or worse, train:
     # one call each on two zero rows (two, so that a squeezed batch dimension is caught too).
     try:
@@ -169,14 +208,25 @@ def _check_networks(encoder: nn.Module, decoder: nn.Module, data_dim: int, laten
     except StopIteration:
         device, dtype = None, None
     out = encoder(torch.zeros(2, data_dim, device=device, dtype=dtype))
-    if not (isinstance(out, tuple | list) and len(out) == 2):
-        raise ValueError("the encoder must return a pair (loc, scale) of the guide's parameters")
-    for what, value in zip(("loc", "scale"), out, strict=True):
-        if tuple(value.shape) != (2, latent_dim):
+    name = type(family).__name__
+    if isinstance(out, tuple | list):  # (loc, scale), as Pyro's examples write encoders
+        shapes = [tuple(value.shape) for value in out]
+        if family.parameter_dim != 2 * latent_dim or shapes != [(2, latent_dim)] * 2:
             raise ValueError(
-                f"the encoder's {what} has shape {tuple(value.shape)} for a batch of 2, "
-                f"but this VAE needs (2, {latent_dim})"
+                f"the encoder returns {len(out)} tensors of shapes {shapes} for a batch of 2, "
+                f"but the {name} takes (2, {family.parameter_dim}): {family.layout()}"
             )
+    elif tuple(out.shape) != (2, family.parameter_dim):
+        raise ValueError(
+            f"the encoder returns shape {tuple(out.shape)} for a batch of 2, but the {name} "
+            f"takes (2, {family.parameter_dim}): {family.layout()}"
+        )
+    q = family(out)
+    if tuple(q.batch_shape) != (2,) or tuple(q.event_shape) != (latent_dim,):
+        raise ValueError(
+            f"the {name} gives q(z|x) of batch shape {tuple(q.batch_shape)} and event shape "
+            f"{tuple(q.event_shape)} for a batch of 2, but this VAE needs (2,) and ({latent_dim},)"
+        )
     x_hat = decoder(torch.zeros(2, latent_dim, device=device, dtype=dtype))
     if tuple(x_hat.shape) != (2, data_dim):
         raise ValueError(

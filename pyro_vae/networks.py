@@ -2,11 +2,13 @@
 
 A network is an encoder/decoder pair registered by name in ``NETWORKS``, like the priors and the
 likelihoods. Both sides see the data as the Pyro model does, flat: the encoder maps x (..., D) to
-the guide's parameters (μ, σ), each (..., latent_dim); the decoder maps z (..., latent_dim) to the
-likelihood's raw parameter (..., D). Both are told the data's shape (C, H, W), with C·H·W = D, so an
-image network reshapes where it needs to (``as_images`` and ``as_vectors`` do it for any leading
-dimensions). A constructor takes, by name, what it needs of ``data_shape``, ``latent_dim`` and
-``hidden_dims`` (the encoder's widths, which the decoder mirrors).
+the guide's parameters (..., P), P = ``output_dim`` values that the guide family turns into q(z|x)
+(guides.py: 2·latent_dim for the diagonal Gaussian's μ and log σ², more for richer families); the
+decoder maps z (..., latent_dim) to the likelihood's raw parameter (..., D). Both are told the
+data's shape (C, H, W), with C·H·W = D, so an image network reshapes where it needs to
+(``as_images`` and ``as_vectors`` do it for any leading dimensions). A constructor takes, by name,
+what it needs of ``data_shape``, ``latent_dim``, ``output_dim`` and ``hidden_dims`` (the encoder's
+widths, which the decoder mirrors).
 
 - ``mlp``: fully connected layers, ``hidden_dims`` units each (Kingma & Welling, 2014).
 - ``conv``: strided 4×4 convolutions down, one stage per entry of ``hidden_dims`` (its channels),
@@ -61,27 +63,28 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def guide_parameters(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """μ, σ from one output holding μ and log σ² side by side (one matmul instead of two)."""
-    loc, log_var = output.chunk(2, dim=-1)  # (..., latent_dim) each
-    return loc, torch.exp(0.5 * log_var)  # σ = exp(½ log σ²)
-
-
 # main classes: fully connected
 
 
 class Encoder(nn.Module):
-    """μ, log σ² = MLP(x; φ): the parameters of the guide q_φ(z|x) = N(μ, diag σ²)."""
+    """MLP(x; φ): the guide's parameters, ``output_dim`` of them (default 2·latent_dim: μ and
+    log σ² of the diagonal Gaussian)."""
 
     recordable = True  # its step is static: see recordable.py
     default_hidden_dims = (256, 128)  # units per layer: a minute on the digits with 2 CPU cores
 
-    def __init__(self, data_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int):
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        output_dim: int | None = None,
+    ):
         super().__init__()
-        self.net = mlp([math.prod(data_shape), *hidden_dims, 2 * latent_dim])
+        self.net = mlp([math.prod(data_shape), *hidden_dims, output_dim or 2 * latent_dim])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return guide_parameters(self.net(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (..., output_dim)
 
 
 class Decoder(nn.Module):
@@ -128,12 +131,19 @@ def conv_grid(data_shape: Sequence[int], stages: int) -> tuple[int, int]:
 
 
 class ConvEncoder(nn.Module):
-    """μ, log σ² = Linear(Conv(x; φ)): strided convolutions, each halving the image."""
+    """Linear(Conv(x; φ)): strided convolutions, each halving the image, then the guide's
+    ``output_dim`` parameters (default 2·latent_dim)."""
 
     recordable = True  # its step is static: see recordable.py
     default_hidden_dims = (32, 64)  # channels per stage: 28×28 down to 7×7, as DCGAN VAEs do
 
-    def __init__(self, data_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int):
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        output_dim: int | None = None,
+    ):
         super().__init__()
         self.data_shape = tuple(data_shape)
         channels, height, width = self.data_shape
@@ -145,12 +155,12 @@ class ConvEncoder(nn.Module):
         for n_in, n_out in itertools.pairwise([channels, *hidden_dims]):
             layers += [nn.Conv2d(n_in, n_out, KERNEL, STRIDE, PADDING), nn.ReLU()]
         self.conv = nn.Sequential(*layers)
-        self.out = nn.Linear(hidden_dims[-1] * grid_h * grid_w, 2 * latent_dim)
+        self.out = nn.Linear(hidden_dims[-1] * grid_h * grid_w, output_dim or 2 * latent_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         images = F.pad(as_images(x, self.data_shape), self.padding)  # (N, C, H', W')
         features = self.conv(images).flatten(1)  # (N, hidden_dims[-1]·h·w)
-        return guide_parameters(self.out(features).reshape(*x.shape[:-1], -1))
+        return self.out(features).reshape(*x.shape[:-1], -1)  # (..., output_dim)
 
 
 class ConvDecoder(nn.Module):
@@ -181,7 +191,7 @@ class ConvDecoder(nn.Module):
 # the registry
 
 # name -> (encoder class, decoder class). A constructor takes by name what it needs of
-# ``data_shape``, ``latent_dim`` and ``hidden_dims``; an encoder class may carry
+# ``data_shape``, ``latent_dim``, ``output_dim`` and ``hidden_dims``; an encoder class may carry
 # ``default_hidden_dims``, the widths used when none are given.
 NETWORKS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "mlp": (Encoder, Decoder),
@@ -201,11 +211,18 @@ def build_networks(
     data_shape: Sequence[int],
     latent_dim: int,
     hidden_dims: Sequence[int] | None = None,
+    output_dim: int | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """The encoder and decoder registered as ``network``, for data of ``data_shape`` (C, H, W);
-    ``hidden_dims`` None takes the network's default widths."""
+    ``hidden_dims`` None takes the network's default widths; the encoder outputs ``output_dim``
+    values (None: 2·latent_dim, the diagonal guide's)."""
     widths = default_hidden_dims(network) if hidden_dims is None else tuple(hidden_dims)
-    context = {"data_shape": tuple(data_shape), "latent_dim": latent_dim, "hidden_dims": widths}
+    context = {
+        "data_shape": tuple(data_shape),
+        "latent_dim": latent_dim,
+        "hidden_dims": widths,
+        "output_dim": output_dim or 2 * latent_dim,
+    }
     encoder_class, decoder_class = NETWORKS[network]
     return (
         build({network: encoder_class}, network, "encoder", context=context),

@@ -1,16 +1,21 @@
-"""The training objectives: two estimators of the ELBO, and the importance-weighted bound.
+"""The training objectives: three estimators of the ELBO, and the importance-weighted bound.
 
 - ``mc``: ``Trace_ELBO``. Every term, the KL included, is estimated from the sampled z:
   log p_θ(x|z) + log p(z) − log q_φ(z|x).
 - ``analytic``: ``TraceMeanField_ELBO``. The expected log-likelihood is sampled, but
   KL(q_φ(z|x) ‖ p(z)) is computed in closed form wherever Pyro knows it (as for the standard normal
   prior); for a prior without a closed form, Pyro falls back to the Monte Carlo term at that site.
+- ``stl``: "sticking the landing" (Roeder, Wu & Duvenaud, 2017): ``mc``'s value, and the path
+  derivative as its gradient. log q_φ(z|x) is evaluated with the guide's parameters detached, so
+  the gradient flows only through z = z_φ(ε): ``mc``'s score term E_q[∇_φ log q_φ(z)] (zero in
+  expectation, not in any one sample) is dropped. Where q equals the true posterior, the
+  path-derivative gradient is zero for every sample, while ``mc``'s still has the score's noise.
 - ``iwae``: ``RenyiELBO(alpha=0)``, the importance-weighted bound of Burda et al. (2016),
   log (1/K) Σ_k p(x, z_k)/q(z_k|x) with K = ``num_particles``: tighter than the ELBO for K > 1.
 
-``mc`` and ``analytic`` estimate the same ELBO and differ in variance. ``num_particles > 1``
-averages (or, for ``iwae``, importance-weights) that many samples of z, vectorised over an extra
-batch dimension rather than looped.
+``mc``, ``analytic`` and ``stl`` estimate the same ELBO, with gradients of different variance.
+``num_particles > 1`` averages (or, for ``iwae``, importance-weights) that many samples of z,
+vectorised over an extra batch dimension rather than looped.
 
 ``mc`` and ``analytic`` are Pyro's two classes with one change, in ``differentiable_loss``: the loss
 stays a tensor on the device. Pyro's versions read every site's log-density back to the host
@@ -21,16 +26,20 @@ estimators' mathematics are Pyro's own.
 
 import functools
 import operator
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_identically_zero, is_validation_enabled
 from pyro.poutine import Trace
+from torch import nn
+from torch.func import functional_call
 
 from pyro_vae.errors import UserInputError
 
@@ -200,10 +209,87 @@ def per_dimension_kl(guide: dist.Distribution, prior: dist.Distribution) -> torc
     return kl_divergence(guide.base_dist, prior.base_dist)
 
 
+class StickingTheLanding_ELBO(DeviceTrace_ELBO):
+    """Trace_ELBO's value, −[log p(x, z) − log q(z|x)] at z ~ q, with the path-derivative gradient
+    of Roeder, Wu & Duvenaud (2017): log q is evaluated with the guide's parameters detached.
+
+    The guide is run once as usual (z keeps its path to φ: z = μ + σ ⊙ ε, or the flows applied to
+    it), then once more on the same z with every parameter of the module it is a method of
+    (``vae.guide``'s VAE: the encoder and the guide family) detached, through ``functional_call``.
+    The second run's q is the same distribution with no path to φ; its log-density at z, which
+    a flow computes by inverting itself (Pyro's cached inverse belongs to the first run), carries
+    the gradient through z only. It costs a second encoder pass, without its backward.
+    """
+
+    recordable = True  # its step is static: see recordable.py
+
+    def _get_traces(
+        self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Iterator[tuple[Trace, Trace]]:
+        owner = getattr(guide, "__self__", None)
+        if not isinstance(owner, nn.Module):
+            raise TypeError(
+                "the stl estimator detaches the guide's parameters, so the guide must be a method "
+                "of the torch module that holds them (vae.guide), got "
+                f"{getattr(guide, '__qualname__', guide)!r}"
+            )
+        # The guide as the traces ran it: inside the particles' plate where they are vectorised.
+        as_run = self._vectorized_num_particles(guide) if self.vectorize_particles else guide
+        detached = {f"owner.{name}": p.detach() for name, p in owner.named_parameters()}
+        for model_trace, guide_trace in super()._get_traces(model, guide, args, kwargs):
+            latent = {site["name"]: site["value"] for site in _sample_sites(guide_trace)}
+            log_q = functional_call(
+                _DetachedDensity(owner, as_run), detached, (latent, args, kwargs)
+            )
+            for name, value in log_q.items():
+                guide_trace.nodes[name]["detached_log_prob_sum"] = value
+            yield model_trace, guide_trace
+
+    def _particle_losses(
+        self, model_trace: Trace, guide_trace: Trace
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, negative_elbo = super()._particle_losses(model_trace, guide_trace)
+        guide_sites = _sample_sites(guide_trace)
+        if not all(_reparameterised(site) for site in guide_sites):
+            return loss, negative_elbo  # Pyro's own surrogate: no path derivative to take
+        # mc's loss log q − log p with log q̄(z) for log q(z): the same value, another gradient.
+        log_p = _total(site["log_prob_sum"] for site in _sample_sites(model_trace))
+        log_q = _total(site["detached_log_prob_sum"] for site in guide_sites)
+        return log_q - log_p, negative_elbo
+
+
+class _DetachedDensity(nn.Module):
+    """log q(z|x) at given latent values, summed (scaled as the guide scales them), from the guide
+    run on those values: a module, so that ``functional_call`` can swap detached tensors in for
+    the parameters of ``owner``, the module the guide reads them from. The densities are computed
+    here, inside the swap: a flow's transforms read their network's weights only when used."""
+
+    def __init__(self, owner: nn.Module, guide: Callable[..., Any]):
+        super().__init__()
+        self.owner, self.guide = owner, guide
+
+    def forward(
+        self, values: dict[str, torch.Tensor], args: Any, kwargs: Any
+    ) -> dict[str, torch.Tensor]:
+        with warnings.catch_warnings():
+            # vae.guide offers its modules' weights to Pyro's param store, which declines the
+            # detached ones with a warning a step: declining them is what is wanted here
+            warnings.filterwarnings("ignore", "(?s).*not registered in the param store")
+            conditioned = poutine.condition(self.guide, data=values)
+            trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
+        log_q = {}
+        for name in values:
+            site = trace.nodes[name]
+            log_prob = site["fn"].log_prob(site["value"])  # the first run's z: no cache to use
+            log_q[name] = scale_and_mask(log_prob, site["scale"], site["mask"]).sum()
+        return log_q
+
+
 ESTIMATORS: dict[str, type[ELBO]] = {
     "mc": DeviceTrace_ELBO,
     "analytic": DeviceTraceMeanField_ELBO,
     "iwae": RenyiELBO,  # with alpha = 0
+    "stl": StickingTheLanding_ELBO,
 }
 
 
@@ -251,18 +337,24 @@ def loss_and_backward(
     return loss.detach(), negative_elbo.detach()
 
 
-def kl_method(estimator: str, prior: dist.Distribution) -> str:
-    """How ``estimator`` treats KL(q_φ(z|x) ‖ p(z)) for this prior: "closed-form" or "monte-carlo".
+def kl_method(
+    estimator: str, prior: dist.Distribution, posterior: dist.Distribution | None = None
+) -> str:
+    """How ``estimator`` treats KL(q_φ(z|x) ‖ p(z)) for this prior and guide: "closed-form" or
+    "monte-carlo".
 
-    ``analytic`` computes the KL in closed form only where Pyro has a formula for the guide's
-    diagonal Gaussian against ``prior``; elsewhere TraceMeanField_ELBO quietly samples it. Asking
-    here lets a run say which one it got, so no comparison mixes them up unnoticed.
+    ``analytic`` computes the KL in closed form only where Pyro (or guides.py) has a formula for
+    the guide's family against ``prior``; elsewhere TraceMeanField_ELBO quietly samples it.
+    Asking here lets a run say which one it got, so no comparison mixes them up unnoticed.
+    ``posterior`` is any q(z|x) of the guide's family (``vae.posterior(x)``); None stands for the
+    diagonal Gaussian.
     """
     if estimator != "analytic":
         return "monte-carlo"
-    guide_family = dist.Normal(torch.zeros_like(prior.mean), 1.0).to_event(1)
+    if posterior is None:
+        posterior = dist.Normal(torch.zeros_like(prior.mean), 1.0).to_event(1).expand([1])
     try:
-        kl_divergence(guide_family.expand([1]), prior.expand([1]))
+        kl_divergence(posterior, prior.expand(posterior.batch_shape))
     except NotImplementedError:
         return "monte-carlo"
     return "closed-form"

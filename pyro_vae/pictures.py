@@ -45,8 +45,8 @@ def save_interpolations(
 ) -> Path:
     """One row per pair: the start image, decodes along the straight line between the two
     posterior means μ(start) → μ(end), and the end image."""
-    start_codes, _ = vae.encoder(starts)  # (P, latent_dim)
-    end_codes, _ = vae.encoder(ends)
+    start_codes = vae.encode(starts)  # (P, latent_dim)
+    end_codes = vae.encode(ends)
     t = torch.linspace(0, 1, steps, device=starts.device).reshape(1, steps, 1)
     codes = (1 - t) * start_codes.unsqueeze(1) + t * end_codes.unsqueeze(1)  # (P, steps, L)
     decoded = vae.likelihood(vae.decoder(codes)).mean  # (P, steps, D)
@@ -64,7 +64,7 @@ def save_interpolations(
 def save_latent_scatter(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: Path) -> Path:
     """Posterior means μ(x) coloured by label; projected on two principal axes beyond 2-D.
     ``x`` may be stored uint8 rows: the encoder sees a chunk at a time."""
-    codes = torch.cat([vae.encoder(as_float(chunk))[0] for chunk in x.split(1024)])
+    codes = torch.cat([vae.encode(as_float(chunk)) for chunk in x.split(1024)])
     if codes.shape[1] == 1:
         raise UserInputError("a 1-D latent space has no 2-D picture: train with --latent-dim 2+")
     if codes.shape[1] == 2:

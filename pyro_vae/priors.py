@@ -4,7 +4,8 @@ A prior is a small ``nn.Module`` whose ``forward()`` returns a ``pyro.distributi
 ``event_shape == (latent_dim,)``; the model samples ``z`` from it inside the data plate, which
 broadcasts it over the batch. Learnable values are ``nn.Parameter``s, so ``state_dict()`` holds
 them. To add a prior, write such a class and register it in ``PRIORS`` (or pass an instance to
-``VAE``). A constructor may ask for ``data_dim`` or ``encoder`` by name; the VAE supplies them.
+``VAE``). A constructor may ask for ``data_dim``, ``encoder`` or ``guide_family`` by name; the VAE
+supplies them.
 """
 
 import pyro.distributions as dist
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae.networks import Encoder
+from pyro_vae.guides import DiagonalGuide, GuideFamily
 from pyro_vae.registry import build
 
 
@@ -82,23 +83,42 @@ class VampPrior(Prior):
     """p(z) = (1/K) Σ_k q_φ(z | u_k): the guide's posteriors at K learnt pseudo-inputs u_k.
 
     Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018. The pseudo-inputs live in data space
-    and are learnt through the encoder, which the prior shares with the guide.
+    and are learnt through the encoder, which the prior shares with the guide; each component is
+    the guide's family (a diagonal, full-covariance Gaussian or a flow) at a pseudo-input.
     """
 
     recordable = True  # its step is static: see recordable.py
 
-    def __init__(self, latent_dim: int, data_dim: int, encoder: Encoder, num_components: int = 50):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_dim: int,
+        encoder: nn.Module,
+        guide_family: GuideFamily | None = None,
+        num_components: int = 50,
+    ):
         super().__init__(latent_dim)
         self.pseudo_inputs = nn.Parameter(torch.rand(num_components, data_dim))  # like [0, 1] data
-        # A plain reference, not a submodule: the VAE owns the encoder's parameters (and moves
-        # and checkpoints them); registering it here too would list every weight twice.
+        # Plain references, not submodules: the VAE owns the encoder's and the guide's parameters
+        # (and moves and checkpoints them); registering them here too would list each twice.
         self.__dict__["encoder"] = encoder
+        self.__dict__["guide_family"] = guide_family or DiagonalGuide(latent_dim)
         self.register_buffer("logits", torch.zeros(num_components), persistent=False)
 
     def forward(self) -> dist.Distribution:
-        loc, scale = self.encoder(self.pseudo_inputs)  # (K, latent_dim) each
-        components = dist.Normal(loc, scale).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        components = self.guide_family(self.encoder(self.pseudo_inputs))  # batch shape (K,)
+        return _Mixture(dist.Categorical(logits=self.logits), components)
+
+
+class _Mixture(dist.MixtureSameFamily):
+    """A mixture that gives each component z broadcast to the components' batch shape, rather
+    than relying on its log_prob to broadcast: a flow's conditioned transforms cannot (they
+    expand their context to z's shape)."""
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        padded = super()._pad(x)  # (..., 1, latent_dim)
+        components = self.component_distribution.batch_shape[-1:]
+        return padded.expand(*padded.shape[:-2], *components, *self.event_shape)
 
 
 PRIORS: dict[str, type[Prior]] = {
@@ -114,12 +134,14 @@ def build_prior(
     latent_dim: int,
     *,
     data_dim: int | None = None,
-    encoder: Encoder | None = None,
+    encoder: nn.Module | None = None,
+    guide_family: GuideFamily | None = None,
     **options: object,
 ) -> Prior:
     """The prior registered as ``prior`` for ``latent_dim``, or ``prior`` itself if a module.
 
-    ``data_dim`` and ``encoder`` reach only the priors whose constructors ask for them.
+    ``data_dim``, ``encoder`` and ``guide_family`` reach only the priors whose constructors ask
+    for them.
     """
-    context = {"data_dim": data_dim, "encoder": encoder}
+    context = {"data_dim": data_dim, "encoder": encoder, "guide_family": guide_family}
     return build(PRIORS, prior, "prior", latent_dim, context=context, **options)

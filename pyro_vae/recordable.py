@@ -36,11 +36,26 @@ from torch import nn
 
 # Classes whose instances are static whatever their subclasses do: torch's own layers.
 _STATIC_MODULES = ("torch.nn.modules.",)
+# And the few of Pyro's modules that the IAF guide holds, read for this (pyro-ppl 1.9): the
+# conditional flow keeps its network and options; ``condition`` makes a new transform, whose
+# cache lives for that one step; the networks compute from their weights and masks (buffers).
+_STATIC_CLASSES = frozenset(
+    {
+        "pyro.distributions.transforms.affine_autoregressive.ConditionalAffineAutoregressive",
+        "pyro.nn.auto_reg_nn.ConditionalAutoRegressiveNN",
+        "pyro.nn.auto_reg_nn.MaskedLinear",
+    }
+)
 
 
 def declares_static(cls: type) -> bool:
-    """Whether instances of ``cls`` may be recorded: it says so in its own body, or is torch's."""
-    return vars(cls).get("recordable", False) is True or cls.__module__.startswith(_STATIC_MODULES)
+    """Whether instances of ``cls`` may be recorded: it says so in its own body, or is torch's
+    (or one of the Pyro modules above)."""
+    return (
+        vars(cls).get("recordable", False) is True
+        or cls.__module__.startswith(_STATIC_MODULES)
+        or f"{cls.__module__}.{cls.__qualname__}" in _STATIC_CLASSES
+    )
 
 
 def undeclared(named: Iterable[tuple[str, Any]]) -> str | None:

@@ -25,6 +25,7 @@ from pyro_vae.distributed import (
 )
 from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import Estimate, elbo_estimate, elbo_sums
+from pyro_vae.guides import DiagonalGuide, GuideFamily
 from pyro_vae.model import VAE
 from pyro_vae.objectives import kl_method, loss_and_backward, make_elbo, per_dimension_kl
 from pyro_vae.recorded import RecordedGradient
@@ -149,8 +150,8 @@ class Trainer:
         # seed reproduces to the bit while timings never repeat.
         self.epoch_seconds: list[float] = []
         self.validation_seconds: list[float] = []  # and of each epoch's validation ELBO
-        self.train_kl = kl_method(config.elbo, vae.prior())
-        self.val_kl = kl_method("analytic", vae.prior())
+        self.train_kl = kl_method(config.elbo, vae.prior(), vae.family_member())
+        self.val_kl = kl_method("analytic", vae.prior(), vae.family_member())
         self._order: torch.Tensor | None = None  # the epoch in progress: its shuffled indices,
         self._steps_done = 0  # the steps taken,
         self._loss_sum = torch.zeros(())  # their summed loss,
@@ -407,22 +408,30 @@ class Trainer:
             self._seconds = in_progress["seconds"]
 
 
-def supports_free_bits(vae: VAE) -> bool:
-    """Whether the VAE's KL to its guide is a sum over latent dimensions in closed form, which
-    free bits floor one by one."""
-    prior = vae.prior()
-    guide = pyro.distributions.Normal(torch.zeros(prior.event_shape), 1.0).to_event(1)
+def supports_free_bits(vae: VAE, family: GuideFamily | None = None) -> bool:
+    """Whether the KL of the VAE's guide (or of ``family``) to its prior is a sum over latent
+    dimensions in closed form, which free bits floor one by one."""
+    if family is None:
+        q = vae.family_member()
+    else:
+        q = family(torch.zeros(1, family.parameter_dim, device=vae.kl_weight.device))
     try:
-        per_dimension_kl(guide, prior)
+        per_dimension_kl(q, vae.prior())
     except NotImplementedError:
         return False
     return True
 
 
 def _check_free_bits(vae: VAE) -> None:
-    if not supports_free_bits(vae):
-        raise UserInputError(
-            f"free bits floor the KL of each latent dimension, but the {type(vae.prior).__name__}"
-            "'s KL to the guide is not a sum over dimensions in closed form: use --prior "
-            "standard or gaussian with --free-bits"
-        )
+    if supports_free_bits(vae):
+        return
+    fix = (
+        "use --guide diagonal with --free-bits"
+        if supports_free_bits(vae, DiagonalGuide(vae.latent_dim))
+        else "use --prior standard or gaussian with --free-bits"
+    )
+    raise UserInputError(
+        "free bits floor the KL of each latent dimension, but the "
+        f"{type(vae.guide_family).__name__}'s KL to the {type(vae.prior).__name__} is not a sum "
+        f"over dimensions in closed form: {fix}"
+    )

@@ -84,7 +84,8 @@ def test_estimators_experiment_quick_mode_writes_every_section(tmp_path, monkeyp
     assert "Command: `python experiments/estimators.py --quick" in text
     assert (tmp_path / "training-digits.png").stat().st_size > 0
     decoder_rows = [line for line in text.splitlines() if "| decoder |" in line]
-    assert decoder_rows and all(len(row.split("|")) == 10 for row in decoder_rows)
+    assert decoder_rows and all(len(row.split("|")) == 13 for row in decoder_rows)
+    assert "| stl | " in text  # a contestant of the training section too
     sys.modules.pop("estimators", None)
 
 
@@ -196,3 +197,22 @@ def test_networks_experiment_quick_mode(tmp_path, monkeypatch):
     assert int(conv[5].replace(",", "")) != int(mlp[5].replace(",", ""))  # parameters differ
     assert "Command: `python experiments/networks.py --quick" in text
     sys.modules.pop("networks", None)
+
+
+def test_guides_experiment_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import guides
+
+    text = guides.main(["--quick", "--out", str(tmp_path / "r.md")]).read_text()
+    rows = [line.split(" | ") for line in text.splitlines() if "(seed 0)" in line]
+    assert [(row[0].removeprefix("| "), row[1]) for row in rows[:3]] == [
+        ("diagonal (seed 0)", "equal epochs"),
+        ("diagonal (seed 0)", "equal time"),
+        ("full (seed 0)", "equal epochs"),
+    ]
+    assert len(rows) == 2 * len(guides.CONTESTANTS) - 1  # the reference has no equal-time run
+    assert all(float(row[-1].rstrip(" |")) >= 0 for row in rows)  # IWAE ≥ ELBO, image by image
+    parameters = {row[0]: int(row[5].replace(",", "")) for row in rows}
+    assert len(set(parameters.values())) == len(guides.CONTESTANTS)
+    assert "Command: `python experiments/guides.py --quick" in text
+    sys.modules.pop("guides", None)

@@ -74,6 +74,28 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["train", "--components", "3"],
         "--components applies to --prior mog or vamp",
     ),
+    "unknown guide": (lambda t, r: ["train", "--guide", "gamma"], "'--guide'"),
+    "zero flows": (lambda t, r: ["train", "--guide", "iaf", "--flows", "0"], "'--flows'"),
+    "flows without iaf": (
+        lambda t, r: ["train", "--guide", "full", "--flows", "3"],
+        "--flows applies to --guide iaf, not full: drop --flows",
+    ),
+    "free bits with a full guide": (
+        lambda t, r: ["train", "--elbo", "analytic", "--guide", "full", "--free-bits", "0.5"],
+        "use --guide diagonal with --free-bits",
+    ),
+    "guide options not a table": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", "[model]\nguide_options = 3\n")],
+        "[model] guide_options must be a table of keywords",
+    ),
+    "flows in a config file not whole": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "c.toml", '[model]\nguide = "iaf"\nguide_options = {flows = 0}\n'),
+        ],
+        "an IAF guide needs at least 1 flow",
+    ),
     "unknown binarization": (lambda t, r: ["train", "--binarize", "sometimes"], "'--binarize'"),
     "unknown device": (lambda t, r: ["train", "--device", "tpu"], "'--device'"),
     "cuda without a GPU": (lambda t, r: ["train", "--device", "cuda"], "CUDA is not available"),
@@ -382,7 +404,10 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["train", "--elbo", "analytic", "--prior", "mog", "--free-bits", "0.5"],
         "use --prior standard or gaussian with --free-bits",
     ),
-    "beta with iwae": (lambda t, r: ["train", "--elbo", "iwae", "--beta", "4"], "--elbo mc or"),
+    "beta with iwae": (
+        lambda t, r: ["train", "--elbo", "iwae", "--beta", "4"],
+        "--elbo mc, analytic or stl",
+    ),
     "zero beta": (lambda t, r: ["train", "--beta", "0"], "'--beta'"),
     "unknown lr schedule": (lambda t, r: ["train", "--lr-schedule", "linear"], "'--lr-schedule'"),
     "lr factor above one": (

@@ -9,6 +9,7 @@ import torch
 from pyro import poutine
 
 from pyro_vae import VAE, active_units, kl_per_datapoint, make_elbo
+from pyro_vae.guides import diagonal_parameters
 
 
 def kl_term_only(vae: VAE):
@@ -17,7 +18,7 @@ def kl_term_only(vae: VAE):
 
 def closed_form_kl(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, diag σ²) ‖ N(0, I)) = −½ Σ (1 + log σ² − μ² − σ²), summed over the batch."""
-    mu, sigma = vae.encoder(x)
+    mu, sigma = diagonal_parameters(vae.encoder(x))
     return -0.5 * torch.sum(1 + torch.log(sigma**2) - mu**2 - sigma**2)
 
 
