@@ -602,6 +602,8 @@ def _component_options(
     registry: Any, kind: str, name: str, flags: dict[str, tuple[str, Any]]
 ) -> dict[str, Any]:
     """The keyword arguments for component ``name`` from the flags the user set."""
+    if name not in registry:  # a config file's misspelt name: the typer choices never let one by
+        raise UserInputError(f"unknown {kind} {name!r}: choose one of {', '.join(registry)}")
     options = {}
     for flag, (parameter, value) in flags.items():
         if value is None:

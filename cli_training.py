@@ -86,6 +86,10 @@ OPTION_FIELDS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+# The options of `train` that set one keyword of a component's options, and that component.
+COMPONENT_OF = {"flows": "guide", "components": "prior", "sigma": "likelihood"}
+
+
 def with_config_file(
     options: RunConfig, path: Path, values: dict[str, dict[str, Any]], given: set[str]
 ) -> RunConfig:
@@ -95,10 +99,14 @@ def with_config_file(
     mine = options.to_dict()
     for option in given:
         for section, key in OPTION_FIELDS.get(option, []):
-            # The file's likelihood, prior or guide named again: its options (all of them) stay.
-            if key.endswith("_options") and option in ("likelihood", "prior", "guide"):
-                stored = values.get("model", {}).get(option, asdict(ModelConfig())[option])
-                if mine["model"][option] == stored:
+            component = COMPONENT_OF.get(option, option)
+            if key.endswith("_options") and component in COMPONENT_OF.values():
+                stored = values.get("model", {}).get(component, asdict(ModelConfig())[component])
+                file_options = merged[section].get(key, {})
+                if mine["model"][component] == stored and isinstance(file_options, dict):
+                    # The file's component named again (--guide iaf), or one of its options set
+                    # (--flows 4): the file's other options for it stay.
+                    merged[section][key] = {**file_options, **mine[section][key]}
                     continue
             merged[section][key] = mine[section][key]
     try:
@@ -361,8 +369,9 @@ def summarise(
         typer.echo(collapse_note(result.active_units, config, result.free_bits_possible))
     if config.train.elbo == "analytic" and final.train_kl != "closed-form":
         typer.echo(
-            f"Note: the {config.model.prior} prior has no closed-form KL to the Gaussian guide, "
-            "so --elbo analytic (TraceMeanField_ELBO) estimated that term by Monte Carlo."
+            f"Note: the {config.model.guide} guide has no closed-form KL to the "
+            f"{config.model.prior} prior, so --elbo analytic (TraceMeanField_ELBO) estimated that "
+            "term by Monte Carlo."
         )
     typer.echo(f"Run directory: {result.run_dir}")
     for path in result.files:

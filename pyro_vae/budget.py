@@ -32,11 +32,15 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
     model, train = config.model, config.train
     data_shape = as_data_shape(image_shape)
     data_dim = prod(data_shape)
-    guide = build_guide(model.guide, model.latent_dim, **model.guide_options)
+    # Built to be counted, on a forked generator: the run's own weights are drawn from the
+    # numbers they would have had without this check. (Pyro's autoregressive networks cannot be
+    # built on the meta device: they read their masks' values.)
+    with torch.random.fork_rng(devices=[]):
+        guide = build_guide(model.guide, model.latent_dim, **model.guide_options)
     cost = network_cost(
         model.network, data_shape, model.latent_dim, model.hidden_dims, guide.parameter_dim
     )
-    parameters = cost.parameters
+    parameters = cost.parameters + sum(p.numel() for p in guide.parameters())  # a flow's
     # A mixture prior's components: at most a pseudo-input or a mean and scale, and a weight each.
     components = int(model.prior_options.get("num_components", 0))
     parameters += components * (data_dim + 2 * model.latent_dim + 1)
@@ -92,7 +96,7 @@ def network_cost(
     pass on torch's meta device, would take a second of a run's start), the encoder giving
     ``output_dim`` values (None: 2·latent_dim, the diagonal guide's). A network registered by a
     user is not known here: zero, so that nothing is refused on a guess. The guide family's own
-    layers (a flow's) are not counted: small beside the networks."""
+    layers (a flow's) are counted by the caller, from the family itself."""
     widths = list(default_hidden_dims(network) if hidden_dims is None else hidden_dims)
     data_dim = prod(data_shape)
     output_dim = output_dim or 2 * latent_dim

@@ -24,9 +24,10 @@ from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
 from pyro_vae.networks import as_data_shape
 
-FORMAT_VERSION = 3  # bump when the layout changes; older readers refuse newer files
+FORMAT_VERSION = 4  # bump when the layout changes; older readers refuse newer files
 # 2: the trainer state holds a learning-rate schedule and early stopping; metrics gained keys
 # 3: image_shape is (C, H, W); the model config names its network; the data config image options
+# 4: the model config names its guide family and the family's options
 
 
 def environment() -> dict[str, str]:

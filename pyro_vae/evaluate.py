@@ -106,7 +106,9 @@ def kl_per_datapoint(
 
 @torch.no_grad()
 def active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> int:
-    """Latent dimensions u with Var_x(E_q[z_u | x]) > ``threshold`` (Burda et al., 2016).
+    """Latent dimensions u with Var_x(E_q[z_u | x]) > ``threshold`` (Burda et al., 2016), the
+    posterior mean E_q[z | x] taken as ``vae.encode`` gives it (for a flow guide, the flows applied
+    to their Gaussian's mean).
 
     A dimension whose posterior mean does not move with the data carries no information about
     it: the VAE has collapsed that dimension onto the prior. ``x`` may be stored uint8 rows;

@@ -7,8 +7,9 @@ encoder's last layer to that size.
 
 - ``diagonal``: N(μ, diag σ²) from 2L values (μ, log σ²), the seed's guide (Kingma & Welling, 2014).
 - ``full``: N(μ, L Lᵀ), L lower-triangular with a positive diagonal, from L + L(L+1)/2 values:
-  μ, log σ² of the diagonal (as ``diagonal`` has them), then the entries below it. Correlations
-  between latent dimensions, at a cost quadratic in the latent dimension.
+  μ, log σ² of the diagonal (as ``diagonal`` has them), then the entries below it, times a learnt
+  factor that starts at 0, so that q starts as the diagonal guide. Correlations between latent
+  dimensions, at a cost quadratic in the latent dimension.
 - ``iaf``: the diagonal Gaussian followed by ``flows`` inverse autoregressive flows (Kingma et al.,
   2016), each Pyro's ``ConditionalAffineAutoregressive`` in the numerically stable form
   z ← σ ⊙ z + (1 − σ) ⊙ m, with (m, logit σ) = AR-NN(z, h) conditioned on a context h of
@@ -59,6 +60,10 @@ class GuideFamily(nn.Module):
         return f"{self.parameter_dim} values"
 
 
+def _whole(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def diagonal_parameters(parameters: GuideParameters) -> tuple[torch.Tensor, torch.Tensor]:
     """μ, σ from an output holding μ and log σ² side by side (one matmul instead of two), or from
     a (loc, scale) pair that an encoder returned itself."""
@@ -103,12 +108,17 @@ class FullCovarianceGuide(GuideFamily):
         # Where the entries below the diagonal go in a flattened L × L matrix, row by row.
         rows, columns = torch.tril_indices(latent_dim, latent_dim, offset=-1)
         self.register_buffer("below", rows * latent_dim + columns, persistent=False)
+        # The entries below the diagonal count this much. Starting at 0, q starts as the diagonal
+        # guide and the correlations grow as they help: on MNIST (20 epochs, latent 16) the raw
+        # entries, the size of an untrained encoder's outputs, cost 10 nats of validation ELBO.
+        self.correlation = nn.Parameter(torch.zeros(()))
 
     def scale_tril(self, parameters: torch.Tensor) -> torch.Tensor:
         """L (..., latent_dim, latent_dim): exp(½ log σ²) on the diagonal, as the diagonal
         family has σ, so that zero entries below it give exactly the diagonal guide."""
         n = self.latent_dim
-        log_var, below = parameters[..., n : 2 * n], parameters[..., 2 * n :]
+        log_var = parameters[..., n : 2 * n]
+        below = self.correlation * parameters[..., 2 * n :]
         flat = below.new_zeros(*below.shape[:-1], n * n).index_copy(-1, self.below, below)
         return flat.unflatten(-1, (n, n)) + torch.diag_embed(torch.exp(0.5 * log_var))
 
@@ -149,11 +159,25 @@ class IAFGuide(GuideFamily):
         hidden_dims: Sequence[int] | None = None,
     ):
         super().__init__(latent_dim)
-        if not (isinstance(flows, int) and not isinstance(flows, bool) and flows >= 1):
+        if not _whole(flows, 1):
             raise UserInputError(f"an IAF guide needs at least 1 flow, got --flows {flows!r}")
-        self.context_dim = 2 * latent_dim if context_dim is None else int(context_dim)
+        if not (context_dim is None or _whole(context_dim, 1)):
+            raise UserInputError(
+                f"the IAF guide's context_dim must be a whole number of at least 1, got "
+                f"{context_dim!r}"
+            )
+        self.context_dim = 2 * latent_dim if context_dim is None else context_dim
         width = max(4 * latent_dim, self.context_dim)
-        hidden = [width, width] if hidden_dims is None else [int(h) for h in hidden_dims]
+        hidden = [width, width] if hidden_dims is None else hidden_dims
+        if not isinstance(hidden, list | tuple):
+            hidden = []  # refused below
+        # Pyro's autoregressive networks need every layer at least as wide as z, so that each
+        # dimension has units that see exactly the dimensions before it.
+        if not (len(hidden) and all(_whole(h, latent_dim) for h in hidden)):
+            raise UserInputError(
+                f"the IAF guide's hidden_dims must be layer sizes of at least the latent dimension "
+                f"({latent_dim}), got {hidden_dims!r}"
+            )
         self.parameter_dim = 2 * latent_dim + self.context_dim
         # Fixed orders, not Pyro's random default: a run's flows do not depend on the random
         # numbers drawn before them, and the reversal mixes dimensions.
@@ -162,7 +186,7 @@ class IAFGuide(GuideFamily):
         self.flows = nn.ModuleList(
             ConditionalAffineAutoregressive(
                 ConditionalAutoRegressiveNN(
-                    latent_dim, self.context_dim, hidden, permutation=torch.tensor(order)
+                    latent_dim, self.context_dim, list(hidden), permutation=torch.tensor(order)
                 ),
                 stable=True,
             )

@@ -175,11 +175,13 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def family_member(self) -> dist.Distribution:
-        """q(z|x) at x = 0: one member of the guide's family, to ask what holds for all of them
-        (whether its KL to the prior has a closed form)."""
+        """q(z|x) at two zero data points: members of the guide's family, to ask what holds for
+        all of them (whether its KL to the prior has a closed form)."""
         parameter = next(self.encoder.parameters(), None)
-        device = parameter.device if parameter is not None else None
-        return self.posterior(torch.zeros(1, self.data_dim, device=device))
+        where = (
+            {"device": parameter.device, "dtype": parameter.dtype} if parameter is not None else {}
+        )
+        return self.posterior(torch.zeros(2, self.data_dim, **where))  # 2 rows: a batch to norm
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """One code per data point: the mean of q(z|x) (for a flow, the flows applied to its

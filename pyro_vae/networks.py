@@ -12,9 +12,9 @@ widths, which the decoder mirrors).
 
 - ``mlp``: fully connected layers, ``hidden_dims`` units each (Kingma & Welling, 2014).
 - ``conv``: strided 4×4 convolutions down, one stage per entry of ``hidden_dims`` (its channels),
-  each halving the height and width, then a linear layer to (μ, log σ²); the decoder mirrors it
-  with transposed convolutions (the DCGAN stack of Radford et al., 2016, without batch norm,
-  which would couple the images of a batch and break the ELBO's sum over them).
+  each halving the height and width, then a linear layer to the guide's parameters; the decoder
+  mirrors it with transposed convolutions (the DCGAN stack of Radford et al., 2016, without
+  batch norm, which would couple the images of a batch and break the ELBO's sum over them).
 """
 
 import itertools

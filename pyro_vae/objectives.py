@@ -216,9 +216,11 @@ class StickingTheLanding_ELBO(DeviceTrace_ELBO):
     The guide is run once as usual (z keeps its path to φ: z = μ + σ ⊙ ε, or the flows applied to
     it), then once more on the same z with every parameter of the module it is a method of
     (``vae.guide``'s VAE: the encoder and the guide family) detached, through ``functional_call``.
-    The second run's q is the same distribution with no path to φ; its log-density at z, which
-    a flow computes by inverting itself (Pyro's cached inverse belongs to the first run), carries
-    the gradient through z only. It costs a second encoder pass, without its backward.
+    The second run's q is the same distribution with no path to φ; its log-density at z carries
+    the gradient through z only. It costs a second encoder pass (without gradients for the
+    encoder's weights); a flow computes its log-density by inverting itself (Pyro's cached
+    inverse belongs to the first run), one pass of its network per latent dimension and flow,
+    differentiated with respect to z.
     """
 
     recordable = True  # its step is static: see recordable.py
@@ -233,10 +235,11 @@ class StickingTheLanding_ELBO(DeviceTrace_ELBO):
                 "of the torch module that holds them (vae.guide), got "
                 f"{getattr(guide, '__qualname__', guide)!r}"
             )
-        # The guide as the traces ran it: inside the particles' plate where they are vectorised.
-        as_run = self._vectorized_num_particles(guide) if self.vectorize_particles else guide
         detached = {f"owner.{name}": p.detach() for name, p in owner.named_parameters()}
         for model_trace, guide_trace in super()._get_traces(model, guide, args, kwargs):
+            # The guide as the traces ran it: inside the particles' plate where they are
+            # vectorised (made here, once Pyro has settled max_plate_nesting).
+            as_run = self._vectorized_num_particles(guide) if self.vectorize_particles else guide
             latent = {site["name"]: site["value"] for site in _sample_sites(guide_trace)}
             log_q = functional_call(
                 _DetachedDensity(owner, as_run), detached, (latent, args, kwargs)

@@ -44,7 +44,7 @@ def save_interpolations(
     steps: int = 10,
 ) -> Path:
     """One row per pair: the start image, decodes along the straight line between the two
-    posterior means μ(start) → μ(end), and the end image."""
+    codes (``vae.encode``: posterior means) of start and end, and the end image."""
     start_codes = vae.encode(starts)  # (P, latent_dim)
     end_codes = vae.encode(ends)
     t = torch.linspace(0, 1, steps, device=starts.device).reshape(1, steps, 1)

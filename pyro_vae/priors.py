@@ -94,8 +94,9 @@ class VampPrior(Prior):
         latent_dim: int,
         data_dim: int,
         encoder: nn.Module,
-        guide_family: GuideFamily | None = None,
         num_components: int = 50,
+        *,
+        guide_family: GuideFamily | None = None,
     ):
         super().__init__(latent_dim)
         self.pseudo_inputs = nn.Parameter(torch.rand(num_components, data_dim))  # like [0, 1] data

@@ -31,20 +31,26 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import pyro
 import torch
 from torch import nn
 
 # Classes whose instances are static whatever their subclasses do: torch's own layers.
 _STATIC_MODULES = ("torch.nn.modules.",)
-# And the few of Pyro's modules that the IAF guide holds, read for this (pyro-ppl 1.9): the
+# And the few of Pyro's modules that the IAF guide holds, read for this in pyro-ppl 1.9: the
 # conditional flow keeps its network and options; ``condition`` makes a new transform, whose
 # cache lives for that one step; the networks compute from their weights and masks (buffers).
-_STATIC_CLASSES = frozenset(
-    {
-        "pyro.distributions.transforms.affine_autoregressive.ConditionalAffineAutoregressive",
-        "pyro.nn.auto_reg_nn.ConditionalAutoRegressiveNN",
-        "pyro.nn.auto_reg_nn.MaskedLinear",
-    }
+# Another Pyro may have changed them: its steps are eager until they are read again.
+_STATIC_CLASSES = (
+    frozenset(
+        {
+            "pyro.distributions.transforms.affine_autoregressive.ConditionalAffineAutoregressive",
+            "pyro.nn.auto_reg_nn.ConditionalAutoRegressiveNN",
+            "pyro.nn.auto_reg_nn.MaskedLinear",
+        }
+    )
+    if pyro.__version__.startswith("1.9.")
+    else frozenset()
 )
 
 

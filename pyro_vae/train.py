@@ -414,7 +414,7 @@ def supports_free_bits(vae: VAE, family: GuideFamily | None = None) -> bool:
     if family is None:
         q = vae.family_member()
     else:
-        q = family(torch.zeros(1, family.parameter_dim, device=vae.kl_weight.device))
+        q = family(vae.kl_weight.new_zeros(2, family.parameter_dim))
     try:
         per_dimension_kl(q, vae.prior())
     except NotImplementedError:
@@ -425,11 +425,13 @@ def supports_free_bits(vae: VAE, family: GuideFamily | None = None) -> bool:
 def _check_free_bits(vae: VAE) -> None:
     if supports_free_bits(vae):
         return
-    fix = (
-        "use --guide diagonal with --free-bits"
-        if supports_free_bits(vae, DiagonalGuide(vae.latent_dim))
-        else "use --prior standard or gaussian with --free-bits"
-    )
+    diagonal = isinstance(vae.guide_family, DiagonalGuide)
+    if supports_free_bits(vae, DiagonalGuide(vae.latent_dim)):
+        fix = "use --guide diagonal with --free-bits"
+    elif diagonal:
+        fix = "use --prior standard or gaussian with --free-bits"
+    else:
+        fix = "use --guide diagonal and --prior standard or gaussian with --free-bits"
     raise UserInputError(
         "free bits floor the KL of each latent dimension, but the "
         f"{type(vae.guide_family).__name__}'s KL to the {type(vae.prior).__name__} is not a sum "

@@ -110,7 +110,7 @@ def test_a_prior_without_closed_form_kl_is_reported_and_sampled_from(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "monte-carlo KL" in result.stdout
-    assert "the vamp prior has no closed-form KL" in result.stdout
+    assert "guide has no closed-form KL to the vamp prior" in result.stdout
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["train_kl"] == metrics["val_kl"] == "monte-carlo"
     result = run("sample", out, "--num", "8")

@@ -88,6 +88,30 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["train", "--config", _text(t / "c.toml", "[model]\nguide_options = 3\n")],
         "[model] guide_options must be a table of keywords",
     ),
+    "a misspelt guide with options in a config file": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "c.toml", '[model]\nguide = "IAF"\nguide_options = {flows = 2}\n'),
+        ],
+        "unknown guide 'IAF': choose one of diagonal, full, iaf",
+    ),
+    "an iaf context size that is no number": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "c.toml", '[model]\nguide = "iaf"\nguide_options = {context_dim = "x"}\n'),
+        ],
+        "context_dim must be a whole number",
+    ),
+    "iaf layers narrower than z": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "c.toml", '[model]\nguide = "iaf"\nguide_options = {hidden_dims = [4]}\n'),
+        ],
+        "hidden_dims must be layer sizes of at least the latent dimension (8)",
+    ),
     "flows in a config file not whole": (
         lambda t, r: [
             "train",
