@@ -561,13 +561,17 @@ def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
                 f"--{name.replace('_', '-')} applies to {what}, not to {dataset}: drop it"
             )
     guide_options = _component_options(
-        GUIDES, "guide", o["guide"], {"--flows": ("flows", o["flows"])}
+        GUIDES, "guide", o["guide"], {"--flows": ("flows", o["flows"])}, explicit
     )
     prior_options = _component_options(
-        PRIORS, "prior", o["prior"], {"--components": ("num_components", o["components"])}
+        PRIORS,
+        "prior",
+        o["prior"],
+        {"--components": ("num_components", o["components"])},
+        explicit,
     )
     likelihood_options = _component_options(
-        LIKELIHOODS, "likelihood", o["likelihood"], {"--sigma": ("sigma", o["sigma"])}
+        LIKELIHOODS, "likelihood", o["likelihood"], {"--sigma": ("sigma", o["sigma"])}, explicit
     )
     return RunConfig(
         model=ModelConfig(
@@ -599,9 +603,10 @@ def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
 
 
 def _component_options(
-    registry: Any, kind: str, name: str, flags: dict[str, tuple[str, Any]]
+    registry: Any, kind: str, name: str, flags: dict[str, tuple[str, Any]], explicit: set[str]
 ) -> dict[str, Any]:
-    """The keyword arguments for component ``name`` from the flags the user set."""
+    """The keyword arguments for component ``name`` from the flags the user set (``explicit``)
+    or a --config file's values for them."""
     if name not in registry:  # a config file's misspelt name: the typer choices never let one by
         raise UserInputError(f"unknown {kind} {name!r}: choose one of {', '.join(registry)}")
     options = {}
@@ -610,7 +615,11 @@ def _component_options(
             continue
         if not accepts(registry, name, parameter):
             takers = " or ".join(n for n in registry if accepts(registry, n, parameter))
-            raise UserInputError(f"{flag} applies to --{kind} {takers}, not {name}: drop {flag}")
+            if flag[2:].replace("-", "_") in explicit:
+                fix = f"drop {flag}"
+            else:  # the value came from a --config file
+                fix = f"remove {parameter} from the config file's [model] {kind}_options"
+            raise UserInputError(f"{flag} applies to --{kind} {takers}, not {name}: {fix}")
         options[parameter] = value
     return options
 

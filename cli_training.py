@@ -7,6 +7,7 @@ too, and prints: the library (pyro_vae) never does.
 
 import contextlib
 import inspect
+import math
 import shlex
 import signal
 import sys
@@ -226,6 +227,20 @@ def config_file_options(
         if not isinstance(data[key], kind):
             raise UserInputError(f"--config {path}: [data] {key} must be {what}, got {data[key]!r}")
     values = _option_values(model, data, train)
+    # The component options that options also set, checked as the options' parsers check them.
+    for name, section, key, positive_real in (
+        ("components", "prior_options", "num_components", False),
+        ("flows", "guide_options", "flows", False),
+        ("sigma", "likelihood_options", "sigma", True),
+    ):
+        value = values[name]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        fits = number and value > 0 and (positive_real or isinstance(value, int))
+        if value is not None and not (fits and math.isfinite(value)):
+            what = "a positive number" if positive_real else "a whole number of at least 1"
+            raise UserInputError(
+                f"--config {path}: [model] {section} {key} must be {what}, got {value!r}"
+            )
     # An option given on the command line decides the ones that go with it, where it changes
     # the file's choice (another likelihood has other options).
     for option, dependent in (

@@ -13,6 +13,8 @@ turn by turn, each pair from one turn, a few seconds apart.
   ELBO``: eager with Pyro's classes as shipped, which read every site's log-density back to the
   host; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
   torch Adam, and the latter with its compile cache fixed (see CachedJitTraceMeanField_ELBO).
+- pyro-vae stl: ``Trainer.step`` with the path-derivative estimator (objectives.py), recorded:
+  mc's step and a second, detached pass of the guide.
 - hand-written: the same Encoder and Decoder modules (MLP or, with ``--network conv``, the same
   convolution layers), Bernoulli log-likelihood and closed-form KL written out in torch, torch
   Adam: what a user would write without Pyro.
@@ -24,6 +26,7 @@ turn by turn, each pair from one turn, a few seconds apart.
     python benchmarks/training_step.py --network conv   # conv networks (32-64 channels), batch 128
     python benchmarks/training_step.py --compile        # also torch.compile'd networks (slow start)
     python benchmarks/training_step.py --device cuda --batch 1024   # on a GPU, images per second
+    python benchmarks/training_step.py --only "pyro-vae mc" "pyro-vae stl"  # and the reference
     python benchmarks/training_step.py --quick          # seconds, for the test suite
 """
 
@@ -247,6 +250,7 @@ def build(
         )
         contestants[f"pyro-vae {estimator}+jit"] = jit_step(fresh(f"{estimator}_jit"), estimator)
     contestants["analytic+jit, cache fixed"] = jit_step(fresh("fixed_jit"), "analytic-fixed")
+    contestants["pyro-vae stl"] = pyro_vae_step(fresh("stl"), "stl")
     if compile_networks:
         contestants["pyro-vae mc, eager, compiled networks"] = compiled_networks_step(
             fresh("compiled")
@@ -392,11 +396,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch", type=int, help="batch size (default: 128 MNIST, 32 digits)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="time these contestants (and the reference)"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     turns, steps = (2, 3) if args.quick else (args.turns, args.steps)
     device = torch.device(args.device)
     x, batch, contestants, fresh = build(args.shape, args.quick, device, args.compile, args.network)
+    if args.only:
+        unknown = set(args.only) - set(contestants)
+        if unknown:
+            parser.error(f"no contestant {sorted(unknown)}: choose from {list(contestants)}")
+        keep = {"hand-written PyTorch", *args.only}  # every ratio is to it
+        contestants = {name: step for name, step in contestants.items() if name in keep}
     batch = args.batch or batch
     seconds = time_steps(contestants, x, batch, turns, steps)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -423,8 +436,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         per_epoch = report("whole epoch (median over turns)", epochs, 1.0, "s/epoch")
         for name, epoch_seconds in per_epoch.items():
             print(f"{name:<40}{len(x) / epoch_seconds:>16,.0f} images/s")
-        tutorial = epochs["tutorial SVI.step"]
-        for estimator in ("mc", "analytic"):
+        tutorial = epochs.get("tutorial SVI.step")
+        for estimator in ("mc", "analytic") if tutorial else ():
             ours = epochs[f"pyro-vae {estimator}"]
             ratios = [t / o for t, o in zip(tutorial, ours, strict=True)]
             print(

@@ -11,7 +11,7 @@ K = 1,000 samples of z from its own guide: the ELBO (the mean of log w, w = p(x,
 IWAE bound log mean w, and their difference, a lower bound on the inference gap
 log p(x) − ELBO of Cremer, Li & Duvenaud (2018).
 
-    python experiments/guides.py              # ~25 minutes on 2 CPU cores
+    python experiments/guides.py              # ~13 minutes on 2 CPU cores
     python experiments/guides.py --quick      # seconds, for the test suite
 """
 

@@ -17,7 +17,7 @@ import torch
 
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import UserInputError
-from pyro_vae.guides import build_guide
+from pyro_vae.guides import guide_size
 from pyro_vae.networks import as_data_shape, conv_grid, default_hidden_dims
 
 log = logging.getLogger(__name__)
@@ -32,15 +32,9 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
     model, train = config.model, config.train
     data_shape = as_data_shape(image_shape)
     data_dim = prod(data_shape)
-    # Built to be counted, on a forked generator: the run's own weights are drawn from the
-    # numbers they would have had without this check. (Pyro's autoregressive networks cannot be
-    # built on the meta device: they read their masks' values.)
-    with torch.random.fork_rng(devices=[]):
-        guide = build_guide(model.guide, model.latent_dim, **model.guide_options)
-    cost = network_cost(
-        model.network, data_shape, model.latent_dim, model.hidden_dims, guide.parameter_dim
-    )
-    parameters = cost.parameters + sum(p.numel() for p in guide.parameters())  # a flow's
+    output_dim, guide_parameters = guide_size(model.guide, model.latent_dim, model.guide_options)
+    cost = network_cost(model.network, data_shape, model.latent_dim, model.hidden_dims, output_dim)
+    parameters = cost.parameters + guide_parameters  # a flow's own
     # A mixture prior's components: at most a pseudo-input or a mean and scale, and a weight each.
     components = int(model.prior_options.get("num_components", 0))
     parameters += components * (data_dim + 2 * model.latent_dim + 1)

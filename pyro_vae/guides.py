@@ -20,8 +20,10 @@ To add a family, subclass ``GuideFamily`` and register it in ``GUIDES`` (or pass
 ``VAE``). A constructor takes ``latent_dim`` and, by name, its own options (``flows``).
 """
 
+import itertools
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -31,7 +33,7 @@ from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, register_kl
 
 from pyro_vae.errors import UserInputError
-from pyro_vae.registry import build
+from pyro_vae.registry import build, check_options
 
 # An encoder's output: one tensor of ``parameter_dim`` values per data point, or (for the
 # diagonal family, as Pyro's examples write encoders) the pair (loc, scale).
@@ -58,6 +60,16 @@ class GuideFamily(nn.Module):
     def layout(self) -> str:
         """What the encoder's ``parameter_dim`` values are, for error messages."""
         return f"{self.parameter_dim} values"
+
+    @classmethod
+    def size(cls, latent_dim: int, **options: Any) -> tuple[int, int]:
+        """(``parameter_dim``, the family's own parameters) of ``cls(latent_dim, **options)``,
+        for a budget that must not build a family too large to build: here by building it (on
+        a forked random generator, so that a run's weights do not change); the registered
+        families count instead."""
+        with torch.random.fork_rng(devices=[]):
+            family = cls(latent_dim, **options)
+        return family.parameter_dim, sum(p.numel() for p in family.parameters())
 
 
 def _whole(value: object, minimum: int) -> bool:
@@ -89,6 +101,10 @@ class DiagonalGuide(GuideFamily):
 
     def encode(self, parameters: GuideParameters) -> torch.Tensor:
         return diagonal_parameters(parameters)[0]
+
+    @classmethod
+    def size(cls, latent_dim: int, **options: Any) -> tuple[int, int]:
+        return 2 * latent_dim, 0
 
     def layout(self) -> str:
         n = self.latent_dim
@@ -131,6 +147,10 @@ class FullCovarianceGuide(GuideFamily):
     def encode(self, parameters: GuideParameters) -> torch.Tensor:
         return parameters[..., : self.latent_dim]
 
+    @classmethod
+    def size(cls, latent_dim: int, **options: Any) -> tuple[int, int]:
+        return 2 * latent_dim + latent_dim * (latent_dim - 1) // 2, 1  # the correlation factor
+
     def layout(self) -> str:
         n = self.latent_dim
         return (
@@ -159,25 +179,7 @@ class IAFGuide(GuideFamily):
         hidden_dims: Sequence[int] | None = None,
     ):
         super().__init__(latent_dim)
-        if not _whole(flows, 1):
-            raise UserInputError(f"an IAF guide needs at least 1 flow, got --flows {flows!r}")
-        if not (context_dim is None or _whole(context_dim, 1)):
-            raise UserInputError(
-                f"the IAF guide's context_dim must be a whole number of at least 1, got "
-                f"{context_dim!r}"
-            )
-        self.context_dim = 2 * latent_dim if context_dim is None else context_dim
-        width = max(4 * latent_dim, self.context_dim)
-        hidden = [width, width] if hidden_dims is None else hidden_dims
-        if not isinstance(hidden, list | tuple):
-            hidden = []  # refused below
-        # Pyro's autoregressive networks need every layer at least as wide as z, so that each
-        # dimension has units that see exactly the dimensions before it.
-        if not (len(hidden) and all(_whole(h, latent_dim) for h in hidden)):
-            raise UserInputError(
-                f"the IAF guide's hidden_dims must be layer sizes of at least the latent dimension "
-                f"({latent_dim}), got {hidden_dims!r}"
-            )
+        self.context_dim, hidden = self._checked(latent_dim, flows, context_dim, hidden_dims)
         self.parameter_dim = 2 * latent_dim + self.context_dim
         # Fixed orders, not Pyro's random default: a run's flows do not depend on the random
         # numbers drawn before them, and the reversal mixes dimensions.
@@ -192,6 +194,43 @@ class IAFGuide(GuideFamily):
             )
             for order in self.orders
         )
+
+    @staticmethod
+    def _checked(
+        latent_dim: int, flows: Any, context_dim: Any, hidden_dims: Any
+    ) -> tuple[int, list[int]]:
+        """The context size and the flows' layer sizes, defaults filled in; a user's mistake in
+        any option (a config file's ``guide_options`` may hold anything) refused in one line."""
+        if not _whole(flows, 1):
+            raise UserInputError(f"an IAF guide needs at least 1 flow (--flows), got {flows!r}")
+        if not (context_dim is None or _whole(context_dim, 1)):
+            raise UserInputError(
+                "the IAF guide's context_dim (guide_options) must be a whole number of at least "
+                f"1, got {context_dim!r}"
+            )
+        context = 2 * latent_dim if context_dim is None else context_dim
+        width = max(4 * latent_dim, context)
+        hidden = [width, width] if hidden_dims is None else hidden_dims
+        if not isinstance(hidden, list | tuple):
+            hidden = []  # refused below
+        # Pyro's autoregressive networks need every layer at least as wide as z, so that each
+        # dimension has units that see exactly the dimensions before it.
+        if not (len(hidden) and all(_whole(h, latent_dim) for h in hidden)):
+            raise UserInputError(
+                "the IAF guide's hidden_dims (guide_options, the flows' layers) must be sizes of "
+                f"at least the latent dimension ({latent_dim}), got {hidden_dims!r}"
+            )
+        return context, list(hidden)
+
+    @classmethod
+    def size(
+        cls, latent_dim: int, flows: Any = 2, context_dim: Any = None, hidden_dims: Any = None
+    ) -> tuple[int, int]:
+        context, hidden = cls._checked(latent_dim, flows, context_dim, hidden_dims)
+        # Each flow's network: masked linear layers from (z, h) through ``hidden`` to (m, logit σ).
+        sizes = [latent_dim + context, *hidden, 2 * latent_dim]
+        per_flow = sum((n_in + 1) * n_out for n_in, n_out in itertools.pairwise(sizes))
+        return 2 * latent_dim + context, flows * per_flow
 
     def _split(self, parameters: GuideParameters) -> tuple[torch.Tensor, ...]:
         """μ, σ and the context h."""
@@ -253,6 +292,13 @@ GUIDES: dict[str, type[GuideFamily]] = {
     "full": FullCovarianceGuide,
     "iaf": IAFGuide,
 }
+
+
+def guide_size(guide: str, latent_dim: int, options: dict[str, Any]) -> tuple[int, int]:
+    """(values the encoder outputs, parameters of the family itself) for the registered
+    ``guide`` with ``options``, counted without building it where the family knows how."""
+    check_options(GUIDES, guide, "guide", latent_dim, **options)
+    return GUIDES[guide].size(latent_dim, **options)
 
 
 def build_guide(guide: "str | GuideFamily", latent_dim: int, **options: object) -> GuideFamily:

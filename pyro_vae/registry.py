@@ -26,19 +26,32 @@ def build(
     """
     if isinstance(spec, nn.Module):
         return spec
-    try:
-        cls = registry[spec]
-    except KeyError:
-        raise UserInputError(
-            f"unknown {kind} {spec!r}: choose one of {', '.join(registry)}"
-        ) from None
+    cls = registered(registry, spec, kind)
     parameters = inspect.signature(cls).parameters
     supplied = {name: value for name, value in (context or {}).items() if name in parameters}
-    try:  # check the options against the signature first, so a TypeError inside stays a bug
-        inspect.signature(cls).bind(*args, **supplied, **options)
-    except TypeError as error:
-        raise UserInputError(f"bad options for {kind} {spec!r}: {error}") from None
+    check_options(registry, spec, kind, *args, **supplied, **options)
     return cls(*args, **supplied, **options)
+
+
+def registered(registry: Mapping[str, type[Component]], name: str, kind: str) -> type[Component]:
+    """The class registered as ``name``; an unknown name is the user's mistake."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise UserInputError(
+            f"unknown {kind} {name!r}: choose one of {', '.join(registry)}"
+        ) from None
+
+
+def check_options(
+    registry: Mapping[str, type[nn.Module]], name: str, kind: str, *args: Any, **options: Any
+) -> None:
+    """Refuse options that the constructor of ``name`` does not take: checked against its
+    signature before any call, so that a TypeError inside a constructor stays a bug."""
+    try:
+        inspect.signature(registered(registry, name, kind)).bind(*args, **options)
+    except TypeError as error:
+        raise UserInputError(f"bad options for {kind} {name!r}: {error}") from None
 
 
 def accepts(registry: Mapping[str, type[nn.Module]], name: str, option: str) -> bool:

@@ -102,7 +102,7 @@ CASES: dict[str, tuple[Setup, str]] = {
             "--config",
             _text(t / "c.toml", '[model]\nguide = "iaf"\nguide_options = {context_dim = "x"}\n'),
         ],
-        "context_dim must be a whole number",
+        "context_dim (guide_options) must be a whole number",
     ),
     "iaf layers narrower than z": (
         lambda t, r: [
@@ -110,7 +110,31 @@ CASES: dict[str, tuple[Setup, str]] = {
             "--config",
             _text(t / "c.toml", '[model]\nguide = "iaf"\nguide_options = {hidden_dims = [4]}\n'),
         ],
-        "hidden_dims must be layer sizes of at least the latent dimension (8)",
+        "must be sizes of at least the latent dimension (8)",
+    ),
+    "flows in a config file for a guide without flows": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "c.toml", '[model]\nguide = "full"\nguide_options = {flows = 2}\n'),
+        ],
+        "remove flows from the config file's [model] guide_options",
+    ),
+    "mixture components in a config file that are no number": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "c.toml", '[model]\nprior = "mog"\nprior_options = {num_components = "x"}\n'),
+        ],
+        "[model] prior_options num_components must be a whole number of at least 1, got 'x'",
+    ),
+    "a sigma in a config file that is no number": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "c.toml", '[model]\nlikelihood_options = {sigma = "x"}\n'),
+        ],
+        "[model] likelihood_options sigma must be a positive number, got 'x'",
     ),
     "flows in a config file not whole": (
         lambda t, r: [
@@ -118,7 +142,7 @@ CASES: dict[str, tuple[Setup, str]] = {
             "--config",
             _text(t / "c.toml", '[model]\nguide = "iaf"\nguide_options = {flows = 0}\n'),
         ],
-        "an IAF guide needs at least 1 flow",
+        "[model] guide_options flows must be a whole number of at least 1, got 0",
     ),
     "unknown binarization": (lambda t, r: ["train", "--binarize", "sometimes"], "'--binarize'"),
     "unknown device": (lambda t, r: ["train", "--device", "tpu"], "'--device'"),

@@ -363,3 +363,34 @@ def test_flows_on_the_command_line_keep_a_config_files_other_guide_options(tmp_p
     assert result.exit_code == 0, result.output
     model = json.loads((out / "config.json").read_text())["config"]["model"]
     assert model["guide_options"] == {"flows": 3, "context_dim": 5}
+
+
+@pytest.mark.parametrize(
+    ("guide", "options"),
+    [
+        ("diagonal", {}),
+        ("full", {}),
+        ("iaf", {}),
+        ("iaf", {"flows": 3, "context_dim": 5}),
+        ("iaf", {"hidden_dims": [7, 9, 11]}),
+    ],
+)
+def test_a_familys_size_is_counted_without_building_it(guide, options):
+    from pyro_vae.guides import build_guide, guide_size
+
+    family = build_guide(guide, 7, **options)
+    assert guide_size(guide, 7, options) == (
+        family.parameter_dim,
+        sum(p.numel() for p in family.parameters()),
+    )
+
+
+def test_a_flow_too_large_for_the_machine_is_refused_before_it_is_built():
+    from pyro_vae import UserInputError
+    from pyro_vae.budget import check_budget
+    from pyro_vae.config import ModelConfig, RunConfig
+
+    options = {"flows": 4, "context_dim": 10**6}
+    config = RunConfig(model=ModelConfig(guide="iaf", guide_options=options))
+    with pytest.raises(UserInputError, match="parameters"):
+        check_budget(config, (1, 8, 8), torch.device("cpu"))
