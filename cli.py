@@ -616,10 +616,13 @@ def _component_options(
         if not accepts(registry, name, parameter):
             takers = " or ".join(n for n in registry if accepts(registry, n, parameter))
             if flag[2:].replace("-", "_") in explicit:
-                fix = f"drop {flag}"
-            else:  # the value came from a --config file
-                fix = f"remove {parameter} from the config file's [model] {kind}_options"
-            raise UserInputError(f"{flag} applies to --{kind} {takers}, not {name}: {fix}")
+                raise UserInputError(
+                    f"{flag} applies to --{kind} {takers}, not {name}: drop {flag}"
+                )
+            raise UserInputError(  # the value came from a --config file
+                f"the config file's [model] {kind}_options {parameter} applies to {kind} "
+                f"{takers}, not {name}: remove it from the file"
+            )
         options[parameter] = value
     return options
 

@@ -227,20 +227,6 @@ def config_file_options(
         if not isinstance(data[key], kind):
             raise UserInputError(f"--config {path}: [data] {key} must be {what}, got {data[key]!r}")
     values = _option_values(model, data, train)
-    # The component options that options also set, checked as the options' parsers check them.
-    for name, section, key, positive_real in (
-        ("components", "prior_options", "num_components", False),
-        ("flows", "guide_options", "flows", False),
-        ("sigma", "likelihood_options", "sigma", True),
-    ):
-        value = values[name]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        fits = number and value > 0 and (positive_real or isinstance(value, int))
-        if value is not None and not (fits and math.isfinite(value)):
-            what = "a positive number" if positive_real else "a whole number of at least 1"
-            raise UserInputError(
-                f"--config {path}: [model] {section} {key} must be {what}, got {value!r}"
-            )
     # An option given on the command line decides the ones that go with it, where it changes
     # the file's choice (another likelihood has other options).
     for option, dependent in (
@@ -254,6 +240,22 @@ def config_file_options(
             values.pop(dependent)
     if given & {"data", "dataset"}:
         values.pop("data"), values.pop("dataset")
+    # The component options that options also set, checked as the options' parsers check them.
+    for name, section, key, positive_real in (
+        ("components", "prior_options", "num_components", False),
+        ("flows", "guide_options", "flows", False),
+        ("sigma", "likelihood_options", "sigma", True),
+    ):
+        if name in given or name not in values:  # the command line's value replaces the file's
+            continue
+        value = values[name]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        fits = number and value > 0 and (positive_real or isinstance(value, int))
+        if value is not None and not (fits and math.isfinite(value)):
+            what = "a positive number" if positive_real else "a whole number of at least 1"
+            raise UserInputError(
+                f"--config {path}: [model] {section} {key} must be {what}, got {value!r}"
+            )
     return {name: value for name, value in values.items() if name not in given}
 
 

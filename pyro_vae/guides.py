@@ -298,7 +298,10 @@ def guide_size(guide: str, latent_dim: int, options: dict[str, Any]) -> tuple[in
     """(values the encoder outputs, parameters of the family itself) for the registered
     ``guide`` with ``options``, counted without building it where the family knows how."""
     check_options(GUIDES, guide, "guide", latent_dim, **options)
-    return GUIDES[guide].size(latent_dim, **options)
+    family = GUIDES[guide]
+    if "size" in vars(family):  # counted by the class itself, not a parent that knows less
+        return family.size(latent_dim, **options)
+    return GuideFamily.size.__func__(family, latent_dim, **options)  # by building it
 
 
 def build_guide(guide: "str | GuideFamily", latent_dim: int, **options: object) -> GuideFamily:

@@ -15,6 +15,7 @@ def build(
     registry: Mapping[str, type[Component]],
     spec: "str | Component",
     kind: str,
+    /,
     *args: Any,
     context: Mapping[str, Any] | None = None,
     **options: Any,
@@ -44,7 +45,7 @@ def registered(registry: Mapping[str, type[Component]], name: str, kind: str) ->
 
 
 def check_options(
-    registry: Mapping[str, type[nn.Module]], name: str, kind: str, *args: Any, **options: Any
+    registry: Mapping[str, type[nn.Module]], name: str, kind: str, /, *args: Any, **options: Any
 ) -> None:
     """Refuse options that the constructor of ``name`` does not take: checked against its
     signature before any call, so that a TypeError inside a constructor stays a bug."""

@@ -112,13 +112,21 @@ CASES: dict[str, tuple[Setup, str]] = {
         ],
         "must be sizes of at least the latent dimension (8)",
     ),
+    "a guide option named like a parameter of the registry's own": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "c.toml", '[model]\nguide = "iaf"\nguide_options = {name = 1}\n'),
+        ],
+        "bad options for guide 'iaf'",
+    ),
     "flows in a config file for a guide without flows": (
         lambda t, r: [
             "train",
             "--config",
             _text(t / "c.toml", '[model]\nguide = "full"\nguide_options = {flows = 2}\n'),
         ],
-        "remove flows from the config file's [model] guide_options",
+        "the config file's [model] guide_options flows applies to guide iaf, not full: remove",
     ),
     "mixture components in a config file that are no number": (
         lambda t, r: [

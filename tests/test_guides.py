@@ -348,13 +348,14 @@ def test_building_a_run_checks_its_budget_without_drawing_random_numbers():
 
 
 def test_flows_on_the_command_line_keep_a_config_files_other_guide_options(tmp_path):
+    """And replace the file's own flows, unchecked: a bad value there is not the run's."""
     from typer.testing import CliRunner
 
     import cli
 
     config = tmp_path / "c.toml"
     config.write_text(
-        '[model]\nguide = "iaf"\nguide_options = {flows = 2, context_dim = 5}\n'
+        '[model]\nguide = "iaf"\nguide_options = {flows = 0, context_dim = 5}\n'
         "hidden_dims = [16]\n[train]\nepochs = 1\n"
     )
     out = tmp_path / "run"
@@ -394,3 +395,22 @@ def test_a_flow_too_large_for_the_machine_is_refused_before_it_is_built():
     config = RunConfig(model=ModelConfig(guide="iaf", guide_options=options))
     with pytest.raises(UserInputError, match="parameters"):
         check_budget(config, (1, 8, 8), torch.device("cpu"))
+
+
+class WiderIAF(IAFGuide):
+    """A user's subclass with an option of its own: its size is not its parent's to count."""
+
+    def __init__(self, latent_dim: int, flows: int = 2, extra: int = 3):
+        super().__init__(latent_dim, flows=flows)
+        self.extra = nn.Parameter(torch.zeros(extra))
+
+
+def test_a_subclass_is_counted_by_building_it(monkeypatch):
+    from pyro_vae.guides import guide_size
+
+    monkeypatch.setitem(GUIDES, "wider", WiderIAF)
+    family = WiderIAF(5, extra=4)
+    assert guide_size("wider", 5, {"extra": 4}) == (
+        family.parameter_dim,
+        sum(p.numel() for p in family.parameters()),
+    )
