@@ -7,6 +7,7 @@ tested by registering it, without touching this file.
 import copy
 import json
 import math
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -331,6 +332,10 @@ def test_the_command_line_trains_evaluates_and_resumes_a_flow_guide(tmp_path):
     assert changed.exit_code == 2 and "--flows (the run has 1)" in changed.output
     resumed = run("train", "--resume", out, "--epochs", "2", "--flows", "1")
     assert resumed.exit_code == 0, resumed.output
+    for picture in ("sample", "reconstruct", "interpolate", "latent", "manifold"):
+        drawn = run(picture, out)
+        assert drawn.exit_code == 0, (picture, drawn.output)
+        assert Path(drawn.stdout.strip().splitlines()[-1]).stat().st_size > 0, picture
 
 
 def test_building_a_run_checks_its_budget_without_drawing_random_numbers():
