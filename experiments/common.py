@@ -1,18 +1,20 @@
 """What every experiment shares: where its numbers came from (provenance), where its report
 goes, and training to a budget of epochs or seconds, scored on the held-out test images."""
 
+import argparse
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
 import torch
 
-from pyro_vae import VAE, Trainer
+from pyro_vae import VAE, DataConfig, Trainer, load_dataset
 from pyro_vae.data import Dataset
 from pyro_vae.evaluate import Bound, evaluate_bounds
 
@@ -59,3 +61,45 @@ def held_out_bounds(vae: VAE, data: Dataset, seed: int, samples: int) -> dict[st
     """The test split's ELBOs and IWAE bound, all from the same K = ``samples`` z per image."""
     pyro.set_rng_seed(seed)
     return evaluate_bounds(vae, data.test.x, num_samples=samples)
+
+
+SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"  # beside the checkout
+IWAE_SAMPLES = 1000  # K of the IWAE bound the equal-cost comparisons score with
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What an equal-cost comparison runs on: its data, seeds, epochs, samples of z per test
+    image, and where its report goes."""
+
+    data: Dataset
+    seeds: list[int]
+    epochs: int
+    samples: int
+    out: Path
+
+
+def comparison(description: str, report: Path, argv: list[str] | None) -> Comparison:
+    """The command line of an equal-cost comparison on the MNIST split on disk, statically
+    binarized (``--quick``: the digits, one seed, one epoch, 10 samples of z), and its data."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="the digits, 1 epoch, 1 seed")
+    parser.add_argument(
+        "--out", type=Path, help=f"default: {report} (a temporary folder with --quick)"
+    )
+    args = parser.parse_args(argv)
+    out = output_path(args.out, args.quick, report)
+    if args.quick:
+        data = load_dataset(DataConfig(binarize="static"))
+        return Comparison(data, [0], 1, 10, out)
+    config = DataConfig(dataset="mnist", data_dir=str(args.data_dir), binarize="static")
+    return Comparison(load_dataset(config), args.seeds, args.epochs, IWAE_SAMPLES, out)
+
+
+def mean_and_spread(values: list[float]) -> str:
+    """ "mean ± standard deviation" over seeds, to two decimals (nan for one seed)."""
+    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.fmean(values):.2f} ± {spread:.2f}"

@@ -15,23 +15,26 @@ log p(x) − ELBO of Cremer, Li & Duvenaud (2018).
     python experiments/guides.py --quick      # seconds, for the test suite
 """
 
-import argparse
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
-from common import held_out_bounds, output_path, provenance, train_for
+from common import (
+    comparison,
+    held_out_bounds,
+    mean_and_spread,
+    provenance,
+    train_for,
+)
 
-from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset
+from pyro_vae import VAE, TrainConfig, Trainer
 from pyro_vae.data import Dataset
 
 RESULTS = Path(__file__).parent / "results"
-SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"  # beside the checkout
 LATENT_DIM = 16
 BATCH_SIZE = 128
 WIDTHS = (512, 256)
-IWAE_SAMPLES = 1000  # K of the IWAE bound
 # name -> (guide, guide options); the last is the slowest, the reference of "equal time"
 CONTESTANTS: dict[str, tuple[str, dict]] = {
     "diagonal": ("diagonal", {}),
@@ -107,11 +110,6 @@ def run(data: Dataset, seeds: list[int], epochs: int, samples: int) -> list[Outc
     return outcomes
 
 
-def mean(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
-
-
 def report(
     outcomes: list[Outcome], data: Dataset, seeds: list[int], samples: int, line: str
 ) -> str:
@@ -156,35 +154,20 @@ def report(
             lines.append(
                 f"| {name} | {budget} | {statistics.fmean(o.epochs for o in group):.0f} "
                 f"| {statistics.fmean(o.epoch_seconds for o in group):.2f} "
-                f"| {mean([o.elbo for o in group])} | {mean([o.iwae for o in group])} "
-                f"| {mean([o.gap for o in group])} |"
+                f"| {mean_and_spread([o.elbo for o in group])} "
+                f"| {mean_and_spread([o.iwae for o in group])} "
+                f"| {mean_and_spread([o.gap for o in group])} |"
             )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="the digits, 1 epoch, 1 seed")
-    parser.add_argument(
-        "--out", type=Path, help="default: RESULTS / guides.md (a temporary folder with --quick)"
-    )
-    args = parser.parse_args(argv)
-    args.out = output_path(args.out, args.quick, RESULTS / "guides.md")
-    if args.quick:
-        config = DataConfig(binarize="static")
-        seeds, epochs, samples = [0], 1, 10
-    else:
-        config = DataConfig(dataset="mnist", data_dir=str(args.data_dir), binarize="static")
-        seeds, epochs, samples = args.seeds, args.epochs, IWAE_SAMPLES
-    data = load_dataset(config)
-    outcomes = run(data, seeds, epochs, samples)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    setup = comparison(__doc__.split("\n")[0], RESULTS / "guides.md", argv)
+    outcomes = run(setup.data, setup.seeds, setup.epochs, setup.samples)
+    setup.out.parent.mkdir(parents=True, exist_ok=True)
     line = provenance(Path(__file__).name, argv)
-    args.out.write_text(report(outcomes, data, seeds, samples, line))
-    return args.out
+    setup.out.write_text(report(outcomes, setup.data, setup.seeds, setup.samples, line))
+    return setup.out
 
 
 if __name__ == "__main__":
