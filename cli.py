@@ -59,10 +59,18 @@ from pyro_vae import (
     resume_run,
     train_run,
 )
-from pyro_vae.config import BINARIZATIONS, LAYOUTS, LR_SCHEDULES, MAX_SEED, read_config_file
+from pyro_vae.config import (
+    BINARIZATIONS,
+    LAYOUTS,
+    LR_SCHEDULES,
+    MAX_SEED,
+    MODEL_KINDS,
+    read_config_file,
+)
 from pyro_vae.data import Split, load_run_data
 from pyro_vae.distributed import Replicas
 from pyro_vae.evaluate import evaluate_bounds
+from pyro_vae.labels import check_label
 from pyro_vae.networks import NETWORKS
 from pyro_vae.objectives import kl_method
 from pyro_vae.pictures import (
@@ -74,6 +82,7 @@ from pyro_vae.pictures import (
 )
 from pyro_vae.registry import accepts
 from pyro_vae.rundir import BEST, CHECKPOINT, RUN_FILES, check_writable, is_run_dir, writing
+from pyro_vae.semisupervised import SemiSupervisedVAE, classification_error, evaluate_m2_bounds
 
 signal.signal(signal.SIGINT, _HANDLER_BEFORE_IMPORTS)  # imported: Ctrl-C as it was
 
@@ -106,6 +115,7 @@ Layout = _choices("Layout", LAYOUTS)
 DatasetName = _choices("DatasetName", DATASETS)
 LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
 Binarization = _choices("Binarization", BINARIZATIONS)
+ModelKind = _choices("ModelKind", MODEL_KINDS)
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -318,6 +328,31 @@ def train(
     latent_dim: Annotated[
         int, typer.Option(min=1, help="Dimension of the latent code z.")
     ] = ModelConfig.latent_dim,
+    model: Annotated[
+        ModelKind,
+        typer.Option(
+            help="vae; cvae, the conditional VAE p(x | z, y), q(z | x, y), the class y given "
+            "(sample --label K draws class K); m2, semi-supervised (Kingma et al., 2014): "
+            "y a latent summed out exactly for the images whose labels --labels does not keep."
+        ),
+    ] = ModelConfig.kind,
+    labels: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="--model m2: training images that keep their labels, balanced by class and "
+            "chosen by --seed; the others train unlabelled.",
+            show_default=False,
+        ),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="--model m2: weight α of the labelled images' mean log q(y|x) in the objective.",
+            show_default="0.1 × the training images, as Kingma et al.",
+        ),
+    ] = None,
     network: Annotated[
         NetworkName,
         typer.Option(
@@ -580,6 +615,7 @@ def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
             hidden_dims=None
             if o["hidden_dims"] is None
             else tuple(int(size) for size in str(o["hidden_dims"]).split(",")),
+            kind=o["model"],
             guide=o["guide"],
             guide_options=guide_options,
             prior=o["prior"],
@@ -753,10 +789,19 @@ def evaluate(
     model = _model_file(run, latest)
     path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json", model)
     checkpoint, vae, device_ = _load_trained(model, device)
-    x = _split(checkpoint, split, device_, data, data_dir).stored  # uint8 converted per chunk
+    images = _split(checkpoint, split, device_, data, data_dir)
+    x = images.stored  # uint8 converted per chunk
     pyro.set_rng_seed(seed)
+    error = None
     with WorkProgress("codes decoded") as progress:
-        bounds = evaluate_bounds(vae, x, num_samples, on_progress=progress.update)
+        if isinstance(vae, SemiSupervisedVAE):  # the class summed out, and a classifier to score
+            bounds = evaluate_m2_bounds(vae, x, num_samples, on_progress=progress.update)
+            error = classification_error(vae, images)
+        else:
+            labels = images.labels if vae.labelled else None
+            bounds = evaluate_bounds(
+                vae, x, num_samples, on_progress=progress.update, labels=labels
+            )
     kl = kl_method("analytic", vae.prior(), vae.family_member())
     record = {
         "run": str(run),
@@ -768,9 +813,13 @@ def evaluate(
         "seed": seed,
         "analytic_kl": kl,
         "bounds": {name: asdict(bound) for name, bound in bounds.items()},
+        **({} if error is None else {"classification_error": error}),
     }
     with writing(path, "--out"):
         path.write_text(json.dumps(record, indent=2) + "\n")
+    what = "log p(x | y)" if vae.labelled and not isinstance(vae, SemiSupervisedVAE) else ""
+    if what:
+        typer.echo(f"the conditional VAE's bounds are on {what}, the class given")
     labels = {
         "elbo_analytic_kl": f"ELBO, {kl} KL",
         "elbo_mc_kl": "ELBO, monte-carlo KL",
@@ -781,6 +830,8 @@ def evaluate(
     for name, bound in bounds.items():
         nats = f"{bound.nats:.3f} ± {bound.standard_error:.3f}"
         typer.echo(f"{labels[name]:<34}{nats:>20}{bound.bits_per_dim:>14.4f}")
+    if error is not None:
+        typer.echo(f"classification error of q(y|x): {error:.2%} of {x.shape[0]} images")
     typer.echo(path)
 
 
@@ -794,16 +845,31 @@ def sample(
     seed: Annotated[
         int, typer.Option(min=0, max=MAX_SEED, help="Seed for the codes z ~ p(z).")
     ] = 0,
+    label: Annotated[
+        int | None,
+        typer.Option(
+            help="A model trained with labels (--model cvae or m2): draw images of this class.",
+            show_default="one row per class",
+        ),
+    ] = None,
     out: Annotated[Path | None, _out_option(".png", "RUN/samples-seedSEED.png")] = None,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
 ) -> None:
     """Decode z ~ p(z) with a trained VAE and save the images as a PNG."""
     model = _model_file(run, latest)
-    path = _output_path(run, out, f"samples-seed{seed}.png", model)
+    name = f"samples-seed{seed}.png" if label is None else f"samples-class{label}-seed{seed}.png"
+    path = _output_path(run, out, name, model)
     checkpoint, vae, _ = _load_trained(model, device)
+    if label is not None:
+        if not vae.labelled:
+            raise UserInputError(
+                "--label draws one class, which only a model trained with labels knows: "
+                "train with --model cvae (or m2), or drop --label"
+            )
+        check_label(label, vae.num_classes)
     with writing(path, "--out"):
-        save_samples(vae, checkpoint.image_shape, path, num, seed)
+        save_samples(vae, checkpoint.image_shape, path, num, seed, label)
     typer.echo(path)
 
 
@@ -821,12 +887,14 @@ def reconstruct(
     """Show the first test images of the run's dataset beside their reconstructions."""
     model = _model_file(run, latest)
     checkpoint, vae, device_ = _load_trained(model, device)
-    images = _split(checkpoint, SplitName.test, device_, data, data_dir).rows(slice(0, num))
+    test = _split(checkpoint, SplitName.test, device_, data, data_dir)
+    images = test.rows(slice(0, num))
     if images.shape[0] < num:
         _note(f"the test split has {images.shape[0]} images: showing all of them, not {num}")
     path = _output_path(run, out, f"reconstructions-{images.shape[0]}.png", model)
+    labels = test.labels[: images.shape[0]] if vae.labelled else None
     with writing(path, "--out"):
-        save_reconstructions(vae, images, checkpoint.image_shape, path)
+        save_reconstructions(vae, images, checkpoint.image_shape, path, labels)
     typer.echo(path)
 
 
@@ -850,11 +918,13 @@ def interpolate(
     model = _model_file(run, latest)
     path = _output_path(run, out, "interpolations.png", model)
     checkpoint, vae, device_ = _load_trained(model, device)
-    x = _split(checkpoint, SplitName.test, device_, data, data_dir).rows(slice(0, 2 * pairs))
+    test = _split(checkpoint, SplitName.test, device_, data, data_dir)
+    x = test.rows(slice(0, 2 * pairs))
     if x.shape[0] < 2 * pairs:
         raise UserInputError(f"the test split has {x.shape[0]} images: ask for fewer --pairs")
+    y = test.labels[: 2 * pairs] if vae.labelled else None
     with writing(path, "--out"):
-        save_interpolations(vae, x[0::2], x[1::2], checkpoint.image_shape, path, steps)
+        save_interpolations(vae, x[0::2], x[1::2], checkpoint.image_shape, path, steps, y)
     typer.echo(path)
 
 
@@ -875,7 +945,7 @@ def latent(
     checkpoint, vae, device_ = _load_trained(model, device)
     images = _split(checkpoint, split, device_, data, data_dir)
     with writing(path, "--out"):
-        save_latent_scatter(vae, images.stored, images.labels, path)
+        save_latent_scatter(vae, images.stored, images.labels, path, vae.labelled)
     typer.echo(path)
 
 
@@ -887,6 +957,13 @@ def manifold(
     dims: Annotated[
         str, typer.Option(help="The two latent coordinates to vary; the others stay at 0.")
     ] = "0,1",
+    label: Annotated[
+        int | None,
+        typer.Option(
+            help="A model trained with labels (--model cvae or m2): the class to decode as.",
+            show_default="0",
+        ),
+    ] = None,
     out: Annotated[Path | None, _out_option(".png", "RUN/manifold.png")] = None,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
@@ -899,15 +976,29 @@ def manifold(
         raise UserInputError(f"--dims takes two coordinates such as 0,1, got {dims!r}") from None
     path = _output_path(run, out, "manifold.png", model)
     checkpoint, vae, _ = _load_trained(model, device)
+    if label is not None and not vae.labelled:
+        raise UserInputError(
+            "--label decodes as one class, which only a model trained with labels knows: drop it"
+        )
+    if vae.labelled:
+        check_label(label or 0, vae.num_classes)
     with writing(path, "--out"):
-        save_manifold(vae, checkpoint.image_shape, path, grid, (i, j))
+        save_manifold(vae, checkpoint.image_shape, path, grid, (i, j), label)
     typer.echo(path)
 
 
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 ExperimentName = _choices(
     "ExperimentName",
-    ["estimators", "priors", "posterior_collapse", "rate_distortion", "networks", "guides"],
+    [
+        "estimators",
+        "priors",
+        "posterior_collapse",
+        "rate_distortion",
+        "networks",
+        "guides",
+        "semi_supervised",
+    ],
 )
 
 

@@ -60,6 +60,7 @@ def explicit_options(ctx: typer.Context) -> set[str]:
 TRAIN_KEYS = (
     *("elbo", "num_particles", "lr", "batch_size", "epochs", "seed", "device", "beta"),
     *("kl_warmup", "free_bits", "lr_schedule", "lr_step", "lr_factor", "lr_min", "patience"),
+    *("labels", "alpha"),
 )
 
 
@@ -75,6 +76,7 @@ OPTION_FIELDS: dict[str, list[tuple[str, str]]] = {
     "channels": [("data", "channels")],
     "layout": [("data", "layout")],
     "latent_dim": [("model", "latent_dim")],
+    "model": [("model", "kind")],
     "network": [("model", "network"), ("model", "hidden_dims")],
     "hidden_dims": [("model", "hidden_dims")],
     "guide": [("model", "guide"), ("model", "guide_options")],
@@ -171,6 +173,7 @@ def _option_values(model: dict, data: dict, train: dict) -> dict[str, Any]:
         "channels": data["channels"],
         "layout": data["layout"],
         "latent_dim": model["latent_dim"],
+        "model": model["kind"],
         "network": model["network"],
         "hidden_dims": _joined(model["hidden_dims"], ","),
         "guide": model["guide"],

@@ -26,6 +26,8 @@ DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see schedules.py
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
 MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
+# --model: the VAE; the conditional VAE (conditional.py); M2, semi-supervised (semisupervised.py)
+MODEL_KINDS = ("vae", "cvae", "m2")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -54,6 +56,9 @@ class ModelConfig:
     """The VAE's architecture; the data dimension is not here because the data decide it."""
 
     latent_dim: int = 8  # dim z; digits need few dimensions, and small ones keep pictures readable
+    kind: str = "vae"  # a name from MODEL_KINDS (--model): which model reads the data
+    # The labels' classes, for the models that read them: set from the data when a run starts.
+    num_classes: int = 0
     network: str = "mlp"  # a name from networks.NETWORKS: the encoder/decoder pair
     # The encoder's widths (mlp: units per layer; conv: channels per stage); the decoder mirrors
     # them. None: the network's own default (networks.default_hidden_dims).
@@ -77,6 +82,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require(isinstance(self.network, str), f"network must be a name, got {self.network!r}")
         _require(isinstance(self.guide, str), f"guide must be a name, got {self.guide!r}")
+        _require(
+            self.kind in MODEL_KINDS,
+            f"unknown model {self.kind!r}: choose one of {', '.join(MODEL_KINDS)}",
+        )
+        _whole(self.num_classes, "num_classes", 0)
         if self.hidden_dims is not None:
             _require(
                 isinstance(self.hidden_dims, list | tuple),
@@ -205,6 +215,11 @@ class TrainConfig:
     lr_factor: float = 0.1  # step and plateau: what a cut multiplies the rate by
     lr_min: float = 0.0  # cosine: the rate the last epoch reaches
     patience: int | None = None  # stop after this many epochs without a better validation ELBO
+    # M2 (semisupervised.py): how many training images keep their labels (balanced by class,
+    # chosen by seed), and α, the weight of their classification term (None: 0.1 × the number of
+    # training images, Kingma et al.'s choice).
+    labels: int | None = None
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -216,6 +231,14 @@ class TrainConfig:
         _whole(self.kl_warmup, "kl_warmup", 0)
         if self.patience is not None:
             _whole(self.patience, "patience", 1)
+        if self.labels is not None:
+            _whole(self.labels, "labels", 1)
+        if self.alpha is not None:
+            _number(self.alpha, "alpha")
+            _require(
+                math.isfinite(self.alpha) and self.alpha >= 0,
+                f"alpha must be 0 or more, got {self.alpha}",
+            )
         for name in ("lr", "beta", "free_bits", "lr_factor", "lr_min"):
             _number(getattr(self, name), name)
         for name in ("elbo", "device", "lr_schedule"):
@@ -280,6 +303,26 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        m2, train = self.model.kind == "m2", self.train
+        _require(
+            m2 or (train.labels is None and train.alpha is None),
+            "--labels and --alpha choose the labelled images of semi-supervised training: use "
+            "them with --model m2",
+        )
+        _require(not m2 or train.labels is not None, "--model m2 needs --labels N: how many "
+                 "training images keep their labels (the rest are unlabelled)")  # fmt: skip
+        _require(
+            not m2 or train.elbo == "mc",
+            f"--model m2 sums over the class exactly with Pyro's TraceEnum_ELBO, which samples "
+            f"z as mc does: use --elbo mc (not {train.elbo})",
+        )
+        _require(
+            not m2 or (train.beta == 1 and not train.kl_warmup),
+            "--model m2 trains on its ELBO and classification term as Kingma et al. (2014) "
+            "weight them: drop --beta and --kl-warmup",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,7 +45,7 @@ def as_float(stored: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Split:
     stored: torch.Tensor  # (N, D): uint8 pixel values 0..255, bool binary pixels, or float32
-    labels: torch.Tensor  # (N,) int64 class labels, for pictures only
+    labels: torch.Tensor  # (N,) int64 class labels (zeros where the data have none)
 
     def __len__(self) -> int:
         return self.stored.shape[0]
@@ -75,6 +75,7 @@ class Dataset:
     test: Split
     binarize: str = "none"  # under "dynamic", train.x holds grey values, binarized per batch
     note: str = ""  # what the user should know about the data's origin (see RawData.note)
+    num_classes: int = 0  # the labels' classes, 0..num_classes−1; 0: the data have no labels
 
     @property
     def data_dim(self) -> int:
@@ -158,6 +159,7 @@ def load_dataset(config: DataConfig) -> Dataset:
         test=Split(x[test] if test_x is None else test_x, test_labels),
         binarize=config.binarize,
         note=raw.note,
+        num_classes=raw.num_classes,
     )
 
 

@@ -59,7 +59,11 @@ class Estimate:
 
 @torch.no_grad()
 def elbo_sums(
-    vae: VAE, x: torch.Tensor, num_particles: int, max_codes: int = 2**13
+    vae: VAE,
+    x: torch.Tensor,
+    num_particles: int,
+    labels: torch.Tensor | None = None,
+    max_codes: int = 2**13,
 ) -> torch.Tensor:
     """Over the rows of ``x`` (float, or uint8 pixel values, converted a chunk at a time, see
     ``data.as_float``): the summed ELBO (closed-form KL where Pyro has one), the summed
@@ -70,12 +74,14 @@ def elbo_sums(
     a mean and its standard error. The variance is the noise of sampling z, estimated from the
     spread of each row's K samples (Bessel-corrected; NaN for K = 1): the uncertainty of this
     number as a measurement of this model on these rows. The model's KL weight plays no part:
-    the terms are the distributions' own densities.
+    the terms are the distributions' own densities. ``labels``: the rows' classes, for a model
+    that reads them (the conditional VAE's bound is on log p(x | y)).
     """
     sums = torch.zeros(3, dtype=torch.float64, device=x.device)
     rows = max(1, max_codes // num_particles)  # at most max_codes codes decoded at once
-    for chunk in x.split(rows):
-        terms = _sample_terms(vae, as_float(chunk), num_particles)
+    for start in range(0, x.shape[0], rows):
+        chunk, classes = _rows(x, labels, start, rows)
+        terms = _sample_terms(vae, as_float(chunk), num_particles, *classes)
         kl = terms["kl"] if "kl" in terms else terms["log_guide"] - terms["log_prior"]
         elbo = (terms["log_likelihood"] - kl).double()  # (K, rows)
         if num_particles > 1:
@@ -105,7 +111,9 @@ def kl_per_datapoint(
 
 
 @torch.no_grad()
-def active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> int:
+def active_units(
+    vae: VAE, x: torch.Tensor, threshold: float = 0.01, labels: torch.Tensor | None = None
+) -> int:
     """Latent dimensions u with Var_x(E_q[z_u | x]) > ``threshold`` (Burda et al., 2016), the
     posterior mean E_q[z | x] taken as ``vae.encode`` gives it (for a flow guide, the flows applied
     to their Gaussian's mean).
@@ -113,8 +121,15 @@ def active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> int:
     A dimension whose posterior mean does not move with the data carries no information about
     it: the VAE has collapsed that dimension onto the prior. ``x`` may be stored uint8 rows;
     the encoder sees a chunk at a time (a conv encoder's activations are many times the data's).
+    ``labels``: the rows' classes, for a model whose encoder reads them.
     """
-    codes = torch.cat([vae.encode(as_float(chunk)) for chunk in x.split(1024)])
+    codes = torch.cat(
+        [
+            vae.encode(as_float(chunk), *classes)
+            for start in range(0, x.shape[0], 1024)
+            for chunk, classes in [_rows(x, labels, start, 1024)]
+        ]
+    )
     return int((codes.var(dim=0) > threshold).sum())
 
 
@@ -136,13 +151,26 @@ class Bound:
         return cls(mean, standard_error, -mean / (data_dim * math.log(2)))
 
 
+def _rows(
+    x: torch.Tensor, labels: torch.Tensor | None, start: int, count: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Rows ``start`` to ``start + count`` of ``x``, and of ``labels`` if given, as a tuple."""
+    chunk = x[start : start + count]
+    return chunk, () if labels is None else (labels[start : start + count],)
+
+
 @torch.no_grad()
-def _sample_terms(vae: VAE, x: torch.Tensor, num_samples: int) -> dict[str, torch.Tensor]:
+def _sample_terms(
+    vae: VAE, x: torch.Tensor, num_samples: int, *labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """For each of ``num_samples`` codes z_k ~ q(z|x) per image: log p(x|z_k), log p(z_k),
-    log q(z_k|x), and KL(q ‖ p) where it has a closed form; each (num_samples, batch)."""
+    log q(z_k|x), and KL(q ‖ p) where it has a closed form; each (num_samples, batch).
+    ``labels``: the images' classes, after x, for a model that reads them."""
     with pyro.plate("samples", num_samples, dim=-2):  # left of the data plate
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+        guide_trace = poutine.trace(vae.guide).get_trace(x, *labels)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
+            x, *labels
+        )
     guide_trace, model_trace = (
         prune_subsample_sites(guide_trace),
         prune_subsample_sites(model_trace),
@@ -166,6 +194,7 @@ def evaluate_bounds(
     num_samples: int = 1000,
     max_rows: int = 2**13,
     on_progress: Callable[[int, int], None] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, Bound]:
     """Three estimates of log p(x) per image, from the same samples z_1..z_K ~ q(z|x):
 
@@ -179,6 +208,7 @@ def evaluate_bounds(
     fastest and the smallest of 2¹³ to 2¹⁶ for K = 1,000 on 2,000 MNIST images on 2 CPU cores.
     ``on_progress(done, total)`` is called after every chunk with the codes decoded so far.
     ``x`` may be stored uint8 rows, converted a chunk at a time (see ``data.as_float``).
+    ``labels``: the images' classes, for a model that reads them (bounds on log p(x | y)).
     """
     total, done = x.shape[0] * num_samples, 0
     images_per_chunk = max(1, min(x.shape[0], max_rows // num_samples))
@@ -188,11 +218,12 @@ def evaluate_bounds(
         "elbo_mc_kl": [],
         "iwae": [],
     }
-    for chunk in x.split(images_per_chunk):
+    for start in range(0, x.shape[0], images_per_chunk):
+        chunk, classes = _rows(x, labels, start, images_per_chunk)
         log_sum_w = torch.full((chunk.shape[0],), -math.inf, device=x.device)
         sums = {"log_w": 0.0, "analytic": 0.0}
-        for k in _chunk_sizes(num_samples, samples_per_chunk):
-            terms = _sample_terms(vae, as_float(chunk), k)
+        for k in chunk_sizes(num_samples, samples_per_chunk):
+            terms = _sample_terms(vae, as_float(chunk), k, *classes)
             log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_guide"]  # (k, B)
             log_sum_w = torch.logaddexp(log_sum_w, log_w.logsumexp(0))
             sums["log_w"] = sums["log_w"] + log_w.sum(0)
@@ -207,5 +238,5 @@ def evaluate_bounds(
     return {name: Bound.of(torch.cat(values), x.shape[1]) for name, values in per_image.items()}
 
 
-def _chunk_sizes(total: int, size: int) -> list[int]:
+def chunk_sizes(total: int, size: int) -> list[int]:
     return [size] * (total // size) + ([total % size] if total % size else [])

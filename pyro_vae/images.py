@@ -307,6 +307,7 @@ def load_folder(config: DataConfig) -> RawData:
         labels=torch.from_numpy(labels),
         image_shape=tuple(x.shape[1:]),
         note=_note(root, config, target, results),
+        num_classes=len(classes) if len(classes) > 1 else 0,  # one class: no labels to learn
     )
 
 
@@ -461,4 +462,5 @@ def load_cifar10(config: DataConfig) -> RawData:
         labels=torch.cat([y for _, y in train]),
         image_shape=CIFAR_IMAGE_SHAPE,
         test=_read_cifar_batch(folder / CIFAR_TEST),
+        num_classes=10,
     )

@@ -27,10 +27,11 @@ class RawData:
     # uint8 pixel values 0..255 for 8-bit images (a quarter of float32's memory; data.Split
     # converts them to [0, 1] per batch), else float32.
     x: torch.Tensor
-    labels: torch.Tensor  # (N,) int64; zeros where the data have none
+    labels: torch.Tensor  # (N,) int64 class labels 0..num_classes−1; zeros where none
     image_shape: tuple[int, int, int]  # (C, H, W) with C·H·W = D; (1, 1, D) for plain vectors
     test: tuple[torch.Tensor, torch.Tensor] | None = None  # the official test split, if any
     note: str = ""  # what the user should know about where the data came from
+    num_classes: int = 0  # the labels' classes; 0: the data carry no labels
 
 
 def load_digits(config: DataConfig) -> RawData:
@@ -39,7 +40,8 @@ def load_digits(config: DataConfig) -> RawData:
 
     bunch = sklearn_digits()
     x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0  # pixel values are 0..16
-    return RawData(x, torch.as_tensor(bunch.target, dtype=torch.int64), (1, 8, 8))
+    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
+    return RawData(x, labels, (1, 8, 8), num_classes=10)
 
 
 # helper functions: IDX files
@@ -137,11 +139,12 @@ def load_mnist_family(config: DataConfig) -> RawData:
     raw = root / class_name / "raw"
     train, test = _read_idx_split(raw, "train"), _read_idx_split(raw, "t10k")
     if train is not None and test is not None:
-        return RawData(*train, image_shape=(1, 28, 28), test=test)
+        return RawData(*train, image_shape=(1, 28, 28), test=test, num_classes=10)
     if test is not None:
         return RawData(
             *test,
             image_shape=(1, 28, 28),
+            num_classes=10,
             note=f"only the test split of {config.dataset} is in {raw} ({len(test[0])} images): "
             "training on a seeded train / validation / test split of it",
         )
@@ -242,15 +245,16 @@ def _check_array(array: np.ndarray, labels: np.ndarray | None, path: Path, layou
             )
         raise UserInputError(f"{path} holds NaN or infinite values (first in row {row})")
     if labels is None:
-        y = torch.zeros(len(x), dtype=torch.int64)
-    else:
-        if labels.ndim != 1 or len(labels) != len(x) or not np.issubdtype(labels.dtype, np.integer):
-            raise UserInputError(
-                f"{path}: the labels 'y' ({labels.dtype}, shape {labels.shape}) do not label the "
-                f"{len(x)} images: save one integer label per image, or no 'y'"
-            )
-        y = torch.as_tensor(labels.astype(np.int64))
-    return RawData(x, y, image_shape)
+        return RawData(x, torch.zeros(len(x), dtype=torch.int64), image_shape)
+    if labels.ndim != 1 or len(labels) != len(x) or not np.issubdtype(labels.dtype, np.integer):
+        raise UserInputError(
+            f"{path}: the labels 'y' ({labels.dtype}, shape {labels.shape}) do not label the "
+            f"{len(x)} images: save one integer label per image, or no 'y'"
+        )
+    y = torch.as_tensor(labels.astype(np.int64))
+    # Classes 0..max; a label out of that range (negative) is refused by the models that read
+    # labels (labels.py), not here: a plain VAE only colours pictures with them.
+    return RawData(x, y, image_shape, num_classes=int(y.max()) + 1 if len(y) else 0)
 
 
 def _channel_layout(shape: tuple[int, ...], layout: str, path: Path) -> str:

@@ -28,10 +28,11 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from pyro_vae.config import ModelConfig
+from pyro_vae.errors import UserInputError
 from pyro_vae.guides import GuideFamily, build_guide
 from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.networks import DataShape, as_data_shape, build_networks
-from pyro_vae.priors import Prior, build_prior
+from pyro_vae.priors import Prior, VampPrior, build_prior
 
 
 class VAE(PyroModule):
@@ -50,6 +51,10 @@ class VAE(PyroModule):
     """
 
     recordable = True  # its step is static: see recordable.py
+    # Whether model and guide read class labels (labels.py: the conditional VAE and M2 do), so
+    # that both networks are built with ``label_dim`` = num_classes and fed one-hot classes.
+    labelled = False
+    kind = "vae"  # the name --model gives it (models.MODELS)
 
     def __init__(
         self,
@@ -67,6 +72,7 @@ class VAE(PyroModule):
         decoder: nn.Module | None = None,
         guide: "str | GuideFamily" = ModelConfig.guide,
         guide_options: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
     ):
         # ``name`` prefixes the parameters' names in Pyro's global param store, so that several
         # VAEs trained with SVI in one process do not share (and silently overwrite) entries.
@@ -76,11 +82,20 @@ class VAE(PyroModule):
         self.latent_dim = latent_dim
         if (encoder is None) != (decoder is None):
             raise ValueError("give both an encoder and a decoder, or neither")
+        if self.labelled and num_classes < 2:
+            raise ValueError(f"a {type(self).__name__} needs labels of 2 classes at least")
+        self.num_classes = num_classes  # the labels' classes (0: none known)
+        label_dim = num_classes if self.labelled else 0
         # The family decides how many values the encoder outputs, so it comes first.
         self.guide_family = build_guide(guide, latent_dim, **(guide_options or {}))
         if encoder is None:
             encoder, decoder = build_networks(
-                network, self.data_shape, latent_dim, hidden_dims, self.guide_family.parameter_dim
+                network,
+                self.data_shape,
+                latent_dim,
+                hidden_dims,
+                self.guide_family.parameter_dim,
+                label_dim,
             )
         self.encoder, self.decoder = encoder, decoder
         # A prior may ask for the encoder and the guide family (the VampPrior does), so it is
@@ -93,6 +108,11 @@ class VAE(PyroModule):
             guide_family=self.guide_family,
             **(prior_options or {}),
         )
+        if self.labelled and isinstance(self.prior, VampPrior):
+            raise UserInputError(
+                f"--prior vamp mixes q(z | u) at learnt pseudo-inputs u, which have no class for "
+                f"--model {self.kind}'s q(z | x, y): use --prior standard, gaussian or mog"
+            )
         self.likelihood = build_likelihood(
             likelihood, self.data_dim, data_shape=self.data_shape, **(likelihood_options or {})
         )
@@ -100,7 +120,9 @@ class VAE(PyroModule):
         # A buffer changed in place, so that a recorded step reads the current one; not saved,
         # because a trained VAE is the model, whatever weight trained it (see ``kl_weighted``).
         self.register_buffer("kl_weight", torch.ones(()), persistent=False)
-        _check_networks(self.encoder, self.decoder, self.guide_family, self.data_dim, latent_dim)
+        _check_networks(
+            self.encoder, self.decoder, self.guide_family, self.data_dim, latent_dim, label_dim
+        )
         _check_event_shape(self.prior(), (latent_dim,), "prior p(z)")
         _check_event_shape(
             self.likelihood(torch.zeros(self.data_dim)), (self.data_dim,), "likelihood p(x|z)"
@@ -108,6 +130,11 @@ class VAE(PyroModule):
 
     @classmethod
     def from_config(cls, config: ModelConfig, data_shape: int | Sequence[int]) -> "VAE":
+        """The model ``config.kind`` names (called on ``VAE``), or ``cls`` (on a subclass)."""
+        if cls is VAE:
+            from pyro_vae.models import MODELS  # they subclass this one
+
+            cls = MODELS[config.kind]
         return cls(
             data_shape,
             network=config.network,
@@ -119,6 +146,7 @@ class VAE(PyroModule):
             likelihood=config.likelihood,
             prior_options=config.prior_options,
             likelihood_options=config.likelihood_options,
+            num_classes=config.num_classes,
         )
 
     def generative_model(
@@ -167,11 +195,22 @@ class VAE(PyroModule):
         finally:
             self.kl_weight.fill_(previous)
 
-    # Deterministic helpers for pictures and evaluation: they read the networks directly.
+    # Deterministic helpers for pictures and evaluation: they read the networks directly. Each
+    # takes the data points' classes y as well, which the models of labels.py read (as (N,)
+    # integer labels) and this one ignores.
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+    def labels_in(self, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """What the networks take beside their input: y one-hot for a labelled model, else
+        nothing."""
+        return ()
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
         """q_φ(z | x), batch shape x.shape[:-1]: what the guide samples from."""
-        return self.guide_family(self.encoder(x))
+        return self.guide_family(self.encoder(x, *self.labels_in(y)))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of p_θ(x | z) (and y): an image with no pixel noise."""
+        return self.likelihood(self.decoder(z, *self.labels_in(y))).mean
 
     @torch.no_grad()
     def family_member(self) -> dist.Distribution:
@@ -181,26 +220,32 @@ class VAE(PyroModule):
         where = (
             {"device": parameter.device, "dtype": parameter.dtype} if parameter is not None else {}
         )
-        return self.posterior(torch.zeros(2, self.data_dim, **where))  # 2 rows: a batch to norm
+        zeros = torch.zeros(2, self.data_dim, **where)  # 2 rows: a batch to norm
+        return self.posterior(zeros, torch.zeros(2, dtype=torch.long, device=zeros.device))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """One code per data point: the mean of q(z|x) (for a flow, the flows applied to its
         Gaussian's mean)."""
-        return self.guide_family.encode(self.encoder(x))
+        return self.guide_family.encode(self.encoder(x, *self.labels_in(y)))
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of p_θ(x | z = encode(x)): what the VAE makes of ``x`` through its code."""
-        return self.likelihood(self.decoder(self.encode(x))).mean
+        return self.decode(self.encode(x, y), y)
 
-    def generate(self, num_samples: int) -> torch.Tensor:
+    def generate(self, num_samples: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of p_θ(x | z) for ``num_samples`` codes z ~ p(z): new data, no pixel noise."""
         z = self.prior().sample((num_samples,))
-        return self.likelihood(self.decoder(z)).mean
+        return self.decode(z, y)
 
 
 @torch.no_grad()
 def _check_networks(
-    encoder: nn.Module, decoder: nn.Module, family: GuideFamily, data_dim: int, latent_dim: int
+    encoder: nn.Module,
+    decoder: nn.Module,
+    family: GuideFamily,
+    data_dim: int,
+    latent_dim: int,
+    label_dim: int = 0,
 ) -> None:
     # A network built for another size would otherwise fail deep inside Pyro, or worse, train:
     # one call each on two zero rows (two, so that a squeezed batch dimension is caught too).
@@ -209,7 +254,8 @@ def _check_networks(
         device, dtype = parameter.device, parameter.dtype
     except StopIteration:
         device, dtype = None, None
-    out = encoder(torch.zeros(2, data_dim, device=device, dtype=dtype))
+    labels = (torch.zeros(2, label_dim, device=device, dtype=dtype),) if label_dim else ()
+    out = encoder(torch.zeros(2, data_dim, device=device, dtype=dtype), *labels)
     name = type(family).__name__
     if isinstance(out, tuple | list):  # (loc, scale), as Pyro's examples write encoders
         shapes = [tuple(value.shape) for value in out]
@@ -229,7 +275,7 @@ def _check_networks(
             f"the {name} gives q(z|x) of batch shape {tuple(q.batch_shape)} and event shape "
             f"{tuple(q.event_shape)} for a batch of 2, but this VAE needs (2,) and ({latent_dim},)"
         )
-    x_hat = decoder(torch.zeros(2, latent_dim, device=device, dtype=dtype))
+    x_hat = decoder(torch.zeros(2, latent_dim, device=device, dtype=dtype), *labels)
     if tuple(x_hat.shape) != (2, data_dim):
         raise ValueError(
             f"the decoder returns shape {tuple(x_hat.shape)} for a batch of 2 codes, but this "

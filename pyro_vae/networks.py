@@ -7,8 +7,13 @@ the guide's parameters (..., P), P = ``output_dim`` values that the guide family
 decoder maps z (..., latent_dim) to the likelihood's raw parameter (..., D). Both are told the
 data's shape (C, H, W), with C·H·W = D, so an image network reshapes where it needs to
 (``as_images`` and ``as_vectors`` do it for any leading dimensions). A constructor takes, by name,
-what it needs of ``data_shape``, ``latent_dim``, ``output_dim`` and ``hidden_dims`` (the encoder's
-widths, which the decoder mirrors).
+what it needs of ``data_shape``, ``latent_dim``, ``output_dim``, ``hidden_dims`` (the encoder's
+widths, which the decoder mirrors) and ``label_dim``.
+
+The models that read labels (labels.py: the conditional VAE, M2) give both networks the class as
+well, one-hot: a network built with ``label_dim`` K > 0 is called ``encoder(x, y)`` and
+``decoder(z, y)``, y of shape (..., K), whose leading dimensions broadcast against the data's
+(M2 sums over the classes by giving y a dimension of its own, left of the batch).
 
 - ``mlp``: fully connected layers, ``hidden_dims`` units each (Kingma & Welling, 2014).
 - ``conv``: strided 4×4 convolutions down, one stage per entry of ``hidden_dims`` (its channels),
@@ -17,6 +22,7 @@ widths, which the decoder mirrors).
   batch norm, which would couple the images of a batch and break the ELBO's sum over them).
 """
 
+import inspect
 import itertools
 import math
 from collections.abc import Sequence
@@ -53,6 +59,14 @@ def as_vectors(images: torch.Tensor, leading: Sequence[int]) -> torch.Tensor:
     return images.reshape(*leading, -1)
 
 
+def with_labels(h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """[h, y] along the last dimension, their leading dimensions broadcast; h if y is None."""
+    if y is None:
+        return h
+    leading = torch.broadcast_shapes(h.shape[:-1], y.shape[:-1])
+    return torch.cat([h.expand(*leading, -1), y.to(h.dtype).expand(*leading, -1)], dim=-1)
+
+
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
     """Linear layers ``sizes[0] -> ... -> sizes[-1]``, a ReLU between each two, none at the end."""
     layers: list[nn.Module] = []
@@ -68,7 +82,7 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 class Encoder(nn.Module):
     """MLP(x; φ): the guide's parameters, ``output_dim`` of them (default 2·latent_dim: μ and
-    log σ² of the diagonal Gaussian)."""
+    log σ² of the diagonal Gaussian); with ``label_dim`` K, MLP([x, y])."""
 
     recordable = True  # its step is static: see recordable.py
     default_hidden_dims = (256, 128)  # units per layer: a minute on the digits with 2 CPU cores
@@ -79,25 +93,34 @@ class Encoder(nn.Module):
         hidden_dims: Sequence[int],
         latent_dim: int,
         output_dim: int | None = None,
+        label_dim: int = 0,
     ):
         super().__init__()
-        self.net = mlp([math.prod(data_shape), *hidden_dims, output_dim or 2 * latent_dim])
+        inputs = math.prod(data_shape) + label_dim
+        self.net = mlp([inputs, *hidden_dims, output_dim or 2 * latent_dim])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (..., output_dim)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(with_labels(x, y))  # (..., output_dim)
 
 
 class Decoder(nn.Module):
-    """x̂ = MLP(z; θ): the raw parameter (mean or logits) of the likelihood p_θ(x|z)."""
+    """x̂ = MLP(z; θ): the raw parameter (mean or logits) of the likelihood p_θ(x|z); with
+    ``label_dim`` K, MLP([z, y])."""
 
     recordable = True  # its step is static: see recordable.py
 
-    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], data_shape: Sequence[int]):
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        data_shape: Sequence[int],
+        label_dim: int = 0,
+    ):
         super().__init__()
-        self.net = mlp([latent_dim, *reversed(hidden_dims), math.prod(data_shape)])
+        self.net = mlp([latent_dim + label_dim, *reversed(hidden_dims), math.prod(data_shape)])
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)  # (..., D)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(with_labels(z, y))  # (..., D)
 
 
 # main classes: convolutional
@@ -132,7 +155,8 @@ def conv_grid(data_shape: Sequence[int], stages: int) -> tuple[int, int]:
 
 class ConvEncoder(nn.Module):
     """Linear(Conv(x; φ)): strided convolutions, each halving the image, then the guide's
-    ``output_dim`` parameters (default 2·latent_dim)."""
+    ``output_dim`` parameters (default 2·latent_dim); with ``label_dim`` K, Linear([Conv(x), y]),
+    so that the convolutions run once per image whatever the classes."""
 
     recordable = True  # its step is static: see recordable.py
     default_hidden_dims = (32, 64)  # channels per stage: 28×28 down to 7×7, as DCGAN VAEs do
@@ -143,6 +167,7 @@ class ConvEncoder(nn.Module):
         hidden_dims: Sequence[int],
         latent_dim: int,
         output_dim: int | None = None,
+        label_dim: int = 0,
     ):
         super().__init__()
         self.data_shape = tuple(data_shape)
@@ -155,43 +180,53 @@ class ConvEncoder(nn.Module):
         for n_in, n_out in itertools.pairwise([channels, *hidden_dims]):
             layers += [nn.Conv2d(n_in, n_out, KERNEL, STRIDE, PADDING), nn.ReLU()]
         self.conv = nn.Sequential(*layers)
-        self.out = nn.Linear(hidden_dims[-1] * grid_h * grid_w, output_dim or 2 * latent_dim)
+        self.features = hidden_dims[-1] * grid_h * grid_w
+        self.out = nn.Linear(self.features + label_dim, output_dim or 2 * latent_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         images = F.pad(as_images(x, self.data_shape), self.padding)  # (N, C, H', W')
-        features = self.conv(images).flatten(1)  # (N, hidden_dims[-1]·h·w)
-        return self.out(features).reshape(*x.shape[:-1], -1)  # (..., output_dim)
+        features = self.conv(images).reshape(*x.shape[:-1], self.features)  # (..., F)
+        return self.out(with_labels(features, y))  # (..., output_dim)
 
 
 class ConvDecoder(nn.Module):
-    """x̂ = ConvTranspose(Linear(z; θ)): the encoder's stages mirrored, each doubling the image."""
+    """x̂ = ConvTranspose(Linear(z; θ)): the encoder's stages mirrored, each doubling the image;
+    with ``label_dim`` K, ConvTranspose(Linear([z, y]))."""
 
     recordable = True  # its step is static: see recordable.py
 
-    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], data_shape: Sequence[int]):
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        data_shape: Sequence[int],
+        label_dim: int = 0,
+    ):
         super().__init__()
         self.data_shape = tuple(data_shape)
         channels, self.height, self.width = self.data_shape
         self.grid = conv_grid(self.data_shape, len(hidden_dims))  # (h, w)
         widths = list(reversed(hidden_dims))
         self.first = widths[0]
-        self.inp = nn.Linear(latent_dim, widths[0] * self.grid[0] * self.grid[1])
+        self.inp = nn.Linear(latent_dim + label_dim, widths[0] * self.grid[0] * self.grid[1])
         layers: list[nn.Module] = [nn.ReLU()]
         for n_in, n_out in itertools.pairwise([*widths, channels]):
             layers += [nn.ConvTranspose2d(n_in, n_out, KERNEL, STRIDE, PADDING), nn.ReLU()]
         self.deconv = nn.Sequential(*layers[:-1])  # no ReLU on the raw parameter
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        n = math.prod(z.shape[:-1])
-        features = self.inp(z).reshape(n, self.first, *self.grid)  # (N, widths[0], h, w)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = with_labels(z, y)
+        n = math.prod(inputs.shape[:-1])
+        features = self.inp(inputs).reshape(n, self.first, *self.grid)  # (N, widths[0], h, w)
         images = self.deconv(features)[..., : self.height, : self.width]  # crop the padding
-        return as_vectors(images, z.shape[:-1])  # (..., D)
+        return as_vectors(images, inputs.shape[:-1])  # (..., D)
 
 
 # the registry
 
 # name -> (encoder class, decoder class). A constructor takes by name what it needs of
-# ``data_shape``, ``latent_dim``, ``output_dim`` and ``hidden_dims``; an encoder class may carry
+# ``data_shape``, ``latent_dim``, ``output_dim``, ``hidden_dims`` and ``label_dim`` (a pair
+# without ``label_dim`` serves the unlabelled VAE only); an encoder class may carry
 # ``default_hidden_dims``, the widths used when none are given.
 NETWORKS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "mlp": (Encoder, Decoder),
@@ -212,10 +247,12 @@ def build_networks(
     latent_dim: int,
     hidden_dims: Sequence[int] | None = None,
     output_dim: int | None = None,
+    label_dim: int = 0,
 ) -> tuple[nn.Module, nn.Module]:
     """The encoder and decoder registered as ``network``, for data of ``data_shape`` (C, H, W);
     ``hidden_dims`` None takes the network's default widths; the encoder outputs ``output_dim``
-    values (None: 2·latent_dim, the diagonal guide's)."""
+    values (None: 2·latent_dim, the diagonal guide's); with ``label_dim`` K > 0 both also read
+    a one-hot class."""
     widths = default_hidden_dims(network) if hidden_dims is None else tuple(hidden_dims)
     context = {
         "data_shape": tuple(data_shape),
@@ -224,6 +261,14 @@ def build_networks(
         "output_dim": output_dim or 2 * latent_dim,
     }
     encoder_class, decoder_class = NETWORKS[network]
+    if label_dim:
+        for cls in (encoder_class, decoder_class):
+            if "label_dim" not in inspect.signature(cls).parameters:
+                raise UserInputError(
+                    f"the {network} network's {cls.__name__} takes no labels (no label_dim): "
+                    "use --network mlp or conv with a model that reads labels"
+                )
+        context["label_dim"] = label_dim
     return (
         build({network: encoder_class}, network, "encoder", context=context),
         build({network: decoder_class}, network, "decoder", context=context),

@@ -19,19 +19,45 @@ from pyro_vae.model import VAE
 
 @torch.no_grad()
 def save_samples(
-    vae: VAE, image_shape: Sequence[int], path: Path, num_samples: int, seed: int
+    vae: VAE,
+    image_shape: Sequence[int],
+    path: Path,
+    num_samples: int,
+    seed: int,
+    label: int | None = None,
 ) -> Path:
-    """``num_samples`` decoded means of z ~ p(z), the codes drawn with ``seed``."""
+    """``num_samples`` decoded means of z ~ p(z), the codes drawn with ``seed``. A model that
+    reads labels draws them of class ``label``, or, with None, one row per class: the row
+    ``num_samples`` // K wide (8 at least), class 0 at the top."""
     pyro.set_rng_seed(seed)
-    return plots.save_image_grid(
-        vae.generate(num_samples), image_shape, path, title="decoded means of z ~ p(z)"
-    )
+    if not vae.labelled:
+        return plots.save_image_grid(
+            vae.generate(num_samples), image_shape, path, title="decoded means of z ~ p(z)"
+        )
+    device = next(vae.parameters()).device
+    if label is not None:
+        y = torch.full((num_samples,), label, device=device)
+        title, columns = f"decoded means of z ~ p(z), class {label}", 8
+    else:
+        k = vae.num_classes
+        columns = max(8, num_samples // k)
+        y = torch.arange(k, device=device).repeat_interleave(columns)
+        title = f"decoded means of z ~ p(z), one row per class (0 to {k - 1}, top to bottom)"
+    images = vae.generate(len(y), y)
+    return plots.save_image_grid(images, image_shape, path, ncols=columns, title=title)
 
 
 @torch.no_grad()
-def save_reconstructions(vae: VAE, x: torch.Tensor, image_shape: Sequence[int], path: Path) -> Path:
-    """The images ``x`` (N, D), each row followed by the row of their reconstructions."""
-    return plots.save_reconstructions(x, vae.reconstruct(x), image_shape, path)
+def save_reconstructions(
+    vae: VAE,
+    x: torch.Tensor,
+    image_shape: Sequence[int],
+    path: Path,
+    labels: torch.Tensor | None = None,
+) -> Path:
+    """The images ``x`` (N, D), each row followed by the row of their reconstructions
+    (``labels``: their classes, for a model that reads them)."""
+    return plots.save_reconstructions(x, vae.reconstruct(x, labels), image_shape, path)
 
 
 @torch.no_grad()
@@ -42,14 +68,21 @@ def save_interpolations(
     image_shape: Sequence[int],
     path: Path,
     steps: int = 10,
+    labels: torch.Tensor | None = None,
 ) -> Path:
     """One row per pair: the start image, decodes along the straight line between the two
-    codes (``vae.encode``: posterior means) of start and end, and the end image."""
-    start_codes = vae.encode(starts)  # (P, latent_dim)
-    end_codes = vae.encode(ends)
+    codes (``vae.encode``: posterior means) of start and end, and the end image. A model that
+    reads labels takes ``labels``, the classes of starts and ends interleaved (as the pairs
+    were taken from one split), and decodes the whole row as the start's class."""
+    y_start = y_end = None
+    if labels is not None:
+        y_start, y_end = labels[0::2], labels[1::2]
+    start_codes = vae.encode(starts, y_start)  # (P, latent_dim)
+    end_codes = vae.encode(ends, y_end)
     t = torch.linspace(0, 1, steps, device=starts.device).reshape(1, steps, 1)
     codes = (1 - t) * start_codes.unsqueeze(1) + t * end_codes.unsqueeze(1)  # (P, steps, L)
-    decoded = vae.likelihood(vae.decoder(codes)).mean  # (P, steps, D)
+    row_class = None if y_start is None else y_start.unsqueeze(1).expand(-1, steps)
+    decoded = vae.decode(codes, row_class)  # (P, steps, D)
     rows = torch.cat([starts.unsqueeze(1), decoded, ends.unsqueeze(1)], dim=1)  # (P, steps+2, D)
     return plots.save_image_grid(
         rows.flatten(0, 1),
@@ -61,10 +94,18 @@ def save_interpolations(
 
 
 @torch.no_grad()
-def save_latent_scatter(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: Path) -> Path:
+def save_latent_scatter(
+    vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: Path, encode_labels: bool = False
+) -> Path:
     """Posterior means μ(x) coloured by label; projected on two principal axes beyond 2-D.
-    ``x`` may be stored uint8 rows: the encoder sees a chunk at a time."""
-    codes = torch.cat([vae.encode(as_float(chunk)) for chunk in x.split(1024)])
+    ``x`` may be stored uint8 rows: the encoder sees a chunk at a time. ``encode_labels``: the
+    encoder reads the labels too (q(z | x, y) of a model that reads labels)."""
+    codes = torch.cat(
+        [
+            vae.encode(as_float(chunk), y if encode_labels else None)
+            for chunk, y in zip(x.split(1024), labels.split(1024), strict=True)
+        ]
+    )
     if codes.shape[1] == 1:
         raise UserInputError("a 1-D latent space has no 2-D picture: train with --latent-dim 2+")
     if codes.shape[1] == 2:
@@ -89,12 +130,14 @@ def save_manifold(
     path: Path,
     grid_size: int = 20,
     dims: tuple[int, int] = (0, 1),
+    label: int | None = None,
 ) -> Path:
     """Decodes over a grid of two latent coordinates (Kingma & Welling, 2014, figure 4).
 
     The grid is evenly spaced in probability, z = Φ⁻¹(p) for p in (0, 1), so that it covers a
     standard normal prior evenly; other coordinates stay at 0. Rows run from high z_j (top) to
-    low, columns from low z_i to high.
+    low, columns from low z_i to high. A model that reads labels decodes as class ``label``
+    (None: class 0).
     """
     i, j = dims
     if not (0 <= i < vae.latent_dim and 0 <= j < vae.latent_dim and i != j):
@@ -107,7 +150,10 @@ def save_manifold(
     codes = torch.zeros(grid_size, grid_size, vae.latent_dim, device=device)
     codes[:, :, i] = values.unsqueeze(0)  # columns
     codes[:, :, j] = values.flip(0).unsqueeze(1)  # rows
-    decoded = vae.likelihood(vae.decoder(codes.flatten(0, 1))).mean
+    y = None
+    if vae.labelled:
+        y = torch.full((grid_size * grid_size,), label or 0, device=device)
+    decoded = vae.decode(codes.flatten(0, 1), y)
     return plots.save_latent_grid(
         decoded,
         image_shape,

@@ -43,8 +43,9 @@ from pyro_vae.recordable import (
 
 log = logging.getLogger(__name__)
 
-# A graph holds for one batch shape, dtype and device, and one set of trainable parameters.
-GraphKey = tuple[tuple[int, ...], torch.dtype, torch.device, tuple[bool, ...]]
+# A graph holds for one batch shape, dtype and device (of each input: the images, and the
+# classes of a model that reads them), and one set of trainable parameters.
+GraphKey = tuple[Any, ...]
 
 
 class _Loss(nn.Module):
@@ -56,11 +57,11 @@ class _Loss(nn.Module):
         self.vae = vae
         self.elbo, self.model, self.guide = elbo, model, guide
 
-    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss and −ELBO (the same tensor for an ELBO that knows no difference)."""
         if isinstance(self.elbo, DeviceLossMixin):
-            return self.elbo.losses(self.model, self.guide, batch)
-        loss = self.elbo.differentiable_loss(self.model, self.guide, batch)
+            return self.elbo.losses(self.model, self.guide, *batch)
+        loss = self.elbo.differentiable_loss(self.model, self.guide, *batch)
         return loss, loss
 
 
@@ -84,7 +85,7 @@ class RecordedGradient:
         self.eager_reason: str | None = None  # why every step is eager, once it is
         self._handled_eagerly = False  # whether a step under a Pyro handler was said to be eager
 
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def __call__(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The loss and −ELBO (detached), the loss's gradient in the ``.grad``s; None where no
         graph can be made or trusted, and nothing done: the caller then takes the eager step.
 
@@ -100,15 +101,15 @@ class RecordedGradient:
             self._stand_aside(f"{change} after the step was recorded, which its graph cannot see")
             return None
         trainable = tuple(p.requires_grad for p in self._parameters)
-        key = (tuple(batch.shape), batch.dtype, batch.device, trainable)
+        key = (*((tuple(b.shape), b.dtype, b.device) for b in batch), trainable)
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._record(batch)
+            graph = self._record(*batch)
             if graph is None:
                 return None
             self._graphs[key] = graph
         with torch.no_grad():  # the graph computes the gradients itself; autograd keeps out
-            loss, negative_elbo, *gradients = graph(*self._inputs, batch)
+            loss, negative_elbo, *gradients = graph(*self._inputs, *batch)
         for parameter, gradient in zip(self._parameters, gradients, strict=True):
             parameter.grad = gradient
         return loss, negative_elbo
@@ -152,18 +153,18 @@ class RecordedGradient:
             return False
         named = [*self._loss.named_parameters(), *self._loss.named_buffers()]
         self._names = [name for name, _ in named]
-        self._inputs = [value for _, value in named]  # the graph's inputs, the batch last
+        self._inputs = [value for _, value in named]  # the graph's inputs, the batch's last
         self._watch = StateWatch(parts, self._parameters)
         return True
 
-    def _record(self, batch: torch.Tensor) -> GraphModule | None:
+    def _record(self, *batch: torch.Tensor) -> GraphModule | None:
         assert self._watch is not None
         names = self._names
 
         def loss_and_gradients(*values: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-            *inputs, x = values
+            inputs, data = values[: len(names)], values[len(names) :]
             loss, negative_elbo = functional_call(
-                self._loss, dict(zip(names, inputs, strict=True)), (x,)
+                self._loss, dict(zip(names, inputs, strict=True)), data
             )
             # Frozen parameters (requires_grad False) get no gradient, as from autograd.
             parameters = inputs[: len(self._parameters)]
@@ -175,7 +176,7 @@ class RecordedGradient:
         generators = PythonGenerators()
         try:
             with pyro.validation_enabled(False):  # validation reads values; the first step did it
-                graph = make_fx(loss_and_gradients, tracing_mode="fake")(*self._inputs, batch)
+                graph = make_fx(loss_and_gradients, tracing_mode="fake")(*self._inputs, *batch)
         except Exception as error:  # any failure to record leaves the eager step, always correct
             self._watch.restore()  # whatever the interrupted step had left half-done
             generators.restore()

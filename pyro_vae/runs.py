@@ -46,6 +46,7 @@ from pyro_vae.data import Dataset, load_dataset, load_run_data
 from pyro_vae.distributed import SINGLE_PROCESS, Replicas
 from pyro_vae.errors import UserInputError
 from pyro_vae.evaluate import active_units
+from pyro_vae.labels import check_labels
 from pyro_vae.model import VAE
 from pyro_vae.pictures import save_reconstructions, save_samples
 from pyro_vae.rundir import (
@@ -64,6 +65,7 @@ from pyro_vae.rundir import (
     writing,
 )
 from pyro_vae.schedules import extend_cosine
+from pyro_vae.semisupervised import SemiSupervisedTrainer, SemiSupervisedVAE
 from pyro_vae.tensorboard_log import TensorBoardLog, summary_writer_class
 from pyro_vae.train import (
     EpochMetrics,
@@ -142,10 +144,13 @@ def train_run(
     replicas.connect(device)
     pyro.set_rng_seed(config.train.seed)
     data = _load_data(config, device, replicas)
+    if config.model.kind != "vae":  # a model that reads labels: as many classes as the data have
+        check_labels(data, config.model.kind)
+        config = replace(config, model=replace(config.model, num_classes=data.num_classes))
     check_budget(config, data.image_shape, device)
     vae = VAE.from_config(config.model, data.image_shape).to(device)
     _check_data(vae, data)
-    trainer = Trainer(vae, config.train, replicas)
+    trainer = make_trainer(vae, config, data, replicas)
     run_id = uuid.uuid4().hex
     with _writer(run_dir, replicas, create=True):
         if replicas.is_main:
@@ -201,7 +206,7 @@ def resume_run(
     config = replace(config, data=config.data.located(data_path, data_dir))
     vae = checkpoint.build_vae(device)
     _check_data(vae, data)
-    trainer = Trainer(vae, config.train, replicas)
+    trainer = make_trainer(vae, config, data, replicas)
     trainer.load_state_dict(checkpoint.trainer_state)
     extended = config.train.epochs != checkpoint.config.train.epochs
     if extended and isinstance(trainer.scheduler, CosineAnnealingLR):  # to lr_min at the end
@@ -266,6 +271,15 @@ def _load_data(config: RunConfig, device: torch.device, replicas: Replicas) -> D
     # Every replica holds the whole dataset; a download happens once, on rank 0, the others wait.
     with replicas.main_first() if config.data.download else contextlib.nullcontext():
         return load_dataset(config.data).to(device)
+
+
+def make_trainer(
+    vae: VAE, config: RunConfig, data: Dataset, replicas: Replicas = SINGLE_PROCESS
+) -> Trainer:
+    """The trainer of ``vae``: M2's (semi-supervised, on the labels it keeps) or the ELBO's."""
+    if isinstance(vae, SemiSupervisedVAE):
+        return SemiSupervisedTrainer(vae, config.train, data, replicas)
+    return Trainer(vae, config.train, replicas)
 
 
 def _check_data(vae: VAE, data: Dataset) -> None:
@@ -434,13 +448,16 @@ def _train(
     if patience is not None and (run_dir / BEST).is_file():  # the run's pictures: its best model
         vae = load_checkpoint(run_dir / BEST, device).build_vae(device)
         kept.append(BEST)
-    active = active_units(vae, data.val.stored)
+    labelled = vae.labelled  # its networks read the classes: give them the data's
+    active = active_units(vae, data.val.stored, labels=data.val.labels if labelled else None)
+    shown = slice(0, NUM_RECONSTRUCTIONS)
     pictures = [
         save_reconstructions(
             vae,
-            data.test.rows(slice(0, NUM_RECONSTRUCTIONS)),
+            data.test.rows(shown),
             data.image_shape,
             run_dir / RECONSTRUCTIONS,
+            data.test.labels[shown] if labelled else None,
         ),
         save_samples(vae, data.image_shape, run_dir / SAMPLES, NUM_SAMPLES, config.train.seed),
         plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),

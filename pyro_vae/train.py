@@ -14,7 +14,7 @@ from pyro.infer import ELBO, RenyiELBO
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import Dataset
+from pyro_vae.data import Dataset, Split
 from pyro_vae.distributed import (
     ORDER_STREAM,
     SINGLE_PROCESS,
@@ -54,6 +54,8 @@ class EpochMetrics:
     # distortion = −E_q[log p(x|z)], nats per image; val_elbo = −(rate + distortion).
     val_rate: float | None = None
     val_distortion: float | None = None
+    # For a model with a classifier (M2): the share of validation images it misclassifies.
+    val_error: float | None = None
 
 
 class TrainingDiverged(UserInputError):
@@ -175,36 +177,44 @@ class Trainer:
         """Steps taken in the epoch in progress (0 between epochs)."""
         return self._steps_done if self._order is not None else 0
 
-    def step(self, batch: torch.Tensor) -> torch.Tensor:
+    def step(self, batch: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
         """One SVI step, the KL weighted by ``config.beta``; returns the loss per data point (−ELBO
-        where β is 1) as a detached 0-dim tensor. Warm-up is counted in epochs: ``train_epoch``."""
+        where β is 1) as a detached 0-dim tensor. Warm-up is counted in epochs: ``train_epoch``.
+        A model that reads labels (the conditional VAE) takes the batch's classes after it."""
         with self._kl_weight(self.config.beta):
-            loss, _ = self._update(batch)
+            loss, _ = self._update(batch, *labels)
         return loss / batch.shape[0]
 
-    def _update(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _update(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on ``batch``; returns its loss and −ELBO summed, on the device."""
-        losses = self._backward(batch)
+        losses = self._backward(*batch)
         self.optimizer.step()
         return losses
 
-    def _backward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss and −ELBO summed over ``batch``, the loss's gradient in the ``.grad``s."""
+    def _inputs(self, data: Dataset, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the model and guide take for the training images at ``index``: the images,
+        and their classes for a model that reads them."""
+        x = data.train_batch(index)
+        return (x, data.train.labels[index]) if self.vae.labelled else (x,)
+
+    def _backward(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and −ELBO summed over ``batch`` (the images, then any classes), the loss's
+        gradient in the ``.grad``s."""
         # The gradient of the ELBO summed over the batch, as SVI.step takes it: Adam's ε makes the
         # summed and the averaged loss step differently where gradients are tiny.
-        if self._validated and self._recorded is not None and batch.shape[0]:
-            losses = self._recorded(batch)  # replaces every .grad: no zero_grad needed
+        if self._validated and self._recorded is not None and batch[0].shape[0]:
+            losses = self._recorded(*batch)  # replaces every .grad: no zero_grad needed
             if losses is not None:
                 return losses
         self.optimizer.zero_grad(set_to_none=True)
-        if batch.shape[0] == 0:  # a replica's shard of a last batch smaller than the replicas
-            zero = torch.zeros((), device=batch.device)
+        if batch[0].shape[0] == 0:  # a replica's shard of a last batch smaller than the replicas
+            zero = torch.zeros((), device=batch[0].device)
             return zero, zero
         # Pyro checks every distribution's arguments and every site's shape: worth it once, to
         # catch a component's mistake at its first step, then only a cost per step (the data are
         # checked before training, and a divergence is caught by check_finite).
         with pyro.validation_enabled(not self._validated):
-            losses = loss_and_backward(self.elbo, self._model, self._guide, batch)
+            losses = loss_and_backward(self.elbo, self._model, self._guide, *batch)
         self._validated = True
         return losses
 
@@ -235,7 +245,7 @@ class Trainer:
         say). On a stop the epoch ends there, its progress kept for a later call, and this
         returns None.
         """
-        num_train, device = len(data.train), data.train.stored.device
+        num_train, device = self._num_train(data), data.train.stored.device
         if self._order is None:
             self._order = self._epoch_order(num_train, device)
             self._steps_done, self._seconds = 0, 0.0
@@ -267,7 +277,8 @@ class Trainer:
         self._seconds += time.perf_counter() - start
         self.check_finite()
         start = time.perf_counter()
-        val, val_rate = self._validation_elbo(data.val.stored)
+        val, val_rate = self._validation_elbo(data.val)
+        val_error = self._validation_error(data.val)
         self.validation_seconds.append(time.perf_counter() - start)
         if not math.isfinite(val.value):  # finite weights can still overflow on some image
             raise TrainingDiverged(
@@ -289,6 +300,7 @@ class Trainer:
             lr=lr,
             val_rate=val_rate,
             val_distortion=-val.value - val_rate,
+            val_error=val_error,
         )
         self.history.append(metrics)
         self.early_stopping.improved(metrics.val_elbo, metrics.epoch)
@@ -299,6 +311,10 @@ class Trainer:
         self.epoch_seconds.append(self._seconds)
         self._order = None
         return metrics
+
+    def _num_train(self, data: Dataset) -> int:
+        """The images an epoch passes over."""
+        return len(data.train)
 
     def _epoch_order(self, num_train: int, device: torch.device) -> torch.Tensor:
         if not self.replicas.distributed:
@@ -313,14 +329,16 @@ class Trainer:
         """One step on the batch at ``index``: the loss and −ELBO summed over it, and whether
         to stop."""
         if not self.replicas.distributed:
-            losses = self._update(data.train_batch(index))
+            losses = self._update(*self._inputs(data, index))
             return losses, should_stop is not None and should_stop()
         # This replica's noise comes from a seed of its own for this step (see distributed.py).
         rank = self.replicas.rank
         torch.manual_seed(
             derived_seed(self.config.seed, TRAINING_STREAM, self.epoch, self._steps_done, rank)
         )
-        loss_sum, negative_elbo_sum = self._backward(data.train_batch(self.replicas.shard(index)))
+        loss_sum, negative_elbo_sum = self._backward(
+            *self._inputs(data, self.replicas.shard(index))
+        )
         wish = torch.tensor(float(should_stop is not None and should_stop()), device=index.device)
         riders = torch.stack([loss_sum, negative_elbo_sum, wish])
         loss_sum, negative_elbo_sum, stops = self.replicas.sum_gradients(self._parameters, riders)
@@ -328,25 +346,32 @@ class Trainer:
         # Reading the stop flag waits for the step to finish: the price of stopping together.
         return (loss_sum, negative_elbo_sum), bool(stops > 0)
 
-    def _validation_elbo(self, x: torch.Tensor) -> tuple[Estimate, float]:
-        """The ELBO on ``x`` (as stored: uint8 rows are converted a chunk at a time), with
+    def _validation_elbo(self, split: Split) -> tuple[Estimate, float]:
+        """The ELBO on ``split`` (as stored: uint8 rows are converted a chunk at a time), with
         closed-form KL where the prior allows and ``val_particles`` samples of z per image, its
         standard error, and its rate (the KL term) in nats per image; replicas each take a
         shard, with their own seed."""
         particles = self.config.val_particles
+        x = split.stored
+        labels = split.labels if self.vae.labelled else None
         with pyro.validation_enabled(False):  # as for the steps: the first one checked it all
             if not self.replicas.distributed:
-                sums = elbo_sums(self.vae, x, particles)
+                sums = elbo_sums(self.vae, x, particles, labels)
             else:
                 rank = self.replicas.rank
                 seed = derived_seed(self.config.seed, VALIDATION_STREAM, self.epoch, rank)
                 torch.manual_seed(seed)
                 shard = self.replicas.shard(x)
+                shard_labels = None if labels is None else self.replicas.shard(labels)
                 sums = torch.zeros(3, dtype=torch.float64, device=x.device)
                 if shard.shape[0]:
-                    sums += elbo_sums(self.vae, shard, particles)
+                    sums += elbo_sums(self.vae, shard, particles, shard_labels)
                 sums = self.replicas.sum(sums)
         return elbo_estimate(sums, x.shape[0]), sums[2].item() / x.shape[0]
+
+    def _validation_error(self, split: Split) -> float | None:
+        """The validation images' classification error, for a model that classifies."""
+        return None
 
     def check_finite(self) -> None:
         """Raise ``TrainingDiverged`` if the loss so far or any parameter is NaN or infinite."""

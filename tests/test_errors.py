@@ -541,6 +541,72 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["train", "--lr", "5", "--sigma", "0.1", "--out", t / "run"],
         "learning rate",
     ),
+    # labels: the conditional VAE and M2
+    "unknown model": (lambda t, r: ["train", "--model", "m3"], "'--model'"),
+    "m2 without --labels": (lambda t, r: ["train", "--model", "m2"], "needs --labels N"),
+    "--labels without m2": (
+        lambda t, r: ["train", "--model", "cvae", "--labels", "100"],
+        "use them with --model m2",
+    ),
+    "zero labels": (lambda t, r: ["train", "--model", "m2", "--labels", "0"], "'--labels'"),
+    "negative alpha": (
+        lambda t, r: ["train", "--model", "m2", "--labels", "10", "--alpha", "-1"],
+        "'--alpha'",
+    ),
+    "more labels than images": (
+        lambda t, r: ["train", "--model", "m2", "--labels", "5000", "--out", t / "run"],
+        "give at most 1437",
+    ),
+    "more labels than a class has": (
+        lambda t, r: ["train", "--model", "m2", "--labels", "1437", "--out", t / "run"],
+        "balanced by class",
+    ),
+    "m2 with the analytic ELBO": (
+        lambda t, r: ["train", "--model", "m2", "--labels", "50", "--elbo", "analytic"],
+        "use --elbo mc",
+    ),
+    "m2 with beta": (
+        lambda t, r: ["train", "--model", "m2", "--labels", "50", "--beta", "2"],
+        "drop --beta",
+    ),
+    "cvae with the VampPrior": (
+        lambda t, r: ["train", "--model", "cvae", "--prior", "vamp", "--out", t / "run"],
+        "use --prior standard, gaussian or mog",
+    ),
+    "cvae on data without labels": (
+        lambda t, r: [
+            "train",
+            "--model",
+            "cvae",
+            "--data",
+            npy(t, np.random.rand(40, 4, 4)),
+            "--out",
+            t / "run",
+        ],
+        "has no labels",
+    ),
+    "m2 on negative labels": (
+        lambda t, r: [
+            "train",
+            "--model",
+            "m2",
+            "--labels",
+            "4",
+            "--data",
+            npz(t, x=np.random.rand(40, 4, 4), y=np.arange(40) % 4 - 1),
+            "--out",
+            t / "run",
+        ],
+        "number the classes from 0",
+    ),
+    "sample --label of an unlabelled model": (
+        lambda t, r: ["sample", r, "--label", "3"],
+        "train with --model cvae",
+    ),
+    "manifold --label of an unlabelled model": (
+        lambda t, r: ["manifold", r, "--label", "3"],
+        "only a model trained with labels knows",
+    ),
 }
 
 

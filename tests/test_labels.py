@@ -1,0 +1,328 @@
+"""The models that read labels: the conditional VAE and semi-supervised M2 (labels.py)."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_vae import DataConfig, TrainConfig, Trainer, load_dataset
+from pyro_vae.conditional import ConditionalVAE
+from pyro_vae.config import MODEL_KINDS
+from pyro_vae.errors import UserInputError
+from pyro_vae.guides import GUIDES
+from pyro_vae.labels import check_label, choose_labelled, one_hot
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.models import MODELS
+from pyro_vae.priors import PRIORS
+from pyro_vae.semisupervised import (
+    SemiSupervisedTrainer,
+    SemiSupervisedVAE,
+    bound_terms,
+    enumerated_elbo,
+)
+
+
+def small_m2(
+    guide: str = "diagonal", likelihood: str = "bernoulli", **options
+) -> SemiSupervisedVAE:
+    pyro.set_rng_seed(0)
+    return SemiSupervisedVAE(
+        12, 3, (16,), likelihood=likelihood, guide=guide, num_classes=4, **options
+    )
+
+
+def explicit_bound(vae: SemiSupervisedVAE, x: torch.Tensor) -> torch.Tensor:
+    """U(x) summed over x, written class by class: Σ_y q(y|x) ELBO_y(x) + H(q(y|x)), each
+    ELBO_y = log p(x|y,z) + log π_y + log p(z) − log q(z|x,y) at z ~ q(z|x,y), the z of all
+    classes drawn in one call as enumeration draws them."""
+    k = vae.num_classes
+    q_y = torch.softmax(vae.classifier(x), -1)  # (N, K)
+    q_z = vae.posterior(x, torch.arange(k).reshape(k, 1))  # batch (K, N)
+    z = q_z.rsample()  # (K, N, L)
+    total = 0.0
+    for y in range(k):
+        decoded = vae.decoder(z[y], one_hot(torch.full((x.shape[0],), y), k))
+        elbo_y = (
+            vae.likelihood(decoded).log_prob(x)
+            + math.log(1 / k)
+            + vae.prior().log_prob(z[y])
+            - q_z.log_prob(z)[y]
+        )
+        total = total + q_y[:, y] * elbo_y
+    entropy = -(q_y * q_y.log()).sum(-1)
+    return (total + entropy).sum()
+
+
+@pytest.mark.parametrize("guide", ["diagonal", "full", "iaf"])
+def test_enumerated_elbo_is_the_sum_over_classes_weighted_by_q_plus_its_entropy(guide):
+    vae = small_m2(guide)
+    x = torch.bernoulli(torch.full((5, 12), 0.4))
+    pyro.set_rng_seed(1)
+    enumerated = -enumerated_elbo().differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(1)
+    by_hand = explicit_bound(vae, x)
+    pyro.set_rng_seed(1)
+    written_out = bound_terms(vae, x, 1, analytic=False)["elbo"].sum()
+    assert torch.allclose(enumerated, by_hand, rtol=1e-5), (enumerated, by_hand)
+    assert torch.allclose(written_out, by_hand, rtol=1e-5)
+    # and the gradient reaches the classifier through the weights q(y|x)
+    enumerated.backward()
+    assert vae.classifier.net[0].weight.grad.abs().sum() > 0
+
+
+def test_the_enumerated_y_is_a_guide_site_marked_for_enumeration_not_a_sample():
+    vae = small_m2()
+    x = torch.bernoulli(torch.full((5, 12), 0.4))
+    trace = poutine.trace(poutine.enum(vae.guide, first_available_dim=-2)).get_trace(x)
+    site = trace.nodes["y"]
+    assert site["infer"]["enumerate"] == "parallel"
+    assert site["value"].shape == (4, 1)  # all four classes, a dimension left of the batch
+    assert trace.nodes["z"]["value"].shape == (4, 5, 3)
+
+
+# helpers
+
+
+def digits():
+    return load_dataset(DataConfig(binarize="static"))
+
+
+def cli_run(*args):
+    from typer.testing import CliRunner
+
+    import cli
+
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+# the registry of models
+
+
+def test_every_model_kind_is_registered():
+    assert tuple(MODELS) == MODEL_KINDS
+    assert all(MODELS[kind].kind == kind for kind in MODELS)
+
+
+def test_one_hot_and_labels_checks():
+    assert one_hot(torch.tensor([2, 0]), 3).tolist() == [[0, 0, 1], [1, 0, 0]]
+    with pytest.raises(UserInputError, match="from 0 to 9"):
+        check_label(10, 10)
+    chosen = choose_labelled(torch.arange(100) % 10, 23, seed=0)
+    counts = torch.bincount((torch.arange(100) % 10)[chosen], minlength=10)
+    assert len(chosen) == 23 and len(chosen.unique()) == 23
+    assert counts.max() - counts.min() <= 1  # balanced by class
+    assert torch.equal(chosen, choose_labelled(torch.arange(100) % 10, 23, seed=0))
+    assert not torch.equal(chosen, choose_labelled(torch.arange(100) % 10, 23, seed=1))
+
+
+# every component with both labelled models
+
+
+@pytest.mark.parametrize("kind", ["cvae", "m2"])
+@pytest.mark.parametrize("guide", GUIDES)
+@pytest.mark.parametrize("prior", PRIORS)
+def test_labelled_models_train_with_every_guide_and_prior(kind, guide, prior):
+    x = torch.bernoulli(torch.full((6, 12), 0.5))
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    pyro.set_rng_seed(0)
+    make = lambda: MODELS[kind](12, 3, (16,), prior=prior, guide=guide, num_classes=4)  # noqa: E731
+    if prior == "vamp":
+        with pytest.raises(UserInputError, match="--prior vamp"):
+            make()
+        return
+    vae = make()
+    loss = make_elbo_mc().differentiable_loss(vae.model, vae.guide, x, y)
+    if kind == "m2":  # and the unlabelled images, y summed out
+        loss = loss + enumerated_elbo().differentiable_loss(vae.model, vae.guide, x)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for name, p in vae.named_parameters() if "decoder" in name)
+    assert vae.generate(8, torch.arange(8) % 4).shape == (8, 12)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_labelled_models_take_every_likelihood(likelihood):
+    for kind in ("cvae", "m2"):
+        pyro.set_rng_seed(0)
+        vae = MODELS[kind]((1, 4, 4), 2, (8,), likelihood=likelihood, num_classes=3)
+        x = torch.bernoulli(torch.full((5, 16), 0.5))  # binary: data for every likelihood
+        y = torch.tensor([0, 1, 2, 0, 1])
+        terms = bound_terms(vae, x, 2) if kind == "m2" else None
+        assert terms is None or torch.isfinite(terms["elbo"]).all()
+        loss = make_elbo_mc().differentiable_loss(vae.model, vae.guide, x, y)
+        assert torch.isfinite(loss)
+
+
+def test_the_conv_network_reads_labels_once_per_image():
+    pyro.set_rng_seed(0)
+    vae = SemiSupervisedVAE((1, 8, 8), 2, (4, 8), network="conv", num_classes=3)
+    x = torch.rand(5, 64)
+    loss = enumerated_elbo().differentiable_loss(vae.model, vae.guide, x)
+    assert torch.isfinite(loss)
+
+
+def test_the_cvae_step_is_recorded_and_is_the_eager_step():
+    from pyro_vae.objectives import loss_and_backward, make_elbo
+    from pyro_vae.recorded import RecordedGradient
+
+    pyro.set_rng_seed(0)
+    vae = ConditionalVAE(12, 3, (16,), num_classes=4, likelihood="bernoulli")
+    x, y = torch.bernoulli(torch.full((6, 12), 0.5)), torch.tensor([0, 1, 2, 3, 0, 1])
+    elbo = make_elbo("mc")
+    model, guide = vae.generative_model, vae.inference_guide
+    recorded = RecordedGradient(vae, elbo, model, guide)
+    results = []
+    for step in (lambda: loss_and_backward(elbo, model, guide, x, y), lambda: recorded(x, y)):
+        vae.zero_grad(set_to_none=True)
+        pyro.set_rng_seed(3)
+        with pyro.validation_enabled(False):
+            loss = step()
+        results.append((loss, [p.grad.clone() for p in vae.parameters()]))
+    (eager, eager_grads), (replayed, replayed_grads) = results
+    assert replayed is not None and recorded.eager_reason is None
+    torch.testing.assert_close(replayed, eager, rtol=0, atol=0)
+    for a, b in zip(eager_grads, replayed_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # another class for the same images is another loss: the labels are the graph's input
+    other = recorded(x, (y + 1) % 4)
+    assert not torch.equal(other[0], replayed[0])
+
+
+# semi-supervised training: labelled and unlabelled batches
+
+
+def test_m2_steps_mix_labelled_and_unlabelled_images_as_the_objective_says():
+    data = digits()
+    pyro.set_rng_seed(0)
+    vae = SemiSupervisedVAE(data.image_shape, 4, (16,), likelihood="bernoulli", num_classes=10)
+    config = TrainConfig(labels=30, batch_size=64, alpha=5.0)
+    trainer = SemiSupervisedTrainer(vae, config, data)
+    labelled, unlabelled = set(trainer.labelled.tolist()), set(trainer.unlabelled.tolist())
+    assert len(labelled) == 30 and not labelled & unlabelled
+    assert labelled | unlabelled == set(range(len(data.train)))
+    assert torch.bincount(data.train.labels[trainer.labelled], minlength=10).tolist() == [3] * 10
+    # an epoch passes over the unlabelled images once each
+    order = trainer._epoch_order(trainer._num_train(data), torch.device("cpu"))
+    assert sorted(order.tolist()) == sorted(unlabelled)
+
+
+def test_m2_loss_of_one_step_by_hand():
+    data = digits()
+    pyro.set_rng_seed(0)
+    vae = SemiSupervisedVAE(data.image_shape, 4, (16,), likelihood="bernoulli", num_classes=10)
+    config = TrainConfig(labels=30, batch_size=64, alpha=5.0)
+    trainer = SemiSupervisedTrainer(vae, config, data)
+    trainer.optimizer.step = lambda: None  # the parameters stay: the loss is recomputed below
+    index = trainer.unlabelled[:64]
+    pyro.set_rng_seed(5)
+    loss, negative_u = trainer._semi_supervised_step(data, index)
+    pyro.set_rng_seed(5)
+    x = data.train_batch(index)
+    u = -enumerated_elbo().differentiable_loss(vae.model, vae.guide, x).detach()
+    chosen = trainer.labelled[torch.randperm(30)[:30]]
+    xl, yl = data.train_batch(chosen), data.train.labels[chosen]
+    labelled_elbo = -make_elbo_mc().differentiable_loss(vae.model, vae.guide, xl, yl).detach()
+    log_q = vae.class_posterior(xl).log_prob(yl).sum().detach()
+    scale = 64 / (len(trainer.unlabelled) * 30)
+    expected = -u + scale * (30 * -labelled_elbo - 5.0 * log_q)
+    torch.testing.assert_close(negative_u, -u)
+    torch.testing.assert_close(loss, expected)
+
+
+def make_elbo_mc():
+    from pyro_vae.objectives import make_elbo
+
+    return make_elbo("mc")
+
+
+def test_the_cvae_draws_the_class_asked_for():
+    """A classifier trained on the digits recognises the CVAE's samples of each class."""
+    from torch.nn import functional as F
+
+    from pyro_vae.networks import Encoder
+
+    data = digits()
+    pyro.set_rng_seed(0)
+    vae = ConditionalVAE(data.image_shape, 4, (64,), likelihood="bernoulli", num_classes=10)
+    trainer = Trainer(vae, TrainConfig(batch_size=32))
+    for _ in range(12):
+        trainer.train_epoch(data)
+    judge = Encoder(data.image_shape, (64,), 4, output_dim=10)
+    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-2)
+    x, y = data.train.x, data.train.labels
+    for _ in range(100):
+        optimizer.zero_grad()
+        F.cross_entropy(judge(x), y).backward()
+        optimizer.step()
+    asked = torch.arange(10).repeat_interleave(20)
+    with torch.no_grad():
+        drawn = vae.generate(len(asked), asked)
+        agreement = (judge(drawn).argmax(-1) == asked).float().mean()
+        shuffled = (judge(drawn).argmax(-1) == asked[torch.randperm(len(asked))]).float().mean()
+    assert agreement > 0.5, agreement  # five times chance (0.1)
+    assert shuffled < 0.3
+
+
+# through the command line
+
+
+@pytest.fixture(scope="module")
+def labelled_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labelled")
+    common = ["--epochs", "2", "--hidden-dims", "32", "--latent-dim", "4"]
+    for kind, extra in (("cvae", []), ("m2", ["--labels", "50"])):
+        result = cli_run("train", "--model", kind, *extra, *common, "--out", root / kind)
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def test_cvae_run_samples_a_class_and_evaluates_given_the_class(labelled_runs):
+    import json
+
+    run = labelled_runs / "cvae"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and metrics[-1]["val_error"] is None
+    result = cli_run("sample", run, "--label", "3", "--num", "8")
+    assert result.exit_code == 0, result.output
+    assert (run / "samples-class3-seed0.png").is_file()
+    result = cli_run("sample", run, "--label", "10")
+    assert result.exit_code == 2 and "from 0 to 9" in result.output
+    result = cli_run("evaluate", run, "--num-samples", "4")
+    assert result.exit_code == 0 and "log p(x | y)" in result.output, result.output
+    for command in (["reconstruct"], ["interpolate"], ["latent"], ["manifold", "--label", "2"]):
+        result = cli_run(*command, run)
+        assert result.exit_code == 0, (command, result.output)
+
+
+def test_m2_run_reports_validation_error_and_test_error(labelled_runs):
+    import json
+
+    run = labelled_runs / "m2"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= m["val_error"] <= 1 for m in metrics)
+    result = cli_run("evaluate", run, "--num-samples", "4")
+    assert result.exit_code == 0, result.output
+    assert "classification error of q(y|x)" in result.output
+    record = json.loads(next(run.glob("evaluation-*.json")).read_text())
+    assert 0 <= record["classification_error"] <= 1
+    assert record["bounds"]["iwae"]["nats"] >= record["bounds"]["elbo_analytic_kl"]["nats"] - 1.0
+    result = cli_run("sample", run, "--label", "7", "--num", "4")
+    assert result.exit_code == 0, result.output
+
+
+def test_an_m2_run_resumes_exactly(tmp_path):
+    from pyro_vae.config import ModelConfig, RunConfig
+    from pyro_vae.runs import RunHooks, resume_run, train_run
+    from tests.test_reliability import assert_same_run, stop_after
+
+    config = RunConfig(
+        model=ModelConfig(kind="m2", hidden_dims=(16,), latent_dim=2),
+        train=TrainConfig(epochs=2, labels=40),
+    )
+    train_run(config, tmp_path / "straight")
+    stopped = train_run(config, tmp_path / "stopped", hooks=RunHooks(should_stop=stop_after(30)))
+    assert not stopped.finished
+    resume_run(tmp_path / "stopped")
+    assert_same_run(tmp_path / "straight", tmp_path / "stopped")
