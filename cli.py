@@ -82,7 +82,8 @@ from pyro_vae.pictures import (
 )
 from pyro_vae.registry import accepts
 from pyro_vae.rundir import BEST, CHECKPOINT, RUN_FILES, check_writable, is_run_dir, writing
-from pyro_vae.semisupervised import SemiSupervisedVAE, classification_error, evaluate_m2_bounds
+from pyro_vae.semisupervised import SemiSupervisedVAE
+from pyro_vae.semisupervised_bounds import classification_error, evaluate_m2_bounds
 
 signal.signal(signal.SIGINT, _HANDLER_BEFORE_IMPORTS)  # imported: Ctrl-C as it was
 
@@ -817,9 +818,8 @@ def evaluate(
     }
     with writing(path, "--out"):
         path.write_text(json.dumps(record, indent=2) + "\n")
-    what = "log p(x | y)" if vae.labelled and not isinstance(vae, SemiSupervisedVAE) else ""
-    if what:
-        typer.echo(f"the conditional VAE's bounds are on {what}, the class given")
+    if vae.labelled and not isinstance(vae, SemiSupervisedVAE):
+        typer.echo("the conditional VAE's bounds are on log p(x | y), the class given")
     labels = {
         "elbo_analytic_kl": f"ELBO, {kl} KL",
         "elbo_mc_kl": "ELBO, monte-carlo KL",

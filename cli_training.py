@@ -373,6 +373,11 @@ def summarise(
         f"per image ({final.val_kl} KL, {result.config.train.val_particles} samples of z each; "
         "± one standard error of sampling them)."
     )
+    if final.val_error is not None:
+        labels = result.config.train.labels
+        typer.echo(
+            f"Validation error of q(y|x): {final.val_error:.2%} (trained with {labels} labels)."
+        )
     config = result.config
     if result.stopped_early:
         typer.echo(

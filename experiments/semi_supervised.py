@@ -4,11 +4,13 @@ trained on the labelled images alone, and the conditional VAE's class-by-sample 
 The MNIST split on disk (the 10,000 test images, split 8,000 / 1,000 / 1,000 with a fixed seed),
 statically binarized, Bernoulli likelihood; the paper's networks: one hidden layer of 500 units
 (ReLU here), latent dimension 50; Adam 1e-3, batch 128 (unlabelled) beside a batch of up to 128
-labelled images at every step, α = 0.1 × 8,000 (the paper's α = 0.1·N). For each number of
-labels (balanced by class, chosen by the seed) and seed, M2 trains for the same epochs (passes
-over the unlabelled images), and the classifier alone (the same network as M2's q(y|x), cross
-entropy) takes as many steps on the labelled images. Both are scored on the 1,000 test images.
-No model selection on validation labels: the last epoch's model is scored.
+labelled images at every step. α, the weight of the labelled images' mean log q(y|x), is the
+paper's 0.1·N (N = 8,000 training images) and, to see how much the result hangs on it, ten times
+that (``--alphas``: multiples of 0.1·N). For each number of labels (balanced by class, chosen by
+the seed) and seed, M2 trains for the same epochs (passes over the unlabelled images), and the
+classifier alone (the same network as M2's q(y|x), cross entropy) takes as many steps on the
+labelled images. Both are scored on the 1,000 test images. No model selection on validation
+labels: the last epoch's model is scored.
 
 The CVAE (same networks, the class fed to both) trains on all 8,000 labelled images; its
 picture has one row per class, and a classifier trained on the 8,000 training images says how
@@ -32,26 +34,25 @@ from torch.nn import functional as F
 from pyro_vae import DataConfig, TrainConfig, Trainer, load_dataset
 from pyro_vae.conditional import ConditionalVAE
 from pyro_vae.data import Dataset
-from pyro_vae.networks import build_networks
+from pyro_vae.networks import build_classifier
 from pyro_vae.pictures import save_samples
-from pyro_vae.semisupervised import (
-    SemiSupervisedTrainer,
-    SemiSupervisedVAE,
-    classification_error,
-)
+from pyro_vae.semisupervised import ALPHA_PER_IMAGE, SemiSupervisedTrainer, SemiSupervisedVAE
+from pyro_vae.semisupervised_bounds import classification_error
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN, LATENT, BATCH = (500,), 50, 128
 PAPER = {100: "11.97 ± 1.71", 600: "4.94 ± 0.13", 1000: "3.60 ± 0.56", 3000: "3.92 ± 0.63"}
 
 
-def m2(data: Dataset, labels: int, seed: int, epochs: int) -> tuple[float, list[float], int]:
+def m2(
+    data: Dataset, labels: int, seed: int, epochs: int, alpha: float
+) -> tuple[float, list[float], int]:
     """M2's test error, its validation error after each epoch, and the steps it took."""
     pyro.set_rng_seed(seed)
     vae = SemiSupervisedVAE(
         data.image_shape, LATENT, HIDDEN, likelihood="bernoulli", num_classes=data.num_classes
     )
-    config = TrainConfig(labels=labels, batch_size=BATCH, epochs=epochs, seed=seed)
+    config = TrainConfig(labels=labels, batch_size=BATCH, epochs=epochs, seed=seed, alpha=alpha)
     trainer = SemiSupervisedTrainer(vae, config, data)
     curve = [trainer.train_epoch(data).val_error for _ in range(epochs)]
     steps = epochs * math.ceil(len(trainer.unlabelled) / BATCH)
@@ -64,7 +65,7 @@ def classifier_alone(data: Dataset, labels: int, seed: int, steps: int) -> float
     from pyro_vae.labels import choose_labelled
 
     pyro.set_rng_seed(seed)
-    net, _ = build_networks("mlp", data.image_shape, LATENT, HIDDEN, data.num_classes)
+    net = build_classifier("mlp", data.image_shape, LATENT, HIDDEN, data.num_classes)
     chosen = choose_labelled(data.train.labels, labels, seed)
     x, y = data.train.rows(chosen), data.train.labels[chosen]
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -88,7 +89,7 @@ def cvae_picture(data: Dataset, epochs: int, path: Path) -> float:
     for _ in range(epochs):
         trainer.train_epoch(data)
     save_samples(vae, data.image_shape, path, 8 * data.num_classes, seed=0)
-    judge, _ = build_networks("mlp", data.image_shape, LATENT, HIDDEN, data.num_classes)
+    judge = build_classifier("mlp", data.image_shape, LATENT, HIDDEN, data.num_classes)
     optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
     x, y = data.train.x, data.train.labels
     for _ in range(epochs):
@@ -103,6 +104,7 @@ def cvae_picture(data: Dataset, epochs: int, path: Path) -> float:
 
 
 def report(rows: dict, curves: dict, agreement: float, args, line: str, picture: str) -> str:
+    alphas = [f"M2, α = {m:g} × 0.1·N" for m in args.alphas]
     lines = [
         "# Semi-supervised M2 against its classifier alone",
         "",
@@ -113,20 +115,22 @@ def report(rows: dict, curves: dict, agreement: float, args, line: str, picture:
         f"latent {LATENT}, {args.epochs} epochs, seeds {args.seeds}. Test error (%), mean ± "
         "standard deviation over seeds; the paper's M2 on 50,000 unlabelled images beside it.",
         "",
-        "| labels N | M2 | classifier alone | M2 − classifier | paper's M2 (50,000 images) |",
-        "|---:|---:|---:|---:|---:|",
+        "| labels N | classifier alone | " + " | ".join(alphas) + " | paper's M2 |",
+        "|---:|---:|" + "---:|" * len(alphas) + "---:|",
     ]
-    for labels, (m2_errors, alone_errors) in rows.items():
-        gains = [100 * (a - b) for a, b in zip(m2_errors, alone_errors, strict=True)]
+    for labels, (alone_errors, by_alpha) in rows.items():
+        cells = [mean_and_spread([100 * e for e in by_alpha[m]]) for m in args.alphas]
         lines.append(
-            f"| {labels:,} | {mean_and_spread([100 * e for e in m2_errors])} "
-            f"| {mean_and_spread([100 * e for e in alone_errors])} "
-            f"| {mean_and_spread(gains)} | {PAPER.get(labels, '—')} |"
+            f"| {labels:,} | {mean_and_spread([100 * e for e in alone_errors])} | "
+            + " | ".join(cells)
+            + f" | {PAPER.get(labels, '—')} |"
         )
     lines += ["", "M2's validation error (%) after each epoch, seed mean:", ""]
-    for labels, per_seed in curves.items():
+    for (labels, multiple), per_seed in curves.items():
         means = [100 * statistics.fmean(values) for values in zip(*per_seed, strict=True)]
-        lines.append(f"- N = {labels:,}: " + ", ".join(f"{m:.1f}" for m in means))
+        lines.append(
+            f"- N = {labels:,}, α = {multiple:g} × 0.1·N: " + ", ".join(f"{m:.1f}" for m in means)
+        )
     lines += [
         "",
         f"## The conditional VAE: one row per class (0 at the top)\n\n![samples]({picture})\n",
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--labels", type=int, nargs="+", default=[100, 600, 1000, 3000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--quick", action="store_true", help="the digits, 1 epoch, 1 seed")
     parser.add_argument("--out", type=Path, help="default: experiments/results/semi_supervised.md")
     args = parser.parse_args(argv)
@@ -156,19 +161,22 @@ def main(argv: list[str] | None = None) -> Path:
     args.train = len(data.train)
     rows, curves = {}, {}
     for labels in args.labels:
-        m2_errors, alone_errors, per_seed = [], [], []
+        alone_errors, by_alpha = [], {multiple: [] for multiple in args.alphas}
         for seed in args.seeds:
-            start = time.perf_counter()
-            error, curve, steps = m2(data, labels, seed, args.epochs)
-            m2_errors.append(error)
-            per_seed.append(curve)
+            for multiple in args.alphas:
+                start = time.perf_counter()
+                alpha = multiple * ALPHA_PER_IMAGE * args.train
+                error, curve, steps = m2(data, labels, seed, args.epochs, alpha)
+                by_alpha[multiple].append(error)
+                curves.setdefault((labels, multiple), []).append(curve)
+                print(
+                    f"N={labels} seed={seed} α={alpha:g}: M2 {error:.2%} "
+                    f"({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
             alone_errors.append(classifier_alone(data, labels, seed, steps))
-            print(
-                f"N={labels} seed={seed}: M2 {error:.2%}, alone {alone_errors[-1]:.2%} "
-                f"({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
-        rows[labels], curves[labels] = (m2_errors, alone_errors), per_seed
+            print(f"N={labels} seed={seed}: alone {alone_errors[-1]:.2%}", flush=True)
+        rows[labels] = (alone_errors, by_alpha)
     picture = out.with_name(out.stem + "_cvae.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     agreement = cvae_picture(data, args.epochs, picture)

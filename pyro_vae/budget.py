@@ -35,6 +35,14 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
     output_dim, guide_parameters = guide_size(model.guide, model.latent_dim, model.guide_options)
     cost = network_cost(model.network, data_shape, model.latent_dim, model.hidden_dims, output_dim)
     parameters = cost.parameters + guide_parameters  # a flow's own
+    # M2 decodes every image once per class (the enumerated y) beside a labelled batch, and its
+    # classifier q(y|x) is one more encoder.
+    copies = model.num_classes + 1 if model.kind == "m2" else 1
+    if model.kind == "m2":
+        classifier = network_cost(
+            model.network, data_shape, model.latent_dim, model.hidden_dims, model.num_classes
+        )
+        parameters += classifier.encoder_parameters
     # A mixture prior's components: at most a pseudo-input or a mean and scale, and a weight each.
     components = int(model.prior_options.get("num_components", 0))
     parameters += components * (data_dim + 2 * model.latent_dim + 1)
@@ -47,19 +55,21 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
             "lower --hidden-dims (or --latent-dim, or --components)"
         )
     # One step: the encoder on the batch, the decoder on every particle of every image.
-    rows = train.batch_size * train.num_particles
+    rows = train.batch_size * train.num_particles * copies
     activations = 4 * (
-        2 * train.batch_size * cost.encoder_activations  # values and gradients
+        2 * train.batch_size * copies * cost.encoder_activations  # values and gradients
         + 4 * rows * cost.decoder_activations  # ... and the likelihood's terms
     )
     if memory is not None and need + activations > memory:
+        classes = f" × {copies} (every class, and a labelled batch)" if copies > 1 else ""
         raise UserInputError(
             f"one step decodes {rows:,} samples of z ({train.batch_size} images × "
-            f"{train.num_particles} particles), about {_gb(activations)} of activations, more "
-            f"than the {_gb(memory)} of this {device.type}: lower --num-particles or --batch-size"
+            f"{train.num_particles} particles{classes}), about {_gb(activations)} of "
+            f"activations, more than the {_gb(memory)} of this {device.type}: lower "
+            "--num-particles or --batch-size"
         )
     # forward and backward: about three times the forward's multiply-adds, two FLOP each
-    flop = 3 * (train.batch_size * cost.encoder_flop + rows * cost.decoder_flop)
+    flop = 3 * (train.batch_size * copies * cost.encoder_flop + rows * cost.decoder_flop)
     if flop > SLOW_STEP_FLOP:
         log.warning(
             "each step computes about %.0f GFLOP (%s images × %s particles through the "
@@ -73,6 +83,7 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
 @dataclass(frozen=True)
 class NetworkCost:
     parameters: int  # of the encoder and the decoder
+    encoder_parameters: int
     encoder_flop: float  # FLOP of one image's forward pass (two per multiply-add)
     decoder_flop: float
     encoder_activations: int  # values every layer outputs, for one image
@@ -121,10 +132,11 @@ def network_cost(
             )
         ]
     else:
-        return NetworkCost(0, 0.0, 0.0, 0, 0)
+        return NetworkCost(0, 0, 0.0, 0.0, 0, 0)
     parameters = sum(p for p, _, _ in encoder + decoder)
     return NetworkCost(
         parameters,
+        sum(p for p, _, _ in encoder),
         2.0 * sum(m for _, m, _ in encoder),
         2.0 * sum(m for _, m, _ in decoder),
         sum(v for _, _, v in encoder),

@@ -24,12 +24,15 @@ def _mean_loss(
     estimator: str,
     num_particles: int,
     batch_size: int,
+    labels: torch.Tensor | None = None,
 ) -> float:
-    """An ELBO loss averaged over the rows of ``x``, computed ``batch_size`` rows at a time."""
+    """An ELBO loss averaged over the rows of ``x``, computed ``batch_size`` rows at a time
+    (``labels``: the rows' classes, passed after them to the model and guide)."""
     elbo = make_elbo(estimator, num_particles)
     total = torch.zeros((), device=x.device)
-    for chunk in x.split(batch_size):
-        total += elbo.differentiable_loss(model, guide, chunk)  # summed over the chunk
+    for start in range(0, x.shape[0], batch_size):
+        chunk, classes = _rows(x, labels, start, batch_size)
+        total += elbo.differentiable_loss(model, guide, chunk, *classes)  # summed over the chunk
     return (total / x.shape[0]).item()
 
 
@@ -39,14 +42,17 @@ def elbo_per_datapoint(
     estimator: str = "analytic",
     num_particles: int = 16,
     batch_size: int = 1024,
+    labels: torch.Tensor | None = None,
 ) -> float:
     """The ELBO of ``vae`` averaged over the rows of ``x``, in nats per data point.
 
     The default (closed-form KL, 16 samples of z per image) is the low-variance yardstick that
     validation uses whatever estimator trained the model; chunks of ``batch_size`` rows keep
-    memory bounded on large test sets.
+    memory bounded on large test sets. ``labels``: the rows' classes, for the conditional VAE
+    (its ELBO bounds log p(x | y)); M2's bound is ``semisupervised_bounds.bound_sums``.
     """
-    return -_mean_loss(vae.model, vae.guide, x, estimator, num_particles, batch_size)
+    _refuse_m2(vae)
+    return -_mean_loss(vae.model, vae.guide, x, estimator, num_particles, batch_size, labels)
 
 
 @dataclass(frozen=True)
@@ -83,13 +89,22 @@ def elbo_sums(
         chunk, classes = _rows(x, labels, start, rows)
         terms = _sample_terms(vae, as_float(chunk), num_particles, *classes)
         kl = terms["kl"] if "kl" in terms else terms["log_guide"] - terms["log_prior"]
-        elbo = (terms["log_likelihood"] - kl).double()  # (K, rows)
-        if num_particles > 1:
-            variance = elbo.var(0) / num_particles
-        else:
-            variance = torch.full_like(elbo[0], math.nan)
-        sums += torch.stack([elbo.mean(0).sum(), variance.sum(), kl.double().mean(0).sum()])
+        sums += particle_sums(terms["log_likelihood"] - kl, kl)
     return sums
+
+
+def particle_sums(elbo: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """``[Σ_i ELBO_i, Σ_i Var(ELBO_i), Σ_i rate_i]`` from K samples per row, ``elbo`` (K, rows)
+    and ``rate`` broadcasting against it: each row's K-sample mean, and that mean's variance
+    (Bessel-corrected; NaN for K = 1), summed over the rows in float64."""
+    elbo = elbo.double()
+    num_particles = elbo.shape[0]
+    if num_particles > 1:
+        variance = elbo.var(0) / num_particles
+    else:
+        variance = torch.full_like(elbo[0], math.nan)
+    rate = rate.double().expand_as(elbo)
+    return torch.stack([elbo.mean(0).sum(), variance.sum(), rate.mean(0).sum()])
 
 
 def elbo_estimate(sums: torch.Tensor, num_rows: int) -> Estimate:
@@ -100,14 +115,29 @@ def elbo_estimate(sums: torch.Tensor, num_rows: int) -> Estimate:
 
 
 def kl_per_datapoint(
-    vae: VAE, x: torch.Tensor, num_particles: int = 16, batch_size: int = 1024
+    vae: VAE,
+    x: torch.Tensor,
+    num_particles: int = 16,
+    batch_size: int = 1024,
+    labels: torch.Tensor | None = None,
 ) -> float:
-    """KL(q_φ(z|x) ‖ p(z)) averaged over the rows of ``x`` (closed form where Pyro has it).
+    """KL(q_φ(z|x) ‖ p(z)) averaged over the rows of ``x`` (closed form where Pyro has it;
+    ``labels``: the rows' classes, for the conditional VAE).
 
     Hiding the observed site leaves a model with only z ~ p(z), whose ELBO loss is the KL term.
     """
+    _refuse_m2(vae)
     prior_only = poutine.block(vae.model, hide=["x"])
-    return _mean_loss(prior_only, vae.guide, x, "analytic", num_particles, batch_size)
+    return _mean_loss(prior_only, vae.guide, x, "analytic", num_particles, batch_size, labels)
+
+
+def _refuse_m2(vae: VAE) -> None:
+    # M2's unlabelled bound sums over the class, which these single-ELBO helpers do not.
+    if vae.kind == "m2":
+        raise ValueError(
+            "M2's bound sums over the class: use semisupervised_bounds.bound_sums (or "
+            "evaluate_m2_bounds)"
+        )
 
 
 @torch.no_grad()

@@ -35,10 +35,25 @@ def check_labels(data: Dataset, model: str) -> None:
                 f"--model {model} reads classes 0, 1, 2, ..., but the {name} split has the "
                 f"label {int(split.labels.min())}: number the classes from 0"
             )
-    if data.num_classes > len(data.train):
+        if len(split) and int(split.labels.max()) >= data.num_classes:
+            raise UserInputError(  # an official test split with a class the rest lacks
+                f"the {name} split has the label {int(split.labels.max())}, beyond the "
+                f"{data.num_classes} classes of the training images: use the same classes"
+            )
+    # Every class 0..K−1 among the training images: an empty one would be a class the model
+    # keeps a place for (a share of p(y), a row of samples) and never sees.
+    counts = torch.bincount(data.train.labels, minlength=data.num_classes)
+    missing = (counts == 0).nonzero().flatten().tolist()
+    if data.num_classes < 2 or missing:
+        what = (
+            f"only the class {data.num_classes - 1}"
+            if data.num_classes < 2
+            else f"no training image of class {', '.join(map(str, missing[:5]))}"
+            + (", ..." if len(missing) > 5 else "")
+        )
         raise UserInputError(
-            f"the labels run up to {data.num_classes - 1}, but there are {len(data.train)} "
-            "training images: number the classes 0, 1, 2, ... without gaps"
+            f"--model {model} needs two classes at least, numbered 0, 1, 2, ... without gaps, "
+            f"but {data.name} has {what}: renumber the labels"
         )
 
 

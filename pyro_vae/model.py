@@ -85,6 +85,10 @@ class VAE(PyroModule):
         if self.labelled and num_classes < 2:
             raise ValueError(f"a {type(self).__name__} needs labels of 2 classes at least")
         self.num_classes = num_classes  # the labels' classes (0: none known)
+        # The built-in networks' name and widths (None: the network's default), for a model
+        # that builds another network of the same kind (M2's classifier).
+        self.network_name = network if encoder is None else None
+        self.hidden_dims = None if hidden_dims is None else tuple(hidden_dims)
         label_dim = num_classes if self.labelled else 0
         # The family decides how many values the encoder outputs, so it comes first.
         self.guide_family = build_guide(guide, latent_dim, **(guide_options or {}))

@@ -253,13 +253,7 @@ def build_networks(
     ``hidden_dims`` None takes the network's default widths; the encoder outputs ``output_dim``
     values (None: 2·latent_dim, the diagonal guide's); with ``label_dim`` K > 0 both also read
     a one-hot class."""
-    widths = default_hidden_dims(network) if hidden_dims is None else tuple(hidden_dims)
-    context = {
-        "data_shape": tuple(data_shape),
-        "latent_dim": latent_dim,
-        "hidden_dims": widths,
-        "output_dim": output_dim or 2 * latent_dim,
-    }
+    context = _context(network, data_shape, latent_dim, hidden_dims, output_dim or 2 * latent_dim)
     encoder_class, decoder_class = NETWORKS[network]
     if label_dim:
         for cls in (encoder_class, decoder_class):
@@ -273,3 +267,33 @@ def build_networks(
         build({network: encoder_class}, network, "encoder", context=context),
         build({network: decoder_class}, network, "decoder", context=context),
     )
+
+
+def build_classifier(
+    network: str,
+    data_shape: Sequence[int],
+    latent_dim: int,
+    hidden_dims: Sequence[int] | None,
+    num_classes: int,
+) -> nn.Module:
+    """The encoder registered as ``network`` with ``num_classes`` outputs, the logits of a
+    classifier q(y | x) (M2's, semisupervised.py)."""
+    context = _context(network, data_shape, latent_dim, hidden_dims, num_classes)
+    return build({network: NETWORKS[network][0]}, network, "encoder", context=context)
+
+
+def _context(
+    network: str,
+    data_shape: Sequence[int],
+    latent_dim: int,
+    hidden_dims: Sequence[int] | None,
+    output_dim: int,
+) -> dict:
+    """What a network's constructor may take by name; ``hidden_dims`` None: the default widths."""
+    widths = default_hidden_dims(network) if hidden_dims is None else tuple(hidden_dims)
+    return {
+        "data_shape": tuple(data_shape),
+        "latent_dim": latent_dim,
+        "hidden_dims": widths,
+        "output_dim": output_dim,
+    }

@@ -27,8 +27,8 @@ def save_samples(
     label: int | None = None,
 ) -> Path:
     """``num_samples`` decoded means of z ~ p(z), the codes drawn with ``seed``. A model that
-    reads labels draws them of class ``label``, or, with None, one row per class: the row
-    ``num_samples`` // K wide (8 at least), class 0 at the top."""
+    reads labels draws them of class ``label``, or, with None, one row per class:
+    ``num_samples`` // K images a row (one at least), class 0 at the top."""
     pyro.set_rng_seed(seed)
     if not vae.labelled:
         return plots.save_image_grid(
@@ -40,7 +40,7 @@ def save_samples(
         title, columns = f"decoded means of z ~ p(z), class {label}", 8
     else:
         k = vae.num_classes
-        columns = max(8, num_samples // k)
+        columns = max(1, num_samples // k)
         y = torch.arange(k, device=device).repeat_interleave(columns)
         title = f"decoded means of z ~ p(z), one row per class (0 to {k - 1}, top to bottom)"
     images = vae.generate(len(y), y)

@@ -273,6 +273,11 @@ def _load_data(config: RunConfig, device: torch.device, replicas: Replicas) -> D
         return load_dataset(config.data).to(device)
 
 
+def _samples(vae: VAE) -> int:
+    """Images in the run's samples picture: 64, or 8 a class for a model that reads labels."""
+    return 8 * vae.num_classes if vae.labelled else NUM_SAMPLES
+
+
 def make_trainer(
     vae: VAE, config: RunConfig, data: Dataset, replicas: Replicas = SINGLE_PROCESS
 ) -> Trainer:
@@ -429,7 +434,8 @@ def _train(
             steps_since_save = 0
             append_lines(metrics)
             if board is not None:
-                board.epoch(metrics, trainer.vae, data.test.rows(slice(0, 64)))
+                classes = data.test.labels[:64] if trainer.vae.labelled else None
+                board.epoch(metrics, trainer.vae, data.test.rows(slice(0, 64)), classes)
             if hooks.on_epoch is not None:
                 hooks.on_epoch(metrics)
             if hooks.should_stop is not None and replicas.any(hooks.should_stop(), device):
@@ -459,7 +465,7 @@ def _train(
             run_dir / RECONSTRUCTIONS,
             data.test.labels[shown] if labelled else None,
         ),
-        save_samples(vae, data.image_shape, run_dir / SAMPLES, NUM_SAMPLES, config.train.seed),
+        save_samples(vae, data.image_shape, run_dir / SAMPLES, _samples(vae), config.train.seed),
         plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),
     ]
     events = sorted(run_dir.glob("events.out.tfevents.*")) if board is not None else []

@@ -17,28 +17,30 @@ an unbiased mini-batch estimate of J at every step: a batch of unlabelled images
 labelled, each term scaled by its share of the data set.
 """
 
-import contextlib
-import math
+import logging
 from collections.abc import Callable
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.distributions.kl import kl_divergence
 from pyro.infer import TraceEnum_ELBO
 from pyro.nn import pyro_method
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import Dataset, Split, as_float
+from pyro_vae.data import Dataset, Split
 from pyro_vae.distributed import SINGLE_PROCESS, Replicas
 from pyro_vae.errors import UserInputError
-from pyro_vae.evaluate import Bound, Estimate, chunk_sizes
+from pyro_vae.evaluate import Estimate, elbo_estimate
 from pyro_vae.labels import choose_labelled, one_hot
 from pyro_vae.model import VAE
-from pyro_vae.networks import build_networks
+from pyro_vae.networks import build_classifier
 from pyro_vae.objectives import make_elbo
+from pyro_vae.semisupervised_bounds import bound_sums, classification_error
 from pyro_vae.train import Trainer
+
+log = logging.getLogger(__name__)
 
 ALPHA_PER_IMAGE = 0.1  # the paper's α = 0.1·N, N the number of training images
 
@@ -50,17 +52,14 @@ class SemiSupervisedVAE(VAE):
 
     labelled = True
     kind = "m2"
-    # TraceEnum_ELBO's step is not one a recorded graph holds (recorded.py): trained eagerly.
-    recordable = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # q(y | x): the same network as the encoder, its outputs the K classes' logits.
-        network, hidden = kwargs.get("network", "mlp"), kwargs.get("hidden_dims")
-        if kwargs.get("encoder") is not None:
+        if self.network_name is None:
             raise ValueError("give M2 its networks by name: its classifier is built beside them")
-        self.classifier, _ = build_networks(
-            network, self.data_shape, self.latent_dim, hidden, self.num_classes
+        # q(y | x): the encoder's network and widths, its outputs the K classes' logits.
+        self.classifier = build_classifier(
+            self.network_name, self.data_shape, self.latent_dim, self.hidden_dims, self.num_classes
         )
         self.register_buffer("class_probs", torch.full((self.num_classes,), 1 / self.num_classes))
 
@@ -87,7 +86,10 @@ class SemiSupervisedVAE(VAE):
             return pyro.sample("x", self.likelihood(self.decoder(z, *self.labels_in(y))), obs=x)
 
     def inference_guide(  # type: ignore[override]
-        self, x: torch.Tensor | None = None, y: torch.Tensor | None = None, batch_size=None
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        batch_size: int | None = None,  # unused: the model's arguments, as Pyro passes them
     ) -> torch.Tensor:
         """y ~ q_φ(y | x) where not given, enumerated: all K classes at once;  z ~ q_φ(z | x, y)."""
         if x is None:
@@ -141,73 +143,8 @@ def enumerated_elbo(num_particles: int = 1) -> TraceEnum_ELBO:
     )
 
 
-def bound_terms(
-    vae: SemiSupervisedVAE, x: torch.Tensor, num_particles: int, analytic: bool = True
-) -> dict[str, torch.Tensor]:
-    """U(x) written out, the K classes as one tensor dimension: for ``num_particles`` samples of
-    z per class and image, each (num_particles, N):
-
-    - ``elbo``: Σ_y q(y|x) [log p(x|y,z_y) + log π_y − KL_y] + H(q(y|x)), KL_y the closed form
-      KL(q(z|x,y) ‖ p(z)) where one exists and ``analytic``, else log q(z_y|x,y) − log p(z_y);
-    - ``rate``: Σ_y q(y|x) KL_y + KL(q(y|x) ‖ π), the bound's KL terms.
-
-    The same estimate as ``TraceEnum_ELBO`` on the same z (its test says so), with a value per
-    image and particle, for standard errors, and the closed-form KL where it has one.
-    """
-    k = vae.num_classes
-    q_y = vae.class_posterior(x)  # batch (N,)
-    classes = torch.arange(k, device=x.device).reshape(k, 1)  # (K, 1), as enumeration has it
-    q_z = vae.posterior(x, classes)  # batch (K, N)
-    z = q_z.rsample((num_particles,))  # (S, K, N, L)
-    log_likelihood = vae.likelihood(vae.decoder(z, one_hot(classes, k))).log_prob(x)  # (S, K, N)
-    prior = vae.prior()
-    kl_z = None
-    if analytic:  # where Pyro has the closed form; else sampled, as TraceMeanField_ELBO does
-        with contextlib.suppress(NotImplementedError):
-            kl_z = kl_divergence(q_z, prior.expand(q_z.batch_shape))  # (K, N)
-    if kl_z is None:
-        kl_z = q_z.log_prob(z) - prior.log_prob(z)  # (S, K, N)
-    log_pi = vae.class_probs.log().reshape(k, 1)
-    weights = q_y.probs.transpose(0, 1)  # (K, N)
-    kl_y = (weights * (weights.clamp_min(1e-30).log() - log_pi)).sum(0)  # KL(q(y|x) ‖ π)
-    rate = (weights * kl_z).sum(-2) + kl_y
-    elbo = (weights * (log_likelihood - kl_z)).sum(-2) - kl_y  # Σ_y q L_y + H(q(y|x)) ...
-    # ... with log π_y − log q(y|x) folded into −KL(q(y|x) ‖ π)
-    return {"elbo": elbo, "rate": rate.expand_as(elbo)}
-
-
-@torch.no_grad()
-def bound_sums(
-    vae: SemiSupervisedVAE, x: torch.Tensor, num_particles: int, max_codes: int = 2**13
-) -> torch.Tensor:
-    """``evaluate.elbo_sums`` for M2: [Σ_i U_i, Σ_i Var(U_i), Σ_i rate_i] over the rows of
-    ``x`` (stored rows, converted a chunk at a time)."""
-    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
-    rows = max(1, max_codes // (num_particles * vae.num_classes))
-    for chunk in x.split(rows):
-        terms = bound_terms(vae, as_float(chunk), num_particles)
-        elbo = terms["elbo"].double()
-        if num_particles > 1:
-            variance = elbo.var(0) / num_particles
-        else:
-            variance = torch.full_like(elbo[0], math.nan)
-        sums += torch.stack(
-            [elbo.mean(0).sum(), variance.sum(), terms["rate"].double().mean(0).sum()]
-        )
-    return sums
-
-
-@torch.no_grad()
-def classification_error(vae: SemiSupervisedVAE, split: Split, chunk: int = 4096) -> float:
-    """The share of ``split``'s images whose most probable class under q(y|x) is not their label."""
-    wrong = sum(
-        int((vae.classify(as_float(x)) != y).sum())
-        for x, y in zip(split.stored.split(chunk), split.labels.split(chunk), strict=True)
-    )
-    return wrong / max(1, len(split))
-
-
 def default_alpha(num_train: int) -> float:
+    """Kingma et al.'s α = 0.1·N, N the training images (labelled and not)."""
     return ALPHA_PER_IMAGE * num_train
 
 
@@ -223,7 +160,12 @@ class SemiSupervisedTrainer(Trainer):
             raise UserInputError("--model m2 trains in one process: launch it without torchrun")
         if config.labels is None:
             raise UserInputError("--model m2 needs --labels N: how many training labels to keep")
-        super().__init__(vae, config, replicas, elbo=enumerated_elbo(config.num_particles))
+        elbo = enumerated_elbo(config.num_particles)
+        super().__init__(vae, config, replicas, elbo=elbo, record_graph=False)
+        log.info(
+            "training eagerly: Pyro's enumeration of y (TraceEnum_ELBO) is not a step that a "
+            "recorded graph holds"
+        )
         # The labelled batch has nothing to enumerate: the plain ELBO, y observed.
         self._labelled_elbo = make_elbo("mc", config.num_particles)
         device = data.train.stored.device
@@ -238,6 +180,12 @@ class SemiSupervisedTrainer(Trainer):
                 f"for M2: give fewer labels (or train a classifier)"
             )
         self.alpha = config.alpha if config.alpha is not None else default_alpha(len(data.train))
+
+    def step(self, batch: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+        """Not for M2: its steps take their labelled batch from the data (``train_epoch``)."""
+        raise TypeError(
+            "an M2 step takes its labelled images from the dataset: call train_epoch(data)"
+        )
 
     def _num_train(self, data: Dataset) -> int:
         return len(self.unlabelled)
@@ -279,60 +227,10 @@ class SemiSupervisedTrainer(Trainer):
         return scale * (count * negative_elbo - self.alpha * log_q)
 
     def _validation_elbo(self, split: Split) -> tuple[Estimate, float]:
+        """U(x) on the validation images, with the class summed out (semisupervised_bounds.py)."""
         with pyro.validation_enabled(False):
             sums = bound_sums(self.vae, split.stored, self.config.val_particles)
-        total, variance, rate = sums.tolist()
-        n = len(split)
-        standard_error = math.sqrt(variance) / n if math.isfinite(variance) else None
-        return Estimate(total / n, standard_error), rate / n
+        return elbo_estimate(sums, len(split)), sums[2].item() / len(split)
 
-    def _validation_error(self, split: Split) -> float | None:
+    def _validation_error(self, split: Split) -> float:
         return classification_error(self.vae, split)
-
-
-@torch.no_grad()
-def evaluate_m2_bounds(
-    vae: SemiSupervisedVAE,
-    x: torch.Tensor,
-    num_samples: int = 1000,
-    max_rows: int = 2**13,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Bound]:
-    """M2's two estimates of log p(x) per image, the class summed out exactly in both:
-
-    - ``elbo_analytic_kl``: U(x) (``bound_terms``), K samples of z per class;
-    - ``iwae``: log Σ_y π_y (1/K) Σ_k p(x | y, z_yk) p(z_yk) / q(z_yk | x, y), z_yk ~ q(z | x, y):
-      for each class an unbiased estimate of p(x | y), so a lower bound on log p(x) (Jensen)
-      that tightens as K grows, with no importance sampling of y.
-
-    Chunked as ``evaluate.evaluate_bounds`` is: at most ``max_rows`` codes decoded at once.
-    """
-    k = vae.num_classes
-    total, done = x.shape[0] * num_samples * k, 0
-    images = max(1, min(x.shape[0], max_rows // (num_samples * k)))
-    samples = max(1, min(num_samples, max_rows // (images * k)))
-    classes = torch.arange(k, device=x.device).reshape(k, 1)
-    log_pi = vae.class_probs.log().reshape(k, 1)
-    prior = vae.prior()
-    per_image: dict[str, list[torch.Tensor]] = {"elbo_analytic_kl": [], "iwae": []}
-    for chunk in x.split(images):
-        chunk = as_float(chunk)
-        q_z = vae.posterior(chunk, classes)  # batch (K, N)
-        log_sum_w = torch.full((k, chunk.shape[0]), -math.inf, device=x.device)
-        elbo = torch.zeros(chunk.shape[0], device=x.device)
-        for count in chunk_sizes(num_samples, samples):
-            terms = bound_terms(vae, chunk, count)
-            elbo = elbo + terms["elbo"].sum(0)
-            z = q_z.sample((count,))  # (S, K, N, L)
-            log_w = (
-                vae.likelihood(vae.decoder(z, one_hot(classes, k))).log_prob(chunk)
-                + prior.log_prob(z)
-                - q_z.log_prob(z)
-            )  # (S, K, N)
-            log_sum_w = torch.logaddexp(log_sum_w, log_w.logsumexp(0))
-            done += count * k * chunk.shape[0]
-            if on_progress is not None:
-                on_progress(done, total)
-        per_image["iwae"].append((log_pi + log_sum_w - math.log(num_samples)).logsumexp(0))
-        per_image["elbo_analytic_kl"].append(elbo / num_samples)
-    return {name: Bound.of(torch.cat(values), x.shape[1]) for name, values in per_image.items()}

@@ -29,6 +29,7 @@ SCALARS = {
     "val_rate": "validation/rate (KL)",
     "val_distortion": "validation/distortion",
     "val_elbo_se": "validation/ELBO standard error",
+    "val_error": "validation/classification error",  # M2's q(y|x)
     "beta": "schedule/beta",
     "lr": "schedule/lr",
 }
@@ -54,25 +55,37 @@ class TensorBoardLog:
         self.config, self.image_shape = config, image_shape
         self._every = max(1, config.train.epochs // PICTURES)
 
-    def epoch(self, metrics: EpochMetrics, vae: VAE, x_test: torch.Tensor) -> None:
+    def epoch(
+        self,
+        metrics: EpochMetrics,
+        vae: VAE,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor | None = None,
+    ) -> None:
+        """The epoch's numbers, and now and then its pictures (``y_test``: the test images'
+        classes, for a model that reads them)."""
         for key, tag in SCALARS.items():
             value = getattr(metrics, key)
             if value is not None:
                 self._writer.add_scalar(tag, value, metrics.epoch)
         last = metrics.epoch == self.config.train.epochs
         if metrics.epoch % self._every == 0 or last:
-            self._pictures(metrics.epoch, vae, x_test)
+            self._pictures(metrics.epoch, vae, x_test, y_test)
         self._writer.flush()
 
     @torch.no_grad()
-    def _pictures(self, epoch: int, vae: VAE, x_test: torch.Tensor) -> None:
+    def _pictures(
+        self, epoch: int, vae: VAE, x_test: torch.Tensor, y_test: torch.Tensor | None
+    ) -> None:
         device = x_test.device
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the run's own random numbers untouched
             torch.manual_seed(self.config.train.seed)  # the same codes z at every epoch
             samples = vae.generate(NUM_IMAGES)
         originals = x_test[: NUM_IMAGES // 2]
-        pairs = torch.stack([originals, vae.reconstruct(originals)], dim=1).flatten(0, 1)
+        classes = None if y_test is None else y_test[: NUM_IMAGES // 2]
+        reconstructions = vae.reconstruct(originals, classes)
+        pairs = torch.stack([originals, reconstructions], dim=1).flatten(0, 1)
         for tag, images in (("samples", samples), ("reconstructions", pairs)):
             grid = image_grid(images, self.image_shape, ncols=8)  # (H, W) grey, (H, W, 3) RGB
             dataformats = "HWC" if grid.ndim == 3 else "HW"

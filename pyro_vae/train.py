@@ -54,7 +54,9 @@ class EpochMetrics:
     # distortion = −E_q[log p(x|z)], nats per image; val_elbo = −(rate + distortion).
     val_rate: float | None = None
     val_distortion: float | None = None
-    # For a model with a classifier (M2): the share of validation images it misclassifies.
+    # For a model with a classifier (M2): the share of validation images it misclassifies. M2's
+    # train_elbo is U(x), its bound with the class summed out, over the unlabelled images, and
+    # train_objective its whole objective (labelled terms and α's included) per unlabelled image.
     val_error: float | None = None
 
 

@@ -45,7 +45,7 @@ def test_train_writes_every_artefact(run_dir):
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert set(metrics[0]) == {
         *("epoch", "train_elbo", "val_elbo", "train_kl", "val_kl", "val_elbo_se"),
-        *("train_objective", "beta", "lr", "val_rate", "val_distortion"),
+        *("train_objective", "beta", "lr", "val_rate", "val_distortion", "val_error"),
     }
     # Trained on the ELBO itself: the objective is the ELBO, and its terms add up.
     for m in metrics:

@@ -216,3 +216,18 @@ def test_guides_experiment_quick_mode(tmp_path, monkeypatch):
     assert len(set(parameters.values())) == len(guides.CONTESTANTS)
     assert "Command: `python experiments/guides.py --quick" in text
     sys.modules.pop("guides", None)
+
+
+def test_semi_supervised_experiment_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import semi_supervised
+
+    out = semi_supervised.main(["--quick", "--out", str(tmp_path / "r.md")])
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| 50 |"))
+    cells = [cell.strip() for cell in row.strip("| ").split(" | ")]
+    assert len(cells) == 5  # labels, classifier alone, M2 at two α, the paper's figure
+    assert all(0 <= float(cell.split(" ± ")[0]) <= 100 for cell in cells[1:4])
+    assert (tmp_path / "r_cvae.png").is_file()
+    assert "Command: `python experiments/semi_supervised.py --quick" in text
+    sys.modules.pop("semi_supervised", None)

@@ -599,6 +599,30 @@ CASES: dict[str, tuple[Setup, str]] = {
         ],
         "number the classes from 0",
     ),
+    "cvae on labels of one class": (
+        lambda t, r: [
+            "train",
+            "--model",
+            "cvae",
+            "--data",
+            npz(t, x=np.random.rand(40, 4, 4), y=np.zeros(40, dtype=np.int64)),
+            "--out",
+            t / "run",
+        ],
+        "needs two classes at least",
+    ),
+    "cvae on labels with a gap": (
+        lambda t, r: [
+            "train",
+            "--model",
+            "cvae",
+            "--data",
+            npz(t, x=np.random.rand(40, 4, 4), y=np.arange(40) % 3 * 2),
+            "--out",
+            t / "run",
+        ],
+        "no training image of class 1, 3: renumber the labels",
+    ),
     "sample --label of an unlabelled model": (
         lambda t, r: ["sample", r, "--label", "3"],
         "train with --model cvae",
