@@ -57,7 +57,8 @@ def save_reconstructions(
 ) -> Path:
     """The images ``x`` (N, D), each row followed by the row of their reconstructions
     (``labels``: their classes, for a model that reads them)."""
-    return plots.save_reconstructions(x, vae.reconstruct(x, labels), image_shape, path)
+    classes = () if labels is None else (labels,)  # a VAE of the user's may take x alone
+    return plots.save_reconstructions(x, vae.reconstruct(x, *classes), image_shape, path)
 
 
 @torch.no_grad()
@@ -74,15 +75,16 @@ def save_interpolations(
     codes (``vae.encode``: posterior means) of start and end, and the end image. A model that
     reads labels takes ``labels``, the classes of starts and ends interleaved (as the pairs
     were taken from one split), and decodes the whole row as the start's class."""
-    y_start = y_end = None
-    if labels is not None:
-        y_start, y_end = labels[0::2], labels[1::2]
-    start_codes = vae.encode(starts, y_start)  # (P, latent_dim)
-    end_codes = vae.encode(ends, y_end)
+    if labels is None:  # a VAE of the user's may take x alone
+        start_codes, end_codes = vae.encode(starts), vae.encode(ends)  # (P, latent_dim)
+    else:
+        start_codes, end_codes = vae.encode(starts, labels[0::2]), vae.encode(ends, labels[1::2])
     t = torch.linspace(0, 1, steps, device=starts.device).reshape(1, steps, 1)
     codes = (1 - t) * start_codes.unsqueeze(1) + t * end_codes.unsqueeze(1)  # (P, steps, L)
-    row_class = None if y_start is None else y_start.unsqueeze(1).expand(-1, steps)
-    decoded = vae.decode(codes, row_class)  # (P, steps, D)
+    if labels is None:
+        decoded = vae.likelihood(vae.decoder(codes)).mean  # (P, steps, D)
+    else:
+        decoded = vae.decode(codes, labels[0::2].unsqueeze(1).expand(-1, steps))
     rows = torch.cat([starts.unsqueeze(1), decoded, ends.unsqueeze(1)], dim=1)  # (P, steps+2, D)
     return plots.save_image_grid(
         rows.flatten(0, 1),
@@ -102,7 +104,7 @@ def save_latent_scatter(
     encoder reads the labels too (q(z | x, y) of a model that reads labels)."""
     codes = torch.cat(
         [
-            vae.encode(as_float(chunk), y if encode_labels else None)
+            vae.encode(as_float(chunk), *((y,) if encode_labels else ()))
             for chunk, y in zip(x.split(1024), labels.split(1024), strict=True)
         ]
     )
@@ -153,7 +155,8 @@ def save_manifold(
     y = None
     if vae.labelled:
         y = torch.full((grid_size * grid_size,), label or 0, device=device)
-    decoded = vae.decode(codes.flatten(0, 1), y)
+    flat = codes.flatten(0, 1)
+    decoded = vae.likelihood(vae.decoder(flat)).mean if y is None else vae.decode(flat, y)
     return plots.save_latent_grid(
         decoded,
         image_shape,

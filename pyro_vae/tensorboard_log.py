@@ -83,8 +83,8 @@ class TensorBoardLog:
             torch.manual_seed(self.config.train.seed)  # the same codes z at every epoch
             samples = vae.generate(NUM_IMAGES)
         originals = x_test[: NUM_IMAGES // 2]
-        classes = None if y_test is None else y_test[: NUM_IMAGES // 2]
-        reconstructions = vae.reconstruct(originals, classes)
+        classes = () if y_test is None else (y_test[: NUM_IMAGES // 2],)
+        reconstructions = vae.reconstruct(originals, *classes)
         pairs = torch.stack([originals, reconstructions], dim=1).flatten(0, 1)
         for tag, images in (("samples", samples), ("reconstructions", pairs)):
             grid = image_grid(images, self.image_shape, ncols=8)  # (H, W) grey, (H, W, 3) RGB
