@@ -578,6 +578,7 @@ ExperimentName = choices(
         "networks",
         "guides",
         "semi_supervised",
+        "conditional",
     ],
 )
 

@@ -132,6 +132,18 @@ def _split(
     return getattr(dataset.to(device), split.value)
 
 
+def _check_label(vae: VAE, label: int | None) -> None:
+    """--label names a class of a model trained with labels."""
+    if label is None:
+        return
+    if not vae.labelled:
+        raise UserInputError(
+            "--label names a class, which only a model trained with labels knows: train with "
+            "--model cvae (or m2), or drop --label"
+        )
+    check_label(label, vae.num_classes)
+
+
 SplitName = choices("SplitName", ["test", "val", "train"])
 
 
@@ -228,13 +240,7 @@ def sample(
     name = f"samples-seed{seed}.png" if label is None else f"samples-class{label}-seed{seed}.png"
     path = _output_path(run, out, name, model)
     checkpoint, vae, _ = _load_trained(model, device)
-    if label is not None:
-        if not vae.labelled:
-            raise UserInputError(
-                "--label draws one class, which only a model trained with labels knows: "
-                "train with --model cvae (or m2), or drop --label"
-            )
-        check_label(label, vae.num_classes)
+    _check_label(vae, label)
     with writing(path, "--out"):
         save_samples(vae, checkpoint.image_shape, path, num, seed, label)
     typer.echo(path)
@@ -343,12 +349,7 @@ def manifold(
         raise UserInputError(f"--dims takes two coordinates such as 0,1, got {dims!r}") from None
     path = _output_path(run, out, "manifold.png", model)
     checkpoint, vae, _ = _load_trained(model, device)
-    if label is not None and not vae.labelled:
-        raise UserInputError(
-            "--label decodes as one class, which only a model trained with labels knows: drop it"
-        )
-    if vae.labelled:
-        check_label(label or 0, vae.num_classes)
+    _check_label(vae, label)
     with writing(path, "--out"):
         save_manifold(vae, checkpoint.image_shape, path, grid, (i, j), label)
     typer.echo(path)

@@ -228,6 +228,18 @@ def test_semi_supervised_experiment_quick_mode(tmp_path, monkeypatch):
     cells = [cell.strip() for cell in row.strip("| ").split(" | ")]
     assert len(cells) == 5  # labels, classifier alone, M2 at two α, the paper's figure
     assert all(0 <= float(cell.split(" ± ")[0]) <= 100 for cell in cells[1:4])
-    assert (tmp_path / "r_cvae.png").is_file()
     assert "Command: `python experiments/semi_supervised.py --quick" in text
     sys.modules.pop("semi_supervised", None)
+
+
+def test_conditional_experiment_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import conditional
+
+    text = conditional.main(["--quick", "--out", str(tmp_path / "c.md")]).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| 2 |"))
+    agreement = float(row.split(" | ")[1].rstrip("%"))
+    assert 0 <= agreement <= 100
+    assert (tmp_path / "c_latent2.png").is_file() and "![samples](c_latent2.png)" in text
+    assert "Command: `python experiments/conditional.py --quick" in text
+    sys.modules.pop("conditional", None)
