@@ -1,4 +1,6 @@
-"""The pyro-vae command line: parses options, calls the library, and shows what happened.
+"""The pyro-vae command line: the ``train`` and ``experiment`` commands, which parse options,
+call the library and show what happened; the commands on a trained run are in cli_runs.py, what
+they all share in cli_common.py.
 
 Run it as ``python cli.py ...`` from a checkout or as ``pyro-vae ...`` once installed.
 """

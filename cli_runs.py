@@ -165,7 +165,8 @@ def evaluate(
     data: MovedDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
-    """Test ELBO (closed-form and Monte Carlo KL) and the importance-weighted log p(x)."""
+    """Test ELBO (closed-form and Monte Carlo KL) and the importance-weighted log p(x); for
+    M2, its ELBO and importance-weighted bound with the class summed out, and its test error."""
     model = _model_file(run, latest)
     path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json", model)
     checkpoint, vae, device_ = _load_trained(model, device)

@@ -2,7 +2,8 @@
 line to print as advice, Ctrl-C and SIGTERM, progress bars and the summary of a run.
 
 Split from cli.py, which declares the options and calls the library; this module is the CLI's
-too, and prints: the library (pyro_vae) never does.
+too, and prints: the library (pyro_vae) never does. Its progress display (``WorkProgress``) also
+serves ``evaluate`` (cli_runs.py).
 """
 
 import contextlib

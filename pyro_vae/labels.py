@@ -1,8 +1,9 @@
 """Class labels as the labelled models read them: one-hot codes, checks, a labelled subset.
 
 Every dataset here carries labels (the digits, MNIST's label files, ``y`` in an ``.npz``, the
-subfolders of an image folder); ``Dataset.num_classes`` says how many classes they number, 0 where
-the data have none. The conditional VAE (conditional.py) and M2 (semisupervised.py) read them.
+subfolders of an image folder, CIFAR-10's batches); ``Dataset.num_classes`` says how many classes
+they number, 0 where the data have none. The conditional VAE (conditional.py) and M2
+(semisupervised.py) read them.
 """
 
 import torch
@@ -22,7 +23,9 @@ def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def check_labels(data: Dataset, model: str) -> None:
-    """Refuse data that a model reading labels cannot learn from: none, or out of range."""
+    """Refuse data that a model reading labels cannot learn from: no labels, a negative one or
+    one beyond the training images' classes, fewer than two classes, or a class number with no
+    training image (a gap)."""
     if data.num_classes == 0:
         raise UserInputError(
             f"--model {model} reads the images' classes, but {data.name} has no labels: save "
