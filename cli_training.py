@@ -422,11 +422,13 @@ def collapse_note(active: int, config: RunConfig, free_bits_possible: bool) -> s
     objective = []
     warmup = max(1, min(10, train.epochs // 2))  # within the run's epochs, as the option requires
     analytic = "" if train.elbo == "analytic" else "--elbo analytic "
-    if train.elbo == "iwae":  # no KL term to weight: the ELBO's remedies need an ELBO
+    if model.kind == "m2":  # its own objective: no warm-up, free bits or β to offer
+        pass
+    elif train.elbo == "iwae":  # no KL term to weight: the ELBO's remedies need an ELBO
         objective.append(f"--elbo analytic --kl-warmup {warmup}")
     elif not train.kl_warmup:
         objective.append(f"--kl-warmup {warmup}")
-    if free_bits_possible and not train.free_bits:
+    if free_bits_possible and not train.free_bits and model.kind != "m2":
         objective.append(f"{analytic}--free-bits 0.5")
     if train.beta > 1:
         objective.append(f"a --beta below this run's {train.beta:g}")
@@ -438,10 +440,13 @@ def collapse_note(active: int, config: RunConfig, free_bits_possible: bool) -> s
     else:
         remedies += objective
     advice = "; try " + ", ".join(remedies) if remedies else ""
+    if model.kind == "vae":
+        what = "every image gets much the same code and the samples look alike"
+    else:  # the class reaches the decoder beside the code
+        what = "the code says little beyond the class, and samples of one class look alike"
     return (
         f"Note: posterior collapse: {active} of {model.latent_dim} latent dimensions are in use "
-        "(the encoder's mean moves with the image in no more), so every image gets much the "
-        f"same code and the samples look alike{advice}."
+        f"(the encoder's mean moves with the image in no more), so {what}{advice}."
     )
 
 

@@ -332,3 +332,18 @@ def test_an_m2_run_resumes_exactly(tmp_path):
     assert not stopped.finished
     resume_run(tmp_path / "stopped")
     assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+
+
+def test_the_collapse_note_of_m2_offers_no_remedy_m2_refuses():
+    from cli_training import collapse_note
+    from pyro_vae.config import ModelConfig, RunConfig
+
+    for likelihood in ("bernoulli", "gaussian"):
+        config = RunConfig(
+            model=ModelConfig(kind="m2", likelihood=likelihood), train=TrainConfig(labels=10)
+        )
+        note = collapse_note(0, config, free_bits_possible=True)
+        assert "--kl-warmup" not in note and "--free-bits" not in note and "--beta" not in note
+        assert "beyond the class" in note
+    cvae = RunConfig(model=ModelConfig(kind="cvae", likelihood="bernoulli"))
+    assert "--kl-warmup" in collapse_note(0, cvae, free_bits_possible=True)
