@@ -9,7 +9,7 @@ itself. Each model draws 100 samples per class (decoded means of z ~ p(z)); a cl
 MLP, cross entropy on the 8,000 binarized training images, its own test error reported) names
 their class. It judges grey means having seen binary images, alike for every latent size.
 
-    python experiments/conditional.py              # ~3 minutes on 2 CPU cores
+    python experiments/conditional.py              # about a minute on 2 CPU cores
     python experiments/conditional.py --quick      # seconds, for the test suite
 """
 
