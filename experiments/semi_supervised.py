@@ -49,7 +49,7 @@ def m2(
     config = TrainConfig(labels=labels, batch_size=BATCH, epochs=epochs, seed=seed, alpha=alpha)
     trainer = SemiSupervisedTrainer(vae, config, data)
     curve = [trainer.train_epoch(data).val_error for _ in range(epochs)]
-    steps = epochs * math.ceil(len(trainer.unlabelled) / BATCH)
+    steps = epochs * math.ceil(len(trainer.unlabelled_rows) / BATCH)
     return classification_error(vae, data.test), curve, steps
 
 

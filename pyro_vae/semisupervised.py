@@ -154,8 +154,13 @@ class SemiSupervisedTrainer(Trainer):
     seed), so that the few labels are seen at every step, their terms weighted so that the
     step's loss estimates J without bias. Validation reports U(x) and q(y|x)'s error."""
 
-    def __init__(self, vae: SemiSupervisedVAE, config: TrainConfig, data: Dataset,
-                 replicas: Replicas = SINGLE_PROCESS):  # fmt: skip
+    def __init__(
+        self,
+        vae: SemiSupervisedVAE,
+        config: TrainConfig,
+        data: Dataset,
+        replicas: Replicas = SINGLE_PROCESS,
+    ):
         if replicas.distributed:
             raise UserInputError("--model m2 trains in one process: launch it without torchrun")
         if config.labels is None:
@@ -169,12 +174,13 @@ class SemiSupervisedTrainer(Trainer):
         # The labelled batch has nothing to enumerate: the plain ELBO, y observed.
         self._labelled_elbo = make_elbo("mc", config.num_particles)
         device = data.train.stored.device
-        self.labelled = choose_labelled(data.train.labels.cpu(), config.labels, config.seed)
-        self.labelled = self.labelled.to(device)
+        # Rows of the training split: those that keep their labels, and the rest.
+        chosen = choose_labelled(data.train.labels.cpu(), config.labels, config.seed)
+        self.labelled_rows = chosen.to(device)
         keep = torch.ones(len(data.train), dtype=torch.bool, device=device)
-        keep[self.labelled] = False
-        self.unlabelled = keep.nonzero().flatten()
-        if len(self.unlabelled) == 0:
+        keep[self.labelled_rows] = False
+        self.unlabelled_rows = keep.nonzero().flatten()
+        if len(self.unlabelled_rows) == 0:
             raise UserInputError(
                 f"--labels {config.labels} labels every training image, leaving none unlabelled "
                 f"for M2: give fewer labels (or train a classifier)"
@@ -188,10 +194,10 @@ class SemiSupervisedTrainer(Trainer):
         )
 
     def _num_train(self, data: Dataset) -> int:
-        return len(self.unlabelled)
+        return len(self.unlabelled_rows)
 
     def _epoch_order(self, num_train: int, device: torch.device) -> torch.Tensor:
-        return self.unlabelled[torch.randperm(num_train, device=device)]
+        return self.unlabelled_rows[torch.randperm(num_train, device=device)]
 
     def _train_step(
         self, data: Dataset, index: torch.Tensor, should_stop: Callable[[], bool] | None
@@ -217,13 +223,14 @@ class SemiSupervisedTrainer(Trainer):
     def _labelled_loss(self, data: Dataset, batch_size: int) -> torch.Tensor:
         """The labelled terms of the step's estimate of J, scaled as one unlabelled batch of
         ``batch_size`` is: (B_u / N_u)·(1 / B_l)·Σ_batch [N_l·(−L(x, y)) − α·log q(y | x)]."""
-        count = len(self.labelled)
+        count = len(self.labelled_rows)
         taken = min(count, self.config.batch_size)
-        index = self.labelled[torch.randperm(count, device=self.labelled.device)[:taken]]
+        draw = torch.randperm(count, device=self.labelled_rows.device)[:taken]
+        index = self.labelled_rows[draw]
         x, y = data.train_batch(index), data.train.labels[index]
         negative_elbo = self._labelled_elbo.differentiable_loss(self._model, self._guide, x, y)
         log_q = self.vae.class_posterior(x).log_prob(y).sum()
-        scale = batch_size / (len(self.unlabelled) * taken)
+        scale = batch_size / (len(self.unlabelled_rows) * taken)
         return scale * (count * negative_elbo - self.alpha * log_q)
 
     def _validation_elbo(self, split: Split) -> tuple[Estimate, float]:

@@ -201,10 +201,15 @@ def test_m2_steps_mix_labelled_and_unlabelled_images_as_the_objective_says():
     vae = SemiSupervisedVAE(data.image_shape, 4, (16,), likelihood="bernoulli", num_classes=10)
     config = TrainConfig(labels=30, batch_size=64, alpha=5.0)
     trainer = SemiSupervisedTrainer(vae, config, data)
-    labelled, unlabelled = set(trainer.labelled.tolist()), set(trainer.unlabelled.tolist())
+    labelled, unlabelled = (
+        set(trainer.labelled_rows.tolist()),
+        set(trainer.unlabelled_rows.tolist()),
+    )
     assert len(labelled) == 30 and not labelled & unlabelled
     assert labelled | unlabelled == set(range(len(data.train)))
-    assert torch.bincount(data.train.labels[trainer.labelled], minlength=10).tolist() == [3] * 10
+    assert (
+        torch.bincount(data.train.labels[trainer.labelled_rows], minlength=10).tolist() == [3] * 10
+    )
     # an epoch passes over the unlabelled images once each
     order = trainer._epoch_order(trainer._num_train(data), torch.device("cpu"))
     assert sorted(order.tolist()) == sorted(unlabelled)
@@ -219,13 +224,13 @@ def test_m2_loss_of_one_step_by_hand():
     config = TrainConfig(labels=100, batch_size=64, alpha=5.0)
     trainer = SemiSupervisedTrainer(vae, config, data)
     trainer.optimizer.step = lambda: None  # the parameters stay: the loss is recomputed below
-    index = trainer.unlabelled[:48]
+    index = trainer.unlabelled_rows[:48]
     pyro.set_rng_seed(5)
     loss, negative_u = trainer._semi_supervised_step(data, index)
     pyro.set_rng_seed(5)
     x = data.train_batch(index)
     u = -enumerated_elbo().differentiable_loss(vae.model, vae.guide, x).detach()
-    chosen = trainer.labelled[torch.randperm(100)[:64]]
+    chosen = trainer.labelled_rows[torch.randperm(100)[:64]]
     xl, yl = data.train_batch(chosen), data.train.labels[chosen]
     labelled_elbo = -make_elbo_mc().differentiable_loss(vae.model, vae.guide, xl, yl).detach()
     log_q = vae.class_posterior(xl).log_prob(yl).sum().detach()
