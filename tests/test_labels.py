@@ -195,12 +195,16 @@ def test_the_cvae_step_is_recorded_and_is_the_eager_step():
 # semi-supervised training: labelled and unlabelled batches
 
 
-def test_m2_steps_mix_labelled_and_unlabelled_images_as_the_objective_says():
-    data = digits()
+def m2_trainer(data, labels: int) -> SemiSupervisedTrainer:
+    """A small M2 on the digits, batches of 64, α = 5."""
     pyro.set_rng_seed(0)
     vae = SemiSupervisedVAE(data.image_shape, 4, (16,), likelihood="bernoulli", num_classes=10)
-    config = TrainConfig(labels=30, batch_size=64, alpha=5.0)
-    trainer = SemiSupervisedTrainer(vae, config, data)
+    return SemiSupervisedTrainer(vae, TrainConfig(labels=labels, batch_size=64, alpha=5.0), data)
+
+
+def test_m2_steps_mix_labelled_and_unlabelled_images_as_the_objective_says():
+    data = digits()
+    trainer = m2_trainer(data, labels=30)
     labelled, unlabelled = (
         set(trainer.labelled_rows.tolist()),
         set(trainer.unlabelled_rows.tolist()),
@@ -217,12 +221,10 @@ def test_m2_steps_mix_labelled_and_unlabelled_images_as_the_objective_says():
 
 def test_m2_loss_of_one_step_by_hand():
     data = digits()
-    pyro.set_rng_seed(0)
-    vae = SemiSupervisedVAE(data.image_shape, 4, (16,), likelihood="bernoulli", num_classes=10)
     # 100 labels, 64 of them a step: each labelled term counts N_l / B_l = 100 / 64 times its
     # share, the whole weighted as one unlabelled batch of 48 among N_u images
-    config = TrainConfig(labels=100, batch_size=64, alpha=5.0)
-    trainer = SemiSupervisedTrainer(vae, config, data)
+    trainer = m2_trainer(data, labels=100)
+    vae = trainer.vae
     trainer.optimizer.step = lambda: None  # the parameters stay: the loss is recomputed below
     index = trainer.unlabelled_rows[:48]
     pyro.set_rng_seed(5)
