@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from pyro_vae import DataConfig, TrainConfig, load_dataset
 from pyro_vae.data import Dataset
 from pyro_vae.networks import build_classifier
-from pyro_vae.semisupervised import ALPHA_PER_IMAGE, SemiSupervisedTrainer, SemiSupervisedVAE
+from pyro_vae.semisupervised import SemiSupervisedTrainer, SemiSupervisedVAE, default_alpha
 from pyro_vae.semisupervised_bounds import classification_error
 
 RESULTS = Path(__file__).parent / "results"
@@ -108,7 +108,7 @@ def report(rows: dict, curves: dict, args: argparse.Namespace, line: str) -> str
 
 def alpha(multiple: float, num_train: int) -> float:
     """``multiple`` times the paper's α, 0.1 × the training images."""
-    return multiple * ALPHA_PER_IMAGE * num_train
+    return multiple * default_alpha(num_train)
 
 
 def main(argv: list[str] | None = None) -> Path:

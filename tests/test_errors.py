@@ -623,6 +623,18 @@ CASES: dict[str, tuple[Setup, str]] = {
         ],
         "no training image of class 1, 3: renumber the labels",
     ),
+    "unknown model in a config file": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", '[model]\nkind = "m3"\n')],
+        "unknown model 'm3'",
+    ),
+    "labels as text in a config file": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "c.toml", '[model]\nkind = "m2"\n[train]\nlabels = "x"\n'),
+        ],
+        "labels must be a whole number",
+    ),
     "sample --label of an unlabelled model": (
         lambda t, r: ["sample", r, "--label", "3"],
         "train with --model cvae",

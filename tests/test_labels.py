@@ -116,7 +116,15 @@ def test_one_hot_and_labels_checks():
 # every component with both labelled models
 
 
-@pytest.mark.parametrize("kind", ["cvae", "m2"])
+# The models of the registry that read labels, whatever is registered later.
+LABELLED = [kind for kind, model in MODELS.items() if model.labelled]
+
+
+def test_the_labelled_models_are_the_conditional_vae_and_m2():
+    assert LABELLED == ["cvae", "m2"]
+
+
+@pytest.mark.parametrize("kind", LABELLED)
 @pytest.mark.parametrize("guide", GUIDES)
 @pytest.mark.parametrize("prior", PRIORS)
 def test_labelled_models_train_with_every_guide_and_prior(kind, guide, prior):
@@ -143,7 +151,7 @@ def test_labelled_models_train_with_every_guide_and_prior(kind, guide, prior):
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_labelled_models_take_every_likelihood(likelihood):
-    for kind in ("cvae", "m2"):
+    for kind in LABELLED:
         pyro.set_rng_seed(0)
         vae = MODELS[kind]((1, 4, 4), 2, (8,), likelihood=likelihood, num_classes=3)
         x = torch.bernoulli(torch.full((5, 16), 0.5))  # binary: data for every likelihood
@@ -299,8 +307,10 @@ def test_cvae_run_samples_a_class_and_evaluates_given_the_class(labelled_runs):
     result = cli_run("sample", run, "--label", "3", "--num", "8")
     assert result.exit_code == 0, result.output
     assert (run / "samples-class3-seed0.png").is_file()
-    result = cli_run("sample", run, "--label", "10")
-    assert result.exit_code == 2 and "from 0 to 9" in result.output
+    from tests.test_errors import assert_user_error
+
+    for command in (["sample", str(run), "--label", "10"], ["manifold", str(run), "--label", "-1"]):
+        assert_user_error(command, "give one from 0 to 9", run)  # one line, exit 2, nothing lost
     result = cli_run("evaluate", run, "--num-samples", "4")
     assert result.exit_code == 0 and "log p(x | y)" in result.output, result.output
     for command in (["reconstruct"], ["interpolate"], ["latent"], ["manifold", "--label", "2"]):
