@@ -92,6 +92,12 @@ class RecordedGradient:
         Every ``.grad`` is replaced, as ``zero_grad(set_to_none=True)`` then ``backward`` would
         leave it: None for a parameter that is frozen or that the loss does not use.
         """
+        found = self.graph_for(*batch)
+        return None if found is None else self.replay(found[1], *batch)
+
+    def graph_for(self, *batch: torch.Tensor) -> tuple[GraphKey, GraphModule] | None:
+        """The graph for ``batch`` and its key, recorded now if it is the first of its shape;
+        None where no graph can be made or trusted (said once in the log, as for ``__call__``)."""
         if self.eager_reason is not None or self._under_a_handler():
             return None
         if self._watch is None:
@@ -108,11 +114,26 @@ class RecordedGradient:
             if graph is None:
                 return None
             self._graphs[key] = graph
+        return key, graph
+
+    def replay(self, graph: GraphModule, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``graph`` (from ``graph_for``) on ``batch``: the loss and −ELBO, and the gradients
+        in the ``.grad``s."""
         with torch.no_grad():  # the graph computes the gradients itself; autograd keeps out
             loss, negative_elbo, *gradients = graph(*self._inputs, *batch)
         for parameter, gradient in zip(self._parameters, gradients, strict=True):
             parameter.grad = gradient
         return loss, negative_elbo
+
+    @property
+    def parameters(self) -> list[torch.Tensor]:
+        """The parameters whose gradients the graphs compute (the first of ``inputs``)."""
+        return list(self._parameters)
+
+    @property
+    def inputs(self) -> list[torch.Tensor]:
+        """The tensors every graph reads besides the batch: the parameters, then the buffers."""
+        return list(self._inputs)
 
     def _stand_aside(self, reason: str) -> None:
         self.eager_reason = reason

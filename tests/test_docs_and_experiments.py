@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,3 +244,26 @@ def test_conditional_experiment_quick_mode(tmp_path, monkeypatch):
     assert (tmp_path / "c_latent2.png").is_file() and "![samples](c_latent2.png)" in text
     assert "Command: `python experiments/conditional.py --quick" in text
     sys.modules.pop("conditional", None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_graph_benchmark_says_it_needs_a_gpu(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cuda_graph
+
+    with pytest.raises(SystemExit, match="measures a GPU, and this machine has none"):
+        cuda_graph.main([])
+    sys.modules.pop("cuda_graph", None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_benchmark_times_the_captured_step(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cuda_graph
+
+    results = cuda_graph.main(["--batch", "16", "--turns", "1", "--steps", "4"])
+    medians = results[16]["medians"]
+    assert medians["pyro-vae mc (CUDA graph)"] > 0 and medians["hand-written PyTorch, eager"] > 0
+    printed = capsys.readouterr().out
+    assert "pyro-vae mc (CUDA graph): 1 graph(s) captured, failure None" in printed
+    sys.modules.pop("cuda_graph", None)

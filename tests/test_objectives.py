@@ -130,7 +130,9 @@ def test_cuda_training_steps_never_wait_for_the_gpu(estimator, digits):
     device = torch.device("cuda")
     trainer = Trainer(VAE(64, hidden_dims=(16,)).to(device), TrainConfig(elbo=estimator))
     x = digits.train.x[:32].to(device)
-    trainer.step(x)  # the first step validates, and may read
+    for _ in range(3):  # the first steps validate, record and capture (once), and may wait
+        trainer.step(x)
+    assert trainer._captured is not None and trainer._captured._captures
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
