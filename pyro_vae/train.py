@@ -195,14 +195,20 @@ class Trainer:
     def step(self, batch: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
         """One SVI step, the KL weighted by ``config.beta``; returns the loss per data point (−ELBO
         where β is 1) as a detached 0-dim tensor. Warm-up is counted in epochs: ``train_epoch``.
-        A model that reads labels (the conditional VAE) takes the batch's classes after it."""
+        A model that reads labels (the conditional VAE) takes the batch's classes after it.
+
+        On CUDA, after a step captured as a CUDA graph (captured.py), each ``.grad`` is the
+        graph's own buffer, which the next step overwrites: copy one to keep it."""
         with self._kl_weight(self.config.beta):
             loss, _ = self._update(batch, *labels)
         return loss / batch.shape[0]
 
     def _update(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step on ``batch``; returns its loss and −ELBO summed, on the device."""
+        """One step on ``batch``; returns its loss and −ELBO summed, on the device (on CUDA
+        perhaps a graph's output buffers, overwritten by the next step: use them before it)."""
         if self._captured is not None and self._validated and batch[0].shape[0]:
+            if self._captured.optimizer is not self.optimizer:  # replaced since: capture it
+                self._captured = CapturedStep(self._recorded, self.optimizer)
             captured = self._captured(*batch)  # the update done too
             if captured is not None:
                 return captured

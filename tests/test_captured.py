@@ -9,8 +9,10 @@ import pytest
 import torch
 from test_reliability import CONFIGS, assert_same_run, stop_after
 
+import pyro_vae.train as train_module
 from pyro_vae import VAE, RunHooks, TrainConfig, Trainer, resume_run, train_run
 from pyro_vae.captured import CapturedStep
+from pyro_vae.recorded import RecordedGradient
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -43,6 +45,20 @@ def test_what_a_capture_fixes_changes_with_the_rate_and_a_loaded_optimizer_state
     buffer.seek(0)
     trainer.load_state_dict(torch.load(buffer, weights_only=False))
     assert step._conditions() != before  # new state tensors, which a graph would not update
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step", "plateau"])
+def test_what_keeps_steps_uncaptured_is_python_a_replay_would_not_run(schedule):
+    """A step hook or a replaced ``step`` would run only at the capture; torch's schedulers
+    also wrap ``step``, only to note that it ran, which a capture may leave out."""
+    trainer = Trainer(VAE(64, hidden_dims=(16,)), TrainConfig(lr_schedule=schedule, epochs=3))
+    step = CapturedStep(trainer._recorded, trainer.optimizer)
+    assert not step._hooked()
+    handle = trainer.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: None)
+    assert step._hooked()
+    handle.remove()
+    trainer.optimizer.step = lambda *args, **kwargs: None
+    assert step._hooked()
 
 
 def batches(digits, device: str) -> list[torch.Tensor]:
@@ -100,13 +116,106 @@ def test_a_loaded_optimizer_state_is_captured_anew(digits):
     assert torch.equal(first, again)
 
 
+MADE: list["CountedCaptures"] = []  # every one made in the test running
+
+
+class CountedCaptures(CapturedStep):
+    """A CapturedStep that counts the graphs it captures, so that a test can tell that the
+    captured path was taken at all."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.captured = 0
+        MADE.append(self)
+
+    def _capture(self, *args, **kwargs):
+        capture = super()._capture(*args, **kwargs)
+        self.captured += capture is not None
+        return capture
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    MADE.clear()
+    monkeypatch.setattr(train_module, "CapturedStep", CountedCaptures)
+    return MADE
+
+
+def on_cuda(name: str):
+    config = CONFIGS[name]
+    return replace(config, train=replace(config.train, device="cuda"))
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_captured_run_is_the_uncaptured_run(name, counted, monkeypatch, tmp_path):
+    """Whole runs: epochs with a smaller last batch, validation between them, and in the configs
+    a sampled prior KL, dynamic binarization, β with a warm-up, a learning-rate schedule."""
+    train_run(on_cuda(name), tmp_path / "captured")
+    assert sum(step.captured for step in counted) >= 2  # graphs made, and made anew
+    assert all(step.failure is None for step in counted)
+    monkeypatch.setattr(train_module, "CapturedStep", lambda *args: None)  # replays uncaptured
+    train_run(on_cuda(name), tmp_path / "uncaptured")
+    assert_same_run(tmp_path / "captured", tmp_path / "uncaptured")
+
+
 @needs_cuda
 @pytest.mark.parametrize("name", ["default", "practice"])
-def test_a_captured_run_stopped_mid_epoch_resumes_exactly(name, tmp_path):
-    config = CONFIGS[name]
-    config = replace(config, train=replace(config.train, device="cuda"))
+def test_a_captured_run_stopped_mid_epoch_resumes_exactly(name, counted, tmp_path):
+    config = on_cuda(name)
     train_run(config, tmp_path / "straight")
     stopped = train_run(config, tmp_path / "stopped", hooks=RunHooks(should_stop=stop_after(30)))
     assert not stopped.finished
     assert resume_run(tmp_path / "stopped").finished
+    assert all(step.captured for step in counted)  # the straight, stopped and resumed runs
     assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+
+
+@needs_cuda
+def test_a_step_that_cannot_be_captured_is_taken_uncaptured(digits, monkeypatch):
+    """A step that waits for the GPU while it is captured (CUDA invalidates the capture): said
+    once, and that step and every later one taken uncaptured, with the same numbers; the
+    device's random numbers still work afterwards."""
+    replay = RecordedGradient.replay
+
+    def waits_while_captured(self, graph, *batch):
+        losses = replay(self, graph, *batch)
+        if torch.cuda.is_current_stream_capturing():
+            losses[0].item()  # a synchronisation: CUDA gives the capture up
+        return losses
+
+    monkeypatch.setattr(RecordedGradient, "replay", waits_while_captured)
+    data = batches(digits, "cuda")
+    captured = trainer_on("cuda")
+    got, got_parameters = losses_and_parameters(captured, data)
+    assert captured._captured.failure is not None and not captured._captured._captures
+    want, want_parameters = losses_and_parameters(trainer_on("cuda", cuda_graph=False), data)
+    assert torch.equal(got, want)
+    for a, b in zip(got_parameters, want_parameters, strict=True):
+        assert torch.equal(a, b)
+    assert torch.randn(3, device="cuda").isfinite().all()
+
+
+@needs_cuda
+def test_an_optimizer_with_step_hooks_is_not_captured(digits):
+    """A replay runs no Python: a step hook would run only at the capture. With one, steps are
+    taken uncaptured (the hook runs at every step) and give the same numbers."""
+    data = batches(digits, "cuda")
+    hooked = trainer_on("cuda")
+    calls = []
+    hooked.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: calls.append(1))
+    got, _ = losses_and_parameters(hooked, data)
+    assert len(calls) == len(data) and not hooked._captured._captures
+    want, _ = losses_and_parameters(trainer_on("cuda", cuda_graph=False), data)
+    assert torch.equal(got, want)
+
+
+@needs_cuda
+def test_a_replaced_optimizer_is_the_one_captured(digits):
+    data = batches(digits, "cuda")
+    trainer = trainer_on("cuda")
+    losses_and_parameters(trainer, data)
+    trainer.optimizer = torch.optim.Adam(trainer.vae.parameters(), lr=1e-3, fused=True)
+    losses_and_parameters(trainer, data)
+    assert trainer._captured.optimizer is trainer.optimizer and trainer._captured._captures
+    assert len(trainer.optimizer.state) == len(list(trainer.vae.parameters()))

@@ -125,14 +125,23 @@ def test_the_registered_model_and_guide_read_nothing_back_either(estimator, bina
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("estimator", PYRO_ELBOS)
-def test_cuda_training_steps_never_wait_for_the_gpu(estimator, digits):
-    """On a GPU the host queues step after step: torch raises on any synchronising call."""
+@pytest.mark.parametrize("cuda_graph", [True, False], ids=["captured", "replayed"])
+def test_cuda_training_steps_never_wait_for_the_gpu(estimator, cuda_graph, digits):
+    """On a GPU the host queues step after step: torch raises on any synchronising call. The
+    first step validates and may read; a capture (once per batch shape and learning rate)
+    synchronises before it starts, and the step before it runs as every uncaptured one."""
     device = torch.device("cuda")
-    trainer = Trainer(VAE(64, hidden_dims=(16,)).to(device), TrainConfig(elbo=estimator))
+    vae = VAE(64, hidden_dims=(16,)).to(device)
+    trainer = Trainer(vae, TrainConfig(elbo=estimator), cuda_graph=cuda_graph)
     x = digits.train.x[:32].to(device)
-    for _ in range(3):  # the first steps validate, record and capture (once), and may wait
-        trainer.step(x)
-    assert trainer._captured is not None and trainer._captured._captures
+    trainer.step(x)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.step(x)  # recorded, and replayed uncaptured (the warm-up of a capture)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    trainer.step(x)  # captured, if it is to be
+    assert bool(trainer._captured and trainer._captured._captures) == cuda_graph
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
