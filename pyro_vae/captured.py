@@ -2,7 +2,7 @@
 
 A step of a small VAE on a GPU is about a hundred short kernels (the recorded graph's operations,
 then Adam's), and at batch 128 the host takes far longer to launch them one by one than the GPU
-takes to run them (on an H200, the recorded step uncaptured 1.6–2.3 ms against 0.3 ms for its
+takes to run them (on an H200, the recorded step uncaptured 1.4–2.3 ms against 0.3 ms for its
 graph: benchmarks/cuda_graph.py): the GPU waits. A CUDA graph launches the whole step at once.
 ``CapturedStep`` captures the recorded loss and gradient (recorded.py) and the optimizer's step
 into one ``torch.cuda.CUDAGraph`` with static buffers for the batch, then replays it for every
@@ -116,11 +116,16 @@ class CapturedStep:
         """What a graph captured now would fix: the addresses of the tensors it reads and
         writes besides the batch, and the optimizer's hyperparameters."""
         state = self._optimizer.state
+        # The optimizer's own list too: a parameter added to it, or taken out, is another update.
+        updated = [
+            parameter for group in self._optimizer.param_groups for parameter in group["params"]
+        ]
         tensors = [
             *self._recorded.inputs,
+            *updated,
             *(
                 value
-                for parameter in self._recorded.parameters
+                for parameter in updated
                 for value in state.get(parameter, {}).values()
                 if isinstance(value, torch.Tensor)
             ),
@@ -181,13 +186,23 @@ class CapturedStep:
         self, graph: GraphModule, batch: tuple[torch.Tensor, ...], conditions: tuple[Any, ...]
     ) -> _Capture | None:
         """The step captured (not run: the caller replays it), or None if it cannot be."""
+        groups = self._optimizer.param_groups
+        if not all(group.get("fused") or group.get("capturable") for group in groups):
+            # One that keeps a count or a rate on the host would be captured with this step's
+            # values and replay them for ever; torch's fused and capturable ones keep theirs on
+            # the device.
+            self.failure = (
+                f"the optimizer ({type(self._optimizer).__name__}) is neither fused nor "
+                "capturable, so its update may read values on the host"
+            )
+            log.info("training without a CUDA graph: %s", self.failure)
+            return None
         static = tuple(value.clone() for value in batch)
         cuda_graph = torch.cuda.CUDAGraph()
-        groups = self._optimizer.param_groups
         flags = [group.get("capturable") for group in groups]  # None: no such option
         try:
-            # torch refuses to capture an optimizer not marked capturable (the fused Adam keeps
-            # its step count on the device either way, and computes the same); marked only while
+            # torch refuses to capture an optimizer not marked capturable (a fused one keeps its
+            # step count on the device either way, and computes the same); marked only while
             # capturing, since torch warns of uncaptured steps taken with the mark on.
             for group in groups:
                 group["capturable"] = True
@@ -222,7 +237,9 @@ def _reset_generator(device: torch.device) -> None:
     A capture that CUDA itself invalidates (a synchronisation inside it) ends with an error before
     PyTorch closes the generator's capture, and every later draw on the device would then fail.
     Its state is replaced by that of a fresh generator set to the same seed and offset: the
-    captured draws were never made, so the next step draws what it would have.
+    captured draws were never made, so the next step draws what it would have. (A graph captured
+    earlier in the process against the old state, by another trainer say, keeps drawing from
+    that old state: left as it is, since only this rare failure path meets it.)
     """
     index = device.index if device.index is not None else torch.cuda.current_device()
     generator = torch.cuda.default_generators[index]

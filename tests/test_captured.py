@@ -45,6 +45,9 @@ def test_what_a_capture_fixes_changes_with_the_rate_and_a_loaded_optimizer_state
     buffer.seek(0)
     trainer.load_state_dict(torch.load(buffer, weights_only=False))
     assert step._conditions() != before  # new state tensors, which a graph would not update
+    now = step._conditions()
+    trainer.optimizer.param_groups[0]["params"].pop()  # a parameter the update no longer takes
+    assert step._conditions() != now
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "step", "plateau"])
@@ -59,6 +62,15 @@ def test_what_keeps_steps_uncaptured_is_python_a_replay_would_not_run(schedule):
     handle.remove()
     trainer.optimizer.step = lambda *args, **kwargs: None
     assert step._hooked()
+
+
+def test_an_optimizer_neither_fused_nor_capturable_is_never_captured(digits):
+    """Adagrad counts its steps on the host: a graph would replay one step's rate for ever.
+    The check comes before anything touches CUDA, so it runs here on the CPU."""
+    trainer = trainer_on("cpu")
+    step = CapturedStep(trainer._recorded, torch.optim.Adagrad(trainer.vae.parameters()))
+    assert step._capture(None, (digits.train.x[:4],), ()) is None
+    assert "Adagrad" in step.failure and "neither fused nor capturable" in step.failure
 
 
 def batches(digits, device: str) -> list[torch.Tensor]:
@@ -152,7 +164,8 @@ def test_a_captured_run_is_the_uncaptured_run(name, counted, monkeypatch, tmp_pa
     """Whole runs: epochs with a smaller last batch, validation between them, and in the configs
     a sampled prior KL, dynamic binarization, β with a warm-up, a learning-rate schedule."""
     train_run(on_cuda(name), tmp_path / "captured")
-    assert sum(step.captured for step in counted) >= 2  # graphs made, and made anew
+    # Both batch shapes, or (with a rate new every epoch) the full one captured anew.
+    assert sum(step.captured for step in counted) >= 2
     assert all(step.failure is None for step in counted)
     monkeypatch.setattr(train_module, "CapturedStep", lambda *args: None)  # replays uncaptured
     train_run(on_cuda(name), tmp_path / "uncaptured")
@@ -167,7 +180,7 @@ def test_a_captured_run_stopped_mid_epoch_resumes_exactly(name, counted, tmp_pat
     stopped = train_run(config, tmp_path / "stopped", hooks=RunHooks(should_stop=stop_after(30)))
     assert not stopped.finished
     assert resume_run(tmp_path / "stopped").finished
-    assert all(step.captured for step in counted)  # the straight, stopped and resumed runs
+    assert len(counted) == 3 and all(step.captured for step in counted)  # each of the 3 runs
     assert_same_run(tmp_path / "straight", tmp_path / "stopped")
 
 
