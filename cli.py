@@ -568,6 +568,7 @@ def _component_options(
 
 # The commands that read a trained run, declared on the same app after train (--help's order).
 import cli_runs  # noqa: F401
+import cli_use  # noqa: F401  (encode, score, generate, export)
 
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 ExperimentName = choices(

@@ -3,7 +3,6 @@ manifold (on the app of cli_common.py; cli.py imports this module to register th
 """
 
 import json
-import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from pyro_vae.data import Split, load_run_data
 from pyro_vae.evaluate import evaluate_bounds
 from pyro_vae.labels import check_label
 from pyro_vae.objectives import kl_method
+from pyro_vae.outputs import WRITTEN_BY, check_output
 from pyro_vae.pictures import (
     save_interpolations,
     save_latent_scatter,
@@ -27,9 +27,10 @@ from pyro_vae.pictures import (
     save_reconstructions,
     save_samples,
 )
-from pyro_vae.rundir import BEST, CHECKPOINT, RUN_FILES, check_writable, is_run_dir, writing
+from pyro_vae.rundir import BEST, RUN_FILES, is_run_dir, writing
 from pyro_vae.semisupervised import SemiSupervisedVAE
 from pyro_vae.semisupervised_bounds import classification_error, evaluate_m2_bounds
+from pyro_vae.trained import model_file
 
 # One picture holds at most this many images: 100 × 100 tiles, beyond which none can be seen
 # (and the images alone would fill the memory long before a picture of 10⁸ could be drawn).
@@ -51,18 +52,31 @@ def _out_option(suffix: str, default: str) -> Any:
     )
 
 
-def _output_path(run: Path, out: Path | None, default_name: str, model: Path) -> Path:
-    """Where a command writes, checked to be writable before any work. The last epoch's model
-    of a run that kept its best (``model``, from ``_model_file``) writes under its own names,
-    beside the best's."""
+def _output_path(
+    run: Path,
+    out: Path | None,
+    default_name: str,
+    model: Path,
+    overwrite: bool,
+    checkpoint: Checkpoint,
+) -> Path:
+    """Where a command writes, checked before any work: writable, not a file of the user's
+    that the tool did not write (unless ``overwrite``), not in the run's image folder
+    (outputs.check_output). The last epoch's model of a run that kept its best (``model``,
+    from ``model_file``) writes under its own names, beside the best's."""
     if model.name != BEST and (model.parent / BEST).is_file():
         default_name = f"{Path(default_name).stem}-latest{Path(default_name).suffix}"
     path = out or (run if run.is_dir() else run.parent) / default_name
     if path.name in RUN_FILES and is_run_dir(path.parent):
         raise UserInputError(f"{path} is a file of the run itself: choose another --out")
-    check_writable(path.parent, "--out")
+    check_output(path, overwrite, data=checkpoint.config.data)
     return path
 
+
+OverwriteOption = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace an existing --out file that pyro-vae did not write."),
+]
 
 LatestOption = Annotated[
     bool,
@@ -72,25 +86,6 @@ LatestOption = Annotated[
         "(best.pt, with --patience).",
     ),
 ]
-
-
-def _model_file(run: Path, latest: bool) -> Path:
-    """The checkpoint a command reads for ``run`` (a run directory or a checkpoint file): the
-    run's best.pt where it kept one, unless ``latest`` asks for the last epoch's."""
-    if latest and run.name == BEST:
-        raise UserInputError(
-            f"{run} is the best model, and --latest asks for the last epoch's: give the run "
-            f"directory ({run.parent}) with --latest, or drop --latest"
-        )
-    if not run.is_dir():
-        return run
-    if (run / BEST).is_file() and not latest:
-        logging.getLogger("pyro_vae.cli").info(
-            "using %s, the model of the best validation ELBO (--latest: the last epoch's)",
-            run / BEST,
-        )
-        return run / BEST
-    return run / CHECKPOINT
 
 
 def _load_trained(model: Path, device_name: str) -> tuple[Checkpoint, VAE, torch.device]:
@@ -162,14 +157,16 @@ def evaluate(
     out: Annotated[Path | None, _out_option(".json", "RUN/evaluation-SPLIT-kK.json")] = None,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
+    overwrite: OverwriteOption = False,
     data: MovedDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Test ELBO (closed-form and Monte Carlo KL) and the importance-weighted log p(x); for
     M2, its ELBO and importance-weighted bound with the class summed out, and its test error."""
-    model = _model_file(run, latest)
-    path = _output_path(run, out, f"evaluation-{split.value}-k{num_samples}.json", model)
+    model = model_file(run, latest)
     checkpoint, vae, device_ = _load_trained(model, device)
+    name = f"evaluation-{split.value}-k{num_samples}.json"
+    path = _output_path(run, out, name, model, overwrite, checkpoint)
     images = _split(checkpoint, split, device_, data, data_dir)
     x = images.stored  # uint8 converted per chunk
     pyro.set_rng_seed(seed)
@@ -185,6 +182,7 @@ def evaluate(
             )
     kl = kl_method("analytic", vae.prior(), vae.family_member())
     record = {
+        "written_by": WRITTEN_BY,  # so that a later --out may replace it (outputs.py)
         "run": str(run),
         "model": str(model),
         "epochs_trained": len(checkpoint.trainer_state["history"]),
@@ -235,12 +233,13 @@ def sample(
     out: Annotated[Path | None, _out_option(".png", "RUN/samples-seedSEED.png")] = None,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Decode z ~ p(z) with a trained VAE and save the images as a PNG."""
-    model = _model_file(run, latest)
+    model = model_file(run, latest)
     name = f"samples-seed{seed}.png" if label is None else f"samples-class{label}-seed{seed}.png"
-    path = _output_path(run, out, name, model)
     checkpoint, vae, _ = _load_trained(model, device)
+    path = _output_path(run, out, name, model, overwrite, checkpoint)
     _check_label(vae, label)
     with writing(path, "--out"):
         save_samples(vae, checkpoint.image_shape, path, num, seed, label)
@@ -255,17 +254,19 @@ def reconstruct(
     out: Annotated[Path | None, _out_option(".png", "RUN/reconstructions-NUM.png")] = None,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
+    overwrite: OverwriteOption = False,
     data: MovedDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Show the first test images of the run's dataset beside their reconstructions."""
-    model = _model_file(run, latest)
+    model = model_file(run, latest)
     checkpoint, vae, device_ = _load_trained(model, device)
     test = _split(checkpoint, SplitName.test, device_, data, data_dir)
     images = test.rows(slice(0, num))
     if images.shape[0] < num:
         note(f"the test split has {images.shape[0]} images: showing all of them, not {num}")
-    path = _output_path(run, out, f"reconstructions-{images.shape[0]}.png", model)
+    name = f"reconstructions-{images.shape[0]}.png"
+    path = _output_path(run, out, name, model, overwrite, checkpoint)
     labels = test.labels[: images.shape[0]] if vae.labelled else None
     with writing(path, "--out"):
         save_reconstructions(vae, images, checkpoint.image_shape, path, labels)
@@ -285,13 +286,14 @@ def interpolate(
     out: Annotated[Path | None, _out_option(".png", "RUN/interpolations.png")] = None,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
+    overwrite: OverwriteOption = False,
     data: MovedDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Decode along the line between the posterior means of pairs of test images."""
-    model = _model_file(run, latest)
-    path = _output_path(run, out, "interpolations.png", model)
+    model = model_file(run, latest)
     checkpoint, vae, device_ = _load_trained(model, device)
+    path = _output_path(run, out, "interpolations.png", model, overwrite, checkpoint)
     test = _split(checkpoint, SplitName.test, device_, data, data_dir)
     x = test.rows(slice(0, 2 * pairs))
     if x.shape[0] < 2 * pairs:
@@ -310,13 +312,14 @@ def latent(
     out: Annotated[Path | None, _out_option(".png", "RUN/latent-SPLIT.png")] = None,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
+    overwrite: OverwriteOption = False,
     data: MovedDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Scatter the posterior means of a split, coloured by label (PCA beyond two dimensions)."""
-    model = _model_file(run, latest)
-    path = _output_path(run, out, f"latent-{split.value}.png", model)
+    model = model_file(run, latest)
     checkpoint, vae, device_ = _load_trained(model, device)
+    path = _output_path(run, out, f"latent-{split.value}.png", model, overwrite, checkpoint)
     images = _split(checkpoint, split, device_, data, data_dir)
     with writing(path, "--out"):
         save_latent_scatter(vae, images.stored, images.labels, path, vae.labelled)
@@ -341,15 +344,16 @@ def manifold(
     out: Annotated[Path | None, _out_option(".png", "RUN/manifold.png")] = None,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Decode a grid over two latent coordinates at normal quantiles (Kingma & Welling, 2014)."""
-    model = _model_file(run, latest)
+    model = model_file(run, latest)
     try:
         i, j = (int(d) for d in dims.split(","))
     except ValueError:
         raise UserInputError(f"--dims takes two coordinates such as 0,1, got {dims!r}") from None
-    path = _output_path(run, out, "manifold.png", model)
     checkpoint, vae, _ = _load_trained(model, device)
+    path = _output_path(run, out, "manifold.png", model, overwrite, checkpoint)
     _check_label(vae, label)
     with writing(path, "--out"):
         save_manifold(vae, checkpoint.image_shape, path, grid, (i, j), label)

@@ -25,10 +25,21 @@ def provenance(script: str, argv: list[str] | None) -> str:
     command = f"python experiments/{script} {args}".strip()
     return (
         f"Command: `{command}` · torch {torch.__version__}, pyro {pyro.__version__}, "
-        f"Python {platform.python_version()} · {platform.machine()} CPU, "
+        f"Python {platform.python_version()} · {cpu_model()}, "
         f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads · "
         f"{time.strftime('%Y-%m-%d')}"
     )
+
+
+def cpu_model() -> str:
+    """The processor's name (Linux's /proc/cpuinfo), else the machine's architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
 
 
 def output_path(out: Path | None, quick: bool, committed: Path) -> Path:

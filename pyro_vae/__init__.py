@@ -20,6 +20,7 @@ from pyro_vae.priors import PRIORS, Prior, StandardNormalPrior
 from pyro_vae.runs import RunHooks, RunResult, resume_run, train_run
 from pyro_vae.semisupervised import SemiSupervisedTrainer, SemiSupervisedVAE
 from pyro_vae.train import EpochMetrics, Trainer, TrainingDiverged
+from pyro_vae.trained import TrainedModel, export_run, load_run
 
 __all__ = [
     "DATASETS",
@@ -49,14 +50,17 @@ __all__ = [
     "SemiSupervisedVAE",
     "StandardNormalPrior",
     "TrainConfig",
+    "TrainedModel",
     "Trainer",
     "TrainingDiverged",
     "UserInputError",
     "active_units",
     "elbo_per_datapoint",
+    "export_run",
     "kl_per_datapoint",
     "load_checkpoint",
     "load_dataset",
+    "load_run",
     "make_elbo",
     "resolve_device",
     "resume_run",

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pyro_vae.outputs import PNG_METADATA
 from pyro_vae.train import EpochMetrics
 
 PAD_VALUE = 0.5  # grey lines between images, distinct from black (0) and white (1) pixels
@@ -75,7 +76,7 @@ def save_image_grid(
     axes.set_axis_off()
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata=PNG_METADATA)
     return Path(path)
 
 
@@ -106,7 +107,7 @@ def save_latent_grid(
     axes.set_xlabel(axis_labels[0])
     axes.set_ylabel(axis_labels[1])
     axes.set_title(title, fontsize=9, pad=8)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata=PNG_METADATA)
     return Path(path)
 
 
@@ -145,7 +146,7 @@ def save_elbo_curve(history: Sequence[EpochMetrics], path: Path) -> Path:
     axes.set_ylabel("ELBO (nats per image)")
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata=PNG_METADATA)
     return Path(path)
 
 
@@ -171,5 +172,5 @@ def save_scatter(
     axes.set_ylabel(axis_labels[1])
     axes.set_title(title, fontsize=9)
     axes.legend(markerscale=2, fontsize=8, title="label", loc="best")
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata=PNG_METADATA)
     return Path(path)
