@@ -582,6 +582,7 @@ ExperimentName = choices(
         "guides",
         "semi_supervised",
         "conditional",
+        "anomaly",
     ],
 )
 

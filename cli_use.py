@@ -126,6 +126,7 @@ def score(
     num_samples: Annotated[
         int, typer.Option(min=1, max=10**6, help="Importance samples K per image.")
     ] = 1000,
+    label: LabelOption = None,
     top: Annotated[
         int,
         typer.Option(
@@ -149,7 +150,9 @@ def score(
     new = _read(model, data, split, data_dir)
     pyro.set_rng_seed(seed)
     with WorkProgress("codes decoded") as progress:
-        scores = model.score(new, num_samples=num_samples, on_progress=progress.update)
+        scores = model.score(
+            new, num_samples=num_samples, on_progress=progress.update, label=label
+        )
     order = torch.argsort(scores.iwae).cpu().numpy()  # most unusual first
     columns = {
         **_describe(new),

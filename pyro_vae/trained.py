@@ -206,10 +206,11 @@ class TrainedModel:
         labels: Any = None,
         num_samples: int = 1000,
         on_progress: Callable[[int, int], None] | None = None,
+        label: int | None = None,
     ) -> Scores:
         """Per image, the ELBO and the importance-weighted bound on log p(x) with K =
         ``num_samples`` (the numbers ``evaluate`` averages). M2 sums its class out; the
-        conditional VAE's bounds are on log p(x | y)."""
+        conditional VAE's bounds are on log p(x | y), y the data's labels or ``label``."""
         new = self.data(data, labels)
         self.vae.likelihood.check_data(new.x)
         if isinstance(self.vae, SemiSupervisedVAE):
@@ -220,7 +221,7 @@ class TrainedModel:
                 new.stored,
                 num_samples,
                 on_progress=on_progress,
-                labels=self._classes(new),
+                labels=self._classes(new, label),
             )
         return Scores(bounds["elbo_analytic_kl"], bounds["iwae"], num_samples, new.stored.shape[1])
 

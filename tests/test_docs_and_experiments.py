@@ -20,6 +20,7 @@ def test_readme_python_example_runs(capsys):
     assert "validation ELBO:" in printed
     assert "torch.Size([10, 4, 8])" in printed
     assert "monte-carlo KL, validation ELBO" in printed  # the user-defined Student-t prior
+    assert "most unusual:" in printed and "torch.Size([16, 1, 8, 8])" in printed  # load_run
 
 
 def test_posterior_collapse_experiment_quick_mode(tmp_path, monkeypatch):
@@ -267,3 +268,16 @@ def test_cuda_graph_benchmark_times_the_captured_step(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "pyro-vae mc (CUDA graph): 1 graph(s) captured, failure None" in printed
     sys.modules.pop("cuda_graph", None)
+
+
+def test_anomaly_experiment_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import anomaly
+
+    out = anomaly.main(["--quick", "--out", str(tmp_path / "a.md")])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[2:]] == ["| 0", "| 1", "| mean"]
+    aurocs = [float(cell.split(" ±")[0]) for cell in rows[2].split(" | ")[1:]]
+    assert len(aurocs) == 3 and all(0 <= a <= 1 for a in aurocs)
+    assert "Nalisnick" in out.read_text()
+    sys.modules.pop("anomaly", None)

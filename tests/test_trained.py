@@ -207,6 +207,10 @@ def test_labelled_models_encode_with_classes(runs, digits_data, tmp_path):
         "--label",
         "12",
     )
+    # score reads classes the same way
+    score = ["score", runs["cvae"], "--data", tmp_path / "x.npy", "--num-samples", "2"]
+    assert "--label K" in refused(*score, "--out", tmp_path / "s.csv")
+    ok(*score, "--out", tmp_path / "s.csv", "--label", "3", "--top", "0")
     # M2 without labels: its classifier's classes
     ok("encode", runs["m2"], "--out", tmp_path / "m.npy", "--data", tmp_path / "x.npy")
     model = load_run(runs["m2"])
