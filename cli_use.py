@@ -150,9 +150,7 @@ def score(
     new = _read(model, data, split, data_dir)
     pyro.set_rng_seed(seed)
     with WorkProgress("codes decoded") as progress:
-        scores = model.score(
-            new, num_samples=num_samples, on_progress=progress.update, label=label
-        )
+        scores = model.score(new, num_samples=num_samples, on_progress=progress.update, label=label)
     order = torch.argsort(scores.iwae).cpu().numpy()  # most unusual first
     columns = {
         **_describe(new),
