@@ -28,8 +28,16 @@ from pyro_vae.outputs import (
     write_table,
 )
 from pyro_vae.plots import save_image_grid
-from pyro_vae.rundir import writing
-from pyro_vae.trained import CARD, DESCRIPTION, WEIGHTS, TrainedModel, export_run, load_run
+from pyro_vae.rundir import is_run_dir, writing
+from pyro_vae.trained import (
+    CARD,
+    DESCRIPTION,
+    WEIGHTS,
+    TrainedModel,
+    export_run,
+    is_export,
+    load_run,
+)
 from pyro_vae.transform import NewData
 
 NewDataOption = Annotated[
@@ -57,12 +65,36 @@ def _model(run: Path, device: str, latest: bool) -> TrainedModel:
     return load_run(run, device, latest)
 
 
+RunDataOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Without --data: the run's data file or image folder, if it has moved since training.",
+        show_default=False,
+    ),
+]
+
+
 def _read(
-    model: TrainedModel, data: Path | None, split: SplitName, data_dir: Path | None
+    model: TrainedModel,
+    data: Path | None,
+    split: SplitName,
+    run_data: Path | None,
+    data_dir: Path | None,
 ) -> NewData:
     if data is not None:
         return model.data(data)
-    return model.split(split.value, data_dir=None if data_dir is None else str(data_dir))
+    try:
+        return model.split(
+            split.value,
+            path=None if run_data is None else str(run_data),
+            data_dir=None if data_dir is None else str(data_dir),
+        )
+    except UserInputError as error:
+        raise UserInputError(
+            f"the run's {split.value} images cannot be read ({str(error).rstrip('.')}); if "
+            "they have moved, --run-data (a data file or image folder) or --data-dir (the MNIST "
+            "family's folder) says where they are now, and --data reads new data instead"
+        ) from None
 
 
 def _describe(new: NewData) -> dict[str, np.ndarray]:
@@ -92,13 +124,14 @@ def encode(
     overwrite: OverwriteOption = False,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
+    run_data: RunDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Per image, the mean and standard deviation of q(z|x) over each latent coordinate."""
     check_table_suffix(out)
     model = _model(run, device, latest)
     check_output(out, overwrite, data=model.config.data)
-    new = _read(model, data, split, data_dir)
+    new = _read(model, data, split, run_data, data_dir)
     codes = model.codes(new, label=label, num_samples=num_samples)
     columns = _describe(new)
     if codes.classes is not None:
@@ -137,6 +170,7 @@ def score(
     overwrite: OverwriteOption = False,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
+    run_data: RunDataOption = None,
     data_dir: MovedDataDirOption = None,
 ) -> None:
     """Per image, the ELBO and the importance-weighted bound on log p(x), in nats and bits per
@@ -145,9 +179,15 @@ def score(
     picture = out.with_name(f"{out.stem}-top{top}.png")
     model = _model(run, device, latest)
     check_output(out, overwrite, data=model.config.data)
-    if top:
+    draw = top > 0 and model.image_shape[:2] != (1, 1)  # vectors make no picture
+    if draw:
         check_output(picture, overwrite, data=model.config.data)
-    new = _read(model, data, split, data_dir)
+        if data is not None and data.is_dir() and data.resolve() in picture.resolve().parents:
+            raise UserInputError(
+                f"{picture} would add an image to the folder being scored ({data}): write "
+                "--out elsewhere, or pass --top 0"
+            )
+    new = _read(model, data, split, run_data, data_dir)
     pyro.set_rng_seed(seed)
     with WorkProgress("codes decoded") as progress:
         scores = model.score(new, num_samples=num_samples, on_progress=progress.update, label=label)
@@ -173,6 +213,7 @@ def score(
         for i in shown:
             which = new.names[i] if new.names is not None else f"image {i}"
             typer.echo(f"  {which:<40} {columns['iwae_nats'][i]:12.3f} nats")
+    if draw and len(shown):
         rows = new.x[torch.as_tensor(shown.copy(), device=new.stored.device)]
         with writing(picture, "--out"):
             save_image_grid(
@@ -219,7 +260,7 @@ def generate(
             f"--out {out}: write .npy, .npz, or a folder of PNG files (a name with no suffix)"
         )
     model = _model(run, device, latest)
-    names = [f"sample-{i:0{len(str(num - 1))}d}.png" for i in range(num)]
+    names = [f"sample-{i:06d}.png" for i in range(num)]  # one width for any --num: never mixed
     if suffix:
         check_output(out, overwrite, data=model.config.data)
     else:
@@ -248,6 +289,7 @@ def generate(
 
 
 def _save_array(path: Path, save) -> None:  # type: ignore[no-untyped-def]
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as file:
@@ -295,7 +337,12 @@ def export(
     """Write the model to share: weights (safetensors, no pickle), its configuration and data
     transform (JSON), and a model card with its held-out ELBO and IWAE bound (Markdown)."""
     model = _model(run, device, latest)
-    if (out / DESCRIPTION).is_file():
+    if is_run_dir(out):
+        raise UserInputError(
+            f"{out} is a run directory, whose commands would then read the export instead of "
+            "the run: choose another --out"
+        )
+    if is_export(out):
         overwrite = True  # an earlier export: its three files are the tool's own
     check_output(out / WEIGHTS, True, data=model.config.data)  # not in the run's data
     check_output_folder(out, [WEIGHTS, DESCRIPTION, CARD], overwrite, "--out")

@@ -36,7 +36,17 @@ def model_card(
     config = model.config
     kind = config.model.kind
     data = config.data
-    where = data.path if data.path is not None else data.data_dir
+    where = {"digits": "scikit-learn's digits (built in)"}.get(data.dataset) or (
+        data.path if data.path is not None else data.data_dir
+    )
+    channels, height, width = model.image_shape
+    shape = (
+        f"vectors of {width} values"
+        if (channels, height) == (1, 1)
+        else f"images of shape {tuple(model.image_shape)} (C, H, W)"
+    )
+    # A conditional VAE reads each image's class: the example gives one.
+    by_class = ", label=3" if kind == "cvae" else ""
     elbo = Bound.of(scores.elbo, scores.data_dim)
     iwae = Bound.of(scores.iwae, scores.data_dim)
     conditional = " given the class (log p(x | y))" if kind == "cvae" else ""
@@ -54,13 +64,13 @@ def model_card(
         "from pyro_vae import load_run",
         "",
         'model = load_run("THIS_FOLDER")  # weights, configuration and data transform',
-        "codes = model.encode(images)  # posterior means, (N, latent_dim)",
-        "scores = model.score(images)  # per-image ELBO and IWAE bound, nats",
+        f"codes = model.encode(images{by_class})  # posterior means, (N, latent_dim)",
+        f"scores = model.score(images{by_class})  # per-image ELBO and IWAE bound, nats",
         "new = model.sample(16)  # decoded means of z ~ p(z)",
         "```",
         "",
         "`images`: an array, an image file or a folder of them, of the kind the model was trained "
-        f"on: images of shape {tuple(model.image_shape)} (C, H, W)"
+        f"on: {shape}"
         + (f", binarized ({data.binarize})" if data.binarize != "none" else "")
         + ". Or `pyro-vae encode|score|generate THIS_FOLDER ...` on the command line.",
         "",
@@ -70,7 +80,7 @@ def model_card(
             {
                 "dataset": data.dataset,
                 "from": where,
-                "image shape (C, H, W)": tuple(model.image_shape),
+                "shape (C, H, W)": tuple(model.image_shape),
                 "images, all splits": model.num_images,
                 "validation / test fraction": f"{data.val_fraction} / {data.test_fraction}",
                 "split seed": data.split_seed,

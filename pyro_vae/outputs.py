@@ -80,7 +80,7 @@ def check_output_folder(folder: Path, names: list[str], overwrite: bool, option:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserInputError(f"{folder} is a file, not a folder: choose another {option}")
-    taken = [name for name in names if (folder / name).exists()]
+    taken = [name for name in names if (folder / name).exists() and not is_own_file(folder / name)]
     if taken and not overwrite:
         more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
         raise UserInputError(
@@ -96,6 +96,7 @@ def write_table(path: Path, columns: Mapping[str, np.ndarray]) -> None:
     path = Path(path)
     suffix = path.suffix.lower()
     tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if suffix == ".npy":
             _write_npy(tmp, columns)

@@ -43,6 +43,11 @@ CARD = "README.md"  # its model card
 EXPORT_FORMAT = 1  # bump when an export's layout changes; older readers refuse newer exports
 
 Data = Any  # an array, a tensor, a path, or NewData: whatever DataTransform takes
+CHUNK = 4096  # images decoded at once by ``sample`` (10⁶ images of 784 floats are 3 GB)
+_NO_CLASSES = (
+    "a class (--label) only means something to a model trained with labels (--model cvae or "
+    "m2): drop it"
+)
 
 
 @dataclass(frozen=True)
@@ -104,9 +109,13 @@ class TrainedModel:
         stored = new.stored.to(self.device)
         given = None if new.labels is None else new.labels.to(self.device)
         if given is not None and self.vae.labelled and len(given):
-            low, high = int(given.min()), int(given.max())
-            for label in {low, high}:
-                check_label(label, self.vae.num_classes)
+            outside = (given < 0) | (given >= self.vae.num_classes)
+            if bool(outside.any()):
+                raise UserInputError(
+                    f"the data's label {int(given[outside][0])} is not a class of this model, "
+                    f"whose classes are 0 to {self.vae.num_classes - 1}: give the labels the run "
+                    "was trained with"
+                )
         return NewData(stored, given, new.names)
 
     def split(
@@ -126,32 +135,35 @@ class TrainedModel:
         """The classes a labelled model reads for ``new``: ``label`` for all where given, else
         the data's own labels; M2 falls back on its classifier q(y|x)."""
         if not self.vae.labelled:
+            if label is not None:
+                raise UserInputError(_NO_CLASSES)
             return None
         if label is not None:
-            check_label(label, self.vae.num_classes)
-            return torch.full((len(new),), label, dtype=torch.long, device=self.device)
+            return self._label_tensor(label, len(new))
         if new.labels is not None:
             return new.labels
         if isinstance(self.vae, SemiSupervisedVAE):
             return self.vae.classify(new.x)
         raise UserInputError(
-            f"a {type(self.vae).__name__} reads each image's class: give data with labels "
-            "(a .npz with 'y', or a folder with one subfolder per class), or a class for all "
-            "(--label K)"
+            f"a {type(self.vae).__name__} reads each image's class, and these data carry none: "
+            "give a class for all (--label K; label=K in Python), or data with labels (a .npz "
+            "with 'y', or a folder with a subfolder for each of two classes or more)"
         )
 
     @torch.no_grad()
-    def posterior(self, data: Data, labels: Any = None) -> dist.Distribution:
+    def posterior(
+        self, data: Data, labels: Any = None, label: int | None = None
+    ) -> dist.Distribution:
         """q(z | x) (and y), batch shape (N,)."""
         new = self.data(data, labels)
-        return self.vae.posterior(new.x, self._classes(new))
+        return self.vae.posterior(new.x, self._classes(new, label))
 
     @torch.no_grad()
-    def encode(self, data: Data, labels: Any = None) -> torch.Tensor:
+    def encode(self, data: Data, labels: Any = None, label: int | None = None) -> torch.Tensor:
         """One code per image, (N, L): the mean of q(z|x) (for a flow, the flows applied to its
-        Gaussian's mean, as ``VAE.encode``)."""
+        Gaussian's mean, as ``VAE.encode``). ``label``: a labelled model's class for all."""
         new = self.data(data, labels)
-        return self.vae.encode(new.x, self._classes(new))
+        return self.vae.encode(new.x, self._classes(new, label))
 
     @torch.no_grad()
     def codes(
@@ -160,6 +172,8 @@ class TrainedModel:
         """The mean and standard deviation of q(z|x) per coordinate: exact for the Gaussian
         families, estimated from ``num_samples`` draws of z for a flow. ``label``: the class a
         labelled model reads for every image (else the data's labels, or M2's q(y|x))."""
+        if num_samples < 2:
+            raise ValueError(f"a standard deviation needs 2 samples at least, got {num_samples}")
         new = self.data(data, labels)
         classes = self._classes(new, label)
         means, stds, exact = [], [], True
@@ -181,6 +195,10 @@ class TrainedModel:
     def decode(self, z: torch.Tensor, label: int | torch.Tensor | None = None) -> torch.Tensor:
         """The mean of p(x | z) (and y), as images of the run's shape (``output_shape``)."""
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        if z.ndim != 2 or z.shape[1] != self.vae.latent_dim:
+            raise ValueError(
+                f"decode takes codes of shape (N, {self.vae.latent_dim}), got {tuple(z.shape)}"
+            )
         y = self._label_tensor(label, z.shape[0])
         return self._shaped(self.vae.decode(z, y))
 
@@ -188,9 +206,19 @@ class TrainedModel:
     def sample(self, num: int, label: int | None = None, seed: int | None = None) -> torch.Tensor:
         """``num`` new images: decoded means of z ~ p(z), of the run's shape. A labelled model
         draws class ``label``, or classes 0, 1, ..., K−1 in turn (``sample_classes``)."""
+        if num < 1:
+            raise ValueError(f"sample draws 1 image at least, got {num}")
         if seed is not None:
             pyro.set_rng_seed(seed)
-        return self._shaped(self.vae.generate(num, self._label_tensor(label, num)))
+        y = self.sample_classes(num, label)
+        z = self.vae.prior().sample((num,))  # all at once: the same images however decoded
+        rows = [
+            self.vae.decode(
+                z[start : start + CHUNK], None if y is None else y[start : start + CHUNK]
+            )
+            for start in range(0, num, CHUNK)
+        ]
+        return self._shaped(torch.cat(rows))
 
     def sample_classes(self, num: int, label: int | None = None) -> torch.Tensor | None:
         """The classes ``sample(num, label)`` draws (None for a model without labels)."""
@@ -211,9 +239,15 @@ class TrainedModel:
         """Per image, the ELBO and the importance-weighted bound on log p(x) with K =
         ``num_samples`` (the numbers ``evaluate`` averages). M2 sums its class out; the
         conditional VAE's bounds are on log p(x | y), y the data's labels or ``label``."""
+        if num_samples < 1:
+            raise ValueError(f"score needs 1 sample of z per image at least, got {num_samples}")
         new = self.data(data, labels)
         self.vae.likelihood.check_data(new.x)
         if isinstance(self.vae, SemiSupervisedVAE):
+            if label is not None:
+                raise UserInputError(
+                    "M2's bounds sum its class out (log p(x) of the image alone): drop --label"
+                )
             bounds = m2_image_bounds(self.vae, new.stored, num_samples, on_progress=on_progress)
         else:
             bounds = image_bounds(
@@ -234,17 +268,25 @@ class TrainedModel:
         return rows.reshape(rows.shape[0], *self.output_shape())
 
     def _label_tensor(self, label: Any, num: int) -> torch.Tensor | None:
+        """``label`` (a class for all ``num``, or one per image) as (num,) classes."""
         if label is None:
             return None
         if not self.vae.labelled:
-            raise UserInputError(
-                "a class (--label) only means something to a model trained with labels "
-                "(--model cvae or m2): drop it"
+            raise UserInputError(_NO_CLASSES)
+        values = torch.as_tensor(label, device=self.device)
+        if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+            raise UserInputError(f"a class is a whole number, got {label!r}")
+        if values.ndim == 0:
+            check_label(int(values), self.vae.num_classes)
+            return values.long().expand(num).clone()
+        outside = (values < 0) | (values >= self.vae.num_classes)
+        if bool(outside.any()):
+            check_label(int(values[outside][0]), self.vae.num_classes)
+        if values.shape != (num,):
+            raise ValueError(
+                f"give one class per image, (N,) = ({num},), got {tuple(values.shape)}"
             )
-        if isinstance(label, int):
-            check_label(label, self.vae.num_classes)
-            return torch.full((num,), label, dtype=torch.long, device=self.device)
-        return torch.as_tensor(label, dtype=torch.long, device=self.device)
+        return values.long()
 
 
 def model_file(run: Path, latest: bool = False) -> Path:
@@ -269,7 +311,11 @@ def model_file(run: Path, latest: bool = False) -> Path:
 
 def is_export(path: Path) -> bool:
     """Whether ``path`` is a folder written by ``export_run``."""
-    return Path(path).is_dir() and (Path(path) / DESCRIPTION).is_file()
+    try:
+        description = json.loads((Path(path) / DESCRIPTION).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(description, dict) and description.get("format") == "pyro-vae export"
 
 
 def load_run(
@@ -279,7 +325,7 @@ def load_run(
     evaluation mode on ``device`` ("auto": CUDA where available)."""
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
-    if is_export(path):
+    if path.is_dir() and (path / DESCRIPTION).is_file():  # checked, damaged or not, there
         return _load_export(path, device)
     source = model_file(path, latest)
     checkpoint = load_checkpoint(source, device)

@@ -107,9 +107,23 @@ class DataTransform:
         binarization's, for a run trained on binary images."""
         if isinstance(data, str | Path):
             new = self._read(Path(data))
+        elif hasattr(data, "stored") and hasattr(data, "labels"):  # a Split of load_dataset's
+            given = data.labels if labels is None else torch.as_tensor(labels)
+            new = self._checked(data.stored, given, None, "the split", self.image_shape)
         else:
-            new = self._from_array(_as_numpy(data), labels, "the array")
+            array = _as_numpy(data)
+            if self._one_image(array.shape):
+                array = array[None]  # one image: a batch of one
+            new = self._from_array(array, labels, "the array")
         return self._binarized(new, seed)
+
+    def _one_image(self, shape: tuple[int, ...]) -> bool:
+        """Whether an array of ``shape`` is one image of the run's rather than a batch."""
+        channels, height, width = self.image_shape
+        single = {self.image_shape, (self.data_dim,), (height, width, channels)}
+        if channels == 1:
+            single.add((height, width))
+        return tuple(shape) in single
 
     # reading
 
@@ -181,8 +195,9 @@ class DataTransform:
                 f"{where} holds data of shape {tuple(shape)} per row, but the run was trained "
                 f"on {self.image_shape} (C, H, W): give data of the run's shape"
             )
-        if self.dataset == "digits" and x.is_floating_point() and len(x) and x.max() > 1:
-            x = x / DIGITS_SCALE  # the digits' own 0..16, as their loader scales them
+        if self.dataset == "digits" and len(x) and 1 < x.max() <= DIGITS_SCALE:
+            # the digits' own 0..16 (as floats or integers), as their loader scales them
+            x = x.to(torch.float32) / DIGITS_SCALE
         return NewData(x, labels, names)
 
     def _binarized(self, new: NewData, seed: int) -> NewData:
@@ -194,7 +209,8 @@ class DataTransform:
         if bool((x < 0).any() or (x > 1).any()):
             raise UserInputError(
                 f"the run binarizes grey values in [0, 1], but the data hold values in "
-                f"[{x.min().item():g}, {x.max().item():g}]: give images on the run's scale"
+                f"[{x.min().item():g}, {x.max().item():g}] (after the run's scaling): give "
+                "images on the run's scale"
             )
         generator = torch.Generator().manual_seed(seed)
         return NewData(torch.bernoulli(x, generator=generator).bool(), new.labels, new.names)

@@ -262,13 +262,16 @@ def test_generate_arrays_and_pngs(runs, tmp_path):
     assert archive["x"].shape == (4, 1, 8, 8) and (archive["y"] == 7).all()
     ok("generate", runs["vae"], "--num", "12", "--out", tmp_path / "pngs")
     files = sorted(p.name for p in (tmp_path / "pngs").iterdir())
-    assert files[0] == "sample-00.png" and len(files) == 12
+    assert files[0] == "sample-000000.png" and len(files) == 12
     assert np.asarray(Image.open(tmp_path / "pngs" / files[0])).shape == (8, 8)
-    # again: the files exist, so --overwrite is needed
-    assert "--overwrite" in refused(
-        "generate", runs["vae"], "--num", "12", "--out", tmp_path / "pngs"
-    )
+    # again: its own files are replaced; a file of the user's under the same name is not
+    ok("generate", runs["vae"], "--num", "12", "--out", tmp_path / "pngs")
+    Image.new("L", (8, 8)).save(tmp_path / "pngs" / "sample-000003.png")
+    line = refused("generate", runs["vae"], "--num", "12", "--out", tmp_path / "pngs")
+    assert "sample-000003.png" in line and "--overwrite" in line
     ok("generate", runs["vae"], "--num", "12", "--out", tmp_path / "pngs", "--overwrite")
+    # a folder that does not exist yet, several levels down, is made
+    ok("generate", runs["vae"], "--num", "2", "--out", tmp_path / "a" / "b" / "s.npy")
     assert "--label" in refused(
         "generate", runs["vae"], "--label", "1", "--out", tmp_path / "x.npy"
     )
@@ -369,3 +372,63 @@ def test_a_damaged_export_is_one_line(runs, tmp_path):
 def test_transform_round_trips_through_json(runs):
     transform = load_run(runs["iaf"]).transform
     assert DataTransform.from_dict(json.loads(json.dumps(transform.to_dict()))) == transform
+
+
+def test_data_in_every_form_of_the_runs_kind(runs, digits_data):
+    from pyro_vae import DataConfig, load_dataset
+
+    model = load_run(runs["vae"])
+    x, _ = digits_data
+    codes = model.encode(x[:3])
+    for same in (x[:3].astype(np.int64), x[:3].astype(np.uint8), torch.as_tensor(x[:3])):
+        assert torch.allclose(model.encode(same), codes)  # the digits' 0..16, whatever the type
+    assert torch.allclose(model.encode(x[0].reshape(8, 8)), codes[:1])  # one image
+    split = load_dataset(DataConfig()).test
+    assert torch.equal(model.encode(split), model.encode(split.x))
+
+
+def test_classes_are_checked_in_python_too(runs):
+    cvae, vae = load_run(runs["cvae"]), load_run(runs["vae"])
+    z = torch.zeros(2, 8)
+    for label in (np.int64(30), np.array([11, 1]), [-5, 1]):
+        with pytest.raises(Exception, match="not a class of this model"):
+            cvae.decode(z, label=label)
+    with pytest.raises(Exception, match="whole number"):
+        cvae.sample(2, label=1.5)
+    assert cvae.decode(z, label=np.array([1, 2])).shape == (2, 1, 8, 8)
+    with pytest.raises(Exception, match="--label"):
+        vae.encode(np.zeros((2, 64)), label=3)
+    with pytest.raises(ValueError, match="shape"):
+        vae.decode(torch.zeros(3, 5))
+    with pytest.raises(ValueError):
+        vae.sample(0)
+
+
+def test_label_where_it_means_nothing_is_refused(runs, tmp_path):
+    assert "--label" in refused("encode", runs["vae"], "--out", tmp_path / "c.npy", "--label", "1")
+    line = refused("score", runs["m2"], "--out", tmp_path / "s.npy", "--label", "1")
+    assert "sum its class out" in line
+
+
+def test_export_never_takes_a_run_or_the_users_folder(runs, tmp_path):
+    assert "run directory" in refused("export", runs["vae"], "--out", runs["cvae"])
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / DESCRIPTION).write_text('{"my": "settings"}')
+    assert "--overwrite" in refused("export", runs["vae"], "--out", tmp_path / "proj")
+    assert (tmp_path / "proj" / DESCRIPTION).read_text() == '{"my": "settings"}'
+
+
+def test_a_moved_folder_run_is_scored_where_its_images_are_now(digits_data, tmp_path):
+    x, _ = digits_data
+    write_pngs(tmp_path / "images", x[:40])
+    ok("train", "--out", tmp_path / "run", "--data", tmp_path / "images", *FAST)
+    (tmp_path / "images").rename(tmp_path / "moved")
+    line = refused("score", tmp_path / "run", "--out", tmp_path / "s.csv")
+    assert "--run-data" in line
+    ok("score", tmp_path / "run", "--out", tmp_path / "s.csv", "--run-data", tmp_path / "moved")
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 1 + 4  # the 4 test images
+    # the picture of the most unusual would land among the images being scored
+    out = tmp_path / "moved" / "s.csv"
+    line = refused("score", tmp_path / "run", "--out", out, "--data", tmp_path / "moved")
+    assert "--top 0" in line
+    ok("score", tmp_path / "run", "--out", out, "--data", tmp_path / "moved", "--top", "0")
