@@ -7,9 +7,11 @@ continues exactly as if it had never stopped. Files are written atomically: a re
 half-way (SIGKILL included), finds the previous complete checkpoint or the new one, never a mix.
 """
 
+import json
 import os
 import platform
 import random
+import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pyro_vae.config import RunConfig
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
 from pyro_vae.networks import as_data_shape
+from pyro_vae.rundir import CONFIG, is_run_dir
 
 FORMAT_VERSION = 4  # bump when the layout changes; older readers refuse newer files
 # 2: the trainer state holds a learning-rate schedule and early stopping; metrics gained keys
@@ -125,6 +128,17 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
         os.close(directory)
 
 
+def _first_command(run_dir: Path) -> str:
+    """The command that started the run in ``run_dir``, as its config.json recorded it."""
+    try:
+        command = json.loads((run_dir / CONFIG).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    if isinstance(command, list) and command[1:2] == ["train"] and "--resume" not in command:
+        return "with the command that started it: pyro-vae " + shlex.join(map(str, command[1:]))
+    return "with the same 'pyro-vae train' command"
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; tensors are mapped onto ``device``.
 
@@ -134,6 +148,12 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
+        if is_run_dir(path.parent):  # a run's record, but it never got as far as a checkpoint
+            raise UserInputError(
+                f"{path.parent} holds a run that stopped before its first checkpoint, so there "
+                "is nothing to resume or read: train it again into the same folder (its files "
+                f"are replaced), {_first_command(path.parent)}"
+            )
         raise UserInputError(
             f"no checkpoint at {path}: give a run directory written by 'pyro-vae train'"
         )

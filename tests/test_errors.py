@@ -229,6 +229,14 @@ CASES: dict[str, tuple[Setup, str]] = {
     ),
     **UNREGISTERED,
     # resuming
+    "resume a run stopped before its first checkpoint": (
+        lambda t, r: ["train", "--resume", _never_saved(r)],
+        "stopped before its first checkpoint, so there is nothing to resume",
+    ),
+    "sample a run stopped before its first checkpoint": (
+        lambda t, r: ["sample", _never_saved(r)],
+        "train it again into the same folder",
+    ),
     "resume changes the model": (
         lambda t, r: ["train", "--resume", r, "--epochs", "3", "--latent-dim", "2"],
         "--latent-dim (the run has 8) cannot change",
@@ -742,6 +750,12 @@ def _locked(run_dir: Path) -> Path:
     file.flush()
     _HELD_LOCKS.append(file)
     return run_dir
+
+
+def _never_saved(run: Path) -> Path:
+    """``run`` as a run killed before its first checkpoint leaves it: its record, no checkpoint."""
+    (run / "checkpoint.pt").unlink()
+    return run
 
 
 def _truncate(path: Path, size: int) -> Path:
