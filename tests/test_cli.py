@@ -116,6 +116,12 @@ def test_a_prior_without_closed_form_kl_is_reported_and_sampled_from(tmp_path):
     result = run("sample", out, "--num", "8")
     assert result.exit_code == 0, result.output
     assert Path(result.stdout.strip()).stat().st_size > 0
+    # evaluate's table: one ELBO row, labelled with the KL it computed (not the same row twice)
+    result = run("evaluate", out, "--num-samples", "4")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("ELBO")]
+    assert len(rows) == 1 and "monte-carlo KL" in rows[0], result.stdout
+    assert "closed-form" not in result.stdout
 
 
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
