@@ -210,7 +210,20 @@ def resume_run(
     trainer.load_state_dict(checkpoint.trainer_state)
     extended = config.train.epochs != checkpoint.config.train.epochs
     if extended and isinstance(trainer.scheduler, CosineAnnealingLR):  # to lr_min at the end
-        extend_cosine(trainer.scheduler, config.train.epochs)
+        history = trainer.history
+        rate = extend_cosine(
+            trainer.scheduler,
+            trainer.epoch,
+            config.train.epochs,
+            history[-1].lr if history else None,
+        )
+        if trainer.epoch < config.train.epochs:
+            log.info(
+                "the cosine schedule goes on from the rate the run has reached (%.3g in epoch "
+                "%d) down to --lr-min %g after epoch %d: it is re-planned over the epochs left, "
+                "not restarted",
+                rate, trainer.epoch + 1, config.train.lr_min, config.train.epochs,
+            )  # fmt: skip
     if config.train.lr != checkpoint.config.train.lr:  # a new rate; a schedule goes on from it
         trainer.set_lr(config.train.lr)
     if trainer.epoch >= config.train.epochs and trainer.steps_done == 0:
