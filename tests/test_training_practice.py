@@ -284,6 +284,39 @@ def test_config_repeats_a_run_and_options_vary_it(tmp_path):
         assert record["model"]["likelihood_options"] == options
 
 
+@pytest.mark.parametrize(
+    ("options", "dropped"),
+    [
+        (["--model", "vae"], ["[train] labels 100 and alpha 0.5 (for --model m2, not vae)"]),
+        (
+            ["--model", "cvae", "--likelihood", "laplace"],
+            [
+                "[model] likelihood_options {sigma = 0.2} (for --likelihood gaussian, not laplace)",
+                "[train] labels 100 and alpha 0.5 (for --model m2, not cvae)",
+            ],
+        ),
+    ],
+    ids=["m2 file, vae", "m2 file, cvae and another likelihood"],
+)
+def test_a_config_files_options_for_another_choice_are_dropped_with_one_note(
+    options, dropped, tmp_path
+):
+    """An M2 run's labels and α do not block another model from the same file, and a component
+    overridden loses the file's options for the old one: dropped, with one note naming them."""
+    (tmp_path / "m2.toml").write_text(
+        '[model]\nkind = "m2"\nhidden_dims = [16]\nlikelihood_options = {sigma = 0.2}\n'
+        "[train]\nlabels = 100\nalpha = 0.5\nepochs = 1\n"
+    )
+    args = ["train", "--config", tmp_path / "m2.toml", "--out", tmp_path / "run", *options]
+    result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "dropped the file's" in line]
+    assert len(notes) == 1 and all(words in notes[0] for words in dropped), result.stderr
+    c = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert c["train"]["labels"] is None and c["train"]["alpha"] is None
+    assert c["model"]["kind"] == options[1]
+
+
 def test_config_file_and_options_are_checked_together(tmp_path):
     """An option that needs a file's value (free bits need the analytic ELBO, components a
     mixture prior) is judged against the merged configuration, not the command line's defaults."""
