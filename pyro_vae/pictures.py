@@ -5,6 +5,7 @@ channels (grey or RGB) at their true height and width: the dataset's ``image_sha
 or (H, W) for grey in a checkpoint from before colour.
 """
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from pyro_vae import plots
 from pyro_vae.data import as_float
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -41,6 +44,12 @@ def save_samples(
     else:
         k = vae.num_classes
         columns = max(1, num_samples // k)
+        if columns * k != num_samples:  # a row per class: not the number asked for
+            log.info(
+                "%d images asked for %d classes, a row each: drawing %d of each class, %d in "
+                "all (--label K draws them all of one class)",
+                num_samples, k, columns, columns * k,
+            )  # fmt: skip
         y = torch.arange(k, device=device).repeat_interleave(columns)
         title = f"decoded means of z ~ p(z), one row per class (0 to {k - 1}, top to bottom)"
     images = vae.generate(len(y), y)

@@ -140,8 +140,9 @@ def test_sample_and_reconstruct_write_pngs(run_dir, tmp_path):
     result = run("reconstruct", run_dir / "checkpoint.pt", "--num", "4", "--out", out)
     assert result.exit_code == 0, result.output
     height, width, _ = matplotlib.image.imread(out).shape
-    # one row of four inputs above one row of their reconstructions, plus the title band
-    assert width == (4 * 9 + 1) * 8 and height == (2 * 9 + 1) * 8 + 40
+    # one row of four inputs above one row of their reconstructions, plus the title band: two
+    # lines at this width (0.4 inches and a line of 1.25 × 9 points, at 100 pixels an inch)
+    assert width == (4 * 9 + 1) * 8 and height == (2 * 9 + 1) * 8 + int(40 + 1.25 * 9 / 72 * 100)
 
 
 def test_evaluate_writes_json_and_prints_a_table(run_dir):

@@ -307,6 +307,12 @@ def test_cvae_run_samples_a_class_and_evaluates_given_the_class(labelled_runs):
     result = cli_run("sample", run, "--label", "3", "--num", "8")
     assert result.exit_code == 0, result.output
     assert (run / "samples-class3-seed0.png").is_file()
+    # a row per class: fewer images than classes draws one of each, and says so
+    result = cli_run("sample", run, "--num", "3", "--out", run / "three.png")
+    assert result.exit_code == 0, result.output
+    assert "3 images asked for 10 classes, a row each: drawing 1 of each class, 10 in all" in (
+        result.stderr
+    )
     from tests.test_errors import assert_user_error
 
     for command in (["sample", str(run), "--label", "10"], ["manifold", str(run), "--label", "-1"]):
