@@ -137,7 +137,9 @@ def refuse_changes_on_resume(ctx: typer.Context, out: Path | None, resume: Path)
     changed = sorted(name for name in given if _option_value(ctx.params[name]) != stored.get(name))
     if changed:
         flags = ", ".join(
-            f"--{name.replace('_', '-')} (the run has {stored.get(name)})" for name in changed
+            f"--{name.replace('_', '-')} (the run has "
+            f"{'none' if stored.get(name) is None else stored.get(name)})"
+            for name in changed
         )
         raise UserInputError(
             f"a resumed run keeps its configuration, so {flags} cannot change (only --epochs, "

@@ -237,6 +237,18 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["sample", _never_saved(r)],
         "train it again into the same folder",
     ),
+    "resume sets an option the run has none of": (
+        lambda t, r: ["train", "--resume", r, "--epochs", "3", "--labels", "5"],
+        "--labels (the run has none) cannot change",
+    ),
+    "--dataset folder without --data": (
+        lambda t, r: ["train", "--dataset", "folder", "--out", t / "new"],
+        "give it with --data DIR",
+    ),
+    "--dataset array without --data": (
+        lambda t, r: ["train", "--dataset", "array", "--out", t / "new"],
+        "give it with --data FILE",
+    ),
     "resume changes the model": (
         lambda t, r: ["train", "--resume", r, "--epochs", "3", "--latent-dim", "2"],
         "--latent-dim (the run has 8) cannot change",

@@ -1,5 +1,6 @@
 """The models that read labels: the conditional VAE and semi-supervised M2 (labels.py)."""
 
+import logging
 import math
 
 import pyro
@@ -111,6 +112,17 @@ def test_one_hot_and_labels_checks():
     assert counts.max() - counts.min() <= 1  # balanced by class
     assert torch.equal(chosen, choose_labelled(torch.arange(100) % 10, 23, seed=0))
     assert not torch.equal(chosen, choose_labelled(torch.arange(100) % 10, 23, seed=1))
+
+
+def test_fewer_labels_than_classes_get_a_note(caplog):
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        chosen = choose_labelled(torch.arange(100) % 10, 23, seed=0)
+    assert not caplog.records  # one of each class at least: nothing to say
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        chosen = choose_labelled(torch.arange(100) % 10, 4, seed=0)
+    assert len(chosen) == 4
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "--labels 4 is fewer than the 10 classes: 6 of them" in notes[0]
 
 
 # every component with both labelled models
