@@ -247,7 +247,7 @@ def sample(
     checkpoint, vae, _ = _load_trained(model, device)
     _check_label(vae, label)
     with writing(path, "--out"):
-        save_samples(vae, checkpoint.image_shape, path, num, seed, label)
+        save_samples(vae, checkpoint.image_shape, path, num, seed, label, checkpoint.class_names)
     typer.echo(path)
 
 
@@ -323,7 +323,9 @@ def latent(
     checkpoint, vae, device_ = _load_trained(model, device)
     images = _split(checkpoint, split, device_, data, data_dir)
     with writing(path, "--out"):
-        save_latent_scatter(vae, images.stored, images.labels, path, vae.labelled)
+        save_latent_scatter(
+            vae, images.stored, images.labels, path, vae.labelled, checkpoint.class_names
+        )
     typer.echo(path)
 
 
@@ -356,5 +358,7 @@ def manifold(
     checkpoint, vae, _ = _load_trained(model, device)
     _check_label(vae, label)
     with writing(path, "--out"):
-        save_manifold(vae, checkpoint.image_shape, path, grid, (i, j), label)
+        save_manifold(
+            vae, checkpoint.image_shape, path, grid, (i, j), label, checkpoint.class_names
+        )
     typer.echo(path)

@@ -322,6 +322,7 @@ def load_folder(config: DataConfig) -> RawData:
         image_shape=tuple(x.shape[1:]),
         note=_note(root, config, target, results),
         num_classes=len(classes) if len(classes) > 1 else 0,  # one class: no labels to learn
+        class_names=tuple(classes) if len(classes) > 1 else (),
     )
 
 

@@ -172,8 +172,10 @@ def save_scatter(
     path: Path,
     axis_labels: tuple[str, str],
     title: str,
+    class_names: Sequence[str] = (),
 ) -> Path:
-    """Two-dimensional points coloured by their integer labels, with a legend of the labels."""
+    """Two-dimensional points coloured by their integer labels, with a legend of the labels
+    (by their ``class_names``, where the data name their classes)."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -183,10 +185,11 @@ def save_scatter(
     colours = colormaps["tab10"]
     for k, label in enumerate(labels.unique().tolist()):
         chosen = labels == label
-        axes.scatter(*points[chosen].T, s=6, color=colours(k % 10), label=str(label), alpha=0.8)
+        name = class_names[label] if 0 <= label < len(class_names) else str(label)
+        axes.scatter(*points[chosen].T, s=6, color=colours(k % 10), label=name, alpha=0.8)
     axes.set_xlabel(axis_labels[0])
     axes.set_ylabel(axis_labels[1])
     axes.set_title(wrapped(title, 6), fontsize=TITLE_POINTS)
-    axes.legend(markerscale=2, fontsize=8, title="label", loc="best")
+    axes.legend(markerscale=2, fontsize=8, title="class" if class_names else "label", loc="best")
     figure.savefig(path, dpi=100)
     return Path(path)

@@ -388,6 +388,7 @@ def _train(
             capture_rng_state(),
             run_id,
             len(data.train) + len(data.val) + len(data.test),
+            data.class_names,
         )
         path = run_dir / name
         with writing(path, "--out"):
@@ -478,7 +479,14 @@ def _train(
             run_dir / RECONSTRUCTIONS,
             data.test.labels[shown] if labelled else None,
         ),
-        save_samples(vae, data.image_shape, run_dir / SAMPLES, _samples(vae), config.train.seed),
+        save_samples(
+            vae,
+            data.image_shape,
+            run_dir / SAMPLES,
+            _samples(vae),
+            config.train.seed,
+            class_names=data.class_names,
+        ),
         plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),
     ]
     events = sorted(run_dir.glob("events.out.tfevents.*")) if board is not None else []
