@@ -309,14 +309,28 @@ class RecordedGradient:
         return _with_python_bindings(_without_no_ops(graph))
 
 
+# How close an audit's replay and eager step must be off the CPU, relative to each tensor's
+# largest value: CUDA kernels that sum with atomics (some of cuDNN's convolution gradients) may
+# add in another order from one call to the next, a few float32 roundings apart, while a value
+# read from outside a component changes a step by far more.
+DEVICE_TOLERANCE = 1e-5
+
+
 def _identical(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    """Whether two outputs of a step are the same to the bit (both None counts)."""
+    """Whether two outputs of a step agree: to the bit on the CPU (where the tests compare
+    replay and eager so), within DEVICE_TOLERANCE elsewhere; both None counts."""
     if a is None or b is None:
         return a is b
     if a.shape != b.shape:
         return False
-    # NaN where both have it (a diverging step) is no sign of a broken declaration
-    return bool(torch.equal(a, b)) or bool(((a == b) | (a.isnan() & b.isnan())).all())
+    if bool(torch.equal(a, b)):
+        return True
+    both_nan = a.isnan() & b.isnan()  # a diverging step: no sign of a broken declaration
+    if a.device.type == "cpu" or not a.is_floating_point():
+        return bool(((a == b) | both_nan).all())
+    difference = (a - b).abs().masked_fill(both_nan | (a == b), 0)  # inf − inf is no difference
+    scale = torch.maximum(a.abs(), b.abs()).masked_fill(both_nan, 0).max()
+    return bool((difference <= DEVICE_TOLERANCE * scale).all())
 
 
 aten = torch.ops.aten
