@@ -60,7 +60,7 @@ from pyro_vae.config import (
 )
 from pyro_vae.distributed import Replicas
 from pyro_vae.networks import NETWORKS
-from pyro_vae.registry import accepts
+from pyro_vae.registry import accepts, registered
 
 signal.signal(signal.SIGINT, _HANDLER_BEFORE_IMPORTS)  # imported: Ctrl-C as it was
 
@@ -546,8 +546,7 @@ def _component_options(
 ) -> dict[str, Any]:
     """The keyword arguments for component ``name`` from the flags the user set (``explicit``)
     or a --config file's values for them."""
-    if name not in registry:  # a config file's misspelt name: the typer choices never let one by
-        raise UserInputError(f"unknown {kind} {name!r}: choose one of {', '.join(registry)}")
+    registered(registry, name, kind)  # a config file's name: the typer choices never let one by
     options = {}
     for flag, (parameter, value) in flags.items():
         if value is None:

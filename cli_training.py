@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cli_common import note
 from pyro_vae import (
     GUIDES,
     LIKELIHOODS,
@@ -113,6 +114,10 @@ def with_config_file(
                     merged[section][key] = {**file_options, **mine[section][key]}
                     continue
             merged[section][key] = mine[section][key]
+    stored_kind = values.get("model", {}).get("kind", ModelConfig.kind)
+    if "model" in given and mine["model"]["kind"] not in (stored_kind, "m2"):
+        for key in ("labels", "alpha"):  # M2's, which config_file_options dropped with a note
+            merged["train"][key] = mine["train"][key]
     try:
         return RunConfig.from_dict(merged)
     except TypeError as error:  # a value of the wrong type, such as "epochs": "ten"
@@ -132,7 +137,9 @@ def refuse_changes_on_resume(ctx: typer.Context, out: Path | None, resume: Path)
     changed = sorted(name for name in given if _option_value(ctx.params[name]) != stored.get(name))
     if changed:
         flags = ", ".join(
-            f"--{name.replace('_', '-')} (the run has {stored.get(name)})" for name in changed
+            f"--{name.replace('_', '-')} (the run has "
+            f"{'none' if stored.get(name) is None else stored.get(name)})"
+            for name in changed
         )
         raise UserInputError(
             f"a resumed run keeps its configuration, so {flags} cannot change (only --epochs, "
@@ -232,16 +239,34 @@ def config_file_options(
             raise UserInputError(f"--config {path}: [data] {key} must be {what}, got {data[key]!r}")
     values = _option_values(model, data, train)
     # An option given on the command line decides the ones that go with it, where it changes
-    # the file's choice (another likelihood has other options).
-    for option, dependent in (
-        ("likelihood", "sigma"),
-        ("prior", "components"),
-        ("guide", "flows"),
-        ("network", "hidden_dims"),  # a conv's channels are no MLP's units
+    # the file's choice (another likelihood has other options, another model no labels to
+    # keep): the file's values for the old choice are dropped, and one note says which.
+    dropped = []
+    for option, dependent, key in (
+        ("likelihood", "sigma", "likelihood_options"),
+        ("prior", "components", "prior_options"),
+        ("guide", "flows", "guide_options"),
+        ("network", "hidden_dims", "hidden_dims"),  # a conv's channels are no MLP's units
     ):
         changed = option in given and _option_value(chosen[option]) != values[option]
+        if changed and model[key] and dependent not in given:
+            dropped.append(
+                f"[model] {key} {_shown(model[key])} (for --{option} {values[option]}, not "
+                f"{_option_value(chosen[option])})"
+            )
         if changed or values[dependent] is None:
             values.pop(dependent)
+    new_model = _option_value(chosen["model"])
+    if "model" in given and new_model != values["model"] and new_model != "m2":
+        # --labels and --alpha choose M2's labelled images: no other model reads them
+        semi = [name for name in ("labels", "alpha") if values[name] is not None]
+        for name in semi:
+            values.pop(name)
+        if semi and not given & {"labels", "alpha"}:
+            file_values = " and ".join(f"{name} {train[name]}" for name in semi)
+            dropped.append(f"[train] {file_values} (for --model m2, not {new_model})")
+    if dropped:
+        note(f"--config {path}: dropped the file's {'; '.join(dropped)}: they do not apply here")
     if given & {"data", "dataset"}:
         values.pop("data"), values.pop("dataset")
     # The component options that options also set, checked as the options' parsers check them.
@@ -261,6 +286,13 @@ def config_file_options(
                 f"--config {path}: [model] {section} {key} must be {what}, got {value!r}"
             )
     return {name: value for name, value in values.items() if name not in given}
+
+
+def _shown(value: Any) -> str:
+    """A config file's value as the file would write it (a table, or a list of sizes)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {item!r}" for key, item in value.items()) + "}"
+    return repr(list(value)) if isinstance(value, list | tuple) else repr(value)
 
 
 def _default(registry: Any, name: str, option: str) -> Any:

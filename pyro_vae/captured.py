@@ -86,7 +86,11 @@ class CapturedStep:
                 self._captures.clear()  # and so do the graphs: their memory goes back
             return None
         key, graph = found
-        if self.failure is not None or self._hooked():
+        # An audit compares an uncaptured replay with the eager step. A shape's first replay is
+        # uncaptured anyway (the warm-up below), its second is captured: where a capture is
+        # there, an audit due takes the step uncaptured (the third, and the periodic ones).
+        audit = self._recorded.audit_pending and key in self._captures
+        if self.failure is not None or self._hooked() or audit:
             return self._uncaptured(graph, batch)
         conditions = self._conditions()
         capture = self._captures.get(key)
@@ -199,6 +203,9 @@ class CapturedStep:
             return None
         static = tuple(value.clone() for value in batch)
         cuda_graph = torch.cuda.CUDAGraph()
+        # No audit inside a capture: it reads its comparison on the host, which CUDA cannot
+        # capture (the third replay is audited, uncaptured, instead).
+        self._recorded.audit_pending = False
         flags = [group.get("capturable") for group in groups]  # None: no such option
         try:
             # torch refuses to capture an optimizer not marked capturable (a fused one keeps its

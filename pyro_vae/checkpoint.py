@@ -7,9 +7,11 @@ continues exactly as if it had never stopped. Files are written atomically: a re
 half-way (SIGKILL included), finds the previous complete checkpoint or the new one, never a mix.
 """
 
+import json
 import os
 import platform
 import random
+import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pyro_vae.config import RunConfig
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
 from pyro_vae.networks import as_data_shape
+from pyro_vae.rundir import BEST, CHECKPOINT, CONFIG, is_run_dir
 
 FORMAT_VERSION = 4  # bump when the layout changes; older readers refuse newer files
 # 2: the trainer state holds a learning-rate schedule and early stopping; metrics gained keys
@@ -53,6 +56,8 @@ class Checkpoint:
     # Images in the run's data, all splits: a folder that has gained or lost images since would
     # split differently (test images among the training ones); None before it was recorded.
     num_images: int | None = None
+    # The classes' names where the data name them (an image folder's subfolders), for pictures.
+    class_names: tuple[str, ...] = ()
 
     def build_vae(self, device: torch.device | str = "cpu") -> VAE:
         """The trained VAE, on ``device``."""
@@ -105,6 +110,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
         "rng_state": checkpoint.rng_state,
         "run_id": checkpoint.run_id,
         "num_images": checkpoint.num_images,
+        "class_names": list(checkpoint.class_names),
     }
     path = Path(path)
     # The temporary file lives in the same folder, so the final rename never crosses file systems.
@@ -125,6 +131,17 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
         os.close(directory)
 
 
+def _first_command(run_dir: Path) -> str:
+    """The command that started the run in ``run_dir``, as its config.json recorded it."""
+    try:
+        command = json.loads((run_dir / CONFIG).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    if isinstance(command, list) and command[1:2] == ["train"] and "--resume" not in command:
+        return "with the command that started it: pyro-vae " + shlex.join(map(str, command[1:]))
+    return "with the same 'pyro-vae train' command"
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; tensors are mapped onto ``device``.
 
@@ -134,6 +151,13 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
+        # a run's record, but it never got as far as a checkpoint
+        if path.name in (CHECKPOINT, BEST) and is_run_dir(path.parent):
+            raise UserInputError(
+                f"{path.parent} holds a run that stopped before its first checkpoint, so there "
+                "is nothing to resume or read: train it again into the same folder (its files "
+                f"are replaced), {_first_command(path.parent)}"
+            )
         raise UserInputError(
             f"no checkpoint at {path}: give a run directory written by 'pyro-vae train'"
         )
@@ -171,6 +195,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
             rng_state=payload.get("rng_state"),
             run_id=payload.get("run_id"),
             num_images=payload.get("num_images"),
+            class_names=tuple(str(name) for name in payload.get("class_names") or ()),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise UserInputError(f"{path} is an incomplete pyro-vae checkpoint ({error})") from error

@@ -144,8 +144,16 @@ class DataConfig:
             isinstance(self.split_seed, int) and 0 <= self.split_seed <= MAX_SEED,
             f"split_seed must be a whole number from 0 to {MAX_SEED}, got {self.split_seed!r}",
         )
+        own = self.dataset in ("array", "folder")  # the user's own data, read from ``path``
         _require(
-            (self.dataset in ("array", "folder")) == (self.path is not None),
+            not own or self.path is not None,
+            f"dataset {self.dataset!r} reads your own "
+            f"{'images from a folder' if self.dataset == 'folder' else 'array file'}: give it "
+            f"with --data {'DIR' if self.dataset == 'folder' else 'FILE'} (which chooses the "
+            "dataset itself: drop --dataset)",
+        )
+        _require(
+            own or self.path is None,
             "a data path goes with dataset 'array' (--data FILE) or 'folder' (--data DIR), "
             "and only with them",
         )

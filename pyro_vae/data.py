@@ -76,6 +76,7 @@ class Dataset:
     binarize: str = "none"  # under "dynamic", train.x holds grey values, binarized per batch
     note: str = ""  # what the user should know about the data's origin (see RawData.note)
     num_classes: int = 0  # the labels' classes, 0..num_classes−1; 0: the data have no labels
+    class_names: tuple[str, ...] = ()  # the classes' names, where the data name them
 
     @property
     def data_dim(self) -> int:
@@ -160,6 +161,7 @@ def load_dataset(config: DataConfig) -> Dataset:
         binarize=config.binarize,
         note=raw.note,
         num_classes=raw.num_classes,
+        class_names=raw.class_names,
     )
 
 

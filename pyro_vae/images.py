@@ -93,12 +93,25 @@ def _image_files(root: Path, extensions: set[str]) -> list[Path]:
     return sorted(files)  # the images' order, and so the seeded split, never depends on the disk
 
 
-def _class_labels(root: Path, files: list[Path]) -> tuple[list[str], np.ndarray]:
-    """ImageFolder's labels: the top-level subfolder names the class, classes sorted.
+def _in_classes(root: Path, files: list[Path]) -> list[Path]:
+    """``files`` as torchvision's ImageFolder takes them: where some lie in subfolders (the
+    classes), those; the ones directly in ``root`` belong to no class and are left out, with one
+    note. With no subfolders at all, every file (one class)."""
+    beside = [path for path in files if path.parent == root]
+    if not beside or len(beside) == len(files):
+        return files
+    log.info(
+        "skipped %d image %s directly in %s, beside its class folders: as in torchvision's "
+        "ImageFolder, each class is a subfolder; move %s into one to train on %s",
+        len(beside), "file" if len(beside) == 1 else "files", root,
+        "it" if len(beside) == 1 else "them", "it" if len(beside) == 1 else "them",
+    )  # fmt: skip
+    return [path for path in files if path.parent != root]
 
-    Files directly in ``root`` form a class of their own, "", which sorts first; with no
-    subfolders at all, every label is 0.
-    """
+
+def _class_labels(root: Path, files: list[Path]) -> tuple[list[str], np.ndarray]:
+    """ImageFolder's labels: the top-level subfolder names the class, classes sorted; files
+    directly in ``root`` (only where there are no subfolders, ``_in_classes``) get label 0."""
     names = [path.relative_to(root).parts[0] if path.parent != root else "" for path in files]
     classes = sorted(set(names))
     index = {name: label for label, name in enumerate(classes)}
@@ -273,6 +286,7 @@ def load_folder(config: DataConfig) -> RawData:
             f"extension ({COMMON_EXTENSIONS} and the other formats Pillow reads); hidden files "
             "are skipped"
         )
+    files = _in_classes(root, files)
     classes, labels = _class_labels(root, files)
 
     headers = _on_threads(_read_header, files)  # a _Header, or why the file cannot be read
@@ -308,6 +322,7 @@ def load_folder(config: DataConfig) -> RawData:
         image_shape=tuple(x.shape[1:]),
         note=_note(root, config, target, results),
         num_classes=len(classes) if len(classes) > 1 else 0,  # one class: no labels to learn
+        class_names=tuple(classes) if len(classes) > 1 else (),
     )
 
 

@@ -6,10 +6,14 @@ they number, 0 where the data have none. The conditional VAE (conditional.py) an
 (semisupervised.py) read them.
 """
 
+import logging
+
 import torch
 
 from pyro_vae.data import Dataset
 from pyro_vae.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -81,6 +85,13 @@ def choose_labelled(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor
             f"--labels {count} is more than the {available} training images: give at most "
             f"{available}"
         )
+    if count < len(classes):
+        log.info(
+            "--labels %d is fewer than the %d classes: %d of them keep no labelled image, and "
+            "M2 can only cluster their images without knowing which class they are (give "
+            "--labels %d or more for one of each)",
+            count, len(classes), len(classes) - count, len(classes),
+        )  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     extra = torch.randperm(len(classes), generator=generator)[: count % len(classes)]
     chosen = []

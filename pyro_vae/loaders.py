@@ -32,6 +32,7 @@ class RawData:
     test: tuple[torch.Tensor, torch.Tensor] | None = None  # the official test split, if any
     note: str = ""  # what the user should know about where the data came from
     num_classes: int = 0  # the labels' classes; 0: the data carry no labels
+    class_names: tuple[str, ...] = ()  # their names where the data name them (a folder's)
 
 
 def load_digits(config: DataConfig) -> RawData:

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_vae.errors import UserInputError
-from pyro_vae.registry import build
+from pyro_vae.registry import build, registered
 
 DataShape = tuple[int, int, int]  # (C, H, W)
 
@@ -236,9 +236,8 @@ NETWORKS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 
 def default_hidden_dims(network: str) -> tuple[int, ...]:
     """The widths the network registered as ``network`` uses when none are given."""
-    if network not in NETWORKS:
-        raise UserInputError(f"unknown network {network!r}: choose one of {', '.join(NETWORKS)}")
-    return tuple(getattr(NETWORKS[network][0], "default_hidden_dims", Encoder.default_hidden_dims))
+    encoder_class = registered(NETWORKS, network, "network")[0]
+    return tuple(getattr(encoder_class, "default_hidden_dims", Encoder.default_hidden_dims))
 
 
 def build_networks(
@@ -254,7 +253,7 @@ def build_networks(
     values (None: 2·latent_dim, the diagonal guide's); with ``label_dim`` K > 0 both also read
     a one-hot class."""
     context = _context(network, data_shape, latent_dim, hidden_dims, output_dim or 2 * latent_dim)
-    encoder_class, decoder_class = NETWORKS[network]
+    encoder_class, decoder_class = registered(NETWORKS, network, "network")
     if label_dim:
         for cls in (encoder_class, decoder_class):
             if "label_dim" not in inspect.signature(cls).parameters:
@@ -279,7 +278,8 @@ def build_classifier(
     """The encoder registered as ``network`` with ``num_classes`` outputs, the logits of a
     classifier q(y | x) (M2's, semisupervised.py)."""
     context = _context(network, data_shape, latent_dim, hidden_dims, num_classes)
-    return build({network: NETWORKS[network][0]}, network, "encoder", context=context)
+    encoder_class = registered(NETWORKS, network, "network")[0]
+    return build({network: encoder_class}, network, "encoder", context=context)
 
 
 def _context(

@@ -5,6 +5,7 @@ channels (grey or RGB) at their true height and width: the dataset's ``image_sha
 or (H, W) for grey in a checkpoint from before colour.
 """
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from pyro_vae.data import as_float
 from pyro_vae.errors import UserInputError
 from pyro_vae.model import VAE
 
+log = logging.getLogger(__name__)
+
+
+def class_title(label: int, class_names: Sequence[str] = ()) -> str:
+    """ "class K", and its name where the data named their classes (an image folder's)."""
+    named = 0 <= label < len(class_names)
+    return f"class {label}" + (f" ({class_names[label]})" if named else "")
+
 
 @torch.no_grad()
 def save_samples(
@@ -25,10 +34,12 @@ def save_samples(
     num_samples: int,
     seed: int,
     label: int | None = None,
+    class_names: Sequence[str] = (),
 ) -> Path:
     """``num_samples`` decoded means of z ~ p(z), the codes drawn with ``seed``. A model that
     reads labels draws them of class ``label``, or, with None, one row per class:
-    ``num_samples`` // K images a row (one at least), class 0 at the top."""
+    ``num_samples`` // K images a row (one at least), class 0 at the top. ``class_names``: the
+    classes' names, for the title, where the data have them."""
     pyro.set_rng_seed(seed)
     if not vae.labelled:
         return plots.save_image_grid(
@@ -37,12 +48,19 @@ def save_samples(
     device = next(vae.parameters()).device
     if label is not None:
         y = torch.full((num_samples,), label, device=device)
-        title, columns = f"decoded means of z ~ p(z), class {label}", 8
+        title, columns = f"decoded means of z ~ p(z), {class_title(label, class_names)}", 8
     else:
         k = vae.num_classes
         columns = max(1, num_samples // k)
+        if columns * k != num_samples:  # a row per class: not the number asked for
+            log.info(
+                "%d images asked for %d classes, a row each: drawing %d of each class, %d in "
+                "all (--label K draws them all of one class)",
+                num_samples, k, columns, columns * k,
+            )  # fmt: skip
         y = torch.arange(k, device=device).repeat_interleave(columns)
-        title = f"decoded means of z ~ p(z), one row per class (0 to {k - 1}, top to bottom)"
+        first, last = (class_names[0], class_names[-1]) if class_names else (0, k - 1)
+        title = f"decoded means of z ~ p(z), one row per class ({first} to {last}, top to bottom)"
     images = vae.generate(len(y), y)
     return plots.save_image_grid(images, image_shape, path, ncols=columns, title=title)
 
@@ -97,11 +115,17 @@ def save_interpolations(
 
 @torch.no_grad()
 def save_latent_scatter(
-    vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: Path, encode_labels: bool = False
+    vae: VAE,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    path: Path,
+    encode_labels: bool = False,
+    class_names: Sequence[str] = (),
 ) -> Path:
     """Posterior means μ(x) coloured by label; projected on two principal axes beyond 2-D.
     ``x`` may be stored uint8 rows: the encoder sees a chunk at a time. ``encode_labels``: the
-    encoder reads the labels too (q(z | x, y) of a model that reads labels)."""
+    encoder reads the labels too (q(z | x, y) of a model that reads labels). ``class_names``
+    name the legend's classes where the data have names."""
     codes = torch.cat(
         [
             vae.encode(as_float(chunk), *((y,) if encode_labels else ()))
@@ -111,7 +135,9 @@ def save_latent_scatter(
     if codes.shape[1] == 1:
         raise UserInputError("a 1-D latent space has no 2-D picture: train with --latent-dim 2+")
     if codes.shape[1] == 2:
-        return plots.save_scatter(codes, labels, path, ("z₁", "z₂"), "posterior means μ(x)")
+        return plots.save_scatter(
+            codes, labels, path, ("z₁", "z₂"), "posterior means μ(x)", class_names
+        )
     centred = codes - codes.mean(0)
     _, singular_values, directions = torch.linalg.svd(centred, full_matrices=False)
     explained = (singular_values[:2] ** 2).sum() / (singular_values**2).sum()
@@ -122,6 +148,7 @@ def save_latent_scatter(
         ("principal axis 1", "principal axis 2"),
         f"posterior means μ(x), PCA of {codes.shape[1]} dimensions "
         f"({explained:.0%} of their variance)",
+        class_names,
     )
 
 
@@ -133,13 +160,14 @@ def save_manifold(
     grid_size: int = 20,
     dims: tuple[int, int] = (0, 1),
     label: int | None = None,
+    class_names: Sequence[str] = (),
 ) -> Path:
     """Decodes over a grid of two latent coordinates (Kingma & Welling, 2014, figure 4).
 
     The grid is evenly spaced in probability, z = Φ⁻¹(p) for p in (0, 1), so that it covers a
     standard normal prior evenly; other coordinates stay at 0. Rows run from high z_j (top) to
     low, columns from low z_i to high. A model that reads labels decodes as class ``label``
-    (None: class 0).
+    (None: class 0), which the title names (with its name from ``class_names``, if any).
     """
     i, j = dims
     if not (0 <= i < vae.latent_dim and 0 <= j < vae.latent_dim and i != j):
@@ -163,5 +191,6 @@ def save_manifold(
         path,
         values.tolist(),
         (f"z_{i}", f"z_{j}"),
-        f"decodes over z_{i} and z_{j} at {grid_size} normal quantiles (other coordinates 0)",
+        f"decodes over z_{i} and z_{j} at {grid_size} normal quantiles (other coordinates 0)"
+        + (f", {class_title(label or 0, class_names)}" if vae.labelled else ""),
     )

@@ -6,6 +6,7 @@ touched and nothing needs a display. matplotlib is imported where a picture is d
 second that a command which draws nothing (or not yet) does not wait for.
 """
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,17 @@ from pyro_vae.outputs import PNG_METADATA
 from pyro_vae.train import EpochMetrics
 
 PAD_VALUE = 0.5  # grey lines between images, distinct from black (0) and white (1) pixels
+TITLE_POINTS = 9  # the titles' font size
+# A grid of one or two small tiles is narrower than any title: its picture is at least this
+# wide (the grid centred), so that the title, wrapped, takes three lines at most.
+MIN_TITLED_INCHES = 2.0
+
+
+def wrapped(title: str, width_inches: float) -> str:
+    """``title`` broken into lines that fit ``width_inches`` at TITLE_POINTS: DejaVu Sans, the
+    default font, averages under 0.6 em a character, and a tenth of an inch is kept each side."""
+    per_line = max(8, int((width_inches - 0.2) * 72 / (0.6 * TITLE_POINTS)))
+    return "\n".join(textwrap.wrap(title, per_line)) or title
 
 
 def image_chw(image_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -68,14 +80,19 @@ def save_image_grid(
     grid = image_grid(images, image_shape, ncols)
     _, height, width = image_chw(image_shape)
     inches_per_pixel = 0.08 if max(height, width) <= 16 else 0.03  # small images, bigger pixels
-    title_inches = 0.4 if title else 0.0
+    grid_width = grid.shape[1] * inches_per_pixel
+    width_inches = max(grid_width, MIN_TITLED_INCHES) if title else grid_width
+    title = wrapped(title, width_inches) if title else None
+    # 0.4 inches for a line of title, and a line's height (1.25 × the size) for each more
+    title_inches = 0.4 + title.count("\n") * 1.25 * TITLE_POINTS / 72 if title else 0.0
     height_inches = grid.shape[0] * inches_per_pixel + title_inches
-    figure = Figure(figsize=(grid.shape[1] * inches_per_pixel, height_inches))
-    axes = figure.add_axes((0, 0, 1, 1 - title_inches / height_inches))
+    figure = Figure(figsize=(width_inches, height_inches))
+    margin = (width_inches - grid_width) / 2 / width_inches  # the grid centred
+    axes = figure.add_axes((margin, 0, 1 - 2 * margin, 1 - title_inches / height_inches))
     _show(axes, grid)
     axes.set_axis_off()
     if title:
-        figure.suptitle(title, fontsize=9)
+        figure.suptitle(title, fontsize=TITLE_POINTS, y=1 - 0.1 / height_inches, va="top")
     figure.savefig(path, dpi=100, metadata=PNG_METADATA)
     return Path(path)
 
@@ -106,7 +123,7 @@ def save_latent_grid(
     axes.set_yticklabels([f"{values[size - 1 - k]:.2f}" for k in shown], fontsize=8)
     axes.set_xlabel(axis_labels[0])
     axes.set_ylabel(axis_labels[1])
-    axes.set_title(title, fontsize=9, pad=8)
+    axes.set_title(wrapped(title, 7), fontsize=TITLE_POINTS, pad=8)
     figure.savefig(path, dpi=100, metadata=PNG_METADATA)
     return Path(path)
 
@@ -156,8 +173,10 @@ def save_scatter(
     path: Path,
     axis_labels: tuple[str, str],
     title: str,
+    class_names: Sequence[str] = (),
 ) -> Path:
-    """Two-dimensional points coloured by their integer labels, with a legend of the labels."""
+    """Two-dimensional points coloured by their integer labels, with a legend of the labels
+    (by their ``class_names``, where the data name their classes)."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -167,10 +186,11 @@ def save_scatter(
     colours = colormaps["tab10"]
     for k, label in enumerate(labels.unique().tolist()):
         chosen = labels == label
-        axes.scatter(*points[chosen].T, s=6, color=colours(k % 10), label=str(label), alpha=0.8)
+        name = class_names[label] if 0 <= label < len(class_names) else str(label)
+        axes.scatter(*points[chosen].T, s=6, color=colours(k % 10), label=name, alpha=0.8)
     axes.set_xlabel(axis_labels[0])
     axes.set_ylabel(axis_labels[1])
-    axes.set_title(title, fontsize=9)
-    axes.legend(markerscale=2, fontsize=8, title="label", loc="best")
+    axes.set_title(wrapped(title, 6), fontsize=TITLE_POINTS)
+    axes.legend(markerscale=2, fontsize=8, title="class" if class_names else "label", loc="best")
     figure.savefig(path, dpi=100, metadata=PNG_METADATA)
     return Path(path)

@@ -19,7 +19,9 @@ that changes its Python state while the step is recorded (a cache, a counter) or
 or NumPy's generators is found out at the recording; one whose attributes, parameters, buffers,
 submodules or hooks are reassigned between steps (a σ annealed by ``self.sigma = ...``) is found
 out at the next step, by a ``StateWatch`` that costs about 16 µs a step. Either way the step is
-taken eagerly from then on, with a log line saying why. A value meant to change during training
+taken eagerly from then on, with a log line saying why. What no watch sees (a value read from
+the environment or a module-level variable) an audit in recorded.py catches where it shows: the
+replay compared with the eager step, now and then. A value meant to change during training
 (a KL weight on a schedule) belongs in a buffer updated in place (``self.beta.fill_(b)``): the
 graph reads buffers at every replay, so nothing needs recording again.
 """

@@ -43,6 +43,19 @@ from pyro_vae.recordable import (
 
 log = logging.getLogger(__name__)
 
+# The audit of a promise no watch can check: a component that declares its step static but reads
+# a value from outside itself (the environment, a module-level variable) is replayed with that
+# value as recorded. At the first AUDIT_FIRST replays of each graph, and then at every
+# AUDIT_EVERY-th step, the replay is compared with the eager step on the same batch, random
+# numbers and buffers, to the bit (as tests/test_recorded.py compares them); a difference means
+# eager steps from then on. Measured with benchmarks/audit_cost.py (the quickstart's VAE and
+# batch, one thread, on 2 CPU cores another job shared): an audited step costs 2.8 replayed
+# steps, so one audit every 1,000 steps is 0.18 % of training; with the 3 after each recording
+# (two batch shapes), 0.5 % of the quickstart's 3,450 steps. Fixed, those first audits weigh
+# more in a run of a few hundred steps.
+AUDIT_FIRST = 3
+AUDIT_EVERY = 1000
+
 # A graph holds for one batch shape, dtype and device (of each input: the images, and the
 # classes of a model that reads them), and one set of trainable parameters.
 GraphKey = tuple[Any, ...]
@@ -84,6 +97,9 @@ class RecordedGradient:
         self._watch: StateWatch | None = None  # made at the first recording
         self.eager_reason: str | None = None  # why every step is eager, once it is
         self._handled_eagerly = False  # whether a step under a Pyro handler was said to be eager
+        self._replays: dict[GraphKey, int] = {}  # the steps each graph has been asked for
+        self._steps = 0  # and all of them together: when the next audit is due
+        self.audit_pending = False  # whether the next replay is compared with the eager step
 
     def __call__(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The loss and −ELBO (detached), the loss's gradient in the ``.grad``s; None where no
@@ -114,16 +130,80 @@ class RecordedGradient:
             if graph is None:
                 return None
             self._graphs[key] = graph
+        self._steps += 1
+        self._replays[key] = self._replays.get(key, 0) + 1
+        self.audit_pending = self._replays[key] <= AUDIT_FIRST or self._steps % AUDIT_EVERY == 0
         return key, graph
 
     def replay(self, graph: GraphModule, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``graph`` (from ``graph_for``) on ``batch``: the loss and −ELBO, and the gradients
-        in the ``.grad``s."""
+        in the ``.grad``s. Where an audit is due (``audit_pending``, set by ``graph_for``), the
+        eager step is taken too, on the same random numbers, and compared."""
+        audit, self.audit_pending = self.audit_pending, False
+        before = self._audit_state(batch) if audit else None
         with torch.no_grad():  # the graph computes the gradients itself; autograd keeps out
             loss, negative_elbo, *gradients = graph(*self._inputs, *batch)
+        if before is not None:
+            eager = self._audit(before, (loss, negative_elbo, *gradients), batch)
+            if eager is not None:  # the eager step's numbers: the true ones
+                loss, negative_elbo, *gradients = eager
         for parameter, gradient in zip(self._parameters, gradients, strict=True):
             parameter.grad = gradient
         return loss, negative_elbo
+
+    def _audit_state(self, batch: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
+        """What a step starts from: the random generators' states (the CPU's, and the batch's
+        device's) and the buffers' values (a step may update them in place)."""
+        device = batch[0].device
+        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        buffers = [value.clone() for value in self._inputs[len(self._parameters) :]]
+        return torch.get_rng_state(), cuda, device, buffers
+
+    def _audit(
+        self,
+        before: tuple[Any, ...],
+        replayed: tuple[torch.Tensor | None, ...],
+        batch: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor | None, ...] | None:
+        """Take the eager step from ``before`` and compare it with the ``replayed`` outputs
+        (loss, −ELBO, gradients) and buffers; None where they agree to the bit, else the eager
+        step's outputs, after standing aside for good."""
+        cpu_state, cuda_state, device, buffers = before
+        live = self._inputs[len(self._parameters) :]
+        replayed_buffers = [value.clone() for value in live]
+        with torch.no_grad():
+            for value, start in zip(live, buffers, strict=True):
+                value.copy_(start)  # the eager step starts where the replay did
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
+        with pyro.validation_enabled(False):
+            loss, negative_elbo = self._loss(*batch)
+        trainable = [value for value in self._parameters if value.requires_grad]
+        found = iter(
+            torch.autograd.grad(loss, trainable, allow_unused=True)
+            if trainable and loss.requires_grad
+            else [None] * len(trainable)
+        )
+        gradients = [next(found) if value.requires_grad else None for value in self._parameters]
+        eager = (loss.detach(), negative_elbo.detach(), *gradients)
+        if all(map(_identical, replayed, eager)) and all(map(_identical, replayed_buffers, live)):
+            return None
+        suspects = [
+            f"{name} ({type(part).__qualname__})"
+            for name, part in self._parts
+            if vars(type(part)).get("recordable") is True
+            and not type(part).__module__.startswith(("pyro_vae.", "torch.", "pyro."))
+        ]
+        who = " or ".join(suspects) or "a component that declares `recordable = True`"
+        self._stand_aside(
+            f"the recorded step computed other numbers than the eager step on the same batch and "
+            f"random numbers: {who} declares its step static, but its forward must read a value "
+            "from outside it (the environment, a module-level variable), which a graph keeps as "
+            "recorded; the eager step's numbers are used",
+            logging.WARNING,
+        )
+        return eager
 
     @property
     def parameters(self) -> list[torch.Tensor]:
@@ -135,10 +215,11 @@ class RecordedGradient:
         """The tensors every graph reads besides the batch: the parameters, then the buffers."""
         return list(self._inputs)
 
-    def _stand_aside(self, reason: str) -> None:
+    def _stand_aside(self, reason: str, level: int = logging.INFO) -> None:
         self.eager_reason = reason
         self._graphs.clear()
-        log.info("training eagerly: %s", reason)
+        self.audit_pending = False
+        log.log(level, "training eagerly: %s", reason)
 
     def _under_a_handler(self) -> bool:
         """Whether the step runs inside a Pyro handler (``poutine.scale``, say), whose effect a
@@ -162,6 +243,7 @@ class RecordedGradient:
             return False
         # The parts as they are now: a component may have been swapped in since construction.
         parts: list[tuple[str, Any]] = [*module_parts(self._vae), ("the ELBO", self._elbo)]
+        self._parts = parts
         if (part := undeclared(parts)) is not None:
             self._stand_aside(
                 f"{part} does not declare its step static, so a recorded graph could compute "
@@ -225,6 +307,30 @@ class RecordedGradient:
             )
             return None
         return _with_python_bindings(_without_no_ops(graph))
+
+
+# How close an audit's replay and eager step must be off the CPU, relative to each tensor's
+# largest value: CUDA kernels that sum with atomics (some of cuDNN's convolution gradients) may
+# add in another order from one call to the next, a few float32 roundings apart, while a value
+# read from outside a component changes a step by far more.
+DEVICE_TOLERANCE = 1e-5
+
+
+def _identical(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Whether two outputs of a step agree: to the bit on the CPU (where the tests compare
+    replay and eager so), within DEVICE_TOLERANCE elsewhere; both None counts."""
+    if a is None or b is None:
+        return a is b
+    if a.shape != b.shape:
+        return False
+    if bool(torch.equal(a, b)):
+        return True
+    both_nan = a.isnan() & b.isnan()  # a diverging step: no sign of a broken declaration
+    if a.device.type == "cpu" or not a.is_floating_point():
+        return bool(((a == b) | both_nan).all())
+    difference = (a - b).abs().masked_fill(both_nan | (a == b), 0)  # inf − inf is no difference
+    scale = torch.maximum(a.abs(), b.abs()).masked_fill(both_nan, 0).max()
+    return bool((difference <= DEVICE_TOLERANCE * scale).all())
 
 
 aten = torch.ops.aten

@@ -1,4 +1,4 @@
-"""Name-to-class registries for the swappable components (priors, likelihoods)."""
+"""Name-to-class registries for the swappable components (priors, likelihoods, guides, networks)."""
 
 import inspect
 from collections.abc import Mapping
@@ -34,14 +34,37 @@ def build(
     return cls(*args, **supplied, **options)
 
 
-def registered(registry: Mapping[str, type[Component]], name: str, kind: str) -> type[Component]:
-    """The class registered as ``name``; an unknown name is the user's mistake."""
+# The registries a user adds to from Python, by the kind of component: named in the advice.
+PUBLIC_NAMES = {
+    "prior": "PRIORS",
+    "likelihood": "LIKELIHOODS",
+    "guide": "GUIDES",
+    "network": "NETWORKS",
+}
+
+
+def registered(registry: Mapping[str, Any], name: str, kind: str) -> Any:
+    """The entry registered as ``name`` (a class; a network's is its pair of classes); an
+    unknown name is the user's mistake, in every registry alike."""
     try:
         return registry[name]
     except KeyError:
-        raise UserInputError(
-            f"unknown {kind} {name!r}: choose one of {', '.join(registry)}"
-        ) from None
+        raise UserInputError(unknown(registry, name, kind)) from None
+
+
+def unknown(registry: Mapping[str, Any], name: str, kind: str) -> str:
+    """Why ``name`` is no ``kind`` here, and how to make it one. A run trained with a component
+    registered from Python names it in its checkpoint, but the registration lived in that
+    process only: a later command knows the component only where the same code runs again."""
+    message = f"unknown {kind} {name!r}: choose one of {', '.join(registry)}"
+    public = PUBLIC_NAMES.get(kind)
+    if public is None:
+        return message
+    return (
+        f"{message}; a {kind} registered from Python (pyro_vae.{public}[{name!r}] = ...) is "
+        "known only where that code runs: register it, then use the Python API "
+        "(pyro_vae.load_checkpoint(RUN).build_vae(), resume_run, train_run)"
+    )
 
 
 def check_options(

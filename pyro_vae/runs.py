@@ -210,7 +210,20 @@ def resume_run(
     trainer.load_state_dict(checkpoint.trainer_state)
     extended = config.train.epochs != checkpoint.config.train.epochs
     if extended and isinstance(trainer.scheduler, CosineAnnealingLR):  # to lr_min at the end
-        extend_cosine(trainer.scheduler, config.train.epochs)
+        history = trainer.history
+        rate = extend_cosine(
+            trainer.scheduler,
+            trainer.epoch,
+            config.train.epochs,
+            history[-1].lr if history else None,
+        )
+        if trainer.epoch < config.train.epochs:
+            log.info(
+                "the cosine schedule goes on from the rate the run has reached (%.3g in epoch "
+                "%d) down to --lr-min %g after epoch %d: it is re-planned over the epochs left, "
+                "not restarted",
+                rate, trainer.epoch + 1, config.train.lr_min, config.train.epochs,
+            )  # fmt: skip
     if config.train.lr != checkpoint.config.train.lr:  # a new rate; a schedule goes on from it
         trainer.set_lr(config.train.lr)
     if trainer.epoch >= config.train.epochs and trainer.steps_done == 0:
@@ -375,6 +388,7 @@ def _train(
             capture_rng_state(),
             run_id,
             len(data.train) + len(data.val) + len(data.test),
+            data.class_names,
         )
         path = run_dir / name
         with writing(path, "--out"):
@@ -465,7 +479,14 @@ def _train(
             run_dir / RECONSTRUCTIONS,
             data.test.labels[shown] if labelled else None,
         ),
-        save_samples(vae, data.image_shape, run_dir / SAMPLES, _samples(vae), config.train.seed),
+        save_samples(
+            vae,
+            data.image_shape,
+            run_dir / SAMPLES,
+            _samples(vae),
+            config.train.seed,
+            class_names=data.class_names,
+        ),
         plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),
     ]
     events = sorted(run_dir.glob("events.out.tfevents.*")) if board is not None else []

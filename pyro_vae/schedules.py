@@ -46,17 +46,40 @@ def lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Sched
     return None
 
 
-def extend_cosine(scheduler: CosineAnnealingLR, epochs: int) -> None:
-    """Stretch a cosine schedule to end at ``epochs`` (a resumed run trained longer), its rate
-    set on the new curve where the run stands: torch's own update only scales the distance to
-    lr_min, so a schedule already at its end would otherwise stay there."""
-    scheduler.T_max = epochs
-    t = min(scheduler.last_epoch, scheduler.T_max)
-    factor = (1 + math.cos(math.pi * t / scheduler.T_max)) / 2
-    rates = [scheduler.eta_min + (base - scheduler.eta_min) * factor for base in scheduler.base_lrs]
+def extend_cosine(
+    scheduler: CosineAnnealingLR, epochs_done: int, epochs: int, last_rate: float | None
+) -> float:
+    """Re-plan a cosine schedule for a run resumed to end at ``epochs`` instead: the rate goes
+    on from where the run stands, down to lr_min after the new last epoch, never back up.
+
+    Where the run has epochs of its old plan left, the next one keeps the rate that plan gave
+    it. A finished run stands at lr_min, which would leave its new epochs nothing to learn
+    with; its new epochs go on from ``last_rate``, the rate of its last epoch, as if that had
+    been the first point of a curve they continue. (Stretching the whole curve over the new
+    length instead put the rate back up where the old curve had already gone below.) Returns
+    the rate the next epoch trains at.
+    """
+    remaining = epochs - epochs_done
+    if remaining < 1:  # nothing left to plan: resume_run refuses such a target
+        return scheduler.optimizer.param_groups[0]["lr"]
+    finished = scheduler.last_epoch >= scheduler.T_max and last_rate is not None
+    # The anchor is point 0 of the new curve (the last epoch, for a finished run: point 1 is
+    # then the first new epoch), and lr_min its point T_max, after the new last epoch.
+    anchors = (
+        [last_rate] * len(scheduler.base_lrs)
+        if finished
+        else [group["lr"] for group in scheduler.optimizer.param_groups]
+    )
+    position = 1 if finished else 0
+    scheduler.T_max = remaining + position
+    scheduler.base_lrs = anchors
+    scheduler.last_epoch = position
+    factor = (1 + math.cos(math.pi * position / scheduler.T_max)) / 2
+    rates = [scheduler.eta_min + (anchor - scheduler.eta_min) * factor for anchor in anchors]
     for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
         group["lr"] = rate
     scheduler._last_lr = rates  # what get_last_lr() reports
+    return rates[0]
 
 
 @dataclass

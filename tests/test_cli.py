@@ -116,6 +116,12 @@ def test_a_prior_without_closed_form_kl_is_reported_and_sampled_from(tmp_path):
     result = run("sample", out, "--num", "8")
     assert result.exit_code == 0, result.output
     assert Path(result.stdout.strip()).stat().st_size > 0
+    # evaluate's table: one ELBO row, labelled with the KL it computed (not the same row twice)
+    result = run("evaluate", out, "--num-samples", "4")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("ELBO")]
+    assert len(rows) == 1 and "monte-carlo KL" in rows[0], result.stdout
+    assert "closed-form" not in result.stdout
 
 
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
@@ -134,8 +140,9 @@ def test_sample_and_reconstruct_write_pngs(run_dir, tmp_path):
     result = run("reconstruct", run_dir / "checkpoint.pt", "--num", "4", "--out", out)
     assert result.exit_code == 0, result.output
     height, width, _ = matplotlib.image.imread(out).shape
-    # one row of four inputs above one row of their reconstructions, plus the title band
-    assert width == (4 * 9 + 1) * 8 and height == (2 * 9 + 1) * 8 + 40
+    # one row of four inputs above one row of their reconstructions, plus the title band: two
+    # lines at this width (0.4 inches and a line of 1.25 × 9 points, at 100 pixels an inch)
+    assert width == (4 * 9 + 1) * 8 and height == (2 * 9 + 1) * 8 + int(40 + 1.25 * 9 / 72 * 100)
 
 
 def test_evaluate_writes_json_and_prints_a_table(run_dir):

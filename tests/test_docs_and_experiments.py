@@ -151,6 +151,16 @@ def test_recorded_checks_benchmark_measures_both_costs(monkeypatch):
     sys.modules.pop("recorded_checks", None)
 
 
+def test_audit_cost_benchmark_compares_audited_and_plain_steps(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import audit_cost
+
+    result = audit_cost.main(["--turns", "1", "--steps", "2"])
+    assert result["step_ms"] > 0 and result["audited_step_ratio"] > 0
+    assert {"steady_share", "quickstart_share"} <= set(result)  # noise may make either small
+    sys.modules.pop("audit_cost", None)
+
+
 def test_rate_distortion_experiment_quick_mode(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))
     import rate_distortion

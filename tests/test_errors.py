@@ -5,6 +5,7 @@ run) and the words the error must contain.
 """
 
 import fcntl
+import json
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -27,6 +28,38 @@ def edited_checkpoint(run: Path, edit: Callable[[dict], None]) -> Path:
     edit(payload)
     torch.save(payload, run / "checkpoint.pt")
     return run
+
+
+def unregistered(run: Path, field: str) -> Path:
+    """``run`` as if trained with a component registered from Python under the name 'mine'
+    (``pyro_vae.NETWORKS['mine'] = ...``), which a later process does not know."""
+    edited_checkpoint(run, lambda p: p["config"]["model"].update({field: "mine"}))
+    record = json.loads((run / "config.json").read_text())
+    record["config"]["model"][field] = "mine"
+    (run / "config.json").write_text(json.dumps(record))
+    return run
+
+
+# Every command that rebuilds a run's model, for each registry a component can come from.
+_REBUILDERS = {
+    "evaluate": lambda t, r: ["evaluate", r, "--num-samples", "2"],
+    "sample": lambda t, r: ["sample", r],
+    "resume": lambda t, r: ["train", "--resume", r, "--epochs", "3"],
+    "config": lambda t, r: ["train", "--config", r / "config.json", "--out", t / "new"],
+}
+UNREGISTERED = {
+    f"{field} registered in Python, then {command}": (
+        lambda t, r, field=field, args=args: args(t, unregistered(r, field)),
+        f"pyro_vae.{registry}['mine'] = ...",
+    )
+    for field, registry in (
+        ("network", "NETWORKS"),
+        ("prior", "PRIORS"),
+        ("guide", "GUIDES"),
+        ("likelihood", "LIKELIHOODS"),
+    )
+    for command, args in _REBUILDERS.items()
+}
 
 
 def image_folder(tmp: Path, broken: bool = False) -> Path:
@@ -194,7 +227,28 @@ CASES: dict[str, tuple[Setup, str]] = {
         ],
         "do not fit its own configuration",
     ),
+    **UNREGISTERED,
     # resuming
+    "resume a run stopped before its first checkpoint": (
+        lambda t, r: ["train", "--resume", _never_saved(r)],
+        "stopped before its first checkpoint, so there is nothing to resume",
+    ),
+    "sample a run stopped before its first checkpoint": (
+        lambda t, r: ["sample", _never_saved(r)],
+        "train it again into the same folder",
+    ),
+    "resume sets an option the run has none of": (
+        lambda t, r: ["train", "--resume", r, "--epochs", "3", "--labels", "5"],
+        "--labels (the run has none) cannot change",
+    ),
+    "--dataset folder without --data": (
+        lambda t, r: ["train", "--dataset", "folder", "--out", t / "new"],
+        "give it with --data DIR",
+    ),
+    "--dataset array without --data": (
+        lambda t, r: ["train", "--dataset", "array", "--out", t / "new"],
+        "give it with --data FILE",
+    ),
     "resume changes the model": (
         lambda t, r: ["train", "--resume", r, "--epochs", "3", "--latent-dim", "2"],
         "--latent-dim (the run has 8) cannot change",
@@ -708,6 +762,12 @@ def _locked(run_dir: Path) -> Path:
     file.flush()
     _HELD_LOCKS.append(file)
     return run_dir
+
+
+def _never_saved(run: Path) -> Path:
+    """``run`` as a run killed before its first checkpoint leaves it: its record, no checkpoint."""
+    (run / "checkpoint.pt").unlink()
+    return run
 
 
 def _truncate(path: Path, size: int) -> Path:

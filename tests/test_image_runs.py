@@ -205,3 +205,37 @@ def test_too_few_images_for_the_split_say_how_many_are_needed(tmp_path):
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "few" / f"{i}.png")
     result = run("train", "--data", tmp_path / "few", "--out", tmp_path / "run", "--epochs", "1")
     assert result.exit_code == 2 and "give at least 15 images" in result.output
+
+
+def test_the_pictures_name_a_folders_classes(folder, tmp_path, monkeypatch):
+    """A folder's class names, not their numbers: the latent legend, manifold's and sample's
+    class (and the checkpoint keeps them, for the commands that do not read the images)."""
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "cvae"
+    result = run(
+        "train", "--data", folder, "--out", out, "--model", "cvae", "--hidden-dims", "16",
+        "--latent-dim", "2", "--epochs", "1", "--batch-size", "8", "--image-size", "8",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    texts, savefig = [], Figure.savefig
+
+    def saving(figure, *args, **kwargs):
+        titles = [figure._suptitle, *(axes.title for axes in figure.axes)]
+        texts.append(" ".join(t.get_text() for t in titles if t is not None))
+        legends = [axes.get_legend() for axes in figure.axes if axes.get_legend() is not None]
+        texts[-1] += " legend: " + ",".join(t.get_text() for lg in legends for t in lg.texts)
+        savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", saving)
+    for command, *options in (
+        ("latent",),
+        ("manifold", "--label", "1", "--grid", "3"),
+        ("sample", "--label", "1", "--num", "2"),
+    ):
+        result = run(command, out, "--out", tmp_path / f"{command}.png", *options)
+        assert result.exit_code == 0, (command, result.output)
+    latent, manifold, sample = texts
+    assert "legend: blue,red" in latent
+    assert "class 1 (red)" in manifold.replace("\n", " ")
+    assert "class 1 (red)" in sample.replace("\n", " ")

@@ -43,7 +43,10 @@ def folder_config(path, **options) -> DataConfig:
 
 
 def test_subfolders_are_classes_and_the_rest_is_skipped(tmp_path, caplog):
-    top = save(tmp_path / "top.png", grey())
+    """torchvision's ImageFolder convention: with class folders, image files directly in the
+    root belong to no class and are skipped, with one note counting them (no class '')."""
+    save(tmp_path / "top.png", grey())
+    save(tmp_path / "top2.png", grey())
     cat = save(tmp_path / "cats" / "a.png", grey())
     save(tmp_path / "cats" / "nested" / "deeper" / "b.jpg", grey())  # still a cat
     dog = save(tmp_path / "dogs" / "c.PNG", grey())
@@ -53,13 +56,17 @@ def test_subfolders_are_classes_and_the_rest_is_skipped(tmp_path, caplog):
     (tmp_path / "dogs" / "notes.txt").write_text("not an image")
     with caplog.at_level(logging.INFO, logger="pyro_vae"):
         raw = load_folder(folder_config(tmp_path))
-    assert raw.x.dtype == torch.uint8 and raw.x.shape == (4, 9 * 13)
+    assert raw.x.dtype == torch.uint8 and raw.x.shape == (3, 9 * 13)
     assert raw.image_shape == (1, 9, 13) and raw.note == "" and raw.test is None
-    # sorted paths: top.png (class ""), cats/a.png, cats/nested/deeper/b.jpg, dogs/c.PNG
-    assert raw.labels.dtype == torch.int64 and raw.labels.tolist() == [1, 1, 2, 0]
-    for row, pixels in zip((0, 2, 3), (cat, dog, top), strict=True):
+    # sorted paths: cats/a.png, cats/nested/deeper/b.jpg, dogs/c.PNG
+    assert raw.labels.dtype == torch.int64 and raw.labels.tolist() == [0, 0, 1]
+    assert raw.num_classes == 2
+    for row, pixels in zip((0, 2), (cat, dog), strict=True):
         assert torch.equal(raw.x[row], torch.from_numpy(pixels.reshape(-1)))  # PNG is lossless
-    assert "read 4 images of 3 classes" in caplog.text and "'cats'" in caplog.text
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "2 image files directly in" in skipped[0], caplog.text
+    assert "read 3 images of 2 classes" in caplog.text and "'cats'" in caplog.text
+    assert "''" not in caplog.text
     assert torch.equal(load_folder(folder_config(tmp_path)).x, raw.x)  # the same order each time
 
 

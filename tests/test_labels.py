@@ -1,5 +1,6 @@
 """The models that read labels: the conditional VAE and semi-supervised M2 (labels.py)."""
 
+import logging
 import math
 
 import pyro
@@ -111,6 +112,17 @@ def test_one_hot_and_labels_checks():
     assert counts.max() - counts.min() <= 1  # balanced by class
     assert torch.equal(chosen, choose_labelled(torch.arange(100) % 10, 23, seed=0))
     assert not torch.equal(chosen, choose_labelled(torch.arange(100) % 10, 23, seed=1))
+
+
+def test_fewer_labels_than_classes_get_a_note(caplog):
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        chosen = choose_labelled(torch.arange(100) % 10, 23, seed=0)
+    assert not caplog.records  # one of each class at least: nothing to say
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        chosen = choose_labelled(torch.arange(100) % 10, 4, seed=0)
+    assert len(chosen) == 4
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "--labels 4 is fewer than the 10 classes: 6 of them" in notes[0]
 
 
 # every component with both labelled models
@@ -307,6 +319,12 @@ def test_cvae_run_samples_a_class_and_evaluates_given_the_class(labelled_runs):
     result = cli_run("sample", run, "--label", "3", "--num", "8")
     assert result.exit_code == 0, result.output
     assert (run / "samples-class3-seed0.png").is_file()
+    # a row per class: fewer images than classes draws one of each, and says so
+    result = cli_run("sample", run, "--num", "3", "--out", run / "three.png")
+    assert result.exit_code == 0, result.output
+    assert "3 images asked for 10 classes, a row each: drawing 1 of each class, 10 in all" in (
+        result.stderr
+    )
     from tests.test_errors import assert_user_error
 
     for command in (["sample", str(run), "--label", "10"], ["manifold", str(run), "--label", "-1"]):

@@ -16,7 +16,9 @@ from host_reads import HostReads
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import LIKELIHOODS, PRIORS, VAE, TrainConfig, Trainer, make_elbo
+from pyro_vae import recorded as recorded_module
 from pyro_vae.data import Split
+from pyro_vae.recorded import AUDIT_FIRST
 
 PYRO_ELBOS = {"mc": Trace_ELBO, "analytic": TraceMeanField_ELBO}
 
@@ -99,13 +101,16 @@ def test_what_the_vae_never_does_is_left_to_pyro(estimator, model, guide):
 @pytest.mark.parametrize("prior", PRIORS)
 @pytest.mark.parametrize("estimator", PYRO_ELBOS)
 def test_a_training_step_reads_nothing_back_to_the_host(estimator, prior, digits):
-    """What a GPU needs to run steps back to back. The first step validates, and the second
-    records the step's graph (recorded.py): either may read, once."""
+    """What a GPU needs to run steps back to back. The first step validates, the second
+    records the step's graph (recorded.py), and it and the next replays are audited (compared
+    with the eager step, a verdict read on the host, then once every AUDIT_EVERY steps): those
+    may read."""
     config = TrainConfig(elbo=estimator)
     x = digits.train.x[:32]
     for elbo, expected_reads in [(None, 0), (PYRO_ELBOS[estimator](max_plate_nesting=1), 1)]:
         trainer = Trainer(VAE(64, 3, hidden_dims=(16,), prior=prior), config, elbo=elbo)
-        trainer.step(x), trainer.step(x)
+        for _ in range(1 + AUDIT_FIRST):
+            trainer.step(x)
         with HostReads() as reads:
             trainer.step(x)
         # Pyro's own class reads every step: the counter can see what ours does not do
@@ -126,10 +131,13 @@ def test_the_registered_model_and_guide_read_nothing_back_either(estimator, bina
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("estimator", PYRO_ELBOS)
 @pytest.mark.parametrize("cuda_graph", [True, False], ids=["captured", "replayed"])
-def test_cuda_training_steps_never_wait_for_the_gpu(estimator, cuda_graph, digits):
+def test_cuda_training_steps_never_wait_for_the_gpu(estimator, cuda_graph, digits, monkeypatch):
     """On a GPU the host queues step after step: torch raises on any synchronising call. The
     first step validates and may read; a capture (once per batch shape and learning rate)
-    synchronises before it starts, and the step before it runs as every uncaptured one."""
+    synchronises before it starts, and the step before it runs as every uncaptured one. (An
+    audit reads its verdict, at a graph's first replays and then rarely: none here.)"""
+    monkeypatch.setattr(recorded_module, "AUDIT_FIRST", 0)
+    monkeypatch.setattr(recorded_module, "AUDIT_EVERY", 10**9)
     device = torch.device("cuda")
     vae = VAE(64, hidden_dims=(16,)).to(device)
     trainer = Trainer(vae, TrainConfig(elbo=estimator), cuda_graph=cuda_graph)
@@ -162,7 +170,8 @@ def test_an_epoch_reads_the_host_as_often_whatever_its_number_of_steps(digits):
             val=Split(digits.val.x[:50], digits.val.labels[:50]),
         )
         trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig(batch_size=32))
-        trainer.train_epoch(data)  # validates and records
+        trainer.train_epoch(data)  # validates, records and audits the first replays
+        trainer.train_epoch(data)  # (audits that 2 steps an epoch leave for this one)
         with HostReads() as reads:
             trainer.train_epoch(data)
         seen.append(reads.seen)

@@ -9,6 +9,7 @@ from pyro_vae.plots import (
     save_image_grid,
     save_latent_grid,
     save_reconstructions,
+    save_scatter,
 )
 from pyro_vae.train import EpochMetrics
 
@@ -104,3 +105,59 @@ def test_a_short_runs_elbo_curve_has_whole_epochs_on_its_axis(tmp_path, monkeypa
     monkeypatch.setattr(Figure, "savefig", spy)
     save_elbo_curve(history, tmp_path / "curve.png")
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def drawn_titles(monkeypatch) -> list:
+    """Collects, for every picture saved, its titles' boxes and the figure's box, in pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    seen, savefig = [], Figure.savefig
+
+    def saving(figure, *args, **kwargs):
+        savefig(figure, *args, **kwargs)
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        figure.draw(renderer)  # the layout as saved
+        texts = [figure._suptitle, *(axes.title for axes in figure.axes)]
+        boxes = [t.get_window_extent(renderer) for t in texts if t is not None and t.get_text()]
+        seen.append((boxes, figure.bbox))
+
+    monkeypatch.setattr(Figure, "savefig", saving)
+    return seen
+
+
+LONG = "decoded means of z ~ p(z), one row per class (0 to 9, top to bottom), and then some"
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda p: save_image_grid(torch.rand(1, 64), (8, 8), p, ncols=1, title=LONG),
+        lambda p: save_image_grid(torch.rand(2, 784), (28, 28), p, ncols=1, title=LONG),
+        lambda p: save_image_grid(torch.rand(10, 64), (8, 8), p, ncols=1, title=LONG),
+        lambda p: save_image_grid(torch.rand(3, 4096), (64, 64), p, ncols=3, title=LONG),
+        lambda p: save_reconstructions(torch.rand(1, 64), torch.rand(1, 64), (8, 8), p),
+        lambda p: save_latent_grid(
+            torch.rand(4, 64), (8, 8), p, [-1.0, 1.0], ("z_0", "z_1"), LONG + LONG
+        ),
+        lambda p: save_scatter(torch.rand(20, 2), torch.arange(20) % 3, p, ("a", "b"), LONG),
+    ],
+    ids=[
+        "one tile",
+        "a column of digits",
+        "ten rows",
+        "three 64-pixel tiles",
+        "one pair",
+        "manifold",
+        "scatter",
+    ],
+)
+def test_every_title_fits_its_picture(draw, tmp_path, monkeypatch):
+    """However narrow the grid (one tile of 8×8 pixels), its title is inside the picture."""
+    seen = drawn_titles(monkeypatch)
+    draw(tmp_path / "p.png")
+    ((boxes, figure),) = seen
+    assert boxes
+    for box in boxes:
+        assert box.x0 >= 0 and box.x1 <= figure.width, (box, figure)
+        assert box.y0 >= 0 and box.y1 <= figure.height, (box, figure)

@@ -1,6 +1,7 @@
 """The recorded graph computes the eager step's loss and gradients, bit for bit, or stands aside."""
 
 import logging
+import os
 import random
 
 import numpy as np
@@ -23,6 +24,7 @@ from pyro_vae import (
     elbo_per_datapoint,
     make_elbo,
 )
+from pyro_vae import recorded as recorded_module
 from pyro_vae.likelihoods import Likelihood
 from pyro_vae.objectives import loss_and_backward
 from pyro_vae.recordable import declares_static
@@ -474,3 +476,65 @@ def test_the_trainers_objective_cannot_be_swapped_under_its_recording():
     trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig())
     with pytest.raises(AttributeError):
         trainer.elbo = make_elbo("analytic")
+
+
+SIGMA_FACTOR = "PYRO_VAE_TEST_SIGMA_FACTOR"
+
+
+class EnvironmentScaleLikelihood(GaussianLikelihood):
+    """σ times a factor read from the process environment at every call, declared static: a
+    broken promise that no watch sees (the environment is no attribute)."""
+
+    recordable = True
+
+    def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
+        factor = float(os.environ.get(SIGMA_FACTOR, "1"))
+        return dist.Normal(x_hat, self.scale * factor).to_event(1)
+
+
+def audited_steps(kind: type, record_graph: bool, x: torch.Tensor, monkeypatch) -> list:
+    """Losses and parameters over 7 trainer steps; before the 6th, the value the component
+    reads from outside it changes (the environment, or a module-level value)."""
+    global PRIOR_SCALE
+    PRIOR_SCALE = 1.0
+    monkeypatch.delenv(SIGMA_FACTOR, raising=False)
+    pyro.set_rng_seed(0)
+    prior = issubclass(kind, Prior)
+    vae = VAE(
+        64, 3, hidden_dims=(16,), **{"prior" if prior else "likelihood": kind(3 if prior else 64)}
+    )
+    trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
+    seen = []
+    for step in range(7):
+        if step == 5:  # the first step is eager (validated), the next three audited replays
+            PRIOR_SCALE = 3.0
+            monkeypatch.setenv(SIGMA_FACTOR, "2")
+        seen += [trainer.step(x), *(p.detach().clone() for p in vae.parameters())]
+    return seen
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [EnvironmentScaleLikelihood, declaring(GlobalScalePrior)],
+    ids=["environment", "module-level value"],
+)
+def test_a_broken_declaration_no_watch_sees_is_caught_by_the_audit(
+    kind, digits, caplog, monkeypatch
+):
+    """The replay is compared with the eager step at its first replays and then every
+    AUDIT_EVERY steps: the step where they differ takes the eager step's numbers, and every
+    later step is eager, with one warning naming the component. Without the audit the run
+    goes on silently wrong."""
+    x = digits.train.x[:32]
+    eager = audited_steps(kind, False, x, monkeypatch)
+    monkeypatch.setattr(recorded_module, "AUDIT_EVERY", 5)  # the 5th replay: the 6th step
+    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+        audited = audited_steps(kind, True, x, monkeypatch)
+    for got, want in zip(audited, eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert f"({kind.__qualname__}) declares its step static" in warnings[0].getMessage()
+    monkeypatch.setattr(recorded_module, "AUDIT_EVERY", 10**9)  # no audit after the first three
+    unaudited = audited_steps(kind, True, x, monkeypatch)
+    assert not all(torch.equal(a, b) for a, b in zip(unaudited, eager, strict=True))

@@ -296,3 +296,22 @@ def test_pyro_vae_debug_in_the_environment_shows_the_traceback(tmp_path):
     _, debug_err = debug.communicate(timeout=60)
     assert debug.returncode != 0
     assert "Traceback" in debug_err and "UserInputError: no checkpoint at" in debug_err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_gets_the_command_that_restarts_it(tmp_path):
+    """Resuming it is refused with the advice that works: its own train command, into the same
+    folder; that command then trains there."""
+    run = tmp_path / "run"
+    command = ["pyro-vae", "train", "--out", str(run), "--epochs", "1", "--hidden-dims", "16"]
+    config = RunConfig(model=ModelConfig(hidden_dims=(16,)), train=TrainConfig(epochs=1))
+    train_run(config, run, hooks=RunHooks(command=command))
+    (run / "checkpoint.pt").unlink()  # as a kill in the first epoch leaves it
+    runner = CliRunner()
+    result = runner.invoke(cli_module.app, ["train", "--resume", str(run)])
+    assert result.exit_code == 2, result.output
+    assert "give a run directory written by" not in result.output
+    advice = result.output.split("with the command that started it: ")[1].split()
+    assert advice == command
+    result = runner.invoke(cli_module.app, advice[1:])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run).config.train.epochs == 1

@@ -3,6 +3,7 @@ stopping, and the note a collapsed run prints."""
 
 import itertools
 import json
+import logging
 import math
 
 import pyro
@@ -234,16 +235,20 @@ def test_a_resumed_run_goes_on_from_its_schedule(tmp_path):
     assert result.history[-1].lr == 1e-3
 
 
-def test_a_finished_cosine_run_extended_anneals_again(tmp_path):
-    """A finished cosine run stands at lr_min; given more epochs, it goes on along the new,
-    longer curve instead of staying there (torch's update only scales the distance to lr_min)."""
+def test_a_finished_cosine_run_extended_anneals_on_without_going_back_up(tmp_path, caplog):
+    """A finished cosine run stands at lr_min; given more epochs, it goes on from the rate of
+    its last epoch down to lr_min, never back up (a curve stretched over the new length would
+    put it up again), and one note says so."""
     train = TrainConfig(lr=1e-2, lr_schedule="cosine", lr_min=0.0, epochs=3)
     train_run(RunConfig(model=ModelConfig(hidden_dims=(16,)), train=train), tmp_path / "run")
-    lrs = [m.lr for m in resume_run(tmp_path / "run", {"epochs": 5}).history]
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        lrs = [m.lr for m in resume_run(tmp_path / "run", {"epochs": 5}).history]
     assert lrs[:3] == pytest.approx([1e-2 * (1 + math.cos(math.pi * t / 3)) / 2 for t in range(3)])
-    # epochs 4 and 5 on a 5-epoch curve, every one of them above 0
-    assert lrs[3:] == pytest.approx([1e-2 * (1 + math.cos(math.pi * t / 5)) / 2 for t in (3, 4)])
-    assert min(lrs) > 0
+    # epochs 4 and 5 on a cosine from epoch 3's rate (its point 0) to 0 (its point 3)
+    assert lrs[3:] == pytest.approx([lrs[2] * (1 + math.cos(math.pi * t / 3)) / 2 for t in (1, 2)])
+    assert all(b < a for a, b in itertools.pairwise(lrs)) and min(lrs) > 0
+    notes = [r.getMessage() for r in caplog.records if "cosine schedule goes on" in r.getMessage()]
+    assert len(notes) == 1 and "not restarted" in notes[0]
 
 
 def test_config_repeats_a_run_and_options_vary_it(tmp_path):
@@ -277,6 +282,39 @@ def test_config_repeats_a_run_and_options_vary_it(tmp_path):
         assert result.exit_code == 0, result.output
         record = json.loads((out / "config.json").read_text())["config"]
         assert record["model"]["likelihood_options"] == options
+
+
+@pytest.mark.parametrize(
+    ("options", "dropped"),
+    [
+        (["--model", "vae"], ["[train] labels 100 and alpha 0.5 (for --model m2, not vae)"]),
+        (
+            ["--model", "cvae", "--likelihood", "laplace"],
+            [
+                "[model] likelihood_options {sigma = 0.2} (for --likelihood gaussian, not laplace)",
+                "[train] labels 100 and alpha 0.5 (for --model m2, not cvae)",
+            ],
+        ),
+    ],
+    ids=["m2 file, vae", "m2 file, cvae and another likelihood"],
+)
+def test_a_config_files_options_for_another_choice_are_dropped_with_one_note(
+    options, dropped, tmp_path
+):
+    """An M2 run's labels and α do not block another model from the same file, and a component
+    overridden loses the file's options for the old one: dropped, with one note naming them."""
+    (tmp_path / "m2.toml").write_text(
+        '[model]\nkind = "m2"\nhidden_dims = [16]\nlikelihood_options = {sigma = 0.2}\n'
+        "[train]\nlabels = 100\nalpha = 0.5\nepochs = 1\n"
+    )
+    args = ["train", "--config", tmp_path / "m2.toml", "--out", tmp_path / "run", *options]
+    result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "dropped the file's" in line]
+    assert len(notes) == 1 and all(words in notes[0] for words in dropped), result.stderr
+    c = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert c["train"]["labels"] is None and c["train"]["alpha"] is None
+    assert c["model"]["kind"] == options[1]
 
 
 def test_config_file_and_options_are_checked_together(tmp_path):
