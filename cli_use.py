@@ -327,12 +327,7 @@ def export(
     device: DeviceOption = "auto",
     latest: LatestOption = False,
     data_dir: MovedDataDirOption = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data", help="The run's data file or image folder, if it has moved since training."
-        ),
-    ] = None,
+    run_data: RunDataOption = None,
 ) -> None:
     """Write the model to share: weights (safetensors, no pickle), its configuration and data
     transform (JSON), and a model card with its held-out ELBO and IWAE bound (Markdown)."""
@@ -346,11 +341,7 @@ def export(
         overwrite = True  # an earlier export: its three files are the tool's own
     check_output(out / WEIGHTS, True, data=model.config.data)  # not in the run's data
     check_output_folder(out, [WEIGHTS, DESCRIPTION, CARD], overwrite, "--out")
-    where = {
-        "path": None if data is None else str(data),
-        "data_dir": None if data_dir is None else str(data_dir),
-    }
-    test = model.split("test", **where)
+    test = _read(model, None, SplitName.test, run_data, data_dir)
     pyro.set_rng_seed(seed)
     with WorkProgress("codes decoded") as progress:
         scores = model.score(test, num_samples=num_samples, on_progress=progress.update)

@@ -85,6 +85,7 @@ def model_card(
                 "validation / test fraction": f"{data.val_fraction} / {data.test_fraction}",
                 "split seed": data.split_seed,
                 "binarization": data.binarize,
+                "classes": ", ".join(model.transform.class_names) or model.vae.num_classes or None,
                 "image size, crop, channels": f"{_shown(data.image_size)}, {data.crop}, "
                 f"{_shown(data.channels)}",
             }

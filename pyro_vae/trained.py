@@ -331,7 +331,9 @@ def load_run(
     checkpoint = load_checkpoint(source, device)
     return TrainedModel(
         checkpoint.build_vae(device),
-        DataTransform.of_run(checkpoint.config.data, checkpoint.image_shape),
+        DataTransform.of_run(
+            checkpoint.config.data, checkpoint.image_shape, checkpoint.class_names
+        ),
         checkpoint.config,
         source,
         len(checkpoint.trainer_state["history"]),

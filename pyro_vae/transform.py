@@ -33,6 +33,7 @@ from pyro_vae.images import (
     _class_labels,
     _decode,
     _image_files,
+    _in_classes,
     _on_threads,
     _refuse_unreadable,
     _Target,
@@ -71,24 +72,41 @@ class DataTransform:
     binarize: str = "none"  # the run's --binarize: "none", "static" or "dynamic"
     crop: bool = False  # image files were centre-cropped to a square before resizing
     layout: str = "auto"  # a 4-d array's axes (DataConfig.layout)
+    # The classes' names where the run's data named them (an image folder's subfolders): a new
+    # folder's subfolders are matched to them by name.
+    class_names: tuple[str, ...] = ()
 
     @classmethod
-    def of_run(cls, config: DataConfig, image_shape: tuple[int, ...]) -> "DataTransform":
+    def of_run(
+        cls, config: DataConfig, image_shape: tuple[int, ...], class_names: tuple[str, ...] = ()
+    ) -> "DataTransform":
         return cls(
             dataset=config.dataset,
             image_shape=as_data_shape(image_shape),
             binarize=config.binarize,
             crop=config.crop,
             layout=config.layout,
+            class_names=tuple(class_names),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "image_shape": list(self.image_shape)}
+        values = asdict(self)
+        return {
+            **values,
+            "image_shape": list(self.image_shape),
+            "class_names": list(values["class_names"]),
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DataTransform":
         try:
-            return cls(**{**values, "image_shape": as_data_shape(values["image_shape"])})
+            return cls(
+                **{
+                    **values,
+                    "image_shape": as_data_shape(values["image_shape"]),
+                    "class_names": tuple(str(name) for name in values.get("class_names", ())),
+                }
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise UserInputError(f"the data transform {values!r} is incomplete ({error})") from None
 
@@ -129,7 +147,9 @@ class DataTransform:
 
     def _read(self, path: Path) -> NewData:
         if path.is_dir():
-            return self._images(path, _image_files(path, image_extensions()), path)
+            return self._images(
+                path, _in_classes(path, _image_files(path, image_extensions())), path
+            )
         if not path.is_file():
             raise UserInputError(
                 f"no file or folder at {path}: give an array (.npy, .npz), an image file or a "
@@ -173,10 +193,26 @@ class DataTransform:
         results = _on_threads(lambda path: _decode(path, target), files)
         _refuse_unreadable(root, files, results)
         x = np.stack([pixels for pixels, _ in results]).reshape(len(files), -1)
-        classes, labels = _class_labels(root, files)
-        given = torch.from_numpy(labels) if len(classes) > 1 else None
         names = [str(path.relative_to(root)) for path in files]
-        return NewData(torch.from_numpy(x), given, names)
+        return NewData(torch.from_numpy(x), self._folder_labels(root, files, where), names)
+
+    def _folder_labels(self, root: Path, files: list[Path], where: Path) -> torch.Tensor | None:
+        """Labels from class subfolders: matched to the run's classes by name where the run's
+        data named them, else numbered in sorted order (ImageFolder's); None without them."""
+        if not where.is_dir() or all(path.parent == root for path in files):
+            return None
+        classes, labels = _class_labels(root, files)
+        if not self.class_names:
+            return torch.from_numpy(labels) if len(classes) > 1 else None
+        unknown = [name for name in classes if name not in self.class_names]
+        if unknown:
+            raise UserInputError(
+                f"{where} has class folders {', '.join(map(repr, unknown[:5]))} that the run "
+                f"does not know (its classes: {', '.join(map(repr, self.class_names[:10]))}): "
+                "name the folders as the run's classes, or put the images in one folder"
+            )
+        index = torch.tensor([self.class_names.index(name) for name in classes])
+        return index[torch.from_numpy(labels)]
 
     def _checked(
         self,

@@ -1,6 +1,7 @@
 """After training: load_run, the data transform, encode, score, generate and export."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -432,3 +433,33 @@ def test_a_moved_folder_run_is_scored_where_its_images_are_now(digits_data, tmp_
     line = refused("score", tmp_path / "run", "--out", out, "--data", tmp_path / "moved")
     assert "--top 0" in line
     ok("score", tmp_path / "run", "--out", out, "--data", tmp_path / "moved", "--top", "0")
+
+
+def test_a_new_folders_classes_are_matched_by_name(digits_data, tmp_path):
+    x, _ = digits_data
+    write_pngs(tmp_path / "images", x[:40])  # classes class0, class1
+    ok("train", "--out", tmp_path / "run", "--data", tmp_path / "images", *FAST, "--model", "cvae")
+    model = load_run(tmp_path / "run")
+    assert model.transform.class_names == ("class0", "class1")
+    (tmp_path / "new" / "class1").mkdir(parents=True)
+    shutil.copy(tmp_path / "images" / "class1" / "img01.png", tmp_path / "new" / "class1" / "a.png")
+    assert model.data(tmp_path / "new").labels.tolist() == [1]  # by name, not position
+    (tmp_path / "new" / "zzz").mkdir()
+    shutil.copy(tmp_path / "images" / "class1" / "img03.png", tmp_path / "new" / "zzz" / "b.png")
+    line = refused(
+        "encode", tmp_path / "run", "--data", tmp_path / "new", "--out", tmp_path / "c.csv"
+    )
+    assert "'zzz'" in line and "'class0'" in line
+    (tmp_path / "images").rename(tmp_path / "moved")
+    ok(
+        "export",
+        tmp_path / "run",
+        "--out",
+        tmp_path / "x",
+        "--num-samples",
+        "2",
+        "--run-data",
+        tmp_path / "moved",
+    )
+    assert "class0, class1" in (tmp_path / "x" / CARD).read_text()
+    assert load_run(tmp_path / "x").transform.class_names == ("class0", "class1")
