@@ -14,7 +14,7 @@ import torch
 import typer
 
 from cli_common import DeviceOption, app, note, reports_user_errors
-from cli_runs import MAX_TILES, LatestOption, MovedDataDirOption, RunArgument, SplitName
+from cli_runs import MAX_TILES, LatestOption, MovedDataDirOption, SplitName
 from cli_training import WorkProgress
 from pyro_vae import UserInputError
 from pyro_vae.config import MAX_SEED
@@ -40,6 +40,10 @@ from pyro_vae.trained import (
 )
 from pyro_vae.transform import NewData
 
+RunArgument = Annotated[
+    Path,
+    typer.Argument(help="Run directory (or its checkpoint.pt), or a folder written by export."),
+]
 NewDataOption = Annotated[
     Path | None,
     typer.Option(

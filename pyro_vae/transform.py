@@ -42,6 +42,7 @@ from pyro_vae.images import (
 from pyro_vae.loaders import _check_array, load_array, read_idx
 from pyro_vae.networks import as_data_shape
 
+log = logging.getLogger(__name__)
 LOADERS_LOG = logging.getLogger("pyro_vae.loaders")
 DIGITS_SCALE = 16.0  # scikit-learn's digits hold pixel values 0..16 (loaders.load_digits)
 
@@ -192,6 +193,12 @@ class DataTransform:
         target = _Target("L" if channels == 1 else "RGB", (width, height), self.crop)
         results = _on_threads(lambda path: _decode(path, target), files)
         _refuse_unreadable(root, files, results)
+        changed = sum(1 for _, changes in results if changes)
+        if changed:  # said, as training says it of the run's own images
+            log.info(
+                "converted %d of %d images in %s to the run's %s", changed, len(files), where,
+                f"{channels}×{height}×{width} (channels × height × width)",
+            )  # fmt: skip
         x = np.stack([pixels for pixels, _ in results]).reshape(len(files), -1)
         names = [str(path.relative_to(root)) for path in files]
         return NewData(torch.from_numpy(x), self._folder_labels(root, files, where), names)
