@@ -15,7 +15,7 @@ standard deviation over seeds; 0.5 is chance, and below 0.5 the held-out digit l
 likely than the digits trained on (Nalisnick et al., 2019, "Do deep generative models know what
 they don't know?").
 
-    python experiments/anomaly.py              # about 20 minutes on 2 CPU cores
+    python experiments/anomaly.py              # about 17 minutes on 2 idle CPU cores
     python experiments/anomaly.py --quick      # seconds, for the test suite
 """
 
@@ -89,32 +89,45 @@ def report(results: dict, args: argparse.Namespace, line: str) -> str:
         "below 0.5 the unseen digit scores as *more* likely), mean ± standard deviation over "
         "seeds.",
         "",
-        "| held-out digit | " + " | ".join(SCORES) + " |",
-        "|---:|" + "---:|" * len(SCORES),
+        "| held-out digit | pixels on | " + " | ".join(SCORES) + " |",
+        "|---:|---:|" + "---:|" * len(SCORES),
     ]
     for digit, per_seed in results.items():
         cells = [_spread([found[name] for found in per_seed]) for name in SCORES]
-        lines.append(f"| {digit} | " + " | ".join(cells) + " |")
+        lines.append(f"| {digit} | {args.ink[digit]:.1%} | " + " | ".join(cells) + " |")
     means = {
         name: statistics.fmean(found[name] for per in results.values() for found in per)
         for name in SCORES
     }
-    lines.append("| mean | " + " | ".join(f"{means[name]:.3f}" for name in SCORES) + " |")
+    lines.append("| mean | | " + " | ".join(f"{means[name]:.3f}" for name in SCORES) + " |")
     best = max(means, key=means.get)
     weakest = min(results, key=lambda d: statistics.fmean(found["IWAE"] for found in results[d]))
+    # Below chance by more than twice the spread over seeds (with one seed: below chance).
     fooled = [
         digit
         for digit, per in results.items()
-        if statistics.fmean(found["IWAE"] for found in per) < 0.5
+        if statistics.fmean(found["IWAE"] for found in per)
+        + 2 * (statistics.stdev(found["IWAE"] for found in per) if len(per) > 1 else 0)
+        < 0.5
     ]
     lines += [
         "",
         f"Best on average: **{best}** ({means[best]:.3f}). "
         + (
-            f"Held-out digits whose IWAE AUROC is below chance: {', '.join(map(str, fooled))}: "
-            "the model gives the digit it never saw a *higher* likelihood than the digits it "
-            "learnt, the failure Nalisnick et al. (2019) report across datasets (a likelihood "
-            "rewards simple images, few pixels on, whatever their class)."
+            f"Held-out digits whose IWAE AUROC is below chance by more than twice its spread "
+            f"over seeds: {', '.join(map(str, fooled))}: the model gives the digit it never saw "
+            "a *higher* likelihood than the digits it learnt, the failure Nalisnick et al. "
+            "(2019) report across datasets. A likelihood rewards simple images (few pixels on: "
+            "see that column, the share of the held-out digit's test pixels that are on), "
+            "whatever their class."
+            + (
+                " The density of the latent codes does not share the failure for these digits."
+                if all(
+                    statistics.fmean(found["latent density"] for found in results[d]) > 0.5
+                    for d in fooled
+                )
+                else ""
+            )
             if fooled
             else "No held-out digit's IWAE AUROC is below chance here, so the failure "
             "Nalisnick et al. (2019) report (an unseen kind of image given a *higher* "
@@ -153,6 +166,8 @@ def main(argv: list[str] | None = None) -> Path:
         data = load_dataset(config)
         args.data_name = "MNIST (60,000 training images less a tenth for validation; 10,000 test)"
     args.test = len(data.test)
+    on = data.test.x  # (N, D) binary
+    args.ink = {d: float(on[data.test.labels == d].mean()) for d in args.digits}
     began = time.perf_counter()
     results = {}
     for digit in args.digits:
