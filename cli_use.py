@@ -60,13 +60,10 @@ LabelOption = Annotated[
         show_default="the data's labels; M2: its classifier's",
     ),
 ]
+SeedOption = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for the samples of z.")]
 OverwriteOption = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output file of yours.")
 ]
-
-
-def _model(run: Path, device: str, latest: bool) -> TrainedModel:
-    return load_run(run, device, latest)
 
 
 RunDataOption = Annotated[
@@ -133,7 +130,7 @@ def encode(
 ) -> None:
     """Per image, the mean and standard deviation of q(z|x) over each latent coordinate."""
     check_table_suffix(out)
-    model = _model(run, device, latest)
+    model = load_run(run, device, latest)
     check_output(out, overwrite, data=model.config.data)
     new = _read(model, data, split, run_data, data_dir)
     codes = model.codes(new, label=label, num_samples=num_samples)
@@ -170,7 +167,7 @@ def score(
             min=0, max=MAX_TILES, help="Show and draw this many of the most unusual images."
         ),
     ] = 16,
-    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for the samples of z.")] = 0,
+    seed: SeedOption = 0,
     overwrite: OverwriteOption = False,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
@@ -181,7 +178,7 @@ def score(
     dimension, the most unusual (lowest bound) first; and a picture of the --top of them."""
     check_table_suffix(out)
     picture = out.with_name(f"{out.stem}-top{top}.png")
-    model = _model(run, device, latest)
+    model = load_run(run, device, latest)
     check_output(out, overwrite, data=model.config.data)
     draw = top > 0 and model.image_shape[:2] != (1, 1)  # vectors make no picture
     if draw:
@@ -263,7 +260,7 @@ def generate(
         raise UserInputError(
             f"--out {out}: write .npy, .npz, or a folder of PNG files (a name with no suffix)"
         )
-    model = _model(run, device, latest)
+    model = load_run(run, device, latest)
     names = [f"sample-{i:06d}.png" for i in range(num)]  # one width for any --num: never mixed
     if suffix:
         check_output(out, overwrite, data=model.config.data)
@@ -326,7 +323,7 @@ def export(
         int,
         typer.Option(min=1, max=10**6, help="Importance samples K per image for the card."),
     ] = 1000,
-    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for the samples of z.")] = 0,
+    seed: SeedOption = 0,
     overwrite: OverwriteOption = False,
     device: DeviceOption = "auto",
     latest: LatestOption = False,
@@ -335,7 +332,7 @@ def export(
 ) -> None:
     """Write the model to share: weights (safetensors, no pickle), its configuration and data
     transform (JSON), and a model card with its held-out ELBO and IWAE bound (Markdown)."""
-    model = _model(run, device, latest)
+    model = load_run(run, device, latest)
     if is_run_dir(out):
         raise UserInputError(
             f"{out} is a run directory, whose commands would then read the export instead of "
