@@ -463,3 +463,11 @@ def test_a_new_folders_classes_are_matched_by_name(digits_data, tmp_path):
     )
     assert "class0, class1" in (tmp_path / "x" / CARD).read_text()
     assert load_run(tmp_path / "x").transform.class_names == ("class0", "class1")
+
+
+def test_table_formats_are_checked_before_any_work(runs, tmp_path, monkeypatch):
+    assert ".parquet" in refused("encode", runs["vae"], "--out", tmp_path / "codes.json")
+    monkeypatch.setattr("pyro_vae.outputs.parquet_available", lambda: False)
+    line = refused("score", runs["vae"], "--out", tmp_path / "s.parquet")
+    assert "pip install 'pyro-vae[parquet]'" in line
+    assert not list(tmp_path.iterdir())
