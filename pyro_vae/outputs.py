@@ -5,7 +5,7 @@
   pyro-vae marked as written by it) or ``--overwrite`` says to replace it. Nothing is ever
   written inside a run's image folder: a file there would change the run's data.
 - **Tables** (``write_table``): one row per image, as a NumPy structured array (``.npy``), CSV or
-  Parquet (``pip install 'pyro-vae[parquet]'``); a column of vectors (codes) is one field of the
+  Parquet (``pip install pyarrow``, the extra ``[parquet]``); a column of vectors (codes) is one field of the
   structured array and one column per coordinate elsewhere.
 """
 
@@ -130,7 +130,7 @@ def check_table_suffix(path: Path) -> None:
         )
     if suffix == ".parquet" and not parquet_available():
         raise UserInputError(
-            "writing .parquet needs pyarrow: pip install 'pyro-vae[parquet]', or write .csv or .npy"
+            "writing .parquet needs pyarrow: pip install pyarrow, or write .csv or .npy"
         )
 
 
