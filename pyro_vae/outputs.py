@@ -5,8 +5,8 @@
   pyro-vae marked as written by it) or ``--overwrite`` says to replace it. Nothing is ever
   written inside a run's image folder: a file there would change the run's data.
 - **Tables** (``write_table``): one row per image, as a NumPy structured array (``.npy``), CSV or
-  Parquet (``pip install pyarrow``, the extra ``[parquet]``); a column of vectors (codes) is one field of the
-  structured array and one column per coordinate elsewhere.
+  Parquet (``pip install pyarrow``, the extra ``[parquet]``); a column of vectors (codes) is one
+  field of the structured array and one column per coordinate elsewhere.
 """
 
 import csv
