@@ -56,6 +56,7 @@ from pyro_vae.config import (
     LR_SCHEDULES,
     MAX_SEED,
     MODEL_KINDS,
+    SPLITS,
     read_config_file,
 )
 from pyro_vae.distributed import Replicas
@@ -73,6 +74,7 @@ Layout = choices("Layout", LAYOUTS)
 DatasetName = choices("DatasetName", DATASETS)
 LrSchedule = choices("LrSchedule", LR_SCHEDULES)
 Binarization = choices("Binarization", BINARIZATIONS)
+SplitKind = choices("SplitKind", SPLITS)
 ModelKind = choices("ModelKind", MODEL_KINDS)
 
 # Option callbacks: checks that click's types cannot express, reported against the option's name.
@@ -304,6 +306,14 @@ def train(
             show_default="10 for mog, 50 for vamp",
         ),
     ] = None,
+    split: Annotated[
+        SplitKind,
+        typer.Option(
+            help="Held-out images: seeded (drawn at random with a fixed seed) or paper (the "
+            "MNIST family's official test images, its last 10,000 training images for "
+            "validation, the first 50,000 for training)."
+        ),
+    ] = DataConfig.split,
     binarize: Annotated[
         Binarization,
         typer.Option(
@@ -532,6 +542,7 @@ def _run_config(options: dict[str, Any], explicit: set[str]) -> RunConfig:
             data_dir=str(o["data_dir"]),
             download=o["download"],
             binarize=o["binarize"],
+            split=o["split"],
             image_size=_size_pair(o["image_size"]),
             crop=o["crop"],
             channels=o["channels"],

@@ -21,6 +21,7 @@ else:  # pragma: no cover - Python 3.10
 
 ELBO_ESTIMATORS = ("mc", "analytic", "iwae", "stl")  # see objectives.py for what each one computes
 BINARIZATIONS = ("none", "static", "dynamic")  # see data.py
+SPLITS = ("seeded", "paper")  # how the held-out images are chosen (see data.py)
 LAYOUTS = ("auto", "nchw", "nhwc")  # how a 4-d array's axes are read (see loaders.py)
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see schedules.py
@@ -119,6 +120,10 @@ class DataConfig:
     test_fraction: float = 0.1  # share held out for testing, unless the dataset fixes its own
     split_seed: int = 0  # apart from the training seed: --seed never changes the held-out images
     binarize: str = "none"  # "static": sample x ~ Bernoulli(pixel) once; "dynamic": every batch
+    # "seeded": validation (and test, where the data fix none) drawn at random with split_seed;
+    # "paper": the MNIST family's official test images, the last sixth of its training images for
+    # validation and the rest for training, in order (MNIST: 50,000 / 10,000 / 10,000)
+    split: str = "seeded"
     # Images from a folder: resized to (height, width) (None: their most common size), centre-
     # cropped to a square first where asked, converted to 1 (grey) or 3 (RGB) channels (None:
     # RGB if any image has colour).
@@ -132,7 +137,7 @@ class DataConfig:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
-        for name in ("dataset", "data_dir", "binarize"):
+        for name in ("dataset", "data_dir", "binarize", "split"):
             value = getattr(self, name)
             _require(isinstance(value, str), f"{name} must be a string, got {value!r}")
         _require(isinstance(self.path, str | None), f"path must be a file name, got {self.path!r}")
@@ -170,6 +175,10 @@ class DataConfig:
         _require(
             self.layout in LAYOUTS,
             f"unknown layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}",
+        )
+        _require(
+            self.split in SPLITS,
+            f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}",
         )
         _require(
             self.binarize in BINARIZATIONS,

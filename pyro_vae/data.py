@@ -115,10 +115,11 @@ DATASETS: dict[str, Callable[[DataConfig], RawData]] = {
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """Load ``config.dataset`` and split it with ``config.split_seed``.
+    """Load ``config.dataset`` and split it as ``config.split`` says.
 
-    The validation split, and the test split unless the dataset comes with its own, are drawn
-    from the images at random, the same way for every training seed.
+    Seeded (the default), the validation split, and the test split unless the dataset comes with
+    its own, are drawn from the images at random with ``config.split_seed``, the same way for
+    every training seed; ``paper`` is the papers' fixed split of the MNIST family.
     """
     if config.dataset not in DATASETS:
         raise UserInputError(
@@ -127,23 +128,10 @@ def load_dataset(config: DataConfig) -> Dataset:
     raw = DATASETS[config.dataset](config)
     if raw.note:
         log.warning(raw.note)
-    n = raw.x.shape[0]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.split_seed))
-    n_val = round(n * config.val_fraction)
-    n_test = 0 if raw.test is not None else round(n * config.test_fraction)
-    # Two held-out images at least: one has no standard error (and no spread for a picture).
-    if n_val < 2 or n - n_val - n_test < 1 or (raw.test is None and n_test < 2):
-        # round(m·f) ≥ 2 from about m = 1.5/f on: start there, not at n (f may be tiny)
-        own_test = raw.test is None
-        smallest = min(config.val_fraction, config.test_fraction if own_test else 1.0)
-        start = max(n, int(1.5 / smallest) - 1)
-        needed = next(m for m in itertools.count(start) if _split_sizes_fit(m, config, own_test))
-        raise UserInputError(
-            f"{n} images are too few for a train / validation / test split with fractions "
-            f"{config.val_fraction} and {config.test_fraction}, which needs at least 2 "
-            f"validation and 2 test images: give at least {needed} images"
-        )
-    val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    if config.split == "paper":
+        val, test, train = _paper_split(raw, config)
+    else:
+        val, test, train = _seeded_split(raw, config)
     grey, x = raw.x, raw.x
     test_x, test_labels = raw.test if raw.test is not None else (None, raw.labels[test])
     if config.binarize != "none":
@@ -163,6 +151,52 @@ def load_dataset(config: DataConfig) -> Dataset:
         num_classes=raw.num_classes,
         class_names=raw.class_names,
     )
+
+
+Indices = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # validation, test, training rows
+
+
+def _seeded_split(raw: RawData, config: DataConfig) -> Indices:
+    """Validation (and test, where the data fix none) drawn at random with the split seed."""
+    n = raw.x.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.split_seed))
+    n_val = round(n * config.val_fraction)
+    n_test = 0 if raw.test is not None else round(n * config.test_fraction)
+    # Two held-out images at least: one has no standard error (and no spread for a picture).
+    if n_val < 2 or n - n_val - n_test < 1 or (raw.test is None and n_test < 2):
+        # round(m·f) ≥ 2 from about m = 1.5/f on: start there, not at n (f may be tiny)
+        own_test = raw.test is None
+        smallest = min(config.val_fraction, config.test_fraction if own_test else 1.0)
+        start = max(n, int(1.5 / smallest) - 1)
+        needed = next(m for m in itertools.count(start) if _split_sizes_fit(m, config, own_test))
+        raise UserInputError(
+            f"{n} images are too few for a train / validation / test split with fractions "
+            f"{config.val_fraction} and {config.test_fraction}, which needs at least 2 "
+            f"validation and 2 test images: give at least {needed} images"
+        )
+    return order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+
+
+def _paper_split(raw: RawData, config: DataConfig) -> Indices:
+    """The papers' split of the MNIST family: the official test images for testing, the last
+    sixth of the training images for validation (MNIST's last 10,000 of 60,000), the rest in
+    order for training (the first 50,000)."""
+    if config.dataset not in TORCHVISION_CLASSES or raw.test is None:
+        where = f" in {config.data_dir}" if config.dataset in TORCHVISION_CLASSES else ""
+        raise UserInputError(
+            f"--split paper takes the MNIST family's official training and test files, which "
+            f"{config.dataset}{where} does not have: use --split seeded"
+            + (", or put both splits' IDX files there" if where else "")
+        )
+    n = raw.x.shape[0]
+    n_val = n // 6
+    if n_val < 2:
+        raise UserInputError(
+            f"{n} training images are too few for --split paper, which keeps a sixth of them "
+            "(2 at least) for validation: give 12 at least, or use --split seeded"
+        )
+    rows = torch.arange(n)
+    return rows[n - n_val :], rows[:0], rows[: n - n_val]
 
 
 @contextmanager

@@ -4,15 +4,17 @@ Every file here is written by the test itself: nothing is read from shared data 
 """
 
 import gzip
+import json
 import logging
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from pyro_vae import DataConfig, UserInputError, load_dataset
-from pyro_vae.loaders import load_array, load_mnist_family, read_idx
+from pyro_vae.loaders import _read_idx_split, load_array, load_mnist_family, read_idx
 
 
 def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
@@ -263,3 +265,51 @@ def test_square_rows_are_read_as_grey_images_and_said(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pyro_vae"):
         raw = load_raw(tmp_path, np.zeros((5, 49), dtype=np.float32))
     assert raw.image_shape == (1, 7, 7) and "7×7 grey images" in caplog.text
+
+
+def test_the_papers_split_is_fixed_and_in_order(tmp_path):
+    write_mnist(tmp_path, n=(60, 20))  # a tiny MNIST: 60 training images, 20 test images
+    config = DataConfig(dataset="mnist", data_dir=str(tmp_path), split="paper")
+    data = load_dataset(config)
+    train_x, _ = _read_idx_split(tmp_path / "MNIST" / "raw", "train")
+    # the first five sixths for training, the last sixth for validation, in order; the official
+    # test images for testing; and the same whatever the split seed
+    assert torch.equal(data.train.stored, train_x[:50]) and torch.equal(
+        data.val.stored, train_x[50:]
+    )
+    assert len(data.test) == 20
+    again = load_dataset(replace(config, split_seed=7))
+    assert torch.equal(again.val.stored, data.val.stored)
+    binary = load_dataset(replace(config, binarize="dynamic"))
+    assert torch.equal(binary.train.stored, train_x[:50])  # grey, binarized per batch
+    assert binary.val.stored.dtype == torch.bool
+
+
+def test_the_papers_split_needs_the_official_files(tmp_path):
+    write_mnist(tmp_path, splits=("t10k",), n=(20,))
+    with pytest.raises(UserInputError, match="--split seeded"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path), split="paper"))
+    with pytest.raises(UserInputError, match="digits does not have"):
+        load_dataset(DataConfig(split="paper"))
+    with pytest.raises(ValueError, match="unknown split"):
+        DataConfig(split="papers")
+
+
+def test_train_on_the_papers_split_and_resume_keeps_it(tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+
+    def run(*args):
+        return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+    write_mnist(tmp_path, n=(60, 20))
+    out = tmp_path / "run"
+    fast = ["--epochs", "1", "--hidden-dims", "16", "--data-dir", tmp_path, "--dataset", "mnist"]
+    result = run("train", "--out", out, *fast, "--split", "paper")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["config"]["data"]["split"] == "paper"
+    result = run("train", "--resume", out, "--split", "seeded", "--epochs", "2")
+    assert result.exit_code == 2 and "--split" in result.output
+    result = run("train", "--out", tmp_path / "digits", "--split", "paper", "--epochs", "1")
+    assert result.exit_code == 2 and "use --split seeded" in result.output
