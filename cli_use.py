@@ -26,9 +26,12 @@ from pyro_vae.outputs import (
     check_output_folder,
     check_table_suffix,
     write_table,
+    written_whole,
 )
 from pyro_vae.plots import save_image_grid
 from pyro_vae.rundir import is_run_dir, writing
+from pyro_vae.semisupervised import SemiSupervisedVAE
+from pyro_vae.semisupervised_bounds import classification_error
 from pyro_vae.trained import (
     CARD,
     DESCRIPTION,
@@ -275,29 +278,20 @@ def generate(
     classes = model.sample_classes(num, label)
     with writing(out, "--out"):
         if suffix == ".npy":
-            _save_array(out, lambda file: np.save(file, images.cpu().numpy()))
+            with written_whole(out) as tmp, open(tmp, "wb") as file:
+                np.save(file, images.cpu().numpy())
         elif suffix == ".npz":
             arrays = {"x": images.cpu().numpy()}
             if classes is not None:
                 arrays["y"] = classes.cpu().numpy()
-            _save_array(out, lambda file: np.savez(file, **arrays))
+            with written_whole(out) as tmp, open(tmp, "wb") as file:
+                np.savez(file, **arrays)
         else:
             _save_pngs(images, out, names)
     if classes is not None and label is None:
         typer.echo(f"classes 0 to {model.vae.num_classes - 1} in turn (--label K: one class)")
     typer.echo(f"{num} images of shape {tuple(images.shape[1:])}")
     typer.echo(out)
-
-
-def _save_array(path: Path, save) -> None:  # type: ignore[no-untyped-def]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            save(file)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _save_pngs(images: torch.Tensor, folder: Path, names: list[str]) -> None:
@@ -347,8 +341,8 @@ def export(
     with WorkProgress("codes decoded") as progress:
         scores = model.score(test, num_samples=num_samples, on_progress=progress.update)
     error = None
-    if test.labels is not None and hasattr(model.vae, "classify"):
-        error = float((model.vae.classify(test.x) != test.labels).float().mean())
+    if test.labels is not None and isinstance(model.vae, SemiSupervisedVAE):
+        error = classification_error(model.vae, test)
     card = model_card(model, scores, len(test), error, _training_versions(run))
     with writing(out, "--out"):
         written = export_run(model, out, card)

@@ -9,10 +9,11 @@
   field of the structured array and one column per coordinate elsewhere.
 """
 
+import contextlib
 import csv
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -90,27 +91,32 @@ def check_output_folder(folder: Path, names: list[str], overwrite: bool, option:
     check_writable(folder, option)
 
 
-def write_table(path: Path, columns: Mapping[str, np.ndarray]) -> None:
-    """Rows of ``columns`` (each (N,) or (N, k)) at ``path``, by its suffix; written to a
-    temporary file first, so that a failure leaves no half-written table."""
+@contextlib.contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write, renamed to ``path`` when the block ends well:
+    a failure leaves no half-written file, and whatever stood at ``path`` stays. Makes the
+    missing folders above ``path``."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        if suffix == ".npy":
-            _write_npy(tmp, columns)
-        elif suffix == ".csv":
-            _write_csv(tmp, columns)
-        elif suffix == ".parquet":
-            _write_parquet(tmp, columns)
-        else:
-            raise UserInputError(
-                f"{path}: tables are written as {', '.join(TABLE_SUFFIXES)}; choose one of those"
-            )
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_table(path: Path, columns: Mapping[str, np.ndarray]) -> None:
+    """Rows of ``columns`` (each (N,) or (N, k)) at ``path``, by its suffix (``written_whole``)."""
+    path = Path(path)
+    writers = {".npy": _write_npy, ".csv": _write_csv, ".parquet": _write_parquet}
+    write = writers.get(path.suffix.lower())
+    if write is None:
+        raise UserInputError(
+            f"{path}: tables are written as {', '.join(TABLE_SUFFIXES)}; choose one of those"
+        )
+    with written_whole(path) as tmp:
+        write(tmp, columns)
 
 
 def parquet_available() -> bool:
