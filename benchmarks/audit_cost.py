@@ -1,5 +1,5 @@
-"""What the recorded step's audit costs (recorded.py): an audited step, which replays the graph
-and takes the eager step too on the same random numbers, against a plain replayed step.
+"""What the recorded step's audit costs (inference/fast/replay.py): an audited step, which replays
+the graph and takes the eager step too on the same random numbers, against a plain replayed step.
 
 The VAE and batch of the quickstart (the digits, 64 images a batch, the default networks); the
 two kinds of step alternate in turns, and the paired median of their ratio is reported, with
@@ -18,7 +18,7 @@ import time
 import torch
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset
-from pyro_vae.recorded import AUDIT_EVERY, AUDIT_FIRST
+from pyro_vae.inference.fast.replay import AUDIT_EVERY, AUDIT_FIRST
 
 QUICKSTART_STEPS = 150 * 23  # 150 epochs of 23 batches of the digits' 1,437 training images
 QUICKSTART_SHAPES = 2  # a full batch and the epoch's last, smaller one

@@ -8,8 +8,9 @@ same networks, Bernoulli likelihood and closed-form KL written out in torch, tor
 Adam). The data, 784 binary pixels an image, live on the device, as in ``pyro-vae train``.
 
 - pyro-vae mc / analytic: ``Trainer.step``, whose recorded step and fused Adam are captured in one
-  CUDA graph (captured.py); ``recorded``: the same graph replayed without the capture
-  (``cuda_graph=False``), one launch per operation; ``eager``: Pyro's machinery at every step.
+  CUDA graph (inference/fast/cuda_graph.py); ``recorded``: the same graph replayed without the
+  capture (``cuda_graph=False``), one launch per operation; ``eager``: Pyro's machinery at every
+  step.
 - hand-written, fused Adam: the reference with torch's fused Adam, as pyro-vae's step uses.
 
     python benchmarks/cuda_graph.py                 # on a GPU: batch 128 and 1,024

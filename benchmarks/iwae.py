@@ -17,7 +17,7 @@ import pyro
 import torch
 
 from pyro_vae import VAE, DataConfig, load_dataset
-from pyro_vae.evaluate import evaluate_bounds
+from pyro_vae.inference.evaluate import evaluate_bounds
 
 
 def peak_rss_mib() -> float:

@@ -1,8 +1,8 @@
 """Two costs measured side by side: the recorded step's state check, and the Gaussian likelihood's
 sum-of-squares form against ``Normal(x̂, σ).to_event(1)``.
 
-- ``StateWatch.changed()``: the check before every replay (recordable.py), timed alone on the
-  MNIST-sized VAE (784-400-20).
+- ``StateWatch.changed()``: the check before every replay (inference/fast/contract.py), timed alone
+  on the MNIST-sized VAE (784-400-20).
 - ``IsotropicNormal`` against ``Normal(...).to_event(1)``: two trainers of the same VAE, one with
   each, in alternating turns; a training step (batch 128) and a validation pass (1,000 images,
   16 samples of z), reported as paired medians of the ratio.
@@ -20,8 +20,8 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae import VAE, TrainConfig, Trainer
-from pyro_vae.data import Split
-from pyro_vae.likelihoods import GaussianLikelihood
+from pyro_vae.components.likelihoods import GaussianLikelihood
+from pyro_vae.data.datasets import Split
 
 
 class ElementwiseGaussian(GaussianLikelihood):

@@ -22,7 +22,7 @@ import time
 import torch
 
 from pyro_vae import VAE, TrainConfig, Trainer
-from pyro_vae.evaluate import elbo_estimate, elbo_sums
+from pyro_vae.inference.evaluate import elbo_estimate, elbo_sums
 
 LAYERS = [(784, 400), (400, 40), (20, 400), (400, 784)]
 BATCH = 128

@@ -7,14 +7,14 @@ turns and its ratio to the hand-written PyTorch step, and the tutorial's epoch o
 turn by turn, each pair from one turn, a few seconds apart.
 
 - pyro-vae mc / analytic: ``Trainer.step`` (fused torch Adam; Pyro's Trace_ELBO /
-  TraceMeanField_ELBO with the loss kept on the device, objectives.py; from the second step on,
-  loss and gradient replayed from a recorded graph, recorded.py), the path ``pyro-vae train``
-  takes; ``eager``: the same without the recording, Pyro's machinery at every step; ``Pyro's
-  ELBO``: eager with Pyro's classes as shipped, which read every site's log-density back to the
-  host; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
+  TraceMeanField_ELBO with the loss kept on the device, inference/objectives.py; from the second
+  step on, loss and gradient replayed from a recorded graph, inference/fast/replay.py), the path
+  ``pyro-vae train`` takes; ``eager``: the same without the recording, Pyro's machinery at every
+  step; ``Pyro's ELBO``: eager with Pyro's classes as shipped, which read every site's log-density
+  back to the host; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
   torch Adam, and the latter with its compile cache fixed (see CachedJitTraceMeanField_ELBO).
-- pyro-vae stl: ``Trainer.step`` with the path-derivative estimator (objectives.py), recorded:
-  mc's step and a second, detached pass of the guide.
+- pyro-vae stl: ``Trainer.step`` with the path-derivative estimator (inference/objectives.py),
+  recorded: mc's step and a second, detached pass of the guide.
 - hand-written: the same Encoder and Decoder modules (MLP or, with ``--network conv``, the same
   convolution layers), Bernoulli log-likelihood and closed-form KL written out in torch, torch
   Adam: what a user would write without Pyro.
@@ -50,7 +50,7 @@ from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, T
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset, make_elbo
-from pyro_vae.guides import diagonal_parameters
+from pyro_vae.components.guides import diagonal_parameters
 
 # Pyro's JIT ELBOs are built on torch.jit.trace, which torch 2.15 deprecates with a warning a call.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace` is deprecated")

@@ -33,8 +33,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset
-from pyro_vae.data import Dataset, Split
-from pyro_vae.evaluate import image_bounds
+from pyro_vae.data.datasets import Dataset, Split
+from pyro_vae.inference.evaluate import image_bounds
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN, LATENT, BATCH, COMPONENTS = (400,), 20, 128, 10

@@ -15,8 +15,8 @@ import pyro
 import torch
 
 from pyro_vae import VAE, DataConfig, Trainer, load_dataset
-from pyro_vae.data import Dataset
-from pyro_vae.evaluate import Bound, evaluate_bounds
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.inference.evaluate import Bound, evaluate_bounds
 
 
 def provenance(script: str, argv: list[str] | None) -> str:

@@ -23,9 +23,9 @@ from common import SHARED_DATA, output_path, provenance
 from torch.nn import functional as F
 
 from pyro_vae import ConditionalVAE, DataConfig, TrainConfig, Trainer, load_dataset
-from pyro_vae.data import Dataset
-from pyro_vae.networks import build_classifier
-from pyro_vae.pictures import save_samples
+from pyro_vae.components.networks import build_classifier
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.runs.pictures import save_samples
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN, BATCH, PER_CLASS = (500,), 128, 100

@@ -26,9 +26,9 @@ from common import output_path, provenance
 from matplotlib.figure import Figure
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, elbo_per_datapoint, load_dataset
-from pyro_vae.data import Dataset
-from pyro_vae.diagnostics import estimate_statistics, gradient_statistics
-from pyro_vae.objectives import kl_method, make_elbo
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.inference.diagnostics import estimate_statistics, gradient_statistics
+from pyro_vae.inference.objectives import kl_method, make_elbo
 
 RESULTS = Path(__file__).parent / "results" / "estimators"
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"

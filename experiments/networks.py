@@ -29,7 +29,7 @@ from common import (
 )
 
 from pyro_vae import VAE, TrainConfig, Trainer
-from pyro_vae.data import Dataset
+from pyro_vae.data.datasets import Dataset
 
 RESULTS = Path(__file__).parent / "results"
 LATENT_DIM = 16

@@ -26,7 +26,7 @@ from pyro_vae import (
     elbo_per_datapoint,
     load_dataset,
 )
-from pyro_vae.objectives import kl_method
+from pyro_vae.inference.objectives import kl_method
 
 RESULTS = Path(__file__).parent / "results"
 EVAL_PARTICLES = 256  # samples of z per test image in the common yardstick

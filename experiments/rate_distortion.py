@@ -24,7 +24,7 @@ import pyro
 from common import output_path, provenance
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, active_units, load_dataset
-from pyro_vae.evaluate import elbo_estimate, elbo_sums
+from pyro_vae.inference.evaluate import elbo_estimate, elbo_sums
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"  # beside the checkout

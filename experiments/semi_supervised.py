@@ -1,5 +1,5 @@
 """What the unlabelled images are worth: M2 (Kingma et al., 2014) against its own classifier
-trained on the labelled images alone (the conditional VAE's picture: conditional.py).
+trained on the labelled images alone (the conditional VAE's picture: models/cvae.py).
 
 The MNIST split on disk (the 10,000 test images, split 8,000 / 1,000 / 1,000 with a fixed seed),
 statically binarized, Bernoulli likelihood; the paper's networks: one hidden layer of 500 units
@@ -28,10 +28,11 @@ from common import SHARED_DATA, mean_and_spread, output_path, provenance
 from torch.nn import functional as F
 
 from pyro_vae import DataConfig, TrainConfig, load_dataset
-from pyro_vae.data import Dataset
-from pyro_vae.networks import build_classifier
-from pyro_vae.semisupervised import SemiSupervisedTrainer, SemiSupervisedVAE, default_alpha
-from pyro_vae.semisupervised_bounds import classification_error
+from pyro_vae.components.networks import build_classifier
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.inference.m2_bounds import classification_error
+from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer, default_alpha
+from pyro_vae.models.m2 import SemiSupervisedVAE
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN, LATENT, BATCH = (500,), 50, 128
@@ -56,7 +57,7 @@ def m2(
 def classifier_alone(data: Dataset, labels: int, seed: int, steps: int) -> float:
     """The same network as M2's q(y|x), trained by cross entropy on the same labelled images
     (``choose_labelled`` with the same seed) for ``steps`` Adam steps of up to 128 of them."""
-    from pyro_vae.labels import choose_labelled
+    from pyro_vae.data.labels import choose_labelled
 
     pyro.set_rng_seed(seed)
     net = build_classifier("mlp", data.image_shape, LATENT, HIDDEN, data.num_classes)

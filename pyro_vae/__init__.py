@@ -1,26 +1,31 @@
 """pyro-vae: variational autoencoders as Pyro model/guide pairs with swappable components."""
 
-__version__ = "0.1.0"
-
-from pyro_vae.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from pyro_vae.conditional import ConditionalVAE
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from pyro_vae.data import DATASETS, Dataset, load_dataset
-from pyro_vae.devices import resolve_device
-from pyro_vae.distributed import Replicas
-from pyro_vae.errors import UserInputError
-from pyro_vae.evaluate import active_units, elbo_per_datapoint, kl_per_datapoint
-from pyro_vae.guides import GUIDES, GuideFamily
-from pyro_vae.likelihoods import LIKELIHOODS, BernoulliLikelihood, GaussianLikelihood, Likelihood
-from pyro_vae.model import VAE
-from pyro_vae.models import MODELS
-from pyro_vae.networks import NETWORKS
-from pyro_vae.objectives import ESTIMATORS, make_elbo
-from pyro_vae.priors import PRIORS, Prior, StandardNormalPrior
-from pyro_vae.runs import RunHooks, RunResult, resume_run, train_run
-from pyro_vae.semisupervised import SemiSupervisedTrainer, SemiSupervisedVAE
-from pyro_vae.train import EpochMetrics, Trainer, TrainingDiverged
-from pyro_vae.trained import TrainedModel, export_run, load_run
+from pyro_vae.components.guides import GUIDES, GuideFamily
+from pyro_vae.components.likelihoods import (
+    LIKELIHOODS,
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    Likelihood,
+)
+from pyro_vae.components.networks import NETWORKS
+from pyro_vae.components.priors import PRIORS, Prior, StandardNormalPrior
+from pyro_vae.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.core.devices import resolve_device
+from pyro_vae.core.errors import UserInputError
+from pyro_vae.core.version import __version__
+from pyro_vae.data.datasets import DATASETS, Dataset, load_dataset
+from pyro_vae.inference.distributed import Replicas
+from pyro_vae.inference.evaluate import active_units, elbo_per_datapoint, kl_per_datapoint
+from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
+from pyro_vae.inference.objectives import ESTIMATORS, make_elbo
+from pyro_vae.inference.trainer import EpochMetrics, Trainer, TrainingDiverged
+from pyro_vae.models.build import MODELS, build_model
+from pyro_vae.models.cvae import ConditionalVAE
+from pyro_vae.models.m2 import SemiSupervisedVAE
+from pyro_vae.models.vae import VAE
+from pyro_vae.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from pyro_vae.runs.runner import RunHooks, RunResult, resume_run, train_run
+from pyro_vae.runs.trained import TrainedModel, export_run, load_run
 
 __all__ = [
     "DATASETS",
@@ -54,7 +59,9 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "UserInputError",
+    "__version__",
     "active_units",
+    "build_model",
     "elbo_per_datapoint",
     "export_run",
     "kl_per_datapoint",

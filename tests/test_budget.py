@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pyro_vae import UserInputError
-from pyro_vae.budget import check_budget
-from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
+from pyro_vae.core.config import ModelConfig, RunConfig, TrainConfig
+from pyro_vae.runs.budget import check_budget
 
 
 def config(hidden=(400,), latent=20, batch=128, particles=1) -> RunConfig:

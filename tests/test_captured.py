@@ -1,5 +1,6 @@
-"""The step captured as one CUDA graph (captured.py): the recorded step's numbers, captured anew
-whenever what a graph fixes has changed. The CUDA tests skip on a machine without a GPU."""
+"""The step captured as one CUDA graph (inference/fast/cuda_graph.py): the recorded step's numbers,
+captured anew whenever what a graph fixes has changed. The CUDA tests skip on a machine without a
+GPU."""
 
 import io
 from dataclasses import replace
@@ -9,10 +10,10 @@ import pytest
 import torch
 from test_reliability import CONFIGS, assert_same_run, stop_after
 
-import pyro_vae.train as train_module
+import pyro_vae.inference.trainer as train_module
 from pyro_vae import VAE, RunHooks, TrainConfig, Trainer, resume_run, train_run
-from pyro_vae.captured import CapturedStep
-from pyro_vae.recorded import RecordedGradient
+from pyro_vae.inference.fast.cuda_graph import CapturedStep
+from pyro_vae.inference.fast.replay import RecordedGradient
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -20,9 +20,9 @@ from pyro_vae import (
     load_checkpoint,
     save_checkpoint,
 )
-from pyro_vae.checkpoint import FORMAT_VERSION
-from pyro_vae.config import ModelConfig, TrainConfig
-from pyro_vae.model import VAE
+from pyro_vae.core.config import ModelConfig, TrainConfig
+from pyro_vae.models.build import build_model
+from pyro_vae.runs.checkpoint import FORMAT_VERSION
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def trained(digits, tmp_path):
         model=ModelConfig(latent_dim=4, hidden_dims=(32,), likelihood_options={"sigma": 0.5}),
         train=TrainConfig(elbo="analytic", lr=3e-3),
     )
-    vae = VAE.from_config(config.model, digits.data_dim)
+    vae = build_model(config.model, digits.data_dim)
     trainer = Trainer(vae, config.train)
     trainer.train_epoch(digits)
     path = tmp_path / "checkpoint.pt"

@@ -176,7 +176,7 @@ def test_grid_pictures_have_one_tile_per_image(run_dir, tmp_path, command, args,
 
 @pytest.mark.parametrize(("grid", "dims"), [(6, "0,1"), (4, "2,0")])
 def test_the_manifold_decodes_a_labelled_grid_at_normal_quantiles(run_dir, tmp_path, grid, dims):
-    from pyro_vae import plots
+    from pyro_vae.runs import figures as plots
 
     seen = {}
     save = plots.save_latent_grid

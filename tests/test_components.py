@@ -28,11 +28,12 @@ from pyro_vae import (
     make_elbo,
     save_checkpoint,
 )
-from pyro_vae.config import ModelConfig, RunConfig
-from pyro_vae.guides import diagonal_parameters
-from pyro_vae.likelihoods import ContinuousBernoulliLikelihood, LearnedScale
-from pyro_vae.loaders import RawData
-from pyro_vae.objectives import kl_method
+from pyro_vae.components.guides import diagonal_parameters
+from pyro_vae.components.likelihoods import ContinuousBernoulliLikelihood, LearnedScale
+from pyro_vae.core.config import ModelConfig, RunConfig
+from pyro_vae.data.sources import RawData
+from pyro_vae.inference.objectives import kl_method
+from pyro_vae.models.build import build_model
 
 LATENT_DIM = 3
 
@@ -97,7 +98,7 @@ def test_checkpoint_rebuilds_the_trained_prior(prior, binary_digits, tmp_path):
         model=ModelConfig(latent_dim=LATENT_DIM, hidden_dims=(32,), prior=prior),
         data=DataConfig(binarize="static"),
     )
-    vae = VAE.from_config(config.model, 64)
+    vae = build_model(config.model, 64)
     trainer = Trainer(vae, TrainConfig(lr=1e-2))
     trainer.train_epoch(binary_digits)
     save_checkpoint(
@@ -231,7 +232,7 @@ def test_binarization(digits):
 
 
 def test_binarizing_data_outside_the_unit_interval_is_refused(monkeypatch):
-    from pyro_vae import data
+    from pyro_vae.data import datasets as data
 
     def loud(config):
         return RawData(torch.full((20, 4), 3.0), torch.zeros(20, dtype=torch.int64), (2, 2))
@@ -243,7 +244,7 @@ def test_binarizing_data_outside_the_unit_interval_is_refused(monkeypatch):
 
 def test_the_isotropic_normal_is_normal_to_event_1():
     """The Gaussian likelihood's distribution: Normal(loc, σ).to_event(1), computed faster."""
-    from pyro_vae.likelihoods import IsotropicNormal
+    from pyro_vae.components.likelihoods import IsotropicNormal
 
     loc = torch.randn(4, 3, 6, requires_grad=True)
     sigma = torch.tensor(0.3)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pyro_vae import DataConfig, UserInputError, load_dataset
-from pyro_vae.data import shuffled_batches
+from pyro_vae.data.datasets import shuffled_batches
 
 
 def test_digits_are_split_once_and_for_all(digits):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pyro_vae import make_elbo
-from pyro_vae.diagnostics import estimate_statistics, gradient_statistics
+from pyro_vae.inference.diagnostics import estimate_statistics, gradient_statistics
 
 X, M, S = 1.5, 0.3, 0.8
 

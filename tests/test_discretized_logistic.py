@@ -13,8 +13,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from pyro_vae import VAE, UserInputError
-from pyro_vae.likelihoods import DiscretizedLogistic, build_likelihood
-from pyro_vae.recordable import declares_static
+from pyro_vae.components.likelihoods import DiscretizedLogistic, build_likelihood
+from pyro_vae.inference.fast.contract import declares_static
 
 GRID = torch.arange(256, dtype=torch.float64) / 255  # every value the distribution takes
 LOCS = [-100.0, -1.3, -1.0, 0.0, 0.42, 1.0, 100.0]
@@ -138,7 +138,9 @@ def test_expand():
 
 def test_only_8_bit_values_are_scored():
     likelihood = build_likelihood("discretized-logistic", 4)
-    eight_bit = torch.tensor([[0, 1, 128, 255]], dtype=torch.uint8).float() / 255  # as data.py
+    eight_bit = (
+        torch.tensor([[0, 1, 128, 255]], dtype=torch.uint8).float() / 255
+    )  # as data/datasets.py
     likelihood.check_data(eight_bit)
     for bad in (0.5 / 255, 1.2, -1 / 255):
         x = eight_bit.clone()

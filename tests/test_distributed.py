@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 import cli
 from pyro_vae import (
-    VAE,
     DataConfig,
     ModelConfig,
     Replicas,
@@ -27,11 +26,17 @@ from pyro_vae import (
     load_checkpoint,
     load_dataset,
     resume_run,
-    runs,
 )
-from pyro_vae.distributed import ORDER_STREAM, TRAINING_STREAM, VALIDATION_STREAM, derived_seed
-from pyro_vae.evaluate import elbo_estimate, elbo_sums
-from pyro_vae.objectives import loss_and_backward, make_elbo
+from pyro_vae.inference.distributed import (
+    ORDER_STREAM,
+    TRAINING_STREAM,
+    VALIDATION_STREAM,
+    derived_seed,
+)
+from pyro_vae.inference.evaluate import elbo_estimate, elbo_sums
+from pyro_vae.inference.objectives import loss_and_backward, make_elbo
+from pyro_vae.models.build import build_model
+from pyro_vae.runs import runner as runs
 
 ROOT = Path(__file__).parents[1]
 # 1,437 training digits = 4 × 359 + 1: the last batch of each epoch leaves one process without
@@ -94,7 +99,7 @@ def one_process_reference() -> list[dict]:
     data = load_dataset(DataConfig())
     num_train = data.train.x.shape[0]
     assert num_train % BATCH == 1  # see BATCH
-    vae = VAE.from_config(MODEL, data.data_dim)
+    vae = build_model(MODEL, data.data_dim)
     elbo = make_elbo("mc")
     optimizer = torch.optim.Adam(vae.parameters(), lr=LR, fused=True)
     states = []
@@ -240,7 +245,7 @@ def test_ctrl_c_stops_every_process_after_the_same_step(tmp_path):
 FAILING_RANK = """
 import sys
 import cli
-from pyro_vae.train import Trainer
+from pyro_vae.inference.trainer import Trainer
 
 honest = Trainer._backward
 

@@ -18,7 +18,7 @@ from test_loaders import write_mnist
 from typer.testing import CliRunner
 
 import cli
-from pyro_vae.checkpoint import FORMAT_VERSION
+from pyro_vae.runs.checkpoint import FORMAT_VERSION
 
 Setup = Callable[[Path, Path], list]  # (empty folder, a trained run copied into it) -> arguments
 

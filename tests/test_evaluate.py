@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, elbo_per_datapoint, load_dataset
-from pyro_vae.evaluate import elbo_estimate, elbo_sums, evaluate_bounds
+from pyro_vae.inference.evaluate import elbo_estimate, elbo_sums, evaluate_bounds
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,14 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae import GUIDES, LIKELIHOODS, PRIORS, VAE, TrainConfig, Trainer, make_elbo
-from pyro_vae.evaluate import active_units, evaluate_bounds
-from pyro_vae.guides import DiagonalGuide, FullCovarianceGuide, IAFGuide, diagonal_parameters
-from pyro_vae.objectives import kl_method
+from pyro_vae.components.guides import (
+    DiagonalGuide,
+    FullCovarianceGuide,
+    IAFGuide,
+    diagonal_parameters,
+)
+from pyro_vae.inference.evaluate import active_units, evaluate_bounds
+from pyro_vae.inference.objectives import kl_method
 from tests.test_recorded import assert_identical, eager_and_recorded
 
 LATENT = 3
@@ -74,7 +79,7 @@ def test_a_trainer_keeps_every_guides_recording_for_a_whole_epoch(guide, digits,
     """The watch on the components' state finds nothing to object to in any family between
     steps (the IAF guide's Python orders included): no step falls back to eager."""
     trainer = Trainer(small_vae(guide), TrainConfig(elbo="stl", batch_size=256))
-    with caplog.at_level("INFO", logger="pyro_vae.recorded"):
+    with caplog.at_level("INFO", logger="pyro_vae.inference.fast.replay"):
         trainer.train_epoch(digits)
     assert trainer._recorded is not None and trainer._recorded.eager_reason is None
     assert "training eagerly" not in caplog.text
@@ -341,8 +346,8 @@ def test_the_command_line_trains_evaluates_and_resumes_a_flow_guide(tmp_path):
 def test_building_a_run_checks_its_budget_without_drawing_random_numbers():
     """The budget check builds the guide family to count its parameters; a run's weights must be
     drawn from the numbers they would have had without it."""
-    from pyro_vae.budget import check_budget
-    from pyro_vae.config import ModelConfig, RunConfig
+    from pyro_vae.core.config import ModelConfig, RunConfig
+    from pyro_vae.runs.budget import check_budget
 
     config = RunConfig(model=ModelConfig(guide="iaf", guide_options={"flows": 2}))
     torch.manual_seed(0)
@@ -382,7 +387,7 @@ def test_flows_on_the_command_line_keep_a_config_files_other_guide_options(tmp_p
     ],
 )
 def test_a_familys_size_is_counted_without_building_it(guide, options):
-    from pyro_vae.guides import build_guide, guide_size
+    from pyro_vae.components.guides import build_guide, guide_size
 
     family = build_guide(guide, 7, **options)
     assert guide_size(guide, 7, options) == (
@@ -393,8 +398,8 @@ def test_a_familys_size_is_counted_without_building_it(guide, options):
 
 def test_a_flow_too_large_for_the_machine_is_refused_before_it_is_built():
     from pyro_vae import UserInputError
-    from pyro_vae.budget import check_budget
-    from pyro_vae.config import ModelConfig, RunConfig
+    from pyro_vae.core.config import ModelConfig, RunConfig
+    from pyro_vae.runs.budget import check_budget
 
     options = {"flows": 4, "context_dim": 10**6}
     config = RunConfig(model=ModelConfig(guide="iaf", guide_options=options))
@@ -411,7 +416,7 @@ class WiderIAF(IAFGuide):
 
 
 def test_a_subclass_is_counted_by_building_it(monkeypatch):
-    from pyro_vae.guides import guide_size
+    from pyro_vae.components.guides import guide_size
 
     monkeypatch.setitem(GUIDES, "wider", WiderIAF)
     family = WiderIAF(5, extra=4)

@@ -152,7 +152,7 @@ def test_a_run_records_the_widths_its_network_used(tmp_path):
 
 
 def test_a_folder_of_large_images_asks_for_a_size(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr("pyro_vae.images.MAX_DECODED_BYTES", 5000)
+    monkeypatch.setattr("pyro_vae.data.image_files.MAX_DECODED_BYTES", 5000)
     result = run("train", "--data", folder, "--out", tmp_path / "run", "--epochs", "1")
     assert result.exit_code == 2 and "give a smaller --image-size" in result.output
     result = run("train", "--data", folder, "--out", tmp_path / "run", "--image-size", "4")

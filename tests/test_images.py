@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from pyro_vae import DataConfig, UserInputError, load_dataset
-from pyro_vae import images as images_module
-from pyro_vae.data import DATASETS
-from pyro_vae.images import load_cifar10, load_folder
+from pyro_vae.data import image_files as images_module
+from pyro_vae.data.datasets import DATASETS
+from pyro_vae.data.image_files import load_cifar10, load_folder
 
 RNG = np.random.default_rng(0)
 

@@ -9,7 +9,7 @@ import torch
 from pyro import poutine
 
 from pyro_vae import VAE, active_units, kl_per_datapoint, make_elbo
-from pyro_vae.guides import diagonal_parameters
+from pyro_vae.components.guides import diagonal_parameters
 
 
 def kl_term_only(vae: VAE):

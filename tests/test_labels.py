@@ -1,4 +1,4 @@
-"""The models that read labels: the conditional VAE and semi-supervised M2 (labels.py)."""
+"""The models that read labels: the conditional VAE and semi-supervised M2 (data/labels.py)."""
 
 import logging
 import math
@@ -9,16 +9,17 @@ import torch
 from pyro import poutine
 
 from pyro_vae import DataConfig, TrainConfig, Trainer, load_dataset
-from pyro_vae.conditional import ConditionalVAE
-from pyro_vae.config import MODEL_KINDS
-from pyro_vae.errors import UserInputError
-from pyro_vae.guides import GUIDES
-from pyro_vae.labels import check_label, choose_labelled, one_hot
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.models import MODELS
-from pyro_vae.priors import PRIORS
-from pyro_vae.semisupervised import SemiSupervisedTrainer, SemiSupervisedVAE, enumerated_elbo
-from pyro_vae.semisupervised_bounds import bound_terms
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.likelihoods import LIKELIHOODS
+from pyro_vae.components.priors import PRIORS
+from pyro_vae.core.config import MODEL_KINDS
+from pyro_vae.core.errors import UserInputError
+from pyro_vae.data.labels import check_label, choose_labelled, one_hot
+from pyro_vae.inference.m2_bounds import bound_terms
+from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer, enumerated_elbo
+from pyro_vae.models.build import MODELS
+from pyro_vae.models.cvae import ConditionalVAE
+from pyro_vae.models.m2 import SemiSupervisedVAE
 
 
 def small_m2(
@@ -186,8 +187,8 @@ def test_the_conv_network_reads_labels_once_per_image():
 
 
 def test_the_cvae_step_is_recorded_and_is_the_eager_step():
-    from pyro_vae.objectives import loss_and_backward, make_elbo
-    from pyro_vae.recorded import RecordedGradient
+    from pyro_vae.inference.fast.replay import RecordedGradient
+    from pyro_vae.inference.objectives import loss_and_backward, make_elbo
 
     pyro.set_rng_seed(0)
     vae = ConditionalVAE(12, 3, (16,), num_classes=4, likelihood="bernoulli")
@@ -264,7 +265,7 @@ def test_m2_loss_of_one_step_by_hand():
 
 
 def make_elbo_mc():
-    from pyro_vae.objectives import make_elbo
+    from pyro_vae.inference.objectives import make_elbo
 
     return make_elbo("mc")
 
@@ -273,7 +274,7 @@ def test_the_cvae_draws_the_class_asked_for():
     """A classifier trained on the digits recognises the CVAE's samples of each class."""
     from torch.nn import functional as F
 
-    from pyro_vae.networks import Encoder
+    from pyro_vae.components.networks import Encoder
 
     data = digits()
     pyro.set_rng_seed(0)
@@ -354,8 +355,8 @@ def test_m2_run_reports_validation_error_and_test_error(labelled_runs):
 
 
 def test_an_m2_run_resumes_exactly(tmp_path):
-    from pyro_vae.config import ModelConfig, RunConfig
-    from pyro_vae.runs import RunHooks, resume_run, train_run
+    from pyro_vae.core.config import ModelConfig, RunConfig
+    from pyro_vae.runs.runner import RunHooks, resume_run, train_run
     from tests.test_reliability import assert_same_run, stop_after
 
     config = RunConfig(
@@ -370,8 +371,8 @@ def test_an_m2_run_resumes_exactly(tmp_path):
 
 
 def test_the_collapse_note_of_m2_offers_no_remedy_m2_refuses():
-    from cli_training import collapse_note
-    from pyro_vae.config import ModelConfig, RunConfig
+    from pyro_vae.cli.training import collapse_note
+    from pyro_vae.core.config import ModelConfig, RunConfig
 
     for likelihood in ("bernoulli", "gaussian"):
         config = RunConfig(

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pyro_vae import DataConfig, UserInputError, load_dataset
-from pyro_vae.loaders import _read_idx_split, load_array, load_mnist_family, read_idx
+from pyro_vae.data.sources import _read_idx_split, load_array, load_mnist_family, read_idx
 
 
 def write_idx(path, array: np.ndarray, compress: bool = True) -> None:

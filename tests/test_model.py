@@ -14,7 +14,7 @@ from pyro.infer import (
 )
 
 from pyro_vae import VAE, GaussianLikelihood, StandardNormalPrior, UserInputError
-from pyro_vae.guides import diagonal_parameters
+from pyro_vae.components.guides import diagonal_parameters
 
 DATA_DIM, LATENT_DIM = 64, 3
 

@@ -11,10 +11,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_vae import VAE, make_elbo
-from pyro_vae.budget import network_cost
-from pyro_vae.errors import UserInputError
-from pyro_vae.guides import diagonal_parameters
-from pyro_vae.networks import NETWORKS, build_networks, default_hidden_dims
+from pyro_vae.components.guides import diagonal_parameters
+from pyro_vae.components.networks import NETWORKS, build_networks, default_hidden_dims
+from pyro_vae.core.errors import UserInputError
+from pyro_vae.runs.budget import network_cost
 from tests.test_recorded import assert_identical, eager_and_recorded
 
 # (C, H, W): MNIST's, CIFAR's, a 64×64 colour one, the digits', and sizes no power of two divides

@@ -1,9 +1,9 @@
 """The project's ELBOs are Pyro's: the same loss values and gradients, read back to the host never.
 
 ``mc`` and ``analytic`` subclass Pyro's Trace_ELBO and TraceMeanField_ELBO and only keep the loss
-on the device (objectives.py). Each test compares them with Pyro's own class run on the same random
-numbers, over every registered prior (the mixture has no closed-form KL, so ``analytic`` samples it)
-and likelihood.
+on the device (inference/objectives.py). Each test compares them with Pyro's own class run on the
+same random numbers, over every registered prior (the mixture has no closed-form KL, so
+``analytic`` samples it) and likelihood.
 """
 
 from dataclasses import replace
@@ -16,9 +16,9 @@ from host_reads import HostReads
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import LIKELIHOODS, PRIORS, VAE, TrainConfig, Trainer, make_elbo
-from pyro_vae import recorded as recorded_module
-from pyro_vae.data import Split
-from pyro_vae.recorded import AUDIT_FIRST
+from pyro_vae.data.datasets import Split
+from pyro_vae.inference.fast import replay as recorded_module
+from pyro_vae.inference.fast.replay import AUDIT_FIRST
 
 PYRO_ELBOS = {"mc": Trace_ELBO, "analytic": TraceMeanField_ELBO}
 
@@ -102,9 +102,9 @@ def test_what_the_vae_never_does_is_left_to_pyro(estimator, model, guide):
 @pytest.mark.parametrize("estimator", PYRO_ELBOS)
 def test_a_training_step_reads_nothing_back_to_the_host(estimator, prior, digits):
     """What a GPU needs to run steps back to back. The first step validates, the second
-    records the step's graph (recorded.py), and it and the next replays are audited (compared
-    with the eager step, a verdict read on the host, then once every AUDIT_EVERY steps): those
-    may read."""
+    records the step's graph (inference/fast/replay.py), and it and the next replays are audited
+    (compared with the eager step, a verdict read on the host, then once every AUDIT_EVERY steps):
+    those may read."""
     config = TrainConfig(elbo=estimator)
     x = digits.train.x[:32]
     for elbo, expected_reads in [(None, 0), (PYRO_ELBOS[estimator](max_plate_nesting=1), 1)]:

@@ -2,7 +2,8 @@ import matplotlib.image
 import pytest
 import torch
 
-from pyro_vae.plots import (
+from pyro_vae.inference.trainer import EpochMetrics
+from pyro_vae.runs.figures import (
     PAD_VALUE,
     image_grid,
     save_elbo_curve,
@@ -11,7 +12,6 @@ from pyro_vae.plots import (
     save_reconstructions,
     save_scatter,
 )
-from pyro_vae.train import EpochMetrics
 
 RED, GREEN, BLUE = torch.eye(3)  # (R, G, B) of each
 

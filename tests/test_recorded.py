@@ -24,11 +24,11 @@ from pyro_vae import (
     elbo_per_datapoint,
     make_elbo,
 )
-from pyro_vae import recorded as recorded_module
-from pyro_vae.likelihoods import Likelihood
-from pyro_vae.objectives import loss_and_backward
-from pyro_vae.recordable import declares_static
-from pyro_vae.recorded import RecordedGradient, _with_python_bindings, _without_no_ops
+from pyro_vae.components.likelihoods import Likelihood
+from pyro_vae.inference.fast import replay as recorded_module
+from pyro_vae.inference.fast.contract import declares_static
+from pyro_vae.inference.fast.replay import RecordedGradient, _with_python_bindings, _without_no_ops
+from pyro_vae.inference.objectives import loss_and_backward
 
 
 def eager_and_recorded(vae, elbo, batch, seed, recorded=None):
@@ -157,7 +157,7 @@ def test_a_model_that_reads_values_trains_eagerly_and_says_why(digits, caplog):
         losses = [trainer.step(digits.train.x[:32]).item() for _ in range(4)]
         return losses, [p.detach().clone() for p in vae.parameters()]
 
-    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+    with caplog.at_level(logging.INFO, logger="pyro_vae.inference.fast.replay"):
         losses, parameters = trained(seed=1)
     assert "training eagerly" in caplog.text and "reads a tensor's value" in caplog.text
     assert len(caplog.records) == 1
@@ -311,7 +311,7 @@ def test_a_user_component_trains_as_eagerly_or_eagerly_with_a_reason(
     make = declaring(kind) if declared else kind
     component = make(3) if issubclass(kind, Prior) else make(64)
     x = digits.train.x[:32]
-    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+    with caplog.at_level(logging.INFO, logger="pyro_vae.inference.fast.replay"):
         recorded, recorded_elbo = train_steps(component, True, x)
     eager, eager_elbo = train_steps(make(3) if issubclass(kind, Prior) else make(64), False, x)
     for (loss, values), (eager_loss, eager_values) in zip(recorded, eager, strict=True):
@@ -346,7 +346,7 @@ class TemperedLikelihood(GaussianLikelihood):
 def test_a_subclass_of_a_builtin_component_declares_for_itself(digits, caplog):
     assert declares_static(GaussianLikelihood) and not declares_static(TemperedLikelihood)
     assert declares_static(torch.nn.Linear)
-    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+    with caplog.at_level(logging.INFO, logger="pyro_vae.inference.fast.replay"):
         recorded, _ = train_steps(TemperedLikelihood(64), True, digits.train.x[:32], steps=3)
     eager, _ = train_steps(TemperedLikelihood(64), False, digits.train.x[:32], steps=3)
     assert_same_steps(recorded, eager)
@@ -369,7 +369,7 @@ def test_a_builtin_buffer_updated_in_place_stays_recorded_and_exact(digits, capl
     """The way to change a value during training: the graph reads a buffer at every replay."""
     x = digits.train.x[:32]
     results = []
-    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+    with caplog.at_level(logging.INFO, logger="pyro_vae.inference.fast.replay"):
         for record_graph in (True, False):
             pyro.set_rng_seed(0)
             vae = VAE(64, 3, hidden_dims=(16,))
@@ -444,7 +444,7 @@ CHANGES = {
 @pytest.mark.parametrize(("change", "steps_before", "reason"), CHANGES.values(), ids=CHANGES)
 def test_changes_between_steps_are_noticed(change, steps_before, reason, digits, caplog):
     """Made after the trainer (the first step is eager and validates, the second records)."""
-    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+    with caplog.at_level(logging.INFO, logger="pyro_vae.inference.fast.replay"):
         changed_between_steps(digits, change, steps_before)
     messages = [record.getMessage() for record in caplog.records]
     if reason is None:
@@ -462,7 +462,7 @@ def test_steps_inside_a_pyro_handler_are_eager(digits, caplog):
         pyro.set_rng_seed(0)
         trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig(), record_graph=record_graph)
         losses[record_graph] = []
-        with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+        with caplog.at_level(logging.INFO, logger="pyro_vae.inference.fast.replay"):
             for step in range(4):
                 with poutine.scale(scale=1.0 / (1 + step)):
                     losses[record_graph].append(trainer.step(x))
@@ -528,7 +528,7 @@ def test_a_broken_declaration_no_watch_sees_is_caught_by_the_audit(
     x = digits.train.x[:32]
     eager = audited_steps(kind, False, x, monkeypatch)
     monkeypatch.setattr(recorded_module, "AUDIT_EVERY", 5)  # the 5th replay: the 6th step
-    with caplog.at_level(logging.INFO, logger="pyro_vae.recorded"):
+    with caplog.at_level(logging.INFO, logger="pyro_vae.inference.fast.replay"):
         audited = audited_steps(kind, True, x, monkeypatch)
     for got, want in zip(audited, eager, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)

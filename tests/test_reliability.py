@@ -28,7 +28,7 @@ from pyro_vae import (
     resume_run,
     train_run,
 )
-from pyro_vae import runs as runs_module
+from pyro_vae.runs import runner as runs_module
 
 ROOT = Path(__file__).resolve().parents[1]
 

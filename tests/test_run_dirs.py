@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import cli
 from pyro_vae import load_checkpoint
-from pyro_vae.rundir import run_lock
+from pyro_vae.runs.rundir import run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--hidden-dims", "16", "--sigma", "0.1"]
@@ -146,7 +146,7 @@ def test_the_run_lock_is_one_writer_and_goes_with_its_holder(tmp_path):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from pyro_vae.rundir import run_lock
+from pyro_vae.runs.rundir import run_lock
 with run_lock(Path({folder!r})):
     print("locked", flush=True)
     time.sleep(600)

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 import cli
-from pyro_vae.config import RunConfig, TrainConfig
-from pyro_vae.train import EpochMetrics
+from pyro_vae.core.config import RunConfig, TrainConfig
+from pyro_vae.inference.trainer import EpochMetrics
 
 # The optional extra (in dev): without it these tests skip, as the option refuses (tested below).
 events_module = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -69,7 +69,7 @@ class RedVAE:
 
 
 def test_colour_images_are_written_in_colour_and_grey_ones_in_grey(tmp_path):
-    from pyro_vae.tensorboard_log import TensorBoardLog
+    from pyro_vae.runs.tensorboard import TensorBoardLog
 
     config = RunConfig(train=TrainConfig(epochs=1))
     metrics = EpochMetrics(1, -50.0, -49.0, "closed-form", "closed-form")

@@ -15,7 +15,7 @@ from pyro_vae import (
     resolve_device,
     train_run,
 )
-from pyro_vae.config import RunConfig
+from pyro_vae.core.config import RunConfig
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -102,8 +102,8 @@ def test_training_on_cuda_keeps_everything_on_the_gpu(tmp_path):
 
 def test_a_validation_elbo_that_is_not_finite_is_a_divergence(digits, monkeypatch):
     """Finite weights can still overflow on some image: the epoch must not end as a success."""
-    from pyro_vae.evaluate import Estimate
-    from pyro_vae.train import TrainingDiverged
+    from pyro_vae.inference.evaluate import Estimate
+    from pyro_vae.inference.trainer import TrainingDiverged
 
     trainer = Trainer(VAE(64, 2, hidden_dims=(8,)), TrainConfig(batch_size=256))
     monkeypatch.setattr(trainer, "_validation_elbo", lambda x: (Estimate(float("-inf"), None), 0.0))

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 import cli
 from pyro_vae import load_run
-from pyro_vae.trained import CARD, DESCRIPTION, WEIGHTS
-from pyro_vae.transform import DataTransform
+from pyro_vae.data.transform import DataTransform
+from pyro_vae.runs.trained import CARD, DESCRIPTION, WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "2", "--hidden-dims", "32"]
@@ -467,7 +467,7 @@ def test_a_new_folders_classes_are_matched_by_name(digits_data, tmp_path):
 
 def test_table_formats_are_checked_before_any_work(runs, tmp_path, monkeypatch):
     assert ".parquet" in refused("encode", runs["vae"], "--out", tmp_path / "codes.json")
-    monkeypatch.setattr("pyro_vae.outputs.parquet_available", lambda: False)
+    monkeypatch.setattr("pyro_vae.runs.outputs.parquet_available", lambda: False)
     line = refused("score", runs["vae"], "--out", tmp_path / "s.parquet")
     assert "pip install pyarrow" in line
     assert not list(tmp_path.iterdir())

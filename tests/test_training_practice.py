@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 import cli
 from pyro_vae import VAE, ModelConfig, RunConfig, TrainConfig, Trainer, UserInputError
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.objectives import make_elbo, per_dimension_kl
-from pyro_vae.runs import RunHooks, resume_run, train_run
-from pyro_vae.schedules import EarlyStopping, kl_weight
+from pyro_vae.inference.objectives import make_elbo, per_dimension_kl
+from pyro_vae.inference.schedules import EarlyStopping, kl_weight
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.runs.runner import RunHooks, resume_run, train_run
 
 
 def losses_with_draws(elbo, vae, x, seed):

@@ -1,0 +1,23 @@
+"""The pyro-vae command line, a Typer app: ``pyro-vae ...`` once installed, ``python cli.py ...``
+from a checkout.
+
+common.py holds the app and what every command shares; train.py the ``train`` and ``experiment``
+commands, training.py how a training run is shown and resumed; runs.py the commands that read a
+trained run (evaluate, pictures), use.py those that put one to use (encode, score, generate,
+export); process.py how the process starts and ends.
+"""
+
+import signal
+import sys
+
+# Ctrl-C while torch and Pyro are still being imported (a second or two): end quietly, as the
+# shell would, instead of showing the traceback of some import. Training installs its own handler.
+_HANDLER_BEFORE_IMPORTS = signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
+from pyro_vae.cli import runs, train, use  # noqa: F401  (each registers its commands)
+from pyro_vae.cli.common import app
+from pyro_vae.cli.process import main
+
+signal.signal(signal.SIGINT, _HANDLER_BEFORE_IMPORTS)  # imported: Ctrl-C as it was
+
+__all__ = ["app", "main"]

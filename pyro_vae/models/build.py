@@ -1,0 +1,22 @@
+"""The models ``--model`` names, and ``build_model``, which makes the one a config names."""
+
+from collections.abc import Sequence
+
+from pyro_vae.core.config import ModelConfig
+from pyro_vae.models.cvae import ConditionalVAE
+from pyro_vae.models.m2 import SemiSupervisedVAE
+from pyro_vae.models.vae import VAE
+
+# name -> class; core/config.py's MODEL_KINDS lists the same names for checking a config without
+# torch.
+MODELS: dict[str, type[VAE]] = {
+    VAE.kind: VAE,
+    ConditionalVAE.kind: ConditionalVAE,
+    SemiSupervisedVAE.kind: SemiSupervisedVAE,
+}
+
+
+def build_model(config: ModelConfig, data_shape: int | Sequence[int]) -> VAE:
+    """The model ``config.kind`` names, its components built from ``config``, for data of
+    ``data_shape`` ((C, H, W), or a flat dimension)."""
+    return MODELS[config.kind].from_config(config, data_shape)

@@ -1,0 +1,121 @@
+"""Semi-supervised learning with the M2 model (Kingma, Rezende, Mohamed and Welling, 2014).
+
+Generative model:  y ~ Cat(π),  z ~ p(z),  x ~ p_θ(x | y, z)        (``SemiSupervisedVAE.model``)
+Guide:             y ~ q_φ(y | x) (a classifier),  z ~ q_φ(z | x, y)  (``SemiSupervisedVAE.guide``)
+
+π is uniform. For a labelled image y is observed and the ELBO bounds log p(x, y):
+    L(x, y) = E_q(z|x,y)[log p(x | y, z) + log p(y) + log p(z) − log q(z | x, y)].
+For an unlabelled one y is a latent variable that the guide's site marks for enumeration, so
+Pyro's ``TraceEnum_ELBO`` sums over its K values exactly, weighted by q(y | x):
+    U(x) = Σ_y q(y | x) L(x, y) + H(q(y | x))  ≤  log p(x),
+one batched pass over the classes (the y site gets a dimension of its own), no sampling of y and
+no Python loop. The classifier q(y | x) would learn only from U, so the labelled images also
+train it directly, as in the paper:
+    J = Σ_labelled L(x, y) + Σ_unlabelled U(x) + α · mean_labelled log q(y | x),
+α = 0.1·N by default, N the training images (the paper's choice). The trainer
+(inference/m2_trainer.py) takes an unbiased mini-batch estimate of J at every step.
+"""
+
+import logging
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.nn import pyro_method
+
+from pyro_vae.components.networks import build_classifier
+from pyro_vae.data.labels import one_hot
+from pyro_vae.models.vae import VAE
+
+log = logging.getLogger(__name__)
+
+
+class SemiSupervisedVAE(VAE):
+    """M2: ``model(x, y=None)`` and ``guide(x, y=None)`` take the classes y, (N,) integers, or
+    None where the images are unlabelled (the guide then enumerates y). The constructor takes
+    ``VAE``'s arguments; the classifier q(y | x) is the encoder's network with K outputs."""
+
+    labelled = True
+    kind = "m2"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.network_name is None:
+            raise ValueError("give M2 its networks by name: its classifier is built beside them")
+        # q(y | x): the encoder's network and widths, its outputs the K classes' logits.
+        self.classifier = build_classifier(
+            self.network_name, self.data_shape, self.latent_dim, self.hidden_dims, self.num_classes
+        )
+        self.register_buffer("class_probs", torch.full((self.num_classes,), 1 / self.num_classes))
+
+    def labels_in(self, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        if y is None:
+            raise ValueError("pass the classes y (M2's classify gives them for unlabelled x)")
+        return (one_hot(y, self.num_classes),)
+
+    def generative_model(  # type: ignore[override]
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """y ~ Cat(π);  z ~ p(z);  x ~ p_θ(x | y, z).  With ``x=None``, new data points."""
+        if x is None and y is None and batch_size is None:
+            raise ValueError("model() needs data x, classes y, or a batch_size to draw new data")
+        n = x.shape[0] if x is not None else y.shape[0] if y is not None else batch_size
+        with pyro.plate("data", n):
+            y = pyro.sample("y", dist.Categorical(probs=self.class_probs), obs=y)
+            with poutine.scale(scale=self.kl_weight):
+                z = pyro.sample("z", self.prior())
+            # Under enumeration y is (K, 1): the decoder broadcasts it against z's (K, N).
+            return pyro.sample("x", self.likelihood(self.decoder(z, *self.labels_in(y))), obs=x)
+
+    def inference_guide(  # type: ignore[override]
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        batch_size: int | None = None,  # unused: the model's arguments, as Pyro passes them
+    ) -> torch.Tensor:
+        """y ~ q_φ(y | x) where not given, enumerated: all K classes at once;  z ~ q_φ(z | x, y)."""
+        if x is None:
+            raise ValueError("the guide needs data x")
+        with pyro.plate("data", x.shape[0]):
+            if y is None:
+                y = pyro.sample(
+                    "y",
+                    dist.Categorical(logits=self.classifier(x)),
+                    infer={"enumerate": "parallel"},
+                )
+            q = self.guide_family(self.encoder(x, *self.labels_in(y)))
+            with poutine.scale(scale=self.kl_weight):
+                return pyro.sample("z", q)
+
+    model = pyro_method(generative_model)
+    guide = pyro_method(inference_guide)
+
+    def class_posterior(self, x: torch.Tensor) -> dist.Categorical:
+        """q_φ(y | x), batch shape x.shape[:-1]."""
+        return dist.Categorical(logits=self.classifier(x))
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable class under q(y | x), (N,)."""
+        return self.classifier(x).argmax(-1)
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        """q_φ(z | x, y); y None: the class the classifier gives."""
+        return super().posterior(x, self.classify(x) if y is None else y)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return super().encode(x, self.classify(x) if y is None else y)
+
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return super().reconstruct(x, self.classify(x) if y is None else y)
+
+    def generate(self, num_samples: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded means of z ~ p(z) for classes ``y`` (default: 0, 1, ..., K−1, 0, 1, ...)."""
+        if y is None:
+            y = torch.arange(num_samples, device=self.class_probs.device) % self.num_classes
+        return super().generate(num_samples, y)
