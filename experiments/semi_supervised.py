@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from pyro_vae import DataConfig, TrainConfig, load_dataset
 from pyro_vae.components.networks import build_classifier
 from pyro_vae.data.datasets import Dataset
-from pyro_vae.inference.m2_bounds import classification_error
+from pyro_vae.inference.evaluate import classification_error
 from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer, default_alpha
 from pyro_vae.models.m2 import SemiSupervisedVAE
 

@@ -1,5 +1,11 @@
-"""pyro-vae: variational autoencoders as Pyro model/guide pairs with swappable components."""
+"""pyro-vae: variational autoencoders as Pyro model/guide pairs with swappable components.
 
+The public API is this module's ``__all__`` (tests/test_architecture.py lists it, so a rename is
+a deliberate act). The package is in layers, each importing only those below it: core ->
+components -> data -> models -> inference -> runs -> cli (see docs/architecture.md).
+"""
+
+from pyro_vae import compat
 from pyro_vae.components.guides import GUIDES, GuideFamily
 from pyro_vae.components.likelihoods import (
     LIKELIHOODS,
@@ -26,6 +32,8 @@ from pyro_vae.models.vae import VAE
 from pyro_vae.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pyro_vae.runs.runner import RunHooks, RunResult, resume_run, train_run
 from pyro_vae.runs.trained import TrainedModel, export_run, load_run
+
+compat.install()  # the previous release's module paths, with a DeprecationWarning
 
 __all__ = [
     "DATASETS",

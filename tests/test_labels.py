@@ -15,7 +15,6 @@ from pyro_vae.components.priors import PRIORS
 from pyro_vae.core.config import MODEL_KINDS
 from pyro_vae.core.errors import UserInputError
 from pyro_vae.data.labels import check_label, choose_labelled, one_hot
-from pyro_vae.inference.m2_bounds import bound_terms
 from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer, enumerated_elbo
 from pyro_vae.models.build import MODELS
 from pyro_vae.models.cvae import ConditionalVAE
@@ -62,7 +61,7 @@ def test_enumerated_elbo_is_the_sum_over_classes_weighted_by_q_plus_its_entropy(
     pyro.set_rng_seed(1)
     by_hand = explicit_bound(vae, x)
     pyro.set_rng_seed(1)
-    written_out = bound_terms(vae, x, 1, analytic=False)["elbo"].sum()
+    written_out = vae.class_terms(x, 1, analytic=False)["elbo"].sum()
     assert torch.allclose(enumerated, by_hand, rtol=1e-5), (enumerated, by_hand)
     assert torch.allclose(written_out, by_hand, rtol=1e-5)
     # and the gradient reaches the classifier through the weights q(y|x)
@@ -169,7 +168,7 @@ def test_labelled_models_take_every_likelihood(likelihood):
         vae = MODELS[kind]((1, 4, 4), 2, (8,), likelihood=likelihood, num_classes=3)
         x = torch.bernoulli(torch.full((5, 16), 0.5))  # binary: data for every likelihood
         y = torch.tensor([0, 1, 2, 0, 1])
-        terms = bound_terms(vae, x, 2) if kind == "m2" else None
+        terms = vae.class_terms(x, 2) if kind == "m2" else None
         assert terms is None or torch.isfinite(terms["elbo"]).all()
         loss = make_elbo_mc().differentiable_loss(vae.model, vae.guide, x, y)
         assert torch.isfinite(loss)

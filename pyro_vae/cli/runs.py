@@ -17,10 +17,8 @@ from pyro_vae.cli.training import WorkProgress
 from pyro_vae.core.config import MAX_SEED
 from pyro_vae.data.datasets import Split, load_run_data
 from pyro_vae.data.labels import check_label
-from pyro_vae.inference.evaluate import evaluate_bounds
-from pyro_vae.inference.m2_bounds import classification_error, evaluate_m2_bounds
+from pyro_vae.inference.evaluate import classification_error, evaluate_bounds
 from pyro_vae.inference.objectives import kl_method
-from pyro_vae.models.m2 import SemiSupervisedVAE
 from pyro_vae.runs.outputs import WRITTEN_BY, check_output
 from pyro_vae.runs.pictures import (
     save_interpolations,
@@ -170,16 +168,10 @@ def evaluate(
     images = _split(checkpoint, split, device_, data, data_dir)
     x = images.stored  # uint8 converted per chunk
     pyro.set_rng_seed(seed)
-    error = None
+    labels = images.labels if vae.labelled else None
     with WorkProgress("codes decoded") as progress:
-        if isinstance(vae, SemiSupervisedVAE):  # the class summed out, and a classifier to score
-            bounds = evaluate_m2_bounds(vae, x, num_samples, on_progress=progress.update)
-            error = classification_error(vae, images)
-        else:
-            labels = images.labels if vae.labelled else None
-            bounds = evaluate_bounds(
-                vae, x, num_samples, on_progress=progress.update, labels=labels
-            )
+        bounds = evaluate_bounds(vae, x, num_samples, on_progress=progress.update, labels=labels)
+    error = classification_error(vae, images) if vae.classifies else None
     kl = kl_method("analytic", vae.prior(), vae.family_member())
     record = {
         "written_by": WRITTEN_BY,  # so that a later --out may replace it (runs/outputs.py)
@@ -196,7 +188,7 @@ def evaluate(
     }
     with writing(path, "--out"):
         path.write_text(json.dumps(record, indent=2) + "\n")
-    if vae.labelled and not isinstance(vae, SemiSupervisedVAE):
+    if vae.labelled and not vae.semi_supervised:  # M2's bound sums the class out
         typer.echo("the conditional VAE's bounds are on log p(x | y), the class given")
     labels = {
         "elbo_analytic_kl": f"ELBO, {kl} KL",

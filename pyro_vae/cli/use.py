@@ -19,9 +19,7 @@ from pyro_vae.cli.runs import MAX_TILES, LatestOption, MovedDataDirOption, Split
 from pyro_vae.cli.training import WorkProgress
 from pyro_vae.core.config import MAX_SEED
 from pyro_vae.data.transform import NewData
-from pyro_vae.inference.evaluate import Bound
-from pyro_vae.inference.m2_bounds import classification_error
-from pyro_vae.models.m2 import SemiSupervisedVAE
+from pyro_vae.inference.evaluate import Bound, classification_error
 from pyro_vae.runs.figures import save_image_grid
 from pyro_vae.runs.model_card import model_card
 from pyro_vae.runs.outputs import (
@@ -341,7 +339,7 @@ def export(
     with WorkProgress("codes decoded") as progress:
         scores = model.score(test, num_samples=num_samples, on_progress=progress.update)
     error = None
-    if test.labels is not None and isinstance(model.vae, SemiSupervisedVAE):
+    if test.labels is not None and model.vae.classifies:
         error = classification_error(model.vae, test)
     card = model_card(model, scores, len(test), error, _training_versions(run))
     with writing(out, "--out"):

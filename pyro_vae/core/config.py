@@ -76,17 +76,6 @@ class ModelConfig:
     prior_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the prior
     likelihood_options: dict[str, Any] = field(default_factory=dict)  # ... of the likelihood
 
-    def resolved(self) -> "ModelConfig":
-        """The same model with its widths written out (the network's default where None), so
-        that a stored run rebuilds the same networks whatever later defaults say."""
-        if self.hidden_dims is not None:
-            return self
-        from pyro_vae.components.networks import (
-            default_hidden_dims,  # torch, only when a run starts
-        )
-
-        return replace(self, hidden_dims=default_hidden_dims(self.network))
-
     def __post_init__(self) -> None:
         _require(isinstance(self.network, str), f"network must be a name, got {self.network!r}")
         _require(isinstance(self.guide, str), f"guide must be a name, got {self.guide!r}")

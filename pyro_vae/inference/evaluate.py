@@ -1,17 +1,13 @@
 """Held-out estimates: the ELBO, its KL term, importance-weighted log-likelihood, active units."""
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.kl import kl_divergence
-from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae.data.datasets import as_float
+from pyro_vae.data.datasets import Split, as_float
 from pyro_vae.inference.objectives import make_elbo
 from pyro_vae.models.vae import VAE
 
@@ -49,7 +45,7 @@ def elbo_per_datapoint(
     The default (closed-form KL, 16 samples of z per image) is the low-variance yardstick that
     validation uses whatever estimator trained the model; chunks of ``batch_size`` rows keep
     memory bounded on large test sets. ``labels``: the rows' classes, for the conditional VAE
-    (its ELBO bounds log p(x | y)); M2's bound is ``semisupervised_bounds.bound_sums``.
+    (its ELBO bounds log p(x | y)); M2's bound is ``evaluate_bounds``'.
     """
     _refuse_m2(vae)
     return -_mean_loss(vae.model, vae.guide, x, estimator, num_particles, batch_size, labels)
@@ -81,15 +77,15 @@ def elbo_sums(
     spread of each row's K samples (Bessel-corrected; NaN for K = 1): the uncertainty of this
     number as a measurement of this model on these rows. The model's KL weight plays no part:
     the terms are the distributions' own densities. ``labels``: the rows' classes, for a model
-    that reads them (the conditional VAE's bound is on log p(x | y)).
+    that reads them (the conditional VAE's bound is on log p(x | y); M2's sums its class out).
     """
     sums = torch.zeros(3, dtype=torch.float64, device=x.device)
-    rows = max(1, max_codes // num_particles)  # at most max_codes codes decoded at once
+    # at most max_codes codes decoded at once (M2 decodes each for every class)
+    rows = max(1, max_codes // (num_particles * vae.bound_groups))
     for start in range(0, x.shape[0], rows):
         chunk, classes = _rows(x, labels, start, rows)
-        terms = _sample_terms(vae, as_float(chunk), num_particles, *classes)
-        kl = terms["kl"] if "kl" in terms else terms["log_guide"] - terms["log_prior"]
-        sums += particle_sums(terms["log_likelihood"] - kl, kl)
+        terms = vae.held_out_terms(as_float(chunk), num_particles, *classes)
+        sums += particle_sums(terms.elbos["elbo_analytic_kl"], terms.rate)
     return sums
 
 
@@ -132,11 +128,11 @@ def kl_per_datapoint(
 
 
 def _refuse_m2(vae: VAE) -> None:
-    # M2's unlabelled bound sums over the class, which these single-ELBO helpers do not.
-    if vae.kind == "m2":
+    # A semi-supervised model's bound sums over the class, which these single-ELBO helpers do not.
+    if vae.semi_supervised:
         raise ValueError(
-            "M2's bound sums over the class: use semisupervised_bounds.bound_sums (or "
-            "evaluate_m2_bounds)"
+            f"a {vae.kind!r} model's bound sums over the class: use evaluate_bounds, or its "
+            "trainer's validation"
         )
 
 
@@ -190,34 +186,6 @@ def _rows(
 
 
 @torch.no_grad()
-def _sample_terms(
-    vae: VAE, x: torch.Tensor, num_samples: int, *labels: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """For each of ``num_samples`` codes z_k ~ q(z|x) per image: log p(x|z_k), log p(z_k),
-    log q(z_k|x), and KL(q ‖ p) where it has a closed form; each (num_samples, batch).
-    ``labels``: the images' classes, after x, for a model that reads them."""
-    with pyro.plate("samples", num_samples, dim=-2):  # left of the data plate
-        guide_trace = poutine.trace(vae.guide).get_trace(x, *labels)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
-            x, *labels
-        )
-    guide_trace, model_trace = (
-        prune_subsample_sites(guide_trace),
-        prune_subsample_sites(model_trace),
-    )
-    z_p, z_q, x_p = model_trace.nodes["z"], guide_trace.nodes["z"], model_trace.nodes["x"]
-    terms = {
-        "log_likelihood": x_p["fn"].log_prob(x_p["value"]),
-        "log_prior": z_p["fn"].log_prob(z_p["value"]),
-        "log_guide": z_q["fn"].log_prob(z_q["value"]),
-    }
-    # Without a closed form, the analytic ELBO falls back to the sampled KL, as Pyro's does.
-    with contextlib.suppress(NotImplementedError):
-        terms["kl"] = kl_divergence(z_q["fn"], z_p["fn"])
-    return terms
-
-
-@torch.no_grad()
 def evaluate_bounds(
     vae: VAE,
     x: torch.Tensor,
@@ -240,47 +208,57 @@ def image_bounds(
     on_progress: Callable[[int, int], None] | None = None,
     labels: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Three estimates of log p(x) for each image, (N,) each, from the same samples
-    z_1..z_K ~ q(z|x):
+    """Estimates of log p(x) for each image, (N,) each, from the same samples of z, as the
+    model's ``held_out_terms`` gives them:
 
-    - ``elbo_analytic_kl``: (1/K) Σ_k log p(x|z_k) − KL(q(z|x) ‖ p(z)), the KL in closed form
-      where one exists (else sampled, as TraceMeanField_ELBO does);
-    - ``elbo_mc_kl``: (1/K) Σ_k log w_k, with w_k = p(x, z_k) / q(z_k|x), Trace_ELBO's estimate;
-    - ``iwae``: log (1/K) Σ_k w_k, a lower bound on log p(x) that tightens as K grows.
+    - ``elbo_analytic_kl``: the ELBO with its KL in closed form where one exists (else sampled,
+      as TraceMeanField_ELBO does);
+    - ``elbo_mc_kl`` (models with one group of samples): Trace_ELBO's estimate, (1/S) Σ_s log w_s;
+    - ``iwae``: log Σ_g p(g) (1/S) Σ_s w_gs, a lower bound on log p(x) that tightens as S
+      grows (one group for the VAE: log (1/S) Σ_s w_s; M2's groups are its classes).
 
     Work is split so that no decoder call sees more than ``max_rows`` codes at once: images in
     chunks, samples in chunks, the log-sum-exp carried across sample chunks. The default was the
-    fastest and the smallest of 2¹³ to 2¹⁶ for K = 1,000 on 2,000 MNIST images on 2 CPU cores.
+    fastest and the smallest of 2¹³ to 2¹⁶ for S = 1,000 on 2,000 MNIST images on 2 CPU cores.
     ``on_progress(done, total)`` is called after every chunk with the codes decoded so far.
     ``x`` may be stored uint8 rows, converted a chunk at a time (see ``data.as_float``).
     ``labels``: the images' classes, for a model that reads them (bounds on log p(x | y)).
     """
-    total, done = x.shape[0] * num_samples, 0
-    images_per_chunk = max(1, min(x.shape[0], max_rows // num_samples))
-    samples_per_chunk = max(1, min(num_samples, max_rows // images_per_chunk))
-    per_image: dict[str, list[torch.Tensor]] = {
-        "elbo_analytic_kl": [],
-        "elbo_mc_kl": [],
-        "iwae": [],
-    }
+    groups = vae.bound_groups
+    total, done = x.shape[0] * num_samples * groups, 0
+    images_per_chunk = max(1, min(x.shape[0], max_rows // (num_samples * groups)))
+    samples_per_chunk = max(1, min(num_samples, max_rows // (images_per_chunk * groups)))
+    per_image: dict[str, list[torch.Tensor]] = {}
     for start in range(0, x.shape[0], images_per_chunk):
         chunk, classes = _rows(x, labels, start, images_per_chunk)
-        log_sum_w = torch.full((chunk.shape[0],), -math.inf, device=x.device)
-        sums = {"log_w": 0.0, "analytic": 0.0}
+        log_sum_w = torch.full((groups, chunk.shape[0]), -math.inf, device=x.device)
+        sums: dict[str, torch.Tensor] = {}
         for k in chunk_sizes(num_samples, samples_per_chunk):
-            terms = _sample_terms(vae, as_float(chunk), k, *classes)
-            log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_guide"]  # (k, B)
-            log_sum_w = torch.logaddexp(log_sum_w, log_w.logsumexp(0))
-            sums["log_w"] = sums["log_w"] + log_w.sum(0)
-            kl = terms["kl"] if "kl" in terms else terms["log_guide"] - terms["log_prior"]
-            sums["analytic"] = sums["analytic"] + (terms["log_likelihood"] - kl).sum(0)
-            done += k * chunk.shape[0]
+            terms = vae.held_out_terms(as_float(chunk), k, *classes)
+            log_sum_w = torch.logaddexp(log_sum_w, terms.log_w.logsumexp(0))  # (G, B)
+            for name, values in terms.elbos.items():
+                sums[name] = sums[name] + values.sum(0) if name in sums else values.sum(0)
+            done += k * groups * chunk.shape[0]
             if on_progress is not None:
                 on_progress(done, total)
-        per_image["iwae"].append(log_sum_w - math.log(num_samples))
-        per_image["elbo_mc_kl"].append(sums["log_w"] / num_samples)
-        per_image["elbo_analytic_kl"].append(sums["analytic"] / num_samples)
+        log_mean_w = terms.log_group_weights + log_sum_w - math.log(num_samples)
+        per_image.setdefault("iwae", []).append(log_mean_w.logsumexp(0))
+        for name, values in sums.items():
+            per_image.setdefault(name, []).append(values / num_samples)
     return {name: torch.cat(values) for name, values in per_image.items()}
+
+
+@torch.no_grad()
+def classification_error(vae: VAE, split: Split, chunk: int = 4096) -> float:
+    """The share of ``split``'s images whose most probable class under a classifying model's
+    q(y|x) is not their label."""
+    if not vae.classifies:
+        raise ValueError(f"a {vae.kind!r} model has no classifier q(y|x)")
+    wrong = sum(
+        int((vae.classify(as_float(x)) != y).sum())
+        for x, y in zip(split.stored.split(chunk), split.labels.split(chunk), strict=True)
+    )
+    return wrong / max(1, len(split))
 
 
 def chunk_sizes(total: int, size: int) -> list[int]:

@@ -20,8 +20,12 @@ from pyro_vae.core.errors import UserInputError
 from pyro_vae.data.datasets import Dataset, Split
 from pyro_vae.data.labels import choose_labelled
 from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
-from pyro_vae.inference.evaluate import Estimate, elbo_estimate
-from pyro_vae.inference.m2_bounds import bound_sums, classification_error
+from pyro_vae.inference.evaluate import (
+    Estimate,
+    classification_error,
+    elbo_estimate,
+    elbo_sums,
+)
 from pyro_vae.inference.objectives import make_elbo
 from pyro_vae.inference.trainer import Trainer
 from pyro_vae.models.m2 import SemiSupervisedVAE
@@ -136,7 +140,7 @@ class SemiSupervisedTrainer(Trainer):
     def _validation_elbo(self, split: Split) -> tuple[Estimate, float]:
         """U(x) on the validation images, with the class summed out (inference/m2_bounds.py)."""
         with pyro.validation_enabled(False):
-            sums = bound_sums(self.vae, split.stored, self.config.val_particles)
+            sums = elbo_sums(self.vae, split.stored, self.config.val_particles)
         return elbo_estimate(sums, len(split)), sums[2].item() / len(split)
 
     def _validation_error(self, split: Split) -> float:

@@ -1,7 +1,9 @@
 """The models ``--model`` names, and ``build_model``, which makes the one a config names."""
 
 from collections.abc import Sequence
+from dataclasses import replace
 
+from pyro_vae.components.networks import default_hidden_dims
 from pyro_vae.core.config import ModelConfig
 from pyro_vae.models.cvae import ConditionalVAE
 from pyro_vae.models.m2 import SemiSupervisedVAE
@@ -20,3 +22,11 @@ def build_model(config: ModelConfig, data_shape: int | Sequence[int]) -> VAE:
     """The model ``config.kind`` names, its components built from ``config``, for data of
     ``data_shape`` ((C, H, W), or a flat dimension)."""
     return MODELS[config.kind].from_config(config, data_shape)
+
+
+def with_widths(config: ModelConfig) -> ModelConfig:
+    """The same model with its widths written out (the network's default where None), so that
+    a stored run rebuilds the same networks whatever later defaults say."""
+    if config.hidden_dims is not None:
+        return config
+    return replace(config, hidden_dims=default_hidden_dims(config.network))

@@ -16,6 +16,7 @@ train it directly, as in the paper:
 (inference/m2_trainer.py) takes an unbiased mini-batch estimate of J at every step.
 """
 
+import contextlib
 import logging
 from typing import Any
 
@@ -23,11 +24,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions.kl import kl_divergence
 from pyro.nn import pyro_method
 
 from pyro_vae.components.networks import build_classifier
 from pyro_vae.data.labels import one_hot
-from pyro_vae.models.vae import VAE
+from pyro_vae.models.vae import VAE, HeldOutTerms
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class SemiSupervisedVAE(VAE):
     ``VAE``'s arguments; the classifier q(y | x) is the encoder's network with K outputs."""
 
     labelled = True
+    classifies = True
+    semi_supervised = True
     kind = "m2"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -119,3 +123,67 @@ class SemiSupervisedVAE(VAE):
         if y is None:
             y = torch.arange(num_samples, device=self.class_probs.device) % self.num_classes
         return super().generate(num_samples, y)
+
+    # Its held-out bound: U(x) written out, the K classes as one tensor dimension, so that each
+    # image gets its own value (for standard errors), the KL of z its closed form where one
+    # exists, and the importance-weighted bound the same samples. Training sums over y with
+    # Pyro's TraceEnum_ELBO instead; a test checks the two agree on the same z.
+
+    @classmethod
+    def decodes_per_image(cls, num_classes: int) -> int:
+        # every class (the enumerated y), and a labelled batch beside the unlabelled one
+        return num_classes + 1
+
+    @property
+    def bound_groups(self) -> int:
+        return self.num_classes
+
+    def class_terms(
+        self, x: torch.Tensor, num_particles: int, analytic: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """U(x) written out, the K classes as one tensor dimension, for ``num_particles`` samples of
+        z per class and image:
+
+        - ``elbo`` (S, N): Σ_y q(y|x) [log p(x|y,z_y) − KL_y] − KL(q(y|x) ‖ π), which is
+          Σ_y q(y|x) [log p(x|y,z_y) + log π_y − KL_y] + H(q(y|x)), with KL_y the closed-form
+          KL(q(z|x,y) ‖ p(z)) where one exists and ``analytic``, else log q(z_y|x,y) − log p(z_y);
+        - ``rate`` (S, N): Σ_y q(y|x) KL_y + KL(q(y|x) ‖ π), the bound's KL terms;
+        - ``log_w`` (S, K, N): log p(x | y, z_y) + log p(z_y) − log q(z_y | x, y), the importance
+          weights of each class's samples (for the IWAE bound).
+        """
+        k = self.num_classes
+        log_q_y = self.class_posterior(x).logits.transpose(0, 1)  # (K, N), normalised
+        classes = torch.arange(k, device=x.device).reshape(k, 1)  # (K, 1), as enumeration has it
+        q_z = self.posterior(x, classes)  # batch (K, N)
+        z = q_z.rsample((num_particles,))  # (S, K, N, L)
+        log_likelihood = self.likelihood(self.decoder(z, one_hot(classes, k))).log_prob(
+            x
+        )  # (S, K, N)
+        prior = self.prior()
+        sampled_kl = q_z.log_prob(z) - prior.log_prob(z)  # (S, K, N)
+        kl_z = sampled_kl
+        if analytic:  # where Pyro has the closed form; else sampled, as TraceMeanField_ELBO does
+            with contextlib.suppress(NotImplementedError):
+                kl_z = kl_divergence(q_z, prior.expand(q_z.batch_shape))  # (K, N)
+        weights = log_q_y.exp()
+        kl_y = (weights * (log_q_y - self.class_probs.log().reshape(k, 1))).sum(0)  # (N,)
+        elbo = (weights * (log_likelihood - kl_z)).sum(-2) - kl_y
+        rate = (weights * kl_z).sum(-2) + kl_y
+        return {"elbo": elbo, "rate": rate.expand_as(elbo), "log_w": log_likelihood - sampled_kl}
+
+    @torch.no_grad()
+    def held_out_terms(
+        self, x: torch.Tensor, num_samples: int, y: torch.Tensor | None = None
+    ) -> HeldOutTerms:
+        """The bound on log p(x), the class summed out exactly, whether or not ``y`` is given
+        (a labelled image's class is scored by the classifier's error instead):
+        ``elbo_analytic_kl`` is U(x), and each class's samples are a group of importance
+        weights, so that log Σ_y π_y (1/S) Σ_s p(x | y, z_ys) p(z_ys) / q(z_ys | x, y) is a
+        lower bound on log p(x) with no importance sampling of y."""
+        terms = self.class_terms(x, num_samples)
+        return HeldOutTerms(
+            elbos={"elbo_analytic_kl": terms["elbo"]},
+            log_w=terms["log_w"],
+            log_group_weights=self.class_probs.log().reshape(-1, 1),
+            rate=terms["rate"],
+        )

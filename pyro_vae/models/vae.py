@@ -16,17 +16,21 @@ E_q[log p_θ(x|z)] − KL(q_φ(z|x) ‖ p(z)) is estimated by the objectives in
 ``inference/objectives.py``.
 """
 
+import contextlib
 import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions.kl import kl_divergence
 from pyro.nn import PyroModule, pyro_method
+from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
 from pyro_vae.components.guides import GuideFamily, build_guide
@@ -35,6 +39,23 @@ from pyro_vae.components.networks import DataShape, as_data_shape, build_network
 from pyro_vae.components.priors import Prior, VampPrior, build_prior
 from pyro_vae.core.config import ModelConfig
 from pyro_vae.core.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class HeldOutTerms:
+    """What a model's held-out bound is made of, for S samples of z per image and group.
+
+    ``elbos``: name -> (S, N), each an unbiased per-sample estimate of that ELBO;
+    ``log_w`` (S, G, N): importance weights log p(x, z | g) / q(z | x, g) in G groups (one for
+    the VAE; M2's K classes), whose mean over samples estimates p(x | g) without bias;
+    ``log_group_weights`` (G, 1): log p(g), so that log Σ_g p(g) (1/S) Σ_s w is the IWAE bound;
+    ``rate``: the KL terms of ``elbos["elbo_analytic_kl"]``, broadcasting against it.
+    """
+
+    elbos: dict[str, torch.Tensor]
+    log_w: torch.Tensor
+    log_group_weights: torch.Tensor
+    rate: torch.Tensor
 
 
 class VAE(PyroModule):
@@ -52,15 +73,22 @@ class VAE(PyroModule):
     them, so ``SVI(vae.model, vae.guide, optim, elbo)`` trains every parameter.
     """
 
+    # What a model can do, declared on its class: the trainer, the evaluation and the command
+    # line ask these instead of testing the model's name.
     recordable = True  # its step is static: see inference/fast/contract.py
     # Whether model and guide read class labels (data/labels.py: the conditional VAE and M2 do), so
     # that both networks are built with ``label_dim`` = num_classes and fed one-hot classes.
     labelled = False
-    kind = "vae"  # the name --model gives it (models.MODELS)
+    # Whether it has a classifier q(y | x) (``classify``), whose error evaluation reports (M2).
+    classifies = False
+    # Whether it learns from partly labelled data, the missing classes summed out: its own
+    # trainer (inference/m2_trainer.py) and objective, which takes no β, warm-up or free bits.
+    semi_supervised = False
+    kind = "vae"  # the name ``ModelConfig.kind`` gives it (models/build.py's MODELS)
 
     def __init__(
         self,
-        data_shape: int | Sequence[int],
+        data_shape: int | Sequence[int] | None = None,
         latent_dim: int = ModelConfig.latent_dim,
         hidden_dims: Sequence[int] | None = ModelConfig.hidden_dims,
         prior: "str | Prior" = ModelConfig.prior,
@@ -75,7 +103,9 @@ class VAE(PyroModule):
         guide: "str | GuideFamily" = ModelConfig.guide,
         guide_options: Mapping[str, Any] | None = None,
         num_classes: int = 0,
+        data_dim: int | None = None,  # release 0.1.0's name for a flat data_shape: deprecated
     ):
+        data_shape = _data_shape(data_shape, data_dim)
         # ``name`` prefixes the parameters' names in Pyro's global param store, so that several
         # VAEs trained with SVI in one process do not share (and silently overwrite) entries.
         super().__init__(name)
@@ -250,8 +280,72 @@ class VAE(PyroModule):
         z = self.prior().sample((num_samples,))
         return self.decode(z, y)
 
+    # The model's held-out bound, which inference/evaluate.py's one driver chunks, sums and
+    # turns into per-image estimates of log p(x).
+
+    @classmethod
+    def decodes_per_image(cls, num_classes: int) -> int:
+        """Decoder passes per training image and step (what a run's budget counts)."""
+        return 1
+
+    @property
+    def bound_groups(self) -> int:
+        """G, the groups of importance samples ``held_out_terms`` draws per sample of z."""
+        return 1
+
+    @torch.no_grad()
+    def held_out_terms(
+        self, x: torch.Tensor, num_samples: int, y: torch.Tensor | None = None
+    ) -> HeldOutTerms:
+        """For ``num_samples`` codes z_s ~ q(z|x) per image (S, N):
+
+        - ``elbo_analytic_kl``: log p(x|z_s) − KL(q(z|x) ‖ p(z)), the KL in closed form where one
+          exists (else sampled, as TraceMeanField_ELBO does);
+        - ``elbo_mc_kl``: log w_s, with w_s = p(x, z_s) / q(z_s|x), Trace_ELBO's estimate;
+        - the importance weights log w_s, one group, for the IWAE bound.
+
+        ``y``: the images' classes, for a model that reads them (bounds on log p(x | y)).
+        """
+        labels = () if y is None else (y,)
+        with pyro.plate("samples", num_samples, dim=-2):  # left of the data plate
+            guide_trace = poutine.trace(self.guide).get_trace(x, *labels)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
+                x, *labels
+            )
+        guide_trace = prune_subsample_sites(guide_trace)
+        model_trace = prune_subsample_sites(model_trace)
+        z_p, z_q, x_p = model_trace.nodes["z"], guide_trace.nodes["z"], model_trace.nodes["x"]
+        log_likelihood = x_p["fn"].log_prob(x_p["value"])  # (S, N)
+        log_prior, log_guide = z_p["fn"].log_prob(z_p["value"]), z_q["fn"].log_prob(z_q["value"])
+        kl = log_guide - log_prior
+        with contextlib.suppress(NotImplementedError):  # no closed form: the sampled KL
+            kl = kl_divergence(z_q["fn"], z_p["fn"])
+        log_w = log_likelihood + log_prior - log_guide
+        return HeldOutTerms(
+            elbos={"elbo_analytic_kl": log_likelihood - kl, "elbo_mc_kl": log_w},
+            log_w=log_w.unsqueeze(-2),
+            log_group_weights=torch.zeros(1, 1, device=x.device),
+            rate=kl,
+        )
+
 
 @torch.no_grad()
+def _data_shape(data_shape: int | Sequence[int] | None, data_dim: int | None) -> Any:
+    """``data_shape``, or release 0.1.0's ``data_dim`` with a warning that names the new one."""
+    if data_dim is None:
+        if data_shape is None:
+            raise TypeError("VAE() needs the data's shape: data_shape=D or (C, H, W)")
+        return data_shape
+    if data_shape is not None:
+        raise TypeError("give data_shape, not data_dim as well (data_dim is its old name)")
+    warnings.warn(
+        "VAE(data_dim=...) is deprecated: pass data_shape=D (or (C, H, W) for images)",
+        DeprecationWarning,
+        stacklevel=4,  # the caller of VAE(...): past this, __init__ and PyroModule's metaclass
+    )
+    return data_dim
+
+
 def _subclasses(cls: type) -> Iterator[type]:
     for sub in cls.__subclasses__():
         yield sub

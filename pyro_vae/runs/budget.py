@@ -17,6 +17,7 @@ import torch
 
 from pyro_vae.core.config import RunConfig
 from pyro_vae.core.errors import UserInputError
+from pyro_vae.models.build import MODELS
 from pyro_vae.components.guides import guide_size
 from pyro_vae.components.networks import as_data_shape, conv_grid, default_hidden_dims
 
@@ -35,10 +36,11 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
     output_dim, guide_parameters = guide_size(model.guide, model.latent_dim, model.guide_options)
     cost = network_cost(model.network, data_shape, model.latent_dim, model.hidden_dims, output_dim)
     parameters = cost.parameters + guide_parameters  # a flow's own
-    # M2 decodes every image once per class (the enumerated y) beside a labelled batch, and its
+    # M2 decodes every image once per class (the enumerated y) beside a labelled batch, and a
     # classifier q(y|x) is one more encoder.
-    copies = model.num_classes + 1 if model.kind == "m2" else 1
-    if model.kind == "m2":
+    model_class = MODELS[model.kind]
+    copies = model_class.decodes_per_image(model.num_classes)
+    if model_class.classifies:
         classifier = network_cost(
             model.network, data_shape, model.latent_dim, model.hidden_dims, model.num_classes
         )

@@ -45,11 +45,12 @@ def model_card(
         if (channels, height) == (1, 1)
         else f"images of shape {tuple(model.image_shape)} (C, H, W)"
     )
-    # A conditional VAE reads each image's class: the example gives one.
-    by_class = ", label=3" if kind == "cvae" else ""
+    # A conditional VAE reads each image's class (M2 sums it out): the example gives one.
+    conditional_on_class = model.vae.labelled and not model.vae.semi_supervised
+    by_class = ", label=3" if conditional_on_class else ""
     elbo = Bound.of(scores.elbo, scores.data_dim)
     iwae = Bound.of(scores.iwae, scores.data_dim)
-    conditional = " given the class (log p(x | y))" if kind == "cvae" else ""
+    conditional = " given the class (log p(x | y))" if conditional_on_class else ""
     lines = [
         f"# pyro-vae model: {kind} on {data.dataset}",
         "",

@@ -82,57 +82,6 @@ def run_files(run_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse ``run_dir`` as a new run's output unless it can be used without losing anything.
-
-    A missing or empty folder is fine, and so is a run's folder holding only what a run wrote
-    before its first checkpoint (a run that failed or was killed early: nothing to resume). A run's
-    folder with a checkpoint needs ``overwrite``, which replaces that run's files and only those.
-    A folder of the user's may hold other files, but none that a run would write over (a
-    ``config.json`` of theirs, say), ``overwrite`` or not. Also refuses a folder being trained.
-    """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserInputError(
-            f"{run_dir} is a file: choose a directory for the run's output (--out)"
-        )
-    check_writable(run_dir, "--out")
-    if not run_dir.is_dir():
-        return
-    check_unlocked(run_dir)
-    ours = run_files(run_dir)
-    if not is_run_dir(run_dir):
-        clashes = sorted(
-            path.name for path in run_dir.iterdir() if path.name in RUN_FILES and path.name != LOCK
-        )
-        if clashes:
-            raise UserInputError(
-                f"{run_dir} holds files of yours that a run would write over ({', '.join(clashes)})"
-                ": choose a new --out"
-            )
-        return
-    has_checkpoint = (run_dir / CHECKPOINT).is_file()
-    if has_checkpoint and not overwrite:
-        try:
-            from pyro_vae.runs.checkpoint import load_checkpoint
-
-            load_checkpoint(run_dir)
-        except UserInputError:
-            raise UserInputError(
-                f"{run_dir} holds a checkpoint that cannot be read: replace the run in it "
-                "(--overwrite), or choose a new --out"
-            ) from None
-        raise UserInputError(
-            f"{run_dir} holds a trained run: continue it (--resume {run_dir}), replace it "
-            "(--overwrite), or choose a new --out"
-        )
-    if ours and not overwrite:
-        log.warning(
-            "%s holds no checkpoint, only the files of a run that stopped before its first "
-            "save: reusing it",
-            run_dir,
-        )
-
-
 def clear_run_files(run_dir: Path) -> list[Path]:
     """Remove a previous run's files from ``run_dir`` (not the lock), and say which."""
     removed = [path for path in run_files(run_dir) if path.name != LOCK]

@@ -31,10 +31,11 @@ import pyro
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from pyro_vae.models.build import build_model
+from pyro_vae.models.build import MODELS, build_model, with_widths
 from pyro_vae.runs import figures as plots
 from pyro_vae.runs.budget import check_budget
 from pyro_vae.runs.checkpoint import (
+    check_run_dir,
     Checkpoint,
     capture_rng_state,
     environment,
@@ -59,7 +60,6 @@ from pyro_vae.runs.rundir import (
     RECONSTRUCTIONS,
     SAMPLES,
     TIMING,
-    check_run_dir,
     check_unlocked,
     clear_run_files,
     run_lock,
@@ -67,7 +67,6 @@ from pyro_vae.runs.rundir import (
 )
 from pyro_vae.inference.schedules import extend_cosine
 from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
-from pyro_vae.models.m2 import SemiSupervisedVAE
 from pyro_vae.runs.tensorboard import TensorBoardLog, summary_writer_class
 from pyro_vae.inference.trainer import (
     EpochMetrics,
@@ -139,14 +138,14 @@ def train_run(
             f"--kl-warmup {train.kl_warmup} is longer than the run's {train.epochs} epochs, so β "
             f"would never reach {train.beta:g}: lower --kl-warmup or raise --epochs"
         )
-    config = replace(config, data=config.data.located(), model=config.model.resolved())
+    config = replace(config, data=config.data.located(), model=with_widths(config.model))
     if replicas.is_main:
         check_run_dir(run_dir, overwrite)
     device = replicas.device(config.train.device)
     replicas.connect(device)
     pyro.set_rng_seed(config.train.seed)
     data = _load_data(config, device, replicas)
-    if config.model.kind != "vae":  # a model that reads labels: as many classes as the data have
+    if MODELS[config.model.kind].labelled:  # as many classes as the data have
         check_labels(data, config.model.kind)
         config = replace(config, model=replace(config.model, num_classes=data.num_classes))
     check_budget(config, data.image_shape, device)
@@ -297,7 +296,7 @@ def make_trainer(
     vae: VAE, config: RunConfig, data: Dataset, replicas: Replicas = SINGLE_PROCESS
 ) -> Trainer:
     """The trainer of ``vae``: M2's (semi-supervised, on the labels it keeps) or the ELBO's."""
-    if isinstance(vae, SemiSupervisedVAE):
+    if vae.semi_supervised:
         return SemiSupervisedTrainer(vae, config.train, data, replicas)
     return Trainer(vae, config.train, replicas)
 

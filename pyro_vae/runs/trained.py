@@ -33,7 +33,6 @@ from pyro_vae.data.labels import check_label
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.rundir import BEST, CHECKPOINT
 from pyro_vae.models.m2 import SemiSupervisedVAE
-from pyro_vae.inference.m2_bounds import m2_image_bounds
 from pyro_vae.data.transform import DataTransform, NewData
 
 log = logging.getLogger(__name__)
@@ -143,7 +142,7 @@ class TrainedModel:
             return self._label_tensor(label, len(new))
         if new.labels is not None:
             return new.labels
-        if isinstance(self.vae, SemiSupervisedVAE):
+        if self.vae.classifies:
             return self.vae.classify(new.x)
         raise UserInputError(
             f"a {type(self.vae).__name__} reads each image's class, and these data carry none: "
@@ -244,20 +243,15 @@ class TrainedModel:
             raise ValueError(f"score needs 1 sample of z per image at least, got {num_samples}")
         new = self.data(data, labels)
         self.vae.likelihood.check_data(new.x)
-        if isinstance(self.vae, SemiSupervisedVAE):
-            if label is not None:
-                raise UserInputError(
-                    "M2's bounds sum its class out (log p(x) of the image alone): drop --label"
-                )
-            bounds = m2_image_bounds(self.vae, new.stored, num_samples, on_progress=on_progress)
-        else:
-            bounds = image_bounds(
-                self.vae,
-                new.stored,
-                num_samples,
-                on_progress=on_progress,
-                labels=self._classes(new, label),
+        if self.vae.semi_supervised and label is not None:
+            raise UserInputError(
+                "M2's bounds sum its class out (log p(x) of the image alone): drop --label"
             )
+        # A semi-supervised model's bound reads no class: it sums the class out.
+        classes = None if self.vae.semi_supervised else self._classes(new, label)
+        bounds = image_bounds(
+            self.vae, new.stored, num_samples, on_progress=on_progress, labels=classes
+        )
         return Scores(bounds["elbo_analytic_kl"], bounds["iwae"], num_samples, new.stored.shape[1])
 
     def output_shape(self) -> tuple[int, ...]:
