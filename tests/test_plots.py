@@ -9,7 +9,7 @@ from pyro_vae.runs.figures import (
     save_elbo_curve,
     save_image_grid,
     save_latent_grid,
-    save_reconstructions,
+    save_reconstruction_grid,
     save_scatter,
 )
 
@@ -85,9 +85,11 @@ def test_saved_pictures_are_pngs_with_the_grid_proportions(tmp_path):
     height, width, _ = matplotlib.image.imread(path).shape
     # 2 rows and 8 columns of 8×8 tiles with 1-pixel separators, 8 screen pixels per image pixel
     assert (height, width) == ((2 * 9 + 1) * 8, (8 * 9 + 1) * 8)
-    grey = save_reconstructions(torch.rand(4, 64), torch.rand(4, 64), (8, 8), tmp_path / "r.png")
+    grey = save_reconstruction_grid(
+        torch.rand(4, 64), torch.rand(4, 64), (8, 8), tmp_path / "r.png"
+    )
     originals, reconstructions = torch.rand(4, 3 * 64), torch.rand(4, 3 * 64)
-    rgb = save_reconstructions(originals, reconstructions, (3, 8, 8), tmp_path / "rgb.png")
+    rgb = save_reconstruction_grid(originals, reconstructions, (3, 8, 8), tmp_path / "rgb.png")
     assert matplotlib.image.imread(rgb).shape == matplotlib.image.imread(grey).shape  # same size
 
 
@@ -136,7 +138,7 @@ LONG = "decoded means of z ~ p(z), one row per class (0 to 9, top to bottom), an
         lambda p: save_image_grid(torch.rand(2, 784), (28, 28), p, ncols=1, title=LONG),
         lambda p: save_image_grid(torch.rand(10, 64), (8, 8), p, ncols=1, title=LONG),
         lambda p: save_image_grid(torch.rand(3, 4096), (64, 64), p, ncols=3, title=LONG),
-        lambda p: save_reconstructions(torch.rand(1, 64), torch.rand(1, 64), (8, 8), p),
+        lambda p: save_reconstruction_grid(torch.rand(1, 64), torch.rand(1, 64), (8, 8), p),
         lambda p: save_latent_grid(
             torch.rand(4, 64), (8, 8), p, [-1.0, 1.0], ("z_0", "z_1"), LONG + LONG
         ),

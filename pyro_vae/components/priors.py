@@ -34,7 +34,7 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
 
 
 class StandardNormalPrior(Prior):
-    """p(z) = N(z; 0, I): the seed's prior; its KL to the Gaussian guide has a closed form."""
+    """p(z) = N(z; 0, I), the VAE's own prior; its KL to the Gaussian guide has a closed form."""
 
     recordable = True  # its step is static: see inference/fast/contract.py
 

@@ -29,6 +29,7 @@ BINARIZATIONS = ("none", "static", "dynamic")  # see data/datasets.py
 SPLITS = ("seeded", "paper")  # how the held-out images are chosen (see data/datasets.py)
 LAYOUTS = ("auto", "nchw", "nhwc")  # how a 4-d array's axes are read (see data/sources.py)
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # cuda:N too; torch knows more, we run on these
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see inference/schedules.py
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
 MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
@@ -301,7 +302,7 @@ class TrainConfig:
             "anneals from lr down to lr_min",
         )
         _require(
-            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            DEVICE_NAME.fullmatch(self.device) is not None,
             f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)} (or cuda:N)",
         )
         _require(

@@ -1,12 +1,9 @@
 """Which torch device a run uses."""
 
-import re
-
 import torch
 
+from pyro_vae.core.config import DEVICE_NAME
 from pyro_vae.core.errors import UserInputError
-
-DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def resolve_device(name: str) -> torch.device:

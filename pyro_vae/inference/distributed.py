@@ -96,7 +96,7 @@ class Replicas:
         its ``LOCAL_RANK`` (torchrun's convention), so ``cuda:N`` names no replica's GPU."""
         if not self.distributed:
             return resolve_device(name)
-        device = resolve_device("cuda" if name == "auto" and torch.cuda.is_available() else name)
+        device = resolve_device(name)
         if device.type != "cuda":
             return device
         if device.index is not None:

@@ -128,7 +128,7 @@ def save_latent_grid(
     return Path(path)
 
 
-def save_reconstructions(
+def save_reconstruction_grid(
     originals: torch.Tensor,
     reconstructions: torch.Tensor,
     image_shape: Sequence[int],

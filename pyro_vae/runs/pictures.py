@@ -76,7 +76,7 @@ def save_reconstructions(
     """The images ``x`` (N, D), each row followed by the row of their reconstructions
     (``labels``: their classes, for a model that reads them)."""
     classes = () if labels is None else (labels,)  # a VAE of the user's may take x alone
-    return plots.save_reconstructions(x, vae.reconstruct(x, *classes), image_shape, path)
+    return plots.save_reconstruction_grid(x, vae.reconstruct(x, *classes), image_shape, path)
 
 
 @torch.no_grad()
