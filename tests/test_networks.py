@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_vae import VAE, make_elbo
 from pyro_vae.components.guides import diagonal_parameters
-from pyro_vae.components.networks import NETWORKS, build_networks, default_hidden_dims
+from pyro_vae.components.networks import NETWORKS, build_networks, default_hidden_dims, mlp
 from pyro_vae.core.errors import UserInputError
 from pyro_vae.runs.budget import network_cost
 from tests.test_recorded import assert_identical, eager_and_recorded
@@ -174,3 +174,34 @@ def test_networks_of_the_wrong_size_are_named_at_construction(encoder, decoder, 
 def test_an_unknown_network_is_a_user_error():
     with pytest.raises(UserInputError, match="unknown network 'resnet': choose one of mlp, conv"):
         VAE((1, 8, 8), network="resnet")
+
+
+def test_the_budget_measures_a_network_that_does_not_say_its_cost(monkeypatch):
+    """A user's pair without ``layer_costs`` is built on the meta device and counted there:
+    the same numbers the built-in MLP states for itself, never zero."""
+
+    class Plain(nn.Module):  # the MLP's layers, without the MLP's own arithmetic
+        def __init__(self, data_shape, hidden_dims, latent_dim, output_dim=None):
+            super().__init__()
+            self.net = mlp([math.prod(data_shape), *hidden_dims, output_dim or 2 * latent_dim])
+
+        def forward(self, x, y=None):
+            return self.net(x)
+
+    class PlainDecoder(nn.Module):
+        def __init__(self, latent_dim, hidden_dims, data_shape):
+            super().__init__()
+            self.net = mlp([latent_dim, *reversed(hidden_dims), math.prod(data_shape)])
+
+        def forward(self, z, y=None):
+            return self.net(z)
+
+    monkeypatch.setitem(NETWORKS, "plain", (Plain, PlainDecoder))
+    shape, latent, hidden = (1, 8, 8), 3, (16, 8)
+    measured = network_cost("plain", shape, latent, hidden)
+    stated = network_cost("mlp", shape, latent, hidden)
+    assert measured.parameters == stated.parameters > 0
+    assert (measured.encoder_flop, measured.decoder_flop) == (
+        stated.encoder_flop,
+        stated.decoder_flop,
+    )

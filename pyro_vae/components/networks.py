@@ -26,6 +26,7 @@ import inspect
 import itertools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -67,6 +68,23 @@ def with_labels(h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([h.expand(*leading, -1), y.to(h.dtype).expand(*leading, -1)], dim=-1)
 
 
+class LayerCost(NamedTuple):
+    """What one layer costs for one data point, so that a run's budget (runs/budget.py) is known
+    from the sizes alone, before anything is built."""
+
+    parameters: int
+    multiply_adds: int
+    outputs: int  # values the layer writes (its activations)
+
+
+def linear_costs(sizes: Sequence[int]) -> list[LayerCost]:
+    """Each linear layer ``sizes[i] -> sizes[i + 1]`` of an MLP."""
+    return [
+        LayerCost((n_in + 1) * n_out, n_in * n_out, n_out)
+        for n_in, n_out in itertools.pairwise(sizes)
+    ]
+
+
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
     """Linear layers ``sizes[0] -> ... -> sizes[-1]``, a ReLU between each two, none at the end."""
     layers: list[nn.Module] = []
@@ -102,6 +120,18 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(with_labels(x, y))  # (..., output_dim)
 
+    @staticmethod
+    def layer_costs(
+        data_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        output_dim: int | None = None,
+        label_dim: int = 0,
+    ) -> list[LayerCost]:
+        return linear_costs(
+            [math.prod(data_shape) + label_dim, *hidden_dims, output_dim or 2 * latent_dim]
+        )
+
 
 class Decoder(nn.Module):
     """x̂ = MLP(z; θ): the raw parameter (mean or logits) of the likelihood p_θ(x|z); with
@@ -121,6 +151,12 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(with_labels(z, y))  # (..., D)
+
+    @staticmethod
+    def layer_costs(
+        latent_dim: int, hidden_dims: Sequence[int], data_shape: Sequence[int], label_dim: int = 0
+    ) -> list[LayerCost]:
+        return linear_costs([latent_dim + label_dim, *reversed(hidden_dims), math.prod(data_shape)])
 
 
 # main classes: convolutional
@@ -188,6 +224,28 @@ class ConvEncoder(nn.Module):
         features = self.conv(images).reshape(*x.shape[:-1], self.features)  # (..., F)
         return self.out(with_labels(features, y))  # (..., output_dim)
 
+    @staticmethod
+    def layer_costs(
+        data_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        output_dim: int | None = None,
+        label_dim: int = 0,
+    ) -> list[LayerCost]:
+        # Stage by stage at the padded sizes: a 4×4 kernel costs 16 multiply-adds per input
+        # channel, output channel and output pixel.
+        grid_h, grid_w = conv_grid(data_shape, len(hidden_dims))
+        grid, depth = grid_h * grid_w, len(hidden_dims)
+        pixels = (grid * 4 ** (depth - 1 - k) for k in range(depth))  # each stage's outputs
+        stages = [
+            LayerCost(16 * n_in * n_out + n_out, 16 * n_in * n_out * area, n_out * area)
+            for (n_in, n_out), area in zip(
+                itertools.pairwise([data_shape[0], *hidden_dims]), pixels, strict=True
+            )
+        ]
+        features = hidden_dims[-1] * grid + label_dim
+        return stages + linear_costs([features, output_dim or 2 * latent_dim])
+
 
 class ConvDecoder(nn.Module):
     """x̂ = ConvTranspose(Linear(z; θ)): the encoder's stages mirrored, each doubling the image;
@@ -221,13 +279,29 @@ class ConvDecoder(nn.Module):
         images = self.deconv(features)[..., : self.height, : self.width]  # crop the padding
         return as_vectors(images, inputs.shape[:-1])  # (..., D)
 
+    @staticmethod
+    def layer_costs(
+        latent_dim: int, hidden_dims: Sequence[int], data_shape: Sequence[int], label_dim: int = 0
+    ) -> list[LayerCost]:
+        # A transposed 4×4 kernel costs 16 multiply-adds per input channel, output channel and
+        # input pixel, and writes 4 output pixels per input pixel.
+        grid_h, grid_w = conv_grid(data_shape, len(hidden_dims))
+        grid, depth = grid_h * grid_w, len(hidden_dims)
+        pixels = (grid * 4**k for k in range(depth))  # each stage's inputs
+        widths = [*reversed(hidden_dims), data_shape[0]]
+        return linear_costs([latent_dim + label_dim, widths[0] * grid]) + [
+            LayerCost(16 * n_in * n_out + n_out, 16 * n_in * n_out * area, n_out * area * 4)
+            for (n_in, n_out), area in zip(itertools.pairwise(widths), pixels, strict=True)
+        ]
+
 
 # the registry
 
 # name -> (encoder class, decoder class). A constructor takes by name what it needs of
 # ``data_shape``, ``latent_dim``, ``output_dim``, ``hidden_dims`` and ``label_dim`` (a pair
 # without ``label_dim`` serves the unlabelled VAE only); an encoder class may carry
-# ``default_hidden_dims``, the widths used when none are given.
+# ``default_hidden_dims``, the widths used when none are given, and each class a static
+# ``layer_costs`` taking the constructor's arguments (the budget measures a pair without one).
 NETWORKS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "mlp": (Encoder, Decoder),
     "conv": (ConvEncoder, ConvDecoder),

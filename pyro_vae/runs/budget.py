@@ -3,23 +3,32 @@
 A model too large for memory would otherwise fail deep inside torch's allocator (or, worse, be
 killed by the kernel minutes later), and a step with a hundred thousand samples of z would run for
 minutes with nothing on the screen. Both are known from the configuration alone: the parameters
-from the layer sizes, a step's work from the batch, the particles and the layers.
+from the layer sizes (each network says what its layers cost), a step's work from the batch, the
+particles and the layers.
 """
 
-import itertools
+import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import prod
+from typing import Any
 
 import torch
+from torch import nn
 
 from pyro_vae.core.config import RunConfig
 from pyro_vae.core.errors import UserInputError
 from pyro_vae.models.build import MODELS
 from pyro_vae.components.guides import guide_size
-from pyro_vae.components.networks import as_data_shape, conv_grid, default_hidden_dims
+from pyro_vae.components.networks import (
+    NETWORKS,
+    as_data_shape,
+    build_networks,
+    default_hidden_dims,
+)
+from pyro_vae.core.registry import registered
 
 log = logging.getLogger(__name__)
 
@@ -99,56 +108,63 @@ def network_cost(
     hidden_dims: Sequence[int] | None,
     output_dim: int | None = None,
 ) -> NetworkCost:
-    """What the registered networks cost, from their layer sizes (building them, or a forward
-    pass on torch's meta device, would take a second of a run's start), the encoder giving
-    ``output_dim`` values (None: 2·latent_dim, the diagonal guide's). A network registered by a
-    user is not known here: zero, so that nothing is refused on a guess. The guide family's own
-    layers (a flow's) are counted by the caller, from the family itself."""
-    widths = list(default_hidden_dims(network) if hidden_dims is None else hidden_dims)
-    data_dim = prod(data_shape)
-    output_dim = output_dim or 2 * latent_dim
-    if network == "mlp":
-        encoder = _linear([data_dim, *widths, output_dim])
-        decoder = _linear([latent_dim, *reversed(widths), data_dim])
-    elif network == "conv":
-        channels, _, _ = data_shape
-        grid_h, grid_w = conv_grid(data_shape, len(widths))
-        # Stage by stage at the padded sizes: a 4×4 kernel costs 16 multiply-adds per input
-        # channel, output channel and output pixel (a transposed one, per input pixel).
-        grid, depth = grid_h * grid_w, len(widths)
-        flat = widths[-1] * grid
-        encoder = [
-            (16 * n_in * n_out + n_out, 16 * n_in * n_out * pixels, n_out * pixels)
-            for (n_in, n_out), pixels in zip(
-                itertools.pairwise([channels, *widths]),
-                (grid * 4 ** (depth - 1 - k) for k in range(depth)),
-                strict=True,
-            )
-        ] + _linear([flat, output_dim])
-        decoder = _linear([latent_dim, flat]) + [
-            (16 * n_in * n_out + n_out, 16 * n_in * n_out * pixels, n_out * pixels * 4)
-            for (n_in, n_out), pixels in zip(
-                itertools.pairwise([*reversed(widths), channels]),
-                (grid * 4**k for k in range(depth)),
-                strict=True,
-            )
-        ]
-    else:
-        return NetworkCost(0, 0, 0.0, 0.0, 0, 0)
-    parameters = sum(p for p, _, _ in encoder + decoder)
+    """What the networks registered as ``network`` cost, the encoder giving ``output_dim``
+    values (None: 2·latent_dim, the diagonal guide's). Each built-in network class says so
+    from its sizes (``layer_costs``: building them, or a pass on torch's meta device, takes a
+    second of a run's start); a pair of the user's without it is measured on the meta device.
+    The guide family's own layers (a flow's) are counted by the caller, from the family."""
+    context = {
+        "data_shape": tuple(data_shape),
+        "latent_dim": latent_dim,
+        "hidden_dims": default_hidden_dims(network) if hidden_dims is None else tuple(hidden_dims),
+        "output_dim": output_dim or 2 * latent_dim,
+    }
+    classes = registered(NETWORKS, network, "network")
+    if not all(hasattr(cls, "layer_costs") for cls in classes):
+        return _measured(network, context)
+    encoder, decoder = (cls.layer_costs(**_accepted(cls.layer_costs, context)) for cls in classes)
     return NetworkCost(
-        parameters,
-        sum(p for p, _, _ in encoder),
-        2.0 * sum(m for _, m, _ in encoder),
-        2.0 * sum(m for _, m, _ in decoder),
-        sum(v for _, _, v in encoder),
-        sum(v for _, _, v in decoder),
+        sum(layer.parameters for layer in encoder + decoder),
+        sum(layer.parameters for layer in encoder),
+        2.0 * sum(layer.multiply_adds for layer in encoder),
+        2.0 * sum(layer.multiply_adds for layer in decoder),
+        sum(layer.outputs for layer in encoder),
+        sum(layer.outputs for layer in decoder),
     )
 
 
-def _linear(sizes: list[int]) -> list[tuple[int, int, int]]:
-    """(parameters, multiply-adds, output values) of each linear layer ``sizes[i] -> [i+1]``."""
-    return [((n_in + 1) * n_out, n_in * n_out, n_out) for n_in, n_out in itertools.pairwise(sizes)]
+def _accepted(function: Callable[..., Any], context: dict[str, Any]) -> dict[str, Any]:
+    parameters = inspect.signature(function).parameters
+    return {name: value for name, value in context.items() if name in parameters}
+
+
+def _measured(network: str, context: dict[str, Any]) -> NetworkCost:
+    """A user's networks, built on the meta device (no memory, no arithmetic) and run on one
+    data point there: their parameters, FLOP and activations as torch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode  # a second to import: only here
+
+    with torch.device("meta"):
+        encoder, decoder = build_networks(network, **context)
+    measured = []
+    for net, width in ((encoder, prod(context["data_shape"])), (decoder, context["latent_dim"])):
+        outputs = [0]
+
+        def count(module: nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                outputs[0] += output.numel()
+
+        leaves = [m for m in net.modules() if not list(m.children())]
+        hooks = [leaf.register_forward_hook(count) for leaf in leaves]
+        try:
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                net(torch.zeros(1, width, device="meta"))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        parameters = sum(p.numel() for p in net.parameters())
+        measured.append((parameters, float(counter.get_total_flops()), outputs[0]))
+    (enc_p, enc_flop, enc_out), (dec_p, dec_flop, dec_out) = measured
+    return NetworkCost(enc_p + dec_p, enc_p, enc_flop, dec_flop, enc_out, dec_out)
 
 
 def _memory_bytes(device: torch.device) -> int | None:
