@@ -14,6 +14,7 @@ import pyro_vae.inference.trainer as train_module
 from pyro_vae import VAE, RunHooks, TrainConfig, Trainer, resume_run, train_run
 from pyro_vae.inference.fast.cuda_graph import CapturedStep
 from pyro_vae.inference.fast.replay import RecordedGradient
+from pyro_vae.inference.update import UpdateRule
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -32,7 +33,7 @@ def test_what_a_capture_fixes_changes_with_the_rate_and_a_loaded_optimizer_state
     for _ in range(2):  # the first step is eager; the second records
         trainer.step(x)
     assert trainer._captured is None  # no CUDA graph on the CPU
-    step = CapturedStep(trainer._recorded, trainer.optimizer)
+    step = CapturedStep(trainer._recorded, trainer.update_rule)
     before = step._conditions()
     assert step._conditions() == before
     trainer.step(x)  # Adam's state changes in place: the same addresses
@@ -56,7 +57,7 @@ def test_what_keeps_steps_uncaptured_is_python_a_replay_would_not_run(schedule):
     """A step hook or a replaced ``step`` would run only at the capture; torch's schedulers
     also wrap ``step``, only to note that it ran, which a capture may leave out."""
     trainer = Trainer(VAE(64, hidden_dims=(16,)), TrainConfig(lr_schedule=schedule, epochs=3))
-    step = CapturedStep(trainer._recorded, trainer.optimizer)
+    step = CapturedStep(trainer._recorded, trainer.update_rule)
     assert not step._hooked()
     handle = trainer.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: None)
     assert step._hooked()
@@ -69,7 +70,8 @@ def test_an_optimizer_neither_fused_nor_capturable_is_never_captured(digits):
     """Adagrad counts its steps on the host: a graph would replay one step's rate for ever.
     The check comes before anything touches CUDA, so it runs here on the CPU."""
     trainer = trainer_on("cpu")
-    step = CapturedStep(trainer._recorded, torch.optim.Adagrad(trainer.vae.parameters()))
+    adagrad = UpdateRule(torch.optim.Adagrad(trainer.vae.parameters()))
+    step = CapturedStep(trainer._recorded, adagrad)
     assert step._capture(None, (digits.train.x[:4],), ()) is None
     assert "Adagrad" in step.failure and "neither fused nor capturable" in step.failure
 

@@ -113,7 +113,7 @@ class SemiSupervisedTrainer(Trainer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on the unlabelled images at ``index`` and a batch of the labelled: the
         loss summed (−J's estimate) and −Σ U(x) over the unlabelled batch."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self.update_rule.zero_grad()
         x = data.train_batch(index)
         with pyro.validation_enabled(not self._validated):
             unlabelled = self.elbo.differentiable_loss(self._model, self._guide, x)
@@ -121,7 +121,7 @@ class SemiSupervisedTrainer(Trainer):
         self._validated = True
         loss = unlabelled + labelled_loss
         loss.backward()
-        self.optimizer.step()
+        self.update_rule.step()
         return loss.detach(), unlabelled.detach()
 
     def _labelled_loss(self, data: Dataset, batch_size: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ from pyro_vae.inference.fast.cuda_graph import CapturedStep
 from pyro_vae.inference.fast.replay import RecordedGradient
 from pyro_vae.inference.objectives import kl_method, loss_and_backward, make_elbo, per_dimension_kl
 from pyro_vae.inference.schedules import EarlyStopping, kl_weight, lr_scheduler
+from pyro_vae.inference.update import UpdateRule
 from pyro_vae.models.vae import VAE
 
 
@@ -89,12 +90,13 @@ class Trainer:
     """Maximises the ELBO of a VAE: θ (decoder, prior, likelihood) and φ (encoder) together.
 
     Each step computes Pyro's differentiable ELBO loss for one mini-batch and lets a torch Adam
-    update ``vae.parameters()``: the same update as ``SVI.step`` with ``pyro.optim.Adam``, but with
-    the optimizer state in one ``state_dict`` and the losses summed on the device instead of read
-    back every step. From the second step on, the loss and its gradient are replayed from a graph
-    recorded once per batch shape (inference/fast/replay.py): the same numbers without Pyro's
-    Python at every step. The trainer's state includes an epoch in progress (its batch order and
-    the steps done), so a checkpoint taken between two steps resumes exactly where it stopped.
+    update ``vae.parameters()`` (through ``update_rule``, inference/update.py): the same update
+    as ``SVI.step`` with ``pyro.optim.Adam``, but with the optimizer state in one ``state_dict``
+    and the losses summed on the device instead of read back every step. From the second step
+    on, the loss and its gradient are replayed from a graph recorded once per batch shape
+    (inference/fast/replay.py): the same numbers without Pyro's Python at every step. The
+    trainer's state includes an epoch in progress (its batch order and the steps done), so a
+    checkpoint taken between two steps resumes exactly where it stopped.
 
     With ``replicas`` from a torchrun launch, this process is one replica of a data-parallel run:
     it trains on its shard of every batch and sums gradients with the others (see
@@ -150,20 +152,20 @@ class Trainer:
             if record_graph and not registered
             else None
         )
-        # The fused implementation updates every parameter in one kernel: on the CPU a quarter
-        # of the time of the default per-tensor loop, the same arithmetic.
-        self.optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
+        # Every path below updates the parameters through this one object (inference/update.py).
+        self.update_rule = UpdateRule.from_config(self._parameters, config)
         # On a GPU, the whole step launched as one graph: the host no longer sets the pace.
         # Not across replicas, whose gradients are summed between the backward pass and Adam.
         self._captured = (
-            CapturedStep(self._recorded, self.optimizer)
+            CapturedStep(self._recorded, self.update_rule)
             if self._recorded is not None
             and cuda_graph
             and self._parameters[0].device.type == "cuda"
             and not replicas.distributed
             else None
         )
-        self.scheduler = lr_scheduler(config, self.optimizer)  # None for a constant rate
+        # None for a constant rate
+        self.scheduler = lr_scheduler(config, self.update_rule.optimizer)
         self.early_stopping = EarlyStopping()
         self.history: list[EpochMetrics] = []
         # Wall-clock seconds of each epoch's steps: kept apart from the metrics, which a fixed
@@ -178,6 +180,15 @@ class Trainer:
         self._elbo_sum = torch.zeros(())  # and ELBO (−loss unless the KL term is weighted),
         self._seconds = 0.0  # and their time
         self._validated = False  # whether a step has run with Pyro's validation on
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer that ``update_rule`` steps: its rate, state and hooks."""
+        return self.update_rule.optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self.update_rule = UpdateRule(optimizer)  # a new rule: a CUDA graph captures it anew
 
     @property
     def elbo(self) -> ELBO:
@@ -210,13 +221,13 @@ class Trainer:
         """One step on ``batch``; returns its loss and −ELBO summed, on the device (on CUDA
         perhaps a graph's output buffers, overwritten by the next step: use them before it)."""
         if self._captured is not None and self._validated and batch[0].shape[0]:
-            if self._captured.optimizer is not self.optimizer:  # replaced since: capture it
-                self._captured = CapturedStep(self._recorded, self.optimizer)
+            if self._captured.update_rule is not self.update_rule:  # replaced since: capture it
+                self._captured = CapturedStep(self._recorded, self.update_rule)
             captured = self._captured(*batch)  # the update done too
             if captured is not None:
                 return captured
         losses = self._backward(*batch)
-        self.optimizer.step()
+        self.update_rule.step()
         return losses
 
     def _inputs(self, data: Dataset, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -234,7 +245,7 @@ class Trainer:
             losses = self._recorded(*batch)  # replaces every .grad: no zero_grad needed
             if losses is not None:
                 return losses
-        self.optimizer.zero_grad(set_to_none=True)
+        self.update_rule.zero_grad()
         if batch[0].shape[0] == 0:  # a replica's shard of a last batch smaller than the replicas
             zero = torch.zeros((), device=batch[0].device)
             return zero, zero
@@ -280,7 +291,7 @@ class Trainer:
             self._loss_sum = torch.zeros((), device=device)  # one sync an epoch
             self._elbo_sum = torch.zeros((), device=device)
         batches = self._order.split(self.config.batch_size)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.update_rule.lr
         beta = self.config.beta
         start = time.perf_counter()
         for index in batches[self._steps_done :]:
@@ -371,7 +382,7 @@ class Trainer:
         wish = torch.tensor(float(should_stop is not None and should_stop()), device=index.device)
         riders = torch.stack([loss_sum, negative_elbo_sum, wish])
         loss_sum, negative_elbo_sum, stops = self.replicas.sum_gradients(self._parameters, riders)
-        self.optimizer.step()
+        self.update_rule.step()
         # Reading the stop flag waits for the step to finish: the price of stopping together.
         return (loss_sum, negative_elbo_sum), bool(stops > 0)
 
@@ -416,10 +427,9 @@ class Trainer:
 
     def set_lr(self, lr: float) -> None:
         """Use learning rate ``lr`` from the next step on; a schedule goes on from it."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.update_rule.set_lr(lr)
         if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
-            self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+            self.scheduler.base_lrs = [lr for _ in self.update_rule.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
         in_progress = None
@@ -432,7 +442,7 @@ class Trainer:
                 "seconds": self._seconds,
             }
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.update_rule.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "early_stopping": asdict(self.early_stopping),
             "history": [asdict(metrics) for metrics in self.history],
@@ -444,7 +454,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict``; tensors move to the VAE's device. The learning rate is the
         saved one (a schedule's): ``set_lr`` changes it."""
-        self.optimizer.load_state_dict(state["optimizer"])  # restores the saved lr too
+        self.update_rule.load_state_dict(state["optimizer"])  # restores the saved lr too
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.early_stopping = EarlyStopping(**state.get("early_stopping", {}))

@@ -362,137 +362,202 @@ def _train(
     trainer: Trainer,
     hooks: RunHooks,
 ) -> RunResult:
-    replicas = trainer.replicas
-    device = next(trainer.vae.parameters()).device
-    # Only rank 0 writes; every replica holds the same state, so its files describe them all.
-    if replicas.is_main:
-        # Rewritten from the checkpoint's history, so a run killed between writing its
-        # checkpoint and its metrics line comes back consistent.
-        _write_atomically(
-            run_dir / METRICS, "".join(_json_line(asdict(m)) for m in trainer.history)
-        )
-        _write_atomically(
-            run_dir / TIMING,
-            "".join(_timing_line(trainer, epoch) for epoch in range(1, trainer.epoch + 1)),
-        )
+    """Train on to the configured epochs or an early stop, writing the run directory as it goes;
+    a stop on request returns an unfinished run, which ``resume_run`` continues."""
+    try:
+        with RunWriter(run_dir, run_id, config, data, trainer, hooks) as writer:
+            finished = _train_epochs(config, data, trainer, hooks, writer)
+    except TrainingDiverged as error:
+        note = _scale_note(trainer.vae, data)
+        raise _with_advice(error, run_dir, config, note) from None
+    if not finished:  # stopped on request, checkpoint saved
+        return _result(config, run_dir, trainer, False, [run_dir / CHECKPOINT])
+    files, active = writer.finish()
+    return _result(config, run_dir, trainer, True, files, active)
 
-    def save(name: str = CHECKPOINT) -> None:
+
+def _train_epochs(
+    config: RunConfig, data: Dataset, trainer: Trainer, hooks: RunHooks, writer: "RunWriter"
+) -> bool:
+    """The epochs left: True once done (or stopped early), False where a stop was asked."""
+    stopping, patience = trainer.early_stopping, config.train.patience
+    device = next(trainer.vae.parameters()).device
+    while trainer.epoch < config.train.epochs and not stopping.exhausted(trainer.epoch, patience):
+        metrics = trainer.train_epoch(data, hooks.on_step, hooks.should_stop, writer.after_step)
+        if metrics is None:  # stopped inside the epoch, after saving it
+            return False
+        writer.end_of_epoch(metrics)
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(metrics)
+        if hooks.should_stop is not None and trainer.replicas.any(hooks.should_stop(), device):
+            return False
+    return True
+
+
+class RunWriter:
+    """Everything a run writes into its directory while it trains, and at its end.
+
+    Entering rewrites metrics.jsonl and timing.jsonl from the trainer's history (so a run killed
+    between its checkpoint and its lines comes back consistent) and opens TensorBoard's log;
+    leaving closes that log. In between: the checkpoint every ``checkpoint_every`` steps and
+    where a stop is asked (``after_step``), and after each epoch best.pt, the checkpoint and the
+    lines that describe it (``end_of_epoch``); then the final pictures (``finish``).
+
+    Only rank 0 writes: every replica holds the same state, so its files describe them all. The
+    check that the parameters are finite before a mid-epoch checkpoint runs on every replica.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        run_id: str,
+        config: RunConfig,
+        data: Dataset,
+        trainer: Trainer,
+        hooks: RunHooks,
+    ) -> None:
+        self.run_dir, self.run_id, self.config = run_dir, run_id, config
+        self.data, self.trainer = data, trainer
+        self._main = trainer.replicas.is_main
+        self._tensorboard = hooks.tensorboard
+        self._checkpoint_every = hooks.checkpoint_every
+        self._steps_since_save = 0
+        self._board: TensorBoardLog | None = None
+
+    def __enter__(self) -> "RunWriter":
+        if self._main:
+            history = self.trainer.history
+            _write_atomically(
+                self.run_dir / METRICS, "".join(_json_line(asdict(m)) for m in history)
+            )
+            _write_atomically(
+                self.run_dir / TIMING,
+                "".join(_timing_line(self.trainer, epoch) for epoch in range(1, len(history) + 1)),
+            )
+            if self._tensorboard:
+                self._board = TensorBoardLog(self.run_dir, self.config, self.data.image_shape)
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        if self._board is not None:
+            self._board.close(self.trainer.history)
+
+    def after_step(self, stopping: bool) -> None:
+        """After every step but an epoch's last (``Trainer.train_epoch``'s ``after_step``)."""
+        self._steps_since_save += 1
+        every = self._checkpoint_every
+        if stopping or (every and self._steps_since_save >= every):
+            self.save()
+            self._steps_since_save = 0
+
+    def end_of_epoch(self, metrics: EpochMetrics) -> None:
+        """After a finished epoch: its checkpoints, its lines, its TensorBoard events."""
+        best = self.trainer.early_stopping.best_epoch == metrics.epoch
+        if self.config.train.patience is not None and best:
+            self.save(BEST)  # before the checkpoint that records it as the best
+        self.save()  # first the checkpoint, then the lines that describe it
+        self._steps_since_save = 0
+        self._append_lines(metrics)
+        if self._board is not None:
+            test = self.data.test
+            classes = test.labels[:64] if self.trainer.vae.labelled else None
+            self._board.epoch(metrics, self.trainer.vae, test.rows(slice(0, 64)), classes)
+
+    def save(self, name: str = CHECKPOINT) -> None:
+        """The model, the trainer's state and the random number generators' states, to ``name``
+        in the run directory."""
+        trainer, data = self.trainer, self.data
         if trainer.steps_done:  # mid-epoch; a finished epoch was checked by train_epoch
             trainer.check_finite()
-        if not replicas.is_main:
+        if not self._main:
             return
         state = Checkpoint(
-            config,
+            self.config,
             data.image_shape,
             trainer.vae.state_dict(),
             trainer.state_dict(),
             capture_rng_state(),
-            run_id,
+            self.run_id,
             len(data.train) + len(data.val) + len(data.test),
             data.class_names,
         )
-        path = run_dir / name
+        path = self.run_dir / name
         with writing(path, "--out"):
             save_checkpoint(state, path)
 
-    def append_lines(metrics: EpochMetrics) -> None:
-        if not replicas.is_main:
+    def _append_lines(self, metrics: EpochMetrics) -> None:
+        if not self._main:
             return
-        with writing(run_dir / METRICS, "--out"), open(run_dir / METRICS, "a") as file:
+        metrics_path, timing_path = self.run_dir / METRICS, self.run_dir / TIMING
+        with writing(metrics_path, "--out"), open(metrics_path, "a") as file:
             file.write(_json_line(asdict(metrics)))
-        with writing(run_dir / TIMING, "--out"), open(run_dir / TIMING, "a") as file:
-            file.write(_timing_line(trainer, metrics.epoch))
+        with writing(timing_path, "--out"), open(timing_path, "a") as file:
+            file.write(_timing_line(self.trainer, metrics.epoch))
 
-    steps_since_save = 0
+    def finish(self) -> tuple[list[Path], int | None]:
+        """The pictures of the run's final model (best.pt's with --patience, else the last);
+        returns the run directory's files and that model's active units (no files and None on a
+        replica other than rank 0, which writes none)."""
+        if not self._main:
+            return [], None
+        run_dir, data, config = self.run_dir, self.data, self.config
+        vae = self.trainer.vae
+        device = next(vae.parameters()).device
+        kept = [CHECKPOINT]
+        if config.train.patience is not None and (run_dir / BEST).is_file():
+            vae = load_checkpoint(run_dir / BEST, device).build_vae(device)
+            kept.append(BEST)
+        labelled = vae.labelled  # its networks read the classes: give them the data's
+        active = active_units(vae, data.val.stored, labels=data.val.labels if labelled else None)
+        shown = slice(0, NUM_RECONSTRUCTIONS)
+        pictures = [
+            save_reconstructions(
+                vae,
+                data.test.rows(shown),
+                data.image_shape,
+                run_dir / RECONSTRUCTIONS,
+                data.test.labels[shown] if labelled else None,
+            ),
+            save_samples(
+                vae,
+                data.image_shape,
+                run_dir / SAMPLES,
+                _samples(vae),
+                config.train.seed,
+                class_names=data.class_names,
+            ),
+            plots.save_elbo_curve(self.trainer.history, run_dir / ELBO_CURVE),
+        ]
+        events = sorted(run_dir.glob("events.out.tfevents.*")) if self._board is not None else []
+        files = [run_dir / name for name in (*kept, CONFIG, METRICS, TIMING)] + events + pictures
+        return files, active
 
-    def after_step(stopping: bool) -> None:
-        nonlocal steps_since_save
-        steps_since_save += 1
-        if stopping or (hooks.checkpoint_every and steps_since_save >= hooks.checkpoint_every):
-            save()
-            steps_since_save = 0
 
-    patience = config.train.patience
-    stopping = trainer.early_stopping
-    board = None
-    if hooks.tensorboard and replicas.is_main:
-        board = TensorBoardLog(run_dir, config, data.image_shape)
-
-    def result(finished: bool, files: list[Path], active: int | None = None) -> RunResult:
-        return RunResult(
-            config,
-            run_dir,
-            device,
-            trainer.history,
-            trainer.epoch_seconds,
-            files if replicas.is_main else [],
-            finished,
-            trainer.steps_done,
-            stopped_early=stopping.exhausted(trainer.epoch, patience)
-            and trainer.epoch < config.train.epochs,
-            # best.pt holds it, unless --patience came with a resume after the best epoch
-            best_epoch=stopping.best_epoch if (run_dir / BEST).is_file() else None,
-            active_units=active,
-            free_bits_possible=supports_free_bits(trainer.vae),
-        )
-
-    try:
-        while trainer.epoch < config.train.epochs and not stopping.exhausted(
-            trainer.epoch, patience
-        ):
-            metrics = trainer.train_epoch(data, hooks.on_step, hooks.should_stop, after_step)
-            if metrics is None:  # stopped on request, checkpoint saved
-                return result(False, [run_dir / CHECKPOINT])
-            if patience is not None and stopping.best_epoch == metrics.epoch:
-                save(BEST)  # before the checkpoint that records it as the best
-            save()  # first the checkpoint, then the lines that describe it
-            steps_since_save = 0
-            append_lines(metrics)
-            if board is not None:
-                classes = data.test.labels[:64] if trainer.vae.labelled else None
-                board.epoch(metrics, trainer.vae, data.test.rows(slice(0, 64)), classes)
-            if hooks.on_epoch is not None:
-                hooks.on_epoch(metrics)
-            if hooks.should_stop is not None and replicas.any(hooks.should_stop(), device):
-                return result(False, [run_dir / CHECKPOINT])
-    except TrainingDiverged as error:
-        note = _scale_note(trainer.vae, data)
-        raise _with_advice(error, run_dir, config, note) from None
-    finally:
-        if board is not None:
-            board.close(trainer.history)
-
-    if not replicas.is_main:
-        return result(True, [])
-    vae = trainer.vae
-    kept = [CHECKPOINT]
-    if patience is not None and (run_dir / BEST).is_file():  # the run's pictures: its best model
-        vae = load_checkpoint(run_dir / BEST, device).build_vae(device)
-        kept.append(BEST)
-    labelled = vae.labelled  # its networks read the classes: give them the data's
-    active = active_units(vae, data.val.stored, labels=data.val.labels if labelled else None)
-    shown = slice(0, NUM_RECONSTRUCTIONS)
-    pictures = [
-        save_reconstructions(
-            vae,
-            data.test.rows(shown),
-            data.image_shape,
-            run_dir / RECONSTRUCTIONS,
-            data.test.labels[shown] if labelled else None,
-        ),
-        save_samples(
-            vae,
-            data.image_shape,
-            run_dir / SAMPLES,
-            _samples(vae),
-            config.train.seed,
-            class_names=data.class_names,
-        ),
-        plots.save_elbo_curve(trainer.history, run_dir / ELBO_CURVE),
-    ]
-    events = sorted(run_dir.glob("events.out.tfevents.*")) if board is not None else []
-    files = [run_dir / name for name in (*kept, CONFIG, METRICS, TIMING)] + events + pictures
-    return result(True, files, active)
+def _result(
+    config: RunConfig,
+    run_dir: Path,
+    trainer: Trainer,
+    finished: bool,
+    files: list[Path],
+    active: int | None = None,
+) -> RunResult:
+    stopping, patience = trainer.early_stopping, config.train.patience
+    return RunResult(
+        config,
+        run_dir,
+        next(trainer.vae.parameters()).device,
+        trainer.history,
+        trainer.epoch_seconds,
+        files if trainer.replicas.is_main else [],
+        finished,
+        trainer.steps_done,
+        stopped_early=stopping.exhausted(trainer.epoch, patience)
+        and trainer.epoch < config.train.epochs,
+        # best.pt holds it, unless --patience came with a resume after the best epoch
+        best_epoch=stopping.best_epoch if (run_dir / BEST).is_file() else None,
+        active_units=active,
+        free_bits_possible=supports_free_bits(trainer.vae),
+    )
 
 
 def _with_advice(

@@ -5,7 +5,8 @@ then Adam's), and at batch 128 the host takes far longer to launch them one by o
 takes to run them (on an H200, the recorded step uncaptured 1.4–2.3 ms against 0.3 ms for its
 graph: benchmarks/cuda_graph.py): the GPU waits. A CUDA graph launches the whole step at once.
 ``CapturedStep`` captures the recorded loss and gradient (inference/fast/replay.py) and the
-optimizer's step into one ``torch.cuda.CUDAGraph`` with static buffers for the batch, then replays
+update rule's step (inference/update.py, the call every uncaptured step makes too) into one
+``torch.cuda.CUDAGraph`` with static buffers for the batch, then replays
 it for every step with the same conditions: the host copies the batch in and launches one graph.
 
 A capture fixes more than a recording does. The graph reads and writes memory by address: the
@@ -37,6 +38,7 @@ from torch.fx import GraphModule
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from pyro_vae.inference.fast.replay import GraphKey, RecordedGradient
+from pyro_vae.inference.update import UpdateRule
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,8 @@ class CapturedStep:
     step: read or copy them before it.
     """
 
-    def __init__(self, recorded: RecordedGradient, optimizer: torch.optim.Optimizer) -> None:
-        self._recorded, self._optimizer = recorded, optimizer
+    def __init__(self, recorded: RecordedGradient, update_rule: UpdateRule) -> None:
+        self._recorded, self._rule = recorded, update_rule
         self._captures: dict[GraphKey, _Capture] = {}
         self._warmed: dict[GraphKey, tuple[Any, ...]] = {}  # the conditions of a first step
         self._stream: torch.cuda.Stream | None = None  # made on the first step's device
@@ -75,9 +77,14 @@ class CapturedStep:
         self._hooks_said = False  # whether the log said that hooks keep steps uncaptured
 
     @property
+    def update_rule(self) -> UpdateRule:
+        """The update the graphs hold."""
+        return self._rule
+
+    @property
     def optimizer(self) -> torch.optim.Optimizer:
-        """The optimizer whose update the graphs hold."""
-        return self._optimizer
+        """The update rule's optimizer, whose settings and state a capture fixes."""
+        return self._rule.optimizer
 
     def __call__(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         found = self._recorded.graph_for(*batch)
@@ -119,11 +126,9 @@ class CapturedStep:
     def _conditions(self) -> tuple[Any, ...]:
         """What a graph captured now would fix: the addresses of the tensors it reads and
         writes besides the batch, and the optimizer's hyperparameters."""
-        state = self._optimizer.state
+        state = self.optimizer.state
         # The optimizer's own list too: a parameter added to it, or taken out, is another update.
-        updated = [
-            parameter for group in self._optimizer.param_groups for parameter in group["params"]
-        ]
+        updated = self._rule.parameters
         tensors = [
             *self._recorded.inputs,
             *updated,
@@ -136,14 +141,14 @@ class CapturedStep:
         ]
         settings = tuple(
             tuple((name, value) for name, value in group.items() if name not in _NOT_SETTINGS)
-            for group in self._optimizer.param_groups
+            for group in self.optimizer.param_groups
         )
         return (*(tensor.data_ptr() for tensor in tensors), settings)
 
     def _hooked(self) -> bool:
         """Whether the optimizer's step runs Python of someone else's (a step hook, its own or a
         global one, or a ``step`` replaced on the instance), which no replay would run."""
-        optimizer = self._optimizer
+        optimizer = self.optimizer
         step = vars(optimizer).get("step")
         # torch's learning-rate schedulers wrap the instance's step only to note that it ran
         # (for a warning about the order of calls): that wrapper around the class's own step
@@ -167,7 +172,7 @@ class CapturedStep:
         self, graph: GraphModule, batch: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         losses = self._recorded.replay(graph, *batch)
-        self._optimizer.step()
+        self._rule.step()
         return losses
 
     def _on_side_stream(
@@ -190,13 +195,13 @@ class CapturedStep:
         self, graph: GraphModule, batch: tuple[torch.Tensor, ...], conditions: tuple[Any, ...]
     ) -> _Capture | None:
         """The step captured (not run: the caller replays it), or None if it cannot be."""
-        groups = self._optimizer.param_groups
+        groups = self.optimizer.param_groups
         if not all(group.get("fused") or group.get("capturable") for group in groups):
             # One that keeps a count or a rate on the host would be captured with this step's
             # values and replay them for ever; torch's fused and capturable ones keep theirs on
             # the device.
             self.failure = (
-                f"the optimizer ({type(self._optimizer).__name__}) is neither fused nor "
+                f"the optimizer ({type(self.optimizer).__name__}) is neither fused nor "
                 "capturable, so its update may read values on the host"
             )
             log.info("training without a CUDA graph: %s", self.failure)
@@ -217,7 +222,7 @@ class CapturedStep:
                 cuda_graph, stream=self._stream, capture_error_mode="thread_local"
             ):
                 losses = self._recorded.replay(graph, *static)
-                self._optimizer.step()
+                self._rule.step()  # the very call an uncaptured step makes
         except Exception as error:  # the recorded step without a graph is always correct
             lines = [line for line in str(error).splitlines() if line.strip()]
             self.failure = f"{type(error).__name__}{': ' + lines[0] if lines else ''}"
