@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 ALPHA_PER_IMAGE = 0.1  # the paper's α = 0.1·N, N the number of training images
 
 
-ALPHA_PER_IMAGE = 0.1  # the paper's α = 0.1·N, N the number of training images
-
-
 def enumerated_elbo(num_particles: int = 1) -> TraceEnum_ELBO:
     """Pyro's ELBO that sums over the guide's enumerated y exactly (z sampled)."""
     return TraceEnum_ELBO(
