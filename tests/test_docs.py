@@ -240,6 +240,19 @@ def test_the_readme_links_lead_somewhere():
             assert anchor in {github_anchor(heading) for heading in headings}, link
 
 
+def test_the_architecture_page_maps_every_module():
+    """docs/architecture.md says where each concept lives: every module of the package has its
+    row (a package's __init__ excepted), so a new module comes with its place on the map."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    modules = {
+        path.relative_to(ROOT / "pyro_vae").as_posix()
+        for path in (ROOT / "pyro_vae").rglob("*.py")
+        if path.name != "__init__.py" and path.parent.name != "__pycache__"
+    }
+    missing = sorted(m for m in modules if f"`{m}`" not in page and f"`pyro_vae/{m}`" not in page)
+    assert not missing, f"docs/architecture.md does not place {missing}"
+
+
 # The site
 
 
