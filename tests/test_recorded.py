@@ -352,8 +352,8 @@ def test_a_subclass_of_a_builtin_component_declares_for_itself(digits, caplog):
     assert_same_steps(recorded, eager)
     assert [r.getMessage() for r in caplog.records] == [
         "training eagerly: likelihood (TemperedLikelihood) does not declare its step static, so a "
-        "recorded graph could compute something else (see the README's 'Recorded steps' for "
-        "`recordable = True`)"
+        "recorded graph could compute something else (see docs/components.md, 'Recorded steps', "
+        "for `recordable = True`)"
     ]
 
 

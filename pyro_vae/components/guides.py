@@ -126,7 +126,7 @@ class FullCovarianceGuide(GuideFamily):
         self.register_buffer("below", rows * latent_dim + columns, persistent=False)
         # The entries below the diagonal count this much. Starting at 0, q starts as the diagonal
         # guide and the correlations grow as they help: with the raw entries, the size of an
-        # untrained encoder's outputs, the full guide trained far worse (see the README).
+        # untrained encoder's outputs, the full guide trained far worse (see docs/results.md).
         self.correlation = nn.Parameter(torch.zeros(()))
 
     def scale_tril(self, parameters: torch.Tensor) -> torch.Tensor:

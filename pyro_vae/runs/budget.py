@@ -18,9 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyro_vae.core.config import RunConfig
-from pyro_vae.core.errors import UserInputError
-from pyro_vae.models.build import MODELS
 from pyro_vae.components.guides import guide_size
 from pyro_vae.components.networks import (
     NETWORKS,
@@ -28,7 +25,10 @@ from pyro_vae.components.networks import (
     build_networks,
     default_hidden_dims,
 )
+from pyro_vae.core.config import RunConfig
+from pyro_vae.core.errors import UserInputError
 from pyro_vae.core.registry import registered
+from pyro_vae.models.build import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -145,26 +145,31 @@ def _measured(network: str, context: dict[str, Any]) -> NetworkCost:
 
     with torch.device("meta"):
         encoder, decoder = build_networks(network, **context)
-    measured = []
-    for net, width in ((encoder, prod(context["data_shape"])), (decoder, context["latent_dim"])):
-        outputs = [0]
-
-        def count(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                outputs[0] += output.numel()
-
-        leaves = [m for m in net.modules() if not list(m.children())]
-        hooks = [leaf.register_forward_hook(count) for leaf in leaves]
-        try:
-            with FlopCounterMode(display=False) as counter, torch.no_grad():
-                net(torch.zeros(1, width, device="meta"))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        parameters = sum(p.numel() for p in net.parameters())
-        measured.append((parameters, float(counter.get_total_flops()), outputs[0]))
+    encoder_cost = _measure(encoder, prod(context["data_shape"]), FlopCounterMode)
+    decoder_cost = _measure(decoder, context["latent_dim"], FlopCounterMode)
+    measured = [encoder_cost, decoder_cost]
     (enc_p, enc_flop, enc_out), (dec_p, dec_flop, dec_out) = measured
     return NetworkCost(enc_p + dec_p, enc_p, enc_flop, dec_flop, enc_out, dec_out)
+
+
+def _measure(net: nn.Module, width: int, counter_mode: Any) -> tuple[int, float, int]:
+    """(parameters, FLOP, values its layers output) of ``net`` on one meta row of ``width``."""
+    outputs = [0]
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            outputs[0] += output.numel()
+
+    leaves = [m for m in net.modules() if not list(m.children())]
+    hooks = [leaf.register_forward_hook(count) for leaf in leaves]
+    try:
+        with counter_mode(display=False) as counter, torch.no_grad():
+            net(torch.zeros(1, width, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    parameters = sum(p.numel() for p in net.parameters())
+    return parameters, float(counter.get_total_flops()), outputs[0]
 
 
 def _memory_bytes(device: torch.device) -> int | None:

@@ -22,12 +22,12 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_vae.models.build import build_model
+from pyro_vae.components.networks import as_data_shape
 from pyro_vae.core.config import RunConfig
 from pyro_vae.core.errors import UserInputError
 from pyro_vae.core.version import __version__
+from pyro_vae.models.build import build_model
 from pyro_vae.models.vae import VAE
-from pyro_vae.components.networks import as_data_shape
 from pyro_vae.runs.rundir import (
     BEST,
     CHECKPOINT,

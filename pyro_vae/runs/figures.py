@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.runs.outputs import PNG_METADATA
 from pyro_vae.inference.trainer import EpochMetrics
+from pyro_vae.runs.outputs import PNG_METADATA
 
 PAD_VALUE = 0.5  # grey lines between images, distinct from black (0) and white (1) pixels
 TITLE_POINTS = 9  # the titles' font size

@@ -4,8 +4,8 @@ how, how well it does on held-out data, and with which versions, as Markdown."""
 from dataclasses import asdict
 from typing import Any
 
-from pyro_vae.runs.checkpoint import environment
 from pyro_vae.inference.evaluate import Bound
+from pyro_vae.runs.checkpoint import environment
 from pyro_vae.runs.trained import Scores, TrainedModel
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.runs import figures as plots
-from pyro_vae.data.datasets import as_float
 from pyro_vae.core.errors import UserInputError
+from pyro_vae.data.datasets import as_float
 from pyro_vae.models.vae import VAE
+from pyro_vae.runs import figures as plots
 
 log = logging.getLogger(__name__)
 

@@ -31,25 +31,34 @@ import pyro
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from pyro_vae.core.config import RunConfig
+from pyro_vae.core.errors import UserInputError
+from pyro_vae.data.datasets import Dataset, load_dataset, load_run_data
+from pyro_vae.data.labels import check_labels
+from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
+from pyro_vae.inference.evaluate import active_units
+from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
+from pyro_vae.inference.schedules import extend_cosine
+from pyro_vae.inference.trainer import (
+    EpochMetrics,
+    StepCallback,
+    Trainer,
+    TrainingDiverged,
+    supports_free_bits,
+)
 from pyro_vae.models.build import MODELS, build_model, with_widths
+from pyro_vae.models.vae import VAE
 from pyro_vae.runs import figures as plots
 from pyro_vae.runs.budget import check_budget
 from pyro_vae.runs.checkpoint import (
-    check_run_dir,
     Checkpoint,
     capture_rng_state,
+    check_run_dir,
     environment,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from pyro_vae.core.config import RunConfig
-from pyro_vae.data.datasets import Dataset, load_dataset, load_run_data
-from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
-from pyro_vae.core.errors import UserInputError
-from pyro_vae.inference.evaluate import active_units
-from pyro_vae.data.labels import check_labels
-from pyro_vae.models.vae import VAE
 from pyro_vae.runs.pictures import save_reconstructions, save_samples
 from pyro_vae.runs.rundir import (
     BEST,
@@ -65,16 +74,7 @@ from pyro_vae.runs.rundir import (
     run_lock,
     writing,
 )
-from pyro_vae.inference.schedules import extend_cosine
-from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
 from pyro_vae.runs.tensorboard import TensorBoardLog, summary_writer_class
-from pyro_vae.inference.trainer import (
-    EpochMetrics,
-    StepCallback,
-    Trainer,
-    TrainingDiverged,
-    supports_free_bits,
-)
 
 log = logging.getLogger(__name__)
 

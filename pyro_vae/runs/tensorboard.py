@@ -14,9 +14,9 @@ import torch
 
 from pyro_vae.core.config import RunConfig
 from pyro_vae.core.errors import UserInputError
+from pyro_vae.inference.trainer import EpochMetrics
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.figures import image_grid
-from pyro_vae.inference.trainer import EpochMetrics
 
 NUM_IMAGES = 64  # in each grid
 PICTURES = 10  # image grids over a run, at most (and always at its last epoch)

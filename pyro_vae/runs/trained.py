@@ -3,8 +3,8 @@
 ``load_run(path)`` takes a run directory (its ``best.pt`` where it kept one, else its
 ``checkpoint.pt``), a checkpoint file, or a folder written by ``export_run``; it returns a
 ``TrainedModel``: the VAE in evaluation mode on its device, with the run's data transform
-(data/transform.py), so that every method takes raw data of the run's kind (an array, an image file, a
-folder of images, an IDX or ``.npy`` file) as well as rows the model already reads.
+(data/transform.py), so that every method takes raw data of the run's kind (an array, an image
+file, a folder of images, an IDX or ``.npy`` file) as well as rows the model already reads.
 
 An exported model (``export_run``) is the weights as ``safetensors`` (loading them runs no code,
 unlike a pickle), the configuration and data transform as JSON, and a model card (Markdown).
@@ -22,18 +22,17 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.models.build import build_model
-from pyro_vae.runs.checkpoint import environment, load_checkpoint
 from pyro_vae.core.config import RunConfig
-from pyro_vae.data.datasets import as_float, load_run_data
 from pyro_vae.core.devices import resolve_device
 from pyro_vae.core.errors import UserInputError
-from pyro_vae.inference.evaluate import image_bounds
+from pyro_vae.data.datasets import as_float, load_run_data
 from pyro_vae.data.labels import check_label
-from pyro_vae.models.vae import VAE
-from pyro_vae.runs.rundir import BEST, CHECKPOINT
-from pyro_vae.models.m2 import SemiSupervisedVAE
 from pyro_vae.data.transform import DataTransform, NewData
+from pyro_vae.inference.evaluate import image_bounds
+from pyro_vae.models.build import build_model
+from pyro_vae.models.vae import VAE
+from pyro_vae.runs.checkpoint import environment, load_checkpoint
+from pyro_vae.runs.rundir import BEST, CHECKPOINT
 
 log = logging.getLogger(__name__)
 

@@ -248,7 +248,7 @@ class RecordedGradient:
         if (part := undeclared(parts)) is not None:
             self._stand_aside(
                 f"{part} does not declare its step static, so a recorded graph could compute "
-                "something else (see the README's 'Recorded steps' for `recordable = True`)"
+                "something else (see docs/components.md, 'Recorded steps', for `recordable = True`)"
             )
             return False
         self._parameters = list(self._loss.parameters())
