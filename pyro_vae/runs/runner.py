@@ -42,7 +42,7 @@ from pyro_vae.runs.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from pyro_vae.core.config import RunConfig
+from pyro_vae.core.config import RESUMABLE, RunConfig
 from pyro_vae.data.datasets import Dataset, load_dataset, load_run_data
 from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
 from pyro_vae.core.errors import UserInputError
@@ -81,10 +81,6 @@ log = logging.getLogger(__name__)
 
 NUM_SAMPLES = 64  # images in the samples grid written at the end of training
 NUM_RECONSTRUCTIONS = 16  # test images shown beside their reconstructions
-
-
-# What a resumed run may change: not model, data or seed.
-RESUMABLE = ("epochs", "lr", "device", "patience")
 
 
 @dataclass(frozen=True)
