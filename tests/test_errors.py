@@ -175,7 +175,7 @@ CASES: dict[str, tuple[Setup, str]] = {
             "--config",
             _text(t / "c.toml", '[model]\nlikelihood_options = {sigma = "x"}\n'),
         ],
-        "[model] likelihood_options sigma must be a positive number, got 'x'",
+        "[model] likelihood_options sigma must be a number, got 'x'",
     ),
     "flows in a config file not whole": (
         lambda t, r: [
@@ -522,7 +522,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     "unknown lr schedule": (lambda t, r: ["train", "--lr-schedule", "linear"], "'--lr-schedule'"),
     "lr factor above one": (
         lambda t, r: ["train", "--lr-schedule", "step", "--lr-factor", "2"],
-        "lr_factor must lie strictly between 0 and 1",
+        "'--lr-factor': must lie strictly between 0 and 1",
     ),
     "a schedule's option without it": (
         lambda t, r: ["train", "--lr-min", "1e-5"],
@@ -540,7 +540,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     ),
     "cosine floor above the rate": (
         lambda t, r: ["train", "--lr-schedule", "cosine", "--lr-min", "0.1"],
-        "lr_min (0.1) must be below lr",
+        "--lr-min (0.1) must be below --lr",
     ),
     "zero lr step": (lambda t, r: ["train", "--lr-step", "0"], "'--lr-step'"),
     "negative warm-up": (lambda t, r: ["train", "--kl-warmup", "-1"], "'--kl-warmup'"),

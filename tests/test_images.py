@@ -306,7 +306,7 @@ def test_truncated_cifar10_batches_are_named(tmp_path):
 
 
 def test_missing_cifar10_batches_say_where_they_were_looked_for(tmp_path):
-    with pytest.raises(UserInputError, match=r"cifar-10-batches-py.*--download.*--data-dir"):
+    with pytest.raises(UserInputError, match=r"cifar-10-batches-py.*download.*data_dir"):
         load_cifar10(cifar_config(tmp_path))
     folder = write_cifar(tmp_path)
     (folder / "test_batch").unlink()

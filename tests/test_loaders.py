@@ -70,7 +70,7 @@ def test_only_the_test_split_on_disk_is_said_and_split(tmp_path, caplog):
 
 
 def test_missing_idx_files_name_the_folder(tmp_path):
-    with pytest.raises(UserInputError, match=r"no kmnist IDX files in .*KMNIST/raw.*--data-dir"):
+    with pytest.raises(UserInputError, match=r"no kmnist IDX files in .*KMNIST/raw.*data_dir"):
         load_dataset(DataConfig(dataset="kmnist", data_dir=str(tmp_path)))
 
 
@@ -252,8 +252,8 @@ def test_4d_arrays_follow_the_layout_or_say_the_guess(
         ((6, 5, 7, 4), "auto", r"4 channels .*RGBA.*x\[\.\.\., :3\]"),
         ((6, 4, 7, 5), "auto", r"4 channels .*x\[:, :3\]"),
         ((6, 5, 7, 4), "nhwc", r"x\[\.\.\., :3\]"),
-        ((6, 5, 7, 6), "auto", "cannot be told.*--layout"),
-        ((6, 3, 7, 5), "nhwc", "axis 3 has 5 channels.*check --layout"),
+        ((6, 5, 7, 6), "auto", "cannot be told.*with layout"),
+        ((6, 3, 7, 5), "nhwc", "axis 3 has 5 channels.*check layout"),
     ],
 )
 def test_4d_arrays_without_1_or_3_channels_are_refused(tmp_path, shape, layout, message):
@@ -287,7 +287,7 @@ def test_the_papers_split_is_fixed_and_in_order(tmp_path):
 
 def test_the_papers_split_needs_the_official_files(tmp_path):
     write_mnist(tmp_path, splits=("t10k",), n=(20,))
-    with pytest.raises(UserInputError, match="--split seeded"):
+    with pytest.raises(UserInputError, match="use split seeded"):
         load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path), split="paper"))
     with pytest.raises(UserInputError, match="digits does not have"):
         load_dataset(DataConfig(split="paper"))

@@ -65,7 +65,7 @@ def test_the_conv_decoder_reaches_every_pixel_and_channel(shape):
     [
         ((1, 1, 30), (8,), "vectors of 30 values with no image shape"),
         ((1, 8, 8), (8, 16, 32, 64), "too small for 4 conv stages"),
-        ((3, 12, 40), (8, 16, 32, 64), "give at most 3 --hidden-dims"),
+        ((3, 12, 40), (8, 16, 32, 64), "give at most 3 hidden_dims"),
         ((1, 28, 28), (), "at least one stage"),
     ],
 )

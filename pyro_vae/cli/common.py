@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from pyro_vae import UserInputError, resolve_device
+from pyro_vae.core.config import SETTINGS
 
 app = typer.Typer(
     help="Variational autoencoders as Pyro model/guide pairs: train, sample, reconstruct.",
@@ -55,13 +56,26 @@ def reports_user_errors(command: Command) -> Command:
         except (UserInputError, OSError) as error:
             if _debug or (isinstance(error, OSError) and not _environmental(error)):
                 raise
-            message = str(error) if isinstance(error, UserInputError) else _describe(error)
+            if isinstance(error, UserInputError):
+                message = error.named(on_the_command_line)
+            else:
+                message = _describe(error)
             rank = os.environ.get("RANK", "0")
             who = f" (process {rank} of {os.environ.get('WORLD_SIZE')})" if rank != "0" else ""
             typer.echo(f"Error{who}: {' '.join(message.split())}", err=True)  # one line
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# How the command line names each field a library message marks: its option of ``train``, or
+# the key of a config file for a field that no option sets.
+_NAMES = {s.name: s.option.flag or s.file_key for s in SETTINGS}
+
+
+def on_the_command_line(field: str) -> str:
+    """``latent_dim`` as ``--latent-dim``, ``val_particles`` as ``[train] val_particles``."""
+    return _NAMES.get(field, field)
 
 
 # What the machine refuses for a path a user named (too long, a loop of links, a full disk, a
@@ -88,9 +102,6 @@ def _device(value: str) -> str:
     return value
 
 
-DeviceOption = Annotated[
-    str,
-    typer.Option(
-        callback=_device, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."
-    ),
-]
+# Every command's --device, said as train's is declared (core/train_config.py).
+_DEVICE_HELP = next(s.option.help for s in SETTINGS if s.field == "device")
+DeviceOption = Annotated[str, typer.Option(callback=_device, help=_DEVICE_HELP)]

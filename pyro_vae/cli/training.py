@@ -1,22 +1,17 @@
-"""The ``train`` command's side of the terminal: the options a resumed run may take, the command
-line to print as advice, Ctrl-C and SIGTERM, progress bars and the summary of a run.
+"""The ``train`` command's side of the terminal: Ctrl-C and SIGTERM, progress bars and the
+summary of a run.
 
-Split from train.py, which declares the options and calls the library; this module is the CLI's
-too, and prints: the library (pyro_vae) never does. Its progress display (``WorkProgress``) also
-serves ``evaluate`` (runs.py).
+Split from train.py, which calls the library; this module is the CLI's too, and prints: the
+library (pyro_vae) never does. Its progress display (``WorkProgress``) also serves ``evaluate``
+(runs.py).
 """
 
 import contextlib
-import inspect
-import math
-import shlex
 import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, replace
-from enum import Enum
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -25,296 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pyro_vae import (
-    GUIDES,
-    LIKELIHOODS,
-    PRIORS,
     EpochMetrics,
     RunConfig,
     RunResult,
-    UserInputError,
-    load_checkpoint,
 )
-from pyro_vae.cli.common import note
-from pyro_vae.core.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.inference.distributed import Replicas, disconnect
 from pyro_vae.runs.runner import RunHooks
 
 stderr = Console(stderr=True)
-
-
-# Options a resumed run may set: what it may change, and where its data are now.
-RESUMABLE_OPTIONS = {
-    *("resume", "epochs", "lr", "device", "checkpoint_every", "data", "data_dir", "tensorboard"),
-    "patience",
-}
-
-
-def explicit_options(ctx: typer.Context) -> set[str]:
-    """The options given on the command line (or in the environment), not left at defaults."""
-    return {
-        name
-        for name in ctx.params
-        if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
-    }
-
-
-# The options of `train` that set the TrainConfig field of their name.
-TRAIN_KEYS = (
-    *("elbo", "num_particles", "lr", "batch_size", "epochs", "seed", "device", "beta"),
-    *("kl_warmup", "free_bits", "lr_schedule", "lr_step", "lr_factor", "lr_min", "patience"),
-    *("labels", "alpha"),
-)
-
-
-# Which configuration keys each option of `train` sets: what --config FILE gives way to.
-OPTION_FIELDS: dict[str, list[tuple[str, str]]] = {
-    "dataset": [("data", "dataset"), ("data", "path")],
-    "data": [("data", "dataset"), ("data", "path")],
-    "data_dir": [("data", "data_dir")],
-    "download": [("data", "download")],
-    "binarize": [("data", "binarize")],
-    "split": [("data", "split")],
-    "image_size": [("data", "image_size")],
-    "crop": [("data", "crop")],
-    "channels": [("data", "channels")],
-    "layout": [("data", "layout")],
-    "latent_dim": [("model", "latent_dim")],
-    "model": [("model", "kind")],
-    "network": [("model", "network"), ("model", "hidden_dims")],
-    "hidden_dims": [("model", "hidden_dims")],
-    "guide": [("model", "guide"), ("model", "guide_options")],
-    "flows": [("model", "guide_options")],
-    "prior": [("model", "prior"), ("model", "prior_options")],
-    "components": [("model", "prior_options")],
-    "likelihood": [("model", "likelihood"), ("model", "likelihood_options")],
-    "sigma": [("model", "likelihood_options")],
-    **{name: [("train", name)] for name in TRAIN_KEYS},
-}
-
-
-# The options of `train` that set one keyword of a component's options, and that component.
-COMPONENT_OF = {"flows": "guide", "components": "prior", "sigma": "likelihood"}
-
-
-def with_config_file(
-    options: RunConfig, path: Path, values: dict[str, dict[str, Any]], given: set[str]
-) -> RunConfig:
-    """The configuration ``values`` read from ``path`` (``read_config_file``), with the options
-    given on the command line (``given``) in place of its values."""
-    merged = {name: dict(values.get(name, {})) for name in ("model", "data", "train")}
-    mine = options.to_dict()
-    for option in given:
-        for section, key in OPTION_FIELDS.get(option, []):
-            component = COMPONENT_OF.get(option, option)
-            if key.endswith("_options") and component in COMPONENT_OF.values():
-                stored = values.get("model", {}).get(component, asdict(ModelConfig())[component])
-                file_options = merged[section].get(key, {})
-                if mine["model"][component] == stored and isinstance(file_options, dict):
-                    # The file's component named again (--guide iaf), or one of its options set
-                    # (--flows 4): the file's other options for it stay.
-                    merged[section][key] = {**file_options, **mine[section][key]}
-                    continue
-            merged[section][key] = mine[section][key]
-    stored_kind = values.get("model", {}).get("kind", ModelConfig.kind)
-    if "model" in given and mine["model"]["kind"] not in (stored_kind, "m2"):
-        for key in ("labels", "alpha"):  # M2's, which config_file_options dropped with a note
-            merged["train"][key] = mine["train"][key]
-    try:
-        return RunConfig.from_dict(merged)
-    except TypeError as error:  # a value of the wrong type, such as "epochs": "ten"
-        raise UserInputError(f"--config {path}: a value has the wrong type ({error})") from None
-
-
-def refuse_changes_on_resume(ctx: typer.Context, out: Path | None, resume: Path) -> None:
-    """Refuse options that would change a resumed run; accept those given at its stored value."""
-    if out is not None:
-        raise UserInputError("--resume RUN names the run directory: drop --out")
-    given = explicit_options(ctx) - RESUMABLE_OPTIONS
-    if not given:
-        return
-    if "overwrite" in given:
-        raise UserInputError("--overwrite starts a new run; --resume continues one: drop one")
-    stored = _stored_options(load_checkpoint(resume).config)
-    changed = sorted(name for name in given if _option_value(ctx.params[name]) != stored.get(name))
-    if changed:
-        flags = ", ".join(
-            f"--{name.replace('_', '-')} (the run has "
-            f"{'none' if stored.get(name) is None else stored.get(name)})"
-            for name in changed
-        )
-        raise UserInputError(
-            f"a resumed run keeps its configuration, so {flags} cannot change (only --epochs, "
-            "--lr, --patience, --device, --checkpoint-every, --tensorboard and the data's "
-            "location can): drop them, or start a new run"
-        )
-
-
-def _option_value(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
-
-
-def _stored_options(config: RunConfig) -> dict[str, Any]:
-    """The run's configuration as the values of ``train``'s options."""
-    model, data, train = (asdict(section) for section in (config.model, config.data, config.train))
-    values = _option_values(model, data, train)
-    values["sigma"] = model["likelihood_options"].get(
-        "sigma", _default(LIKELIHOODS, model["likelihood"], "sigma")
-    )
-    values["components"] = model["prior_options"].get(
-        "num_components", _default(PRIORS, model["prior"], "num_components")
-    )
-    values["flows"] = model["guide_options"].get("flows", _default(GUIDES, model["guide"], "flows"))
-    return values
-
-
-def _option_values(model: dict, data: dict, train: dict) -> dict[str, Any]:
-    """A configuration's sections as the values of ``train``'s options, by parameter name."""
-    return {
-        "dataset": data["dataset"],
-        "data": Path(data["path"])
-        if data["dataset"] in ("array", "folder") and data["path"]
-        else None,
-        "data_dir": Path(data["data_dir"]),
-        "download": data["download"],
-        "binarize": data["binarize"],
-        "split": data.get("split", DataConfig.split),
-        "image_size": _joined(data["image_size"], "x"),
-        "crop": data["crop"],
-        "channels": data["channels"],
-        "layout": data["layout"],
-        "latent_dim": model["latent_dim"],
-        "model": model["kind"],
-        "network": model["network"],
-        "hidden_dims": _joined(model["hidden_dims"], ","),
-        "guide": model["guide"],
-        "flows": model["guide_options"].get("flows"),
-        "prior": model["prior"],
-        "likelihood": model["likelihood"],
-        "sigma": model["likelihood_options"].get("sigma"),
-        "components": model["prior_options"].get("num_components"),
-        **{name: train[name] for name in TRAIN_KEYS},
-    }
-
-
-def _joined(sizes: Any, separator: str) -> str | None:
-    """A list of sizes as the option spells it (``64x64``, ``256,128``); None stays None."""
-    return None if sizes is None else separator.join(map(str, sizes))
-
-
-def config_file_options(
-    path: Path, sections: dict[str, dict[str, Any]], given: set[str], chosen: dict[str, Any]
-) -> dict[str, Any]:
-    """``train``'s option values from the --config file's ``sections``, for the options not
-    ``given``: what the run's configuration is built from, so that it is checked as a whole."""
-    defaults = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig()}
-    model, data, train = (
-        {**asdict(defaults[name]), **sections.get(name, {})} for name in ("model", "data", "train")
-    )
-    for key, kind, what in (
-        ("hidden_dims", (list, tuple, type(None)), "a list of layer sizes"),
-        ("guide_options", dict, "a table of keywords"),
-        ("prior_options", dict, "a table of keywords"),
-        ("likelihood_options", dict, "a table of keywords"),
-    ):
-        if not isinstance(model[key], kind):
-            raise UserInputError(
-                f"--config {path}: [model] {key} must be {what}, got {model[key]!r}"
-            )
-    sizes = model["hidden_dims"]
-    if sizes is not None and (
-        not sizes or not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes)
-    ):
-        raise UserInputError(
-            f"--config {path}: [model] hidden_dims must list whole layer sizes, got {sizes!r}"
-        )
-    image_size = data["image_size"]
-    if image_size is not None and not (
-        isinstance(image_size, list | tuple)
-        and len(image_size) == 2
-        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in image_size)
-    ):
-        raise UserInputError(
-            f"--config {path}: [data] image_size must be [height, width], got {image_size!r}"
-        )
-    for key, kind, what in (("path", str | None, "a file name"), ("data_dir", str, "a folder")):
-        if not isinstance(data[key], kind):
-            raise UserInputError(f"--config {path}: [data] {key} must be {what}, got {data[key]!r}")
-    values = _option_values(model, data, train)
-    # An option given on the command line decides the ones that go with it, where it changes
-    # the file's choice (another likelihood has other options, another model no labels to
-    # keep): the file's values for the old choice are dropped, and one note says which.
-    dropped = []
-    for option, dependent, key in (
-        ("likelihood", "sigma", "likelihood_options"),
-        ("prior", "components", "prior_options"),
-        ("guide", "flows", "guide_options"),
-        ("network", "hidden_dims", "hidden_dims"),  # a conv's channels are no MLP's units
-    ):
-        changed = option in given and _option_value(chosen[option]) != values[option]
-        if changed and model[key] and dependent not in given:
-            dropped.append(
-                f"[model] {key} {_shown(model[key])} (for --{option} {values[option]}, not "
-                f"{_option_value(chosen[option])})"
-            )
-        if changed or values[dependent] is None:
-            values.pop(dependent)
-    new_model = _option_value(chosen["model"])
-    if "model" in given and new_model != values["model"] and new_model != "m2":
-        # --labels and --alpha choose M2's labelled images: no other model reads them
-        semi = [name for name in ("labels", "alpha") if values[name] is not None]
-        for name in semi:
-            values.pop(name)
-        if semi and not given & {"labels", "alpha"}:
-            file_values = " and ".join(f"{name} {train[name]}" for name in semi)
-            dropped.append(f"[train] {file_values} (for --model m2, not {new_model})")
-    if dropped:
-        note(f"--config {path}: dropped the file's {'; '.join(dropped)}: they do not apply here")
-    if given & {"data", "dataset"}:
-        values.pop("data"), values.pop("dataset")
-    # The component options that options also set, checked as the options' parsers check them.
-    for name, section, key, positive_real in (
-        ("components", "prior_options", "num_components", False),
-        ("flows", "guide_options", "flows", False),
-        ("sigma", "likelihood_options", "sigma", True),
-    ):
-        if name in given or name not in values:  # the command line's value replaces the file's
-            continue
-        value = values[name]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        fits = number and value > 0 and (positive_real or isinstance(value, int))
-        if value is not None and not (fits and math.isfinite(value)):
-            what = "a positive number" if positive_real else "a whole number of at least 1"
-            raise UserInputError(
-                f"--config {path}: [model] {section} {key} must be {what}, got {value!r}"
-            )
-    return {name: value for name, value in values.items() if name not in given}
-
-
-def _shown(value: Any) -> str:
-    """A config file's value as the file would write it (a table, or a list of sizes)."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key} = {item!r}" for key, item in value.items()) + "}"
-    return repr(list(value)) if isinstance(value, list | tuple) else repr(value)
-
-
-def _default(registry: Any, name: str, option: str) -> Any:
-    parameter = (
-        inspect.signature(registry[name]).parameters.get(option) if name in registry else None
-    )
-    return None if parameter is None else parameter.default
-
-
-def command_line(ctx: typer.Context, values: dict[str, Any]) -> str:
-    """The command that ran, as a user would type it, with ``values`` put in or replaced."""
-    chosen = {name: ctx.params[name] for name in explicit_options(ctx)} | values
-    words = ["pyro-vae", ctx.info_name or "train"]
-    for name, value in chosen.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            words += [flag] if value else []
-        elif value is not None:
-            words += [flag, shlex.quote(str(_option_value(value)))]
-    return " ".join(words)
 
 
 @contextlib.contextmanager

@@ -93,7 +93,7 @@ def _read(
         )
     except UserInputError as error:
         raise UserInputError(
-            f"the run's {split.value} images cannot be read ({str(error).rstrip('.')}); if "
+            f"the run's {split.value} images cannot be read ({error.marked.rstrip('.')}); if "
             "they have moved, --run-data (a data file or image folder) or --data-dir (the MNIST "
             "family's folder) says where they are now, and --data reads new data instead"
         ) from None

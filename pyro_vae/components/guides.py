@@ -202,7 +202,9 @@ class IAFGuide(GuideFamily):
         """The context size and the flows' layer sizes, defaults filled in; a user's mistake in
         any option (a config file's ``guide_options`` may hold anything) refused in one line."""
         if not _whole(flows, 1):
-            raise UserInputError(f"an IAF guide needs at least 1 flow (--flows), got {flows!r}")
+            raise UserInputError(
+                f"an IAF guide needs `guide_options.flows` of at least 1, got {flows!r}"
+            )
         if not (context_dim is None or _whole(context_dim, 1)):
             raise UserInputError(
                 "the IAF guide's context_dim (guide_options) must be a whole number of at least "

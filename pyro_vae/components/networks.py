@@ -173,18 +173,18 @@ def conv_grid(data_shape: Sequence[int], stages: int) -> tuple[int, int]:
     channels, height, width = data_shape
     if height == 1 or width == 1:
         raise UserInputError(
-            f"--network conv needs images, but the data are vectors of {channels * height * width}"
-            " values with no image shape: use --network mlp, or save the data as (N, H, W) images"
+            f"`network` conv needs images, but the data are vectors of {channels * height * width}"
+            " values with no image shape: use `network` mlp, or save the data as (N, H, W) images"
         )
     if stages == 0:
-        raise UserInputError("--network conv needs at least one stage: give --hidden-dims")
+        raise UserInputError("`network` conv needs at least one stage: give `hidden_dims`")
     side = 2**stages
     if min(height, width) < side:
         most = int(math.log2(min(height, width)))
         raise UserInputError(
             f"images of {height}×{width} are too small for {stages} conv stages (each halves "
-            f"them; {stages} need at least {side}×{side}): give at most {most} --hidden-dims, "
-            "or larger images (--image-size, for a folder of images)"
+            f"them; {stages} need at least {side}×{side}): give at most {most} `hidden_dims`, "
+            "or larger images (`image_size`, for a folder of images)"
         )
     return -(-height // side), -(-width // side)  # ceiling division
 
@@ -333,7 +333,7 @@ def build_networks(
             if "label_dim" not in inspect.signature(cls).parameters:
                 raise UserInputError(
                     f"the {network} network's {cls.__name__} takes no labels (no label_dim): "
-                    "use --network mlp or conv with a model that reads labels"
+                    "use `network` mlp or conv with a model that reads labels"
                 )
         context["label_dim"] = label_dim
     return (

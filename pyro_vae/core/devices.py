@@ -2,8 +2,8 @@
 
 import torch
 
-from pyro_vae.core.config import DEVICE_NAME
 from pyro_vae.core.errors import UserInputError
+from pyro_vae.core.train_config import DEVICE_NAME
 
 
 def resolve_device(name: str) -> torch.device:

@@ -185,16 +185,16 @@ def _paper_split(raw: RawData, config: DataConfig) -> Indices:
     if config.dataset not in TORCHVISION_CLASSES or raw.test is None:
         where = f" in {config.data_dir}" if config.dataset in TORCHVISION_CLASSES else ""
         raise UserInputError(
-            f"--split paper takes the MNIST family's official training and test files, which "
-            f"{config.dataset}{where} does not have: use --split seeded"
+            f"`split` paper takes the MNIST family's official training and test files, which "
+            f"{config.dataset}{where} does not have: use `split` seeded"
             + (", or put both splits' IDX files there" if where else "")
         )
     n = raw.x.shape[0]
     n_val = n // 6
     if n_val < 2:
         raise UserInputError(
-            f"{n} training images are too few for --split paper, which keeps a sixth of them "
-            "(2 at least) for validation: give 12 at least, or use --split seeded"
+            f"{n} training images are too few for `split` paper, which keeps a sixth of them "
+            "(2 at least) for validation: give 12 at least, or use `split` seeded"
         )
     rows = torch.arange(n)
     return rows[n - n_val :], rows[:0], rows[: n - n_val]

@@ -276,7 +276,7 @@ def load_folder(config: DataConfig) -> RawData:
     root = Path(config.path or "")
     if not root.is_dir():
         raise UserInputError(
-            f"{root} is not a folder: give a directory of image files (--data DIR), with one "
+            f"{root} is not a folder: give a directory of image files (`path` DIR), with one "
             "subfolder per class if they have classes"
         )
     files = _image_files(root, image_extensions())
@@ -334,7 +334,7 @@ def _choose_target(config: DataConfig, headers: list[_Header], files: list[Path]
         raise UserInputError(
             f"{floats[0]}{others} holds floating-point pixels (Pillow's mode F), which have no "
             "fixed range to map onto 0..255: save the images as 8- or 16-bit files, or as a "
-            "float array in a .npy file (--data FILE)"
+            "float array in a .npy file (`path` FILE)"
         )
     channels = config.channels or (3 if any(header.colour for header in headers) else 1)
     if config.image_size is not None:
@@ -345,11 +345,11 @@ def _choose_target(config: DataConfig, headers: list[_Header], files: list[Path]
         size = sizes.most_common(1)[0][0]
     decoded = len(headers) * channels * size[0] * size[1]  # bytes, as uint8
     if decoded > MAX_DECODED_BYTES:
-        which = "--image-size" if config.image_size is not None else "their own size"
+        which = "`image_size`" if config.image_size is not None else "their own size"
         raise UserInputError(
             f"the {len(headers):,} images at {size[1]}×{size[0]} ({which}) would take "
-            f"{decoded / 2**30:,.1f} GiB decoded: give a smaller --image-size (64, say, with "
-            "--crop for a square)"
+            f"{decoded / 2**30:,.1f} GiB decoded: give a smaller `image_size` (64, say, with "
+            "`crop` for a square)"
         )
     return _Target("L" if channels == 1 else "RGB", size, config.crop)
 
@@ -461,15 +461,15 @@ def load_cifar10(config: DataConfig) -> RawData:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise UserInputError(
                 f"could not download cifar10 into {root} ({reason}): connect to the internet "
-                f"and try again, or put {CIFAR_FOLDER}/ in {root} yourself and drop --download"
+                f"and try again, or put {CIFAR_FOLDER}/ in {root} yourself and drop `download`"
             ) from None
     folder = root / CIFAR_FOLDER
     missing = [name for name in (*CIFAR_TRAIN, CIFAR_TEST) if not (folder / name).is_file()]
     if missing:
         which = "batches" if len(missing) == len(CIFAR_TRAIN) + 1 else ", ".join(missing)
         raise UserInputError(
-            f"no CIFAR-10 {which} in {folder}: pass --download when online, or "
-            f"point --data-dir at the folder holding {CIFAR_FOLDER}/"
+            f"no CIFAR-10 {which} in {folder}: pass `download` when online, or "
+            f"point `data_dir` at the folder holding {CIFAR_FOLDER}/"
         )
     train = [_read_cifar_batch(folder / name) for name in CIFAR_TRAIN]
     return RawData(

@@ -32,14 +32,14 @@ def check_labels(data: Dataset, model: str) -> None:
     training image (a gap)."""
     if data.num_classes == 0:
         raise UserInputError(
-            f"--model {model} reads the images' classes, but {data.name} has no labels: save "
+            f"`kind` {model} reads the images' classes, but {data.name} has no labels: save "
             "them as 'y' in the .npz, or put each class's images in a subfolder of its own "
-            "(or train --model vae)"
+            "(or train `kind` vae)"
         )
     for name, split in (("train", data.train), ("validation", data.val), ("test", data.test)):
         if len(split) and int(split.labels.min()) < 0:
             raise UserInputError(
-                f"--model {model} reads classes 0, 1, 2, ..., but the {name} split has the "
+                f"`kind` {model} reads classes 0, 1, 2, ..., but the {name} split has the "
                 f"label {int(split.labels.min())}: number the classes from 0"
             )
         if len(split) and int(split.labels.max()) >= data.num_classes:
@@ -59,7 +59,7 @@ def check_labels(data: Dataset, model: str) -> None:
             + (", ..." if len(missing) > 5 else "")
         )
         raise UserInputError(
-            f"--model {model} needs two classes at least, numbered 0, 1, 2, ... without gaps, "
+            f"`kind` {model} needs two classes at least, numbered 0, 1, 2, ... without gaps, "
             f"but {data.name} has {what}: renumber the labels"
         )
 
@@ -82,7 +82,7 @@ def choose_labelled(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor
     available = len(labels)
     if count > available:
         raise UserInputError(
-            f"--labels {count} is more than the {available} training images: give at most "
+            f"`labels` {count} is more than the {available} training images: give at most "
             f"{available}"
         )
     if count < len(classes):
@@ -101,7 +101,7 @@ def choose_labelled(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor
         if wanted > len(members):
             most = len(members) * len(classes)
             raise UserInputError(
-                f"--labels {count} asks for {wanted} images of class {label}, which has "
+                f"`labels` {count} asks for {wanted} images of class {label}, which has "
                 f"{len(members)} training images: give at most {most} labels (balanced by class)"
             )
         chosen.append(members[torch.randperm(len(members), generator=generator)[:wanted]])

@@ -111,9 +111,9 @@ def torchvision_datasets(files: str = "the IDX files"):
         import torchvision.datasets
     except Exception as error:  # ImportError, or torchvision built against another torch
         raise UserInputError(
-            f"--download needs torchvision, which cannot be imported ({error}): install torch "
+            f"`download` needs torchvision, which cannot be imported ({error}): install torch "
             "and torchvision together (pip install --force-reinstall torch torchvision), or "
-            f"put {files} under --data-dir yourself"
+            f"put {files} under `data_dir` yourself"
         ) from None
     return torchvision.datasets
 
@@ -137,7 +137,7 @@ def load_mnist_family(config: DataConfig) -> RawData:
                 raise UserInputError(
                     f"could not download {config.dataset} into {root} ({reason}): connect to "
                     f"the internet and try again, or put the IDX files in {root / class_name}/raw "
-                    "yourself and drop --download"
+                    "yourself and drop `download`"
                 ) from None
     raw = root / class_name / "raw"
     train, test = _read_idx_split(raw, "train"), _read_idx_split(raw, "t10k")
@@ -152,8 +152,8 @@ def load_mnist_family(config: DataConfig) -> RawData:
             "training on a seeded train / validation / test split of it",
         )
     raise UserInputError(
-        f"no {config.dataset} IDX files in {raw}: point --data-dir at the folder that holds "
-        f"{class_name}/raw/, or pass --download when online"
+        f"no {config.dataset} IDX files in {raw}: point `data_dir` at the folder that holds "
+        f"{class_name}/raw/, or pass `download` when online"
     )
 
 
@@ -173,7 +173,7 @@ def load_array(config: DataConfig) -> RawData:
     """
     path = Path(config.path or "")
     if not path.is_file():
-        raise UserInputError(f"no data file at {path}: give a .npy or .npz file (--data FILE)")
+        raise UserInputError(f"no data file at {path}: give a .npy or .npz file (`path` FILE)")
     with open(path, "rb") as file:
         start = file.read(len(NPY_MAGIC))
     if not start.startswith((NPY_MAGIC, ZIP_MAGIC)):
@@ -289,7 +289,7 @@ def _channel_layout(shape: tuple[int, ...], layout: str, path: Path) -> str:
             raise UserInputError(
                 f"{path} holds an array of shape {shape} whose channel axis cannot be told: "
                 "neither axis 1 nor axis 3 has 1 (grey) or 3 (RGB) entries; save the images as "
-                "(N, C, H, W) or (N, H, W, C) with C 1 or 3, and name the order with --layout"
+                "(N, C, H, W) or (N, H, W, C) with C 1 or 3, and name the order with `layout`"
             )
     channels = sizes[layout]
     if channels == 4:
@@ -302,7 +302,7 @@ def _channel_layout(shape: tuple[int, ...], layout: str, path: Path) -> str:
         axis = 1 if layout == "nchw" else 3
         raise UserInputError(
             f"{path} holds an array of shape {shape}, read as {layout}: its axis {axis} has "
-            f"{channels} channels, but images have 1 (grey) or 3 (RGB); check --layout"
+            f"{channels} channels, but images have 1 (grey) or 3 (RGB); check `layout`"
         )
     return layout
 

@@ -101,8 +101,8 @@ class Replicas:
             return device
         if device.index is not None:
             raise UserInputError(
-                f"--device {name} under torchrun: each process uses the GPU of its LOCAL_RANK, "
-                "so pass --device cuda (or auto)"
+                f"`device` {name} under torchrun: each process uses the GPU of its LOCAL_RANK, "
+                "so pass `device` cuda (or auto)"
             )
         if self.local_rank >= torch.cuda.device_count():
             raise UserInputError(

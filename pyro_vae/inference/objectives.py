@@ -308,7 +308,7 @@ def make_elbo(estimator: str = "mc", num_particles: int = 1, free_bits: float = 
         if estimator != "analytic":
             raise UserInputError(
                 "free bits floor the KL of each latent dimension, which only the closed-form KL "
-                "gives: use --elbo analytic with --free-bits"
+                "gives: use `elbo` analytic with `free_bits`"
             )
         options["free_bits"] = free_bits
     return ESTIMATORS[estimator](

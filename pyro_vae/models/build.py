@@ -9,8 +9,8 @@ from pyro_vae.models.cvae import ConditionalVAE
 from pyro_vae.models.m2 import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE
 
-# name -> class; core/config.py's MODEL_KINDS lists the same names for checking a config without
-# torch.
+# name -> class; core/model_config.py's MODEL_KINDS lists the same names for checking a config
+# without torch.
 MODELS: dict[str, type[VAE]] = {
     VAE.kind: VAE,
     ConditionalVAE.kind: ConditionalVAE,

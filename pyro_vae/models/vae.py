@@ -146,8 +146,8 @@ class VAE(PyroModule):
         )
         if self.labelled and isinstance(self.prior, VampPrior):
             raise UserInputError(
-                f"--prior vamp mixes q(z | u) at learnt pseudo-inputs u, which have no class for "
-                f"--model {self.kind}'s q(z | x, y): use --prior standard, gaussian or mog"
+                f"`prior` vamp mixes q(z | u) at learnt pseudo-inputs u, which have no class for "
+                f"`kind` {self.kind}'s q(z | x, y): use `prior` standard, gaussian or mog"
             )
         self.likelihood = build_likelihood(
             likelihood, self.data_dim, data_shape=self.data_shape, **(likelihood_options or {})

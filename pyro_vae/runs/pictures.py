@@ -133,7 +133,7 @@ def save_latent_scatter(
         ]
     )
     if codes.shape[1] == 1:
-        raise UserInputError("a 1-D latent space has no 2-D picture: train with --latent-dim 2+")
+        raise UserInputError("a 1-D latent space has no 2-D picture: train with `latent_dim` 2+")
     if codes.shape[1] == 2:
         return plots.save_scatter(
             codes, labels, path, ("z₁", "z₂"), "posterior means μ(x)", class_names

@@ -31,7 +31,7 @@ import pyro
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from pyro_vae.core.config import RunConfig
+from pyro_vae.core.config import RESUMABLE, RunConfig
 from pyro_vae.core.errors import UserInputError
 from pyro_vae.data.datasets import Dataset, load_dataset, load_run_data
 from pyro_vae.data.labels import check_labels
@@ -80,10 +80,6 @@ log = logging.getLogger(__name__)
 
 NUM_SAMPLES = 64  # images in the samples grid written at the end of training
 NUM_RECONSTRUCTIONS = 16  # test images shown beside their reconstructions
-
-
-# What a resumed run may change: not model, data or seed.
-RESUMABLE = ("epochs", "lr", "device", "patience")
 
 
 @dataclass(frozen=True)
