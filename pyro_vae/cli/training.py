@@ -25,6 +25,7 @@ from pyro_vae import (
     RunResult,
 )
 from pyro_vae.inference.distributed import Replicas, disconnect
+from pyro_vae.models.build import MODELS
 from pyro_vae.runs.runner import RunHooks
 
 stderr = Console(stderr=True)
@@ -169,13 +170,14 @@ def collapse_note(active: int, config: RunConfig, free_bits_possible: bool) -> s
     objective = []
     warmup = max(1, min(10, train.epochs // 2))  # within the run's epochs, as the option requires
     analytic = "" if train.elbo == "analytic" else "--elbo analytic "
-    if model.kind == "m2":  # its own objective: no warm-up, free bits or β to offer
+    model_class = MODELS[model.kind]
+    if model_class.semi_supervised:  # its own objective: no warm-up, free bits or β to offer
         pass
     elif train.elbo == "iwae":  # no KL term to weight: the ELBO's remedies need an ELBO
         objective.append(f"--elbo analytic --kl-warmup {warmup}")
     elif not train.kl_warmup:
         objective.append(f"--kl-warmup {warmup}")
-    if free_bits_possible and not train.free_bits and model.kind != "m2":
+    if free_bits_possible and not train.free_bits and not model_class.semi_supervised:
         objective.append(f"{analytic}--free-bits 0.5")
     if train.beta > 1:
         objective.append(f"a --beta below this run's {train.beta:g}")
@@ -187,7 +189,7 @@ def collapse_note(active: int, config: RunConfig, free_bits_possible: bool) -> s
     else:
         remedies += objective
     advice = "; try " + ", ".join(remedies) if remedies else ""
-    if model.kind == "vae":
+    if not model_class.labelled:
         what = "every image gets much the same code and the samples look alike"
     else:  # the class reaches the decoder beside the code
         what = "the code says little beyond the class, and samples of one class look alike"

@@ -13,7 +13,7 @@ from typing import Any
 
 from pyro_vae.core.data_config import BINARIZATIONS, LAYOUTS, SPLITS, DataConfig
 from pyro_vae.core.model_config import MODEL_KINDS, ModelConfig
-from pyro_vae.core.options import MAY_CHANGE, require, settings
+from pyro_vae.core.options import MAY_CHANGE, settings
 from pyro_vae.core.train_config import (
     DEVICES,
     ELBO_ESTIMATORS,
@@ -47,34 +47,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a training run."""
+    """Everything that defines a training run. Each section checks itself; what a model asks of
+    its training (M2: labels, its own objective) its class checks, where the run is built
+    (models/build.py's ``check_run``)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        m2, train = self.model.kind == "m2", self.train
-        require(
-            m2 or (train.labels is None and train.alpha is None),
-            "`labels` and `alpha` choose the labelled images of semi-supervised training: use "
-            "them with `kind` m2",
-        )
-        require(
-            not m2 or train.labels is not None,
-            "`kind` m2 needs `labels` N: how many training images keep their labels (the rest "
-            "are unlabelled)",
-        )
-        require(
-            not m2 or train.elbo == "mc",
-            f"`kind` m2 sums over the class exactly with Pyro's TraceEnum_ELBO, which samples "
-            f"z as mc does: use `elbo` mc (not {train.elbo})",
-        )
-        require(
-            not m2 or (train.beta == 1 and not train.kl_warmup),
-            "`kind` m2 trains on its ELBO and classification term as Kingma et al. (2014) "
-            "weight them: drop `beta` and `kl_warmup`",
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

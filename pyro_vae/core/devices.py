@@ -1,16 +1,25 @@
 """Which torch device a run uses."""
 
-import torch
+import re
+from typing import TYPE_CHECKING
 
 from pyro_vae.core.errors import UserInputError
-from pyro_vae.core.train_config import DEVICE_NAME
+
+if TYPE_CHECKING:
+    import torch
+
+# The names a run takes (cuda:N too): torch knows more, which pyro-vae does not run on. Checked
+# where a configuration is made, before torch is imported.
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> "torch.device":
     """``auto`` is CUDA when available, else the CPU; asking for CUDA without it is an error."""
+    import torch  # a configuration's check imports this module, and needs no torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not DEVICE_NAME.fullmatch(name):  # torch knows many more, which pyro-vae does not run on
+    if not DEVICE_NAME.fullmatch(name):
         raise UserInputError(f"unknown device {name!r}: choose auto, cpu, cuda or cuda:N")
     device = torch.device(name)
     if device.type == "cuda":

@@ -1,9 +1,9 @@
 """The training's section of a run's configuration: how the ELBO is estimated and optimised;
 each field's option of ``pyro-vae train`` declared beside it."""
 
-import re
 from dataclasses import dataclass, field
 
+from pyro_vae.core.devices import DEVICE_NAME, resolve_device
 from pyro_vae.core.options import MAY_CHANGE, check, declared, require
 
 ELBO_ESTIMATORS = (
@@ -13,7 +13,6 @@ ELBO_ESTIMATORS = (
     "stl",
 )  # see inference/objectives.py for what each one computes
 DEVICES = ("auto", "cpu", "cuda")
-DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # cuda:N too; torch knows more, we run on these
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see inference/schedules.py
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
 MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
@@ -21,8 +20,6 @@ MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
 
 def _usable_device(name: str) -> None:
     """A device this machine has: torch is imported only where the option is given."""
-    from pyro_vae.core.devices import resolve_device
-
     resolve_device(name)
 
 

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from pyro_vae.components.networks import default_hidden_dims
-from pyro_vae.core.config import ModelConfig
+from pyro_vae.core.config import ModelConfig, RunConfig
 from pyro_vae.models.cvae import ConditionalVAE
 from pyro_vae.models.m2 import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE
@@ -30,3 +30,9 @@ def with_widths(config: ModelConfig) -> ModelConfig:
     if config.hidden_dims is not None:
         return config
     return replace(config, hidden_dims=default_hidden_dims(config.network))
+
+
+def check_run(config: RunConfig) -> None:
+    """Refuse a run whose training settings its model cannot take (M2 needs its labels and its
+    own objective; the others take no labels)."""
+    MODELS[config.model.kind].check_training(config.train)

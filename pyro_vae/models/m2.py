@@ -28,6 +28,8 @@ from pyro.distributions.kl import kl_divergence
 from pyro.nn import pyro_method
 
 from pyro_vae.components.networks import build_classifier
+from pyro_vae.core.config import TrainConfig
+from pyro_vae.core.options import require
 from pyro_vae.data.labels import one_hot
 from pyro_vae.models.vae import VAE, HeldOutTerms
 
@@ -128,6 +130,24 @@ class SemiSupervisedVAE(VAE):
     # image gets its own value (for standard errors), the KL of z its closed form where one
     # exists, and the importance-weighted bound the same samples. Training sums over y with
     # Pyro's TraceEnum_ELBO instead; a test checks the two agree on the same z.
+
+    @classmethod
+    def check_training(cls, train: TrainConfig) -> None:
+        require(
+            train.labels is not None,
+            "`kind` m2 needs `labels` N: how many training images keep their labels (the rest "
+            "are unlabelled)",
+        )
+        require(
+            train.elbo == "mc",
+            f"`kind` m2 sums over the class exactly with Pyro's TraceEnum_ELBO, which samples "
+            f"z as mc does: use `elbo` mc (not {train.elbo})",
+        )
+        require(
+            train.beta == 1 and not train.kl_warmup,
+            "`kind` m2 trains on its ELBO and classification term as Kingma et al. (2014) "
+            "weight them: drop `beta` and `kl_warmup`",
+        )
 
     @classmethod
     def decodes_per_image(cls, num_classes: int) -> int:

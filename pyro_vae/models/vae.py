@@ -37,8 +37,9 @@ from pyro_vae.components.guides import GuideFamily, build_guide
 from pyro_vae.components.likelihoods import Likelihood, build_likelihood
 from pyro_vae.components.networks import DataShape, as_data_shape, build_networks
 from pyro_vae.components.priors import Prior, VampPrior, build_prior
-from pyro_vae.core.config import ModelConfig
+from pyro_vae.core.config import ModelConfig, TrainConfig
 from pyro_vae.core.errors import UserInputError
+from pyro_vae.core.options import require
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,15 @@ class VAE(PyroModule):
 
     # The model's held-out bound, which inference/evaluate.py's one driver chunks, sums and
     # turns into per-image estimates of log p(x).
+
+    @classmethod
+    def check_training(cls, train: TrainConfig) -> None:
+        """Refuse training settings this model cannot take, before a run starts."""
+        require(
+            train.labels is None and train.alpha is None,
+            "`labels` and `alpha` choose the labelled images of semi-supervised training: use "
+            "them with `kind` m2",
+        )
 
     @classmethod
     def decodes_per_image(cls, num_classes: int) -> int:

@@ -46,7 +46,7 @@ from pyro_vae.inference.trainer import (
     TrainingDiverged,
     supports_free_bits,
 )
-from pyro_vae.models.build import MODELS, build_model, with_widths
+from pyro_vae.models.build import MODELS, build_model, check_run, with_widths
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import figures as plots
 from pyro_vae.runs.budget import check_budget
@@ -126,6 +126,7 @@ def train_run(
     never saved a checkpoint is reused without it.
     """
     run_dir = Path(run_dir)
+    check_run(config)
     if hooks.tensorboard:
         summary_writer_class()  # the extra is there, before any work
     train = config.train
