@@ -26,12 +26,12 @@ def test_an_mnist_vae_passes_without_a_word(caplog):
 
 def test_parameters_beyond_memory_are_refused_with_their_size():
     # (784 + 1)·8e8 + (8e8 + 1)·40 in the encoder, (20 + 1)·8e8 + (8e8 + 1)·784 in the decoder
-    with pytest.raises(UserInputError, match=r"1,304,000,000,824 parameters.*--hidden-dims"):
+    with pytest.raises(UserInputError, match=r"1,304,000,000,824 parameters.*hidden_dims"):
         check_budget(config(hidden=(800_000_000,)), (28, 28), torch.device("cpu"))
 
 
 def test_a_step_beyond_memory_is_refused_and_a_heavy_one_announced(caplog):
-    with pytest.raises(UserInputError, match="lower --num-particles or --batch-size"):
+    with pytest.raises(UserInputError, match="lower num_particles or batch_size"):
         check_budget(config(particles=10**7), (28, 28), torch.device("cpu"))
     with caplog.at_level(logging.INFO, logger="pyro_vae"):
         check_budget(config(particles=1000), (28, 28), torch.device("cpu"))

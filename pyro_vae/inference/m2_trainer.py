@@ -65,7 +65,7 @@ class SemiSupervisedTrainer(Trainer):
         if replicas.distributed:
             raise UserInputError("--model m2 trains in one process: launch it without torchrun")
         if config.labels is None:
-            raise UserInputError("--model m2 needs --labels N: how many training labels to keep")
+            raise UserInputError("`kind` m2 needs `labels` N: how many training labels to keep")
         elbo = enumerated_elbo(config.num_particles)
         super().__init__(vae, config, replicas, elbo=elbo, record_graph=False)
         log.info(
@@ -83,7 +83,7 @@ class SemiSupervisedTrainer(Trainer):
         self.unlabelled_rows = keep.nonzero().flatten()
         if len(self.unlabelled_rows) == 0:
             raise UserInputError(
-                f"--labels {config.labels} labels every training image, leaving none unlabelled "
+                f"`labels` {config.labels} labels every training image, leaving none unlabelled "
                 f"for M2: give fewer labels (or train a classifier)"
             )
         self.alpha = config.alpha if config.alpha is not None else default_alpha(len(data.train))

@@ -130,7 +130,7 @@ class Trainer:
             _check_free_bits(vae)
             if replicas.distributed:
                 raise UserInputError(
-                    "--free-bits floors each latent dimension's KL averaged over the whole batch, "
+                    "`free_bits` floors each latent dimension's KL averaged over the whole batch, "
                     "which a data-parallel run splits between processes: train it in one process"
                 )
         self._elbo = (
@@ -491,11 +491,11 @@ def _check_free_bits(vae: VAE) -> None:
         return
     diagonal = isinstance(vae.guide_family, DiagonalGuide)
     if supports_free_bits(vae, DiagonalGuide(vae.latent_dim)):
-        fix = "use --guide diagonal with --free-bits"
+        fix = "use `guide` diagonal with `free_bits`"
     elif diagonal:
-        fix = "use --prior standard or gaussian with --free-bits"
+        fix = "use `prior` standard or gaussian with `free_bits`"
     else:
-        fix = "use --guide diagonal and --prior standard or gaussian with --free-bits"
+        fix = "use `guide` diagonal and `prior` standard or gaussian with `free_bits`"
     raise UserInputError(
         "free bits floor the KL of each latent dimension, but the "
         f"{type(vae.guide_family).__name__}'s KL to the {type(vae.prior).__name__} is not a sum "

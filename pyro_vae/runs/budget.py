@@ -63,7 +63,7 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
         raise UserInputError(
             f"a VAE of these sizes has {parameters:,} parameters, about {_gb(need)} with their "
             f"gradients and Adam's state, more than the {_gb(memory)} of this {device.type}: "
-            "lower --hidden-dims (or --latent-dim, or --components)"
+            "lower `hidden_dims` (or `latent_dim`, or `prior_options.num_components`)"
         )
     # One step: the encoder on the batch, the decoder on every particle of every image.
     rows = train.batch_size * train.num_particles * copies
@@ -77,7 +77,7 @@ def check_budget(config: RunConfig, image_shape: tuple[int, ...], device: torch.
             f"one step decodes {rows:,} samples of z ({train.batch_size} images × "
             f"{train.num_particles} particles{classes}), about {_gb(activations)} of "
             f"activations, more than the {_gb(memory)} of this {device.type}: lower "
-            "--num-particles or --batch-size"
+            "`num_particles` or `batch_size`"
         )
     # forward and backward: about three times the forward's multiply-adds, two FLOP each
     flop = 3 * (train.batch_size * copies * cost.encoder_flop + rows * cost.decoder_flop)

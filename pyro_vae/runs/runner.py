@@ -132,8 +132,8 @@ def train_run(
     train = config.train
     if train.kl_warmup > train.epochs:  # checked for a new run only: a stored run always loads
         raise UserInputError(
-            f"--kl-warmup {train.kl_warmup} is longer than the run's {train.epochs} epochs, so β "
-            f"would never reach {train.beta:g}: lower --kl-warmup or raise --epochs"
+            f"`kl_warmup` {train.kl_warmup} is longer than the run's {train.epochs} epochs, so β "
+            f"would never reach {train.beta:g}: lower `kl_warmup` or raise `epochs`"
         )
     config = replace(config, data=config.data.located(), model=with_widths(config.model))
     if replicas.is_main:
@@ -226,19 +226,19 @@ def resume_run(
         trainer.set_lr(config.train.lr)
     if trainer.epoch >= config.train.epochs and trainer.steps_done == 0:
         raise UserInputError(
-            f"{run_dir} has finished its {trainer.epoch} epochs: pass a larger --epochs to train on"
+            f"{run_dir} has finished its {trainer.epoch} epochs: pass a larger `epochs` to train on"
         )
     stopping, patience = trainer.early_stopping, config.train.patience
     if trainer.steps_done == 0 and stopping.exhausted(trainer.epoch, patience):
         raise UserInputError(
             f"{run_dir} stopped early after epoch {trainer.epoch}: no better validation ELBO "
-            f"since epoch {stopping.best_epoch} (--patience {patience}); pass a larger "
-            "--patience to train on"
+            f"since epoch {stopping.best_epoch} (`patience` {patience}); pass a larger "
+            "`patience` to train on"
         )
     if trainer.epoch >= config.train.epochs:  # stopped inside an epoch past the new target
         raise UserInputError(
-            f"{run_dir} has trained {trainer.epoch} epochs and part of the next: --epochs "
-            f"{config.train.epochs} is fewer; pass at least --epochs {trainer.epoch + 1}"
+            f"{run_dir} has trained {trainer.epoch} epochs and part of the next: `epochs` "
+            f"{config.train.epochs} is fewer; pass at least `epochs` {trainer.epoch + 1}"
         )
     if checkpoint.rng_state is not None:
         restore_rng_state(checkpoint.rng_state)
