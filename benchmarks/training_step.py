@@ -200,7 +200,7 @@ def host_reads(step: Callable[[torch.Tensor], object], x: torch.Tensor) -> dict[
         return truth(tensor)
 
     step(x)  # the first step validates,
-    step(x)  # the second records pyro-vae's graph (pyro_vae/recorded.py): count the third
+    step(x)  # the second records pyro-vae's graph (inference/fast/replay.py): count the third
     torch.Tensor.item, torch.Tensor.__bool__ = counted_item, counted_bool  # type: ignore
     try:
         step(x)

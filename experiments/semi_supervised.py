@@ -1,5 +1,5 @@
 """What the unlabelled images are worth: M2 (Kingma et al., 2014) against its own classifier
-trained on the labelled images alone (the conditional VAE's picture: models/cvae.py).
+trained on the labelled images alone (the conditional VAE's picture: experiments/conditional.py).
 
 The MNIST split on disk (the 10,000 test images, split 8,000 / 1,000 / 1,000 with a fixed seed),
 statically binarized, Bernoulli likelihood; the paper's networks: one hidden layer of 500 units

@@ -4,6 +4,8 @@ labels the labelled models read, and the transform a trained run applies to new 
 ``pyro_vae.data`` was a module in release 0.1.0; what it offered is re-exported here.
 """
 
+from typing import Any
+
 from pyro_vae.data.datasets import (
     DATASETS,
     Dataset,
@@ -23,3 +25,10 @@ __all__ = [
     "load_run_data",
     "shuffled_batches",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # What the 0.1.0 module pyro_vae.data offered beyond these names, with a DeprecationWarning.
+    from pyro_vae.compat import package_getattr
+
+    return package_getattr("data", name)

@@ -241,10 +241,10 @@ def image_bounds(
             done += k * groups * chunk.shape[0]
             if on_progress is not None:
                 on_progress(done, total)
-        log_mean_w = terms.log_group_weights + log_sum_w - math.log(num_samples)
-        per_image.setdefault("iwae", []).append(log_mean_w.logsumexp(0))
         for name, values in sums.items():
             per_image.setdefault(name, []).append(values / num_samples)
+        log_mean_w = terms.log_group_weights + log_sum_w - math.log(num_samples)
+        per_image.setdefault("iwae", []).append(log_mean_w.logsumexp(0))  # the ELBOs, then this
     return {name: torch.cat(values) for name, values in per_image.items()}
 
 

@@ -135,7 +135,7 @@ class SemiSupervisedTrainer(Trainer):
         return scale * (count * negative_elbo - self.alpha * log_q)
 
     def _validation_elbo(self, split: Split) -> tuple[Estimate, float]:
-        """U(x) on the validation images, with the class summed out (inference/m2_bounds.py)."""
+        """U(x) on the validation images, with the class summed out (M2's held_out_terms)."""
         with pyro.validation_enabled(False):
             sums = elbo_sums(self.vae, split.stored, self.config.val_particles)
         return elbo_estimate(sums, len(split)), sums[2].item() / len(split)

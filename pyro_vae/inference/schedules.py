@@ -14,6 +14,7 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau, StepLR
 
 from pyro_vae.core.config import TrainConfig
+from pyro_vae.inference.fast.torch_private import set_last_lr
 
 Scheduler = LRScheduler | ReduceLROnPlateau
 
@@ -78,7 +79,7 @@ def extend_cosine(
     rates = [scheduler.eta_min + (anchor - scheduler.eta_min) * factor for anchor in anchors]
     for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
         group["lr"] = rate
-    scheduler._last_lr = rates  # what get_last_lr() reports
+    set_last_lr(scheduler, rates)
     return rates[0]
 
 

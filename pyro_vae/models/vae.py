@@ -17,7 +17,9 @@ E_q[log p_θ(x|z)] − KL(q_φ(z|x) ‖ p(z)) is estimated by the objectives in
 """
 
 import contextlib
+import inspect
 import math
+import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -169,7 +171,7 @@ class VAE(PyroModule):
     def from_config(cls, config: ModelConfig, data_shape: int | Sequence[int]) -> "VAE":
         """``cls`` made from ``config``; ``pyro_vae.build_model`` picks the class by
         ``config.kind``."""
-        if config.kind != cls.kind:
+        if cls is VAE and config.kind != cls.kind:
             # The previous release dispatched here, which made this module import its own
             # subclasses; build_model does that now, and this keeps old callers working.
             warnings.warn(
@@ -339,7 +341,6 @@ class VAE(PyroModule):
         )
 
 
-@torch.no_grad()
 def _data_shape(data_shape: int | Sequence[int] | None, data_dim: int | None) -> Any:
     """``data_shape``, or release 0.1.0's ``data_dim`` with a warning that names the new one."""
     if data_dim is None:
@@ -351,9 +352,19 @@ def _data_shape(data_shape: int | Sequence[int] | None, data_dim: int | None) ->
     warnings.warn(
         "VAE(data_dim=...) is deprecated: pass data_shape=D (or (C, H, W) for images)",
         DeprecationWarning,
-        stacklevel=4,  # the caller of VAE(...): past this, __init__ and PyroModule's metaclass
+        stacklevel=_outside_the_package(),
     )
     return data_dim
+
+
+def _outside_the_package() -> int:
+    """The ``stacklevel`` of the first caller outside pyro_vae (a subclass's ``__init__`` adds
+    frames), so that a warning names the user's line."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = inspect.currentframe().f_back, 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _subclasses(cls: type) -> Iterator[type]:
@@ -362,6 +373,7 @@ def _subclasses(cls: type) -> Iterator[type]:
         yield from _subclasses(sub)
 
 
+@torch.no_grad()
 def _check_networks(
     encoder: nn.Module,
     decoder: nn.Module,

@@ -4,6 +4,8 @@ its budget, pictures and reports, and putting a trained run to use (``load_run``
 ``pyro_vae.runs`` was a module in release 0.1.0; what it offered is re-exported here.
 """
 
+from typing import Any
+
 from pyro_vae.runs.rundir import (
     BEST,
     CHECKPOINT,
@@ -30,3 +32,10 @@ __all__ = [
     "resume_run",
     "train_run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # What the 0.1.0 module pyro_vae.runs offered beyond these names, with a DeprecationWarning.
+    from pyro_vae.compat import package_getattr
+
+    return package_getattr("runs", name)
