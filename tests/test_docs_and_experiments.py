@@ -102,6 +102,16 @@ def test_training_step_benchmark_quick_mode(monkeypatch):
     sys.modules.pop("training_step", None)
 
 
+def test_gemm_benchmark_quick_mode(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gemm
+
+    rates = gemm.main(["--quick", "--latent", "20"])
+    assert len(rates) == 12  # four layers, three products each
+    assert all(rows["MKL"] > 0 and rows.get("oneDNN", 1) > 0 for rows in rates.values())
+    sys.modules.pop("gemm", None)
+
+
 def test_distributed_benchmark_quick_mode(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import distributed
