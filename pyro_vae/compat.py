@@ -47,7 +47,7 @@ MOVED = {
     "recorded": ("inference.fast.replay",),
     "registry": ("core.registry",),
     "rundir": ("runs.rundir", "runs.checkpoint"),
-    "runs": ("runs.runner", "runs.rundir", "core.config"),
+    "runs": ("runs.runner", "runs.writer", "runs.rundir", "core.config"),
     "schedules": ("inference.schedules",),
     "semisupervised": ("models.m2", "inference.m2_trainer"),
     "semisupervised_bounds": ("inference.evaluate",),

@@ -28,7 +28,7 @@ from pyro_vae import (
     resume_run,
     train_run,
 )
-from pyro_vae.runs import runner as runs_module
+from pyro_vae.runs import writer as writer_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(config, tmp_path):
 
 def test_checkpoints_every_n_steps_inside_epochs(tmp_path, monkeypatch):
     saved = []
-    real_save = runs_module.save_checkpoint
+    real_save = writer_module.save_checkpoint
 
     def spy(checkpoint, path):
         progress = checkpoint.trainer_state["epoch_in_progress"]
@@ -104,7 +104,7 @@ def test_checkpoints_every_n_steps_inside_epochs(tmp_path, monkeypatch):
         )
         real_save(checkpoint, path)
 
-    monkeypatch.setattr(runs_module, "save_checkpoint", spy)
+    monkeypatch.setattr(writer_module, "save_checkpoint", spy)
     config = RunConfig(model=ModelConfig(hidden_dims=(16,)), train=TrainConfig(epochs=2))
     train_run(config, tmp_path / "run", hooks=RunHooks(checkpoint_every=10))
     assert saved == [(0, 10), (0, 20), (1, None), (1, 10), (1, 20), (2, None)]

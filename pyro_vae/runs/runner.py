@@ -20,10 +20,9 @@ and rank 0 alone writes the run directory.
 import contextlib
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from pyro_vae.core.errors import UserInputError
 from pyro_vae.data.datasets import Dataset, load_dataset, load_run_data
 from pyro_vae.data.labels import check_labels
 from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
-from pyro_vae.inference.evaluate import active_units
 from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
 from pyro_vae.inference.schedules import extend_cosine
 from pyro_vae.inference.trainer import (
@@ -48,38 +46,26 @@ from pyro_vae.inference.trainer import (
 )
 from pyro_vae.models.build import MODELS, build_model, check_run, with_widths
 from pyro_vae.models.vae import VAE
-from pyro_vae.runs import figures as plots
 from pyro_vae.runs.budget import check_budget
 from pyro_vae.runs.checkpoint import (
-    Checkpoint,
-    capture_rng_state,
     check_run_dir,
     environment,
     load_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
-from pyro_vae.runs.pictures import save_reconstructions, save_samples
 from pyro_vae.runs.rundir import (
     BEST,
     CHECKPOINT,
     CONFIG,
-    ELBO_CURVE,
-    METRICS,
-    RECONSTRUCTIONS,
-    SAMPLES,
-    TIMING,
     check_unlocked,
     clear_run_files,
     run_lock,
     writing,
 )
-from pyro_vae.runs.tensorboard import TensorBoardLog, summary_writer_class
+from pyro_vae.runs.tensorboard import summary_writer_class
+from pyro_vae.runs.writer import RunWriter, write_atomically
 
 log = logging.getLogger(__name__)
-
-NUM_SAMPLES = 64  # images in the samples grid written at the end of training
-NUM_RECONSTRUCTIONS = 16  # test images shown beside their reconstructions
 
 
 @dataclass(frozen=True)
@@ -284,11 +270,6 @@ def _load_data(config: RunConfig, device: torch.device, replicas: Replicas) -> D
         return load_dataset(config.data).to(device)
 
 
-def _samples(vae: VAE) -> int:
-    """Images in the run's samples picture: 64, or 8 a class for a model that reads labels."""
-    return 8 * vae.num_classes if vae.labelled else NUM_SAMPLES
-
-
 def make_trainer(
     vae: VAE, config: RunConfig, data: Dataset, replicas: Replicas = SINGLE_PROCESS
 ) -> Trainer:
@@ -341,14 +322,7 @@ def _write_record(
     }
     if resumed_at is not None:
         record["resumed_after_epoch"] = resumed_at
-    _write_atomically(run_dir / CONFIG, json.dumps(record, indent=2) + "\n")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with writing(path, "--out"):
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_atomically(run_dir / CONFIG, json.dumps(record, indent=2) + "\n")
 
 
 def _train(
@@ -362,7 +336,9 @@ def _train(
     """Train on to the configured epochs or an early stop, writing the run directory as it goes;
     a stop on request returns an unfinished run, which ``resume_run`` continues."""
     try:
-        with RunWriter(run_dir, run_id, config, data, trainer, hooks) as writer:
+        with RunWriter(
+            run_dir, run_id, config, data, trainer, hooks.checkpoint_every, hooks.tensorboard
+        ) as writer:
             finished = _train_epochs(config, data, trainer, hooks, writer)
     except TrainingDiverged as error:
         note = _scale_note(trainer.vae, data)
@@ -374,7 +350,7 @@ def _train(
 
 
 def _train_epochs(
-    config: RunConfig, data: Dataset, trainer: Trainer, hooks: RunHooks, writer: "RunWriter"
+    config: RunConfig, data: Dataset, trainer: Trainer, hooks: RunHooks, writer: RunWriter
 ) -> bool:
     """The epochs left: True once done (or stopped early), False where a stop was asked."""
     stopping, patience = trainer.early_stopping, config.train.patience
@@ -389,145 +365,6 @@ def _train_epochs(
         if hooks.should_stop is not None and trainer.replicas.any(hooks.should_stop(), device):
             return False
     return True
-
-
-class RunWriter:
-    """Everything a run writes into its directory while it trains, and at its end.
-
-    Entering rewrites metrics.jsonl and timing.jsonl from the trainer's history (so a run killed
-    between its checkpoint and its lines comes back consistent) and opens TensorBoard's log;
-    leaving closes that log. In between: the checkpoint every ``checkpoint_every`` steps and
-    where a stop is asked (``after_step``), and after each epoch best.pt, the checkpoint and the
-    lines that describe it (``end_of_epoch``); then the final pictures (``finish``).
-
-    Only rank 0 writes: every replica holds the same state, so its files describe them all. The
-    check that the parameters are finite before a mid-epoch checkpoint runs on every replica.
-    """
-
-    def __init__(
-        self,
-        run_dir: Path,
-        run_id: str,
-        config: RunConfig,
-        data: Dataset,
-        trainer: Trainer,
-        hooks: RunHooks,
-    ) -> None:
-        self.run_dir, self.run_id, self.config = run_dir, run_id, config
-        self.data, self.trainer = data, trainer
-        self._main = trainer.replicas.is_main
-        self._tensorboard = hooks.tensorboard
-        self._checkpoint_every = hooks.checkpoint_every
-        self._steps_since_save = 0
-        self._board: TensorBoardLog | None = None
-
-    def __enter__(self) -> "RunWriter":
-        if self._main:
-            history = self.trainer.history
-            _write_atomically(
-                self.run_dir / METRICS, "".join(_json_line(asdict(m)) for m in history)
-            )
-            _write_atomically(
-                self.run_dir / TIMING,
-                "".join(_timing_line(self.trainer, epoch) for epoch in range(1, len(history) + 1)),
-            )
-            if self._tensorboard:
-                self._board = TensorBoardLog(self.run_dir, self.config, self.data.image_shape)
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        if self._board is not None:
-            self._board.close(self.trainer.history)
-
-    def after_step(self, stopping: bool) -> None:
-        """After every step but an epoch's last (``Trainer.train_epoch``'s ``after_step``)."""
-        self._steps_since_save += 1
-        every = self._checkpoint_every
-        if stopping or (every and self._steps_since_save >= every):
-            self.save()
-            self._steps_since_save = 0
-
-    def end_of_epoch(self, metrics: EpochMetrics) -> None:
-        """After a finished epoch: its checkpoints, its lines, its TensorBoard events."""
-        best = self.trainer.early_stopping.best_epoch == metrics.epoch
-        if self.config.train.patience is not None and best:
-            self.save(BEST)  # before the checkpoint that records it as the best
-        self.save()  # first the checkpoint, then the lines that describe it
-        self._steps_since_save = 0
-        self._append_lines(metrics)
-        if self._board is not None:
-            test = self.data.test
-            classes = test.labels[:64] if self.trainer.vae.labelled else None
-            self._board.epoch(metrics, self.trainer.vae, test.rows(slice(0, 64)), classes)
-
-    def save(self, name: str = CHECKPOINT) -> None:
-        """The model, the trainer's state and the random number generators' states, to ``name``
-        in the run directory."""
-        trainer, data = self.trainer, self.data
-        if trainer.steps_done:  # mid-epoch; a finished epoch was checked by train_epoch
-            trainer.check_finite()
-        if not self._main:
-            return
-        state = Checkpoint(
-            self.config,
-            data.image_shape,
-            trainer.vae.state_dict(),
-            trainer.state_dict(),
-            capture_rng_state(),
-            self.run_id,
-            len(data.train) + len(data.val) + len(data.test),
-            data.class_names,
-        )
-        path = self.run_dir / name
-        with writing(path, "--out"):
-            save_checkpoint(state, path)
-
-    def _append_lines(self, metrics: EpochMetrics) -> None:
-        if not self._main:
-            return
-        metrics_path, timing_path = self.run_dir / METRICS, self.run_dir / TIMING
-        with writing(metrics_path, "--out"), open(metrics_path, "a") as file:
-            file.write(_json_line(asdict(metrics)))
-        with writing(timing_path, "--out"), open(timing_path, "a") as file:
-            file.write(_timing_line(self.trainer, metrics.epoch))
-
-    def finish(self) -> tuple[list[Path], int | None]:
-        """The pictures of the run's final model (best.pt's with --patience, else the last);
-        returns the run directory's files and that model's active units (no files and None on a
-        replica other than rank 0, which writes none)."""
-        if not self._main:
-            return [], None
-        run_dir, data, config = self.run_dir, self.data, self.config
-        vae = self.trainer.vae
-        device = next(vae.parameters()).device
-        kept = [CHECKPOINT]
-        if config.train.patience is not None and (run_dir / BEST).is_file():
-            vae = load_checkpoint(run_dir / BEST, device).build_vae(device)
-            kept.append(BEST)
-        labelled = vae.labelled  # its networks read the classes: give them the data's
-        active = active_units(vae, data.val.stored, labels=data.val.labels if labelled else None)
-        shown = slice(0, NUM_RECONSTRUCTIONS)
-        pictures = [
-            save_reconstructions(
-                vae,
-                data.test.rows(shown),
-                data.image_shape,
-                run_dir / RECONSTRUCTIONS,
-                data.test.labels[shown] if labelled else None,
-            ),
-            save_samples(
-                vae,
-                data.image_shape,
-                run_dir / SAMPLES,
-                _samples(vae),
-                config.train.seed,
-                class_names=data.class_names,
-            ),
-            plots.save_elbo_curve(self.trainer.history, run_dir / ELBO_CURVE),
-        ]
-        events = sorted(run_dir.glob("events.out.tfevents.*")) if self._board is not None else []
-        files = [run_dir / name for name in (*kept, CONFIG, METRICS, TIMING)] + events + pictures
-        return files, active
 
 
 def _result(
@@ -589,15 +426,3 @@ def _with_advice(
         lower_lr=lr,
         resumable=False,
     )
-
-
-def _timing_line(trainer: Trainer, epoch: int) -> str:
-    """Seconds of an epoch's steps, and of its validation ELBO where known."""
-    values = {"epoch": epoch, "seconds": trainer.epoch_seconds[epoch - 1]}
-    if len(trainer.validation_seconds) == len(trainer.epoch_seconds):
-        values["validation_seconds"] = trainer.validation_seconds[epoch - 1]
-    return _json_line(values)
-
-
-def _json_line(values: Mapping[str, Any]) -> str:
-    return json.dumps(values) + "\n"
