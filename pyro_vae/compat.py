@@ -22,7 +22,7 @@ MOVED = {
     "captured": ("inference.fast.cuda_graph",),
     "checkpoint": ("runs.checkpoint", "runs.rundir"),
     "conditional": ("models.cvae",),
-    "config": ("core.config", "cli.config_file"),
+    "config": ("core.config", "core.config_file"),
     "data": ("data.datasets",),
     "devices": ("core.devices",),
     "diagnostics": ("inference.diagnostics",),

@@ -99,7 +99,7 @@ def test_a_new_field_is_checked_and_found_by_its_declaration_alone():
         def __post_init__(self) -> None:
             check(self)
 
-    with pytest.raises(UserInputError, match="grad_clip must be a positive number, got 0"):
+    with pytest.raises(UserInputError, match="grad_clip must be a positive finite number, got 0"):
         Extra(grad_clip=0)
     (setting,) = settings({"train": Extra})
     assert (setting.option.flag, setting.kind, setting.optional) == ("--grad-clip", float, True)

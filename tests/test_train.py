@@ -71,8 +71,8 @@ def test_num_particles_are_vectorised(digits):
         ({"epochs": 0}, "epochs must be a whole number of at least 1"),
         ({"batch_size": -1}, "batch_size must be a whole number of at least 1"),
         ({"num_particles": 0}, "num_particles must be a whole number of at least 1"),
-        ({"lr": 0.0}, "lr must be a positive number"),
-        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"lr": 0.0}, "lr must be a positive finite number"),
+        ({"lr": float("nan")}, "lr must be a positive finite number"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
     ],
 )

@@ -2,9 +2,10 @@
 from a checkout.
 
 common.py holds the app and what every command shares; train.py the ``train`` and ``experiment``
-commands, training.py how a training run is shown and resumed; runs.py the commands that read a
-trained run (evaluate, pictures), use.py those that put one to use (encode, score, generate,
-export); process.py how the process starts and ends.
+commands, options.py train's options (made from the configuration's declarations), configure.py
+the configuration they build and the rule for --resume, training.py how a run is shown; runs.py
+the commands that read a trained run (evaluate, pictures), use.py those that put one to use
+(encode, score, generate, export); process.py how the process starts and ends.
 """
 
 import signal

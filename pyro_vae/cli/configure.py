@@ -11,7 +11,6 @@ from typing import Any
 
 from pyro_vae import RunConfig, UserInputError, load_checkpoint
 from pyro_vae.cli.common import note
-from pyro_vae.cli.config_file import read_config_file
 from pyro_vae.cli.options import (
     FLAGGED,
     REGISTRIES,
@@ -22,6 +21,7 @@ from pyro_vae.cli.options import (
     to_field,
 )
 from pyro_vae.core.config import SECTIONS, SETTINGS
+from pyro_vae.core.config_file import read_config_file
 from pyro_vae.core.options import LOCATION, MAY_CHANGE, REFUSED, Setting
 from pyro_vae.core.registry import accepts, registered
 from pyro_vae.inference.distributed import Replicas

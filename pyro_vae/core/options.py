@@ -220,7 +220,11 @@ def _bounds(option: Option) -> str:
     if low is not None and high is not None:
         return f"must lie {'strictly ' if option.strict else ''}between {low:g} and {high:g}"
     if low == 0:
-        return "must be a positive number" if option.strict else "must be 0 or more"
+        return (
+            "must be a positive finite number"
+            if option.strict
+            else "must be a finite number, 0 or more"
+        )
     if low is not None:
         return f"must be {'above' if option.strict else 'at least'} {low:g}"
     if high is not None:
