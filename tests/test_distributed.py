@@ -36,7 +36,7 @@ from pyro_vae.inference.distributed import (
 from pyro_vae.inference.evaluate import elbo_estimate, elbo_sums
 from pyro_vae.inference.objectives import loss_and_backward, make_elbo
 from pyro_vae.models.build import build_model
-from pyro_vae.runs import runner as runs
+from pyro_vae.runs import rundir as runs
 
 ROOT = Path(__file__).parents[1]
 # 1,437 training digits = 4 × 359 + 1: the last batch of each epoch leaves one process without
