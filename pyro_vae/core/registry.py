@@ -1,7 +1,7 @@
 """Name-to-class registries for the swappable components (priors, likelihoods, guides, networks)."""
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
@@ -28,10 +28,15 @@ def build(
     if isinstance(spec, nn.Module):
         return spec
     cls = registered(registry, spec, kind)
-    parameters = inspect.signature(cls).parameters
-    supplied = {name: value for name, value in (context or {}).items() if name in parameters}
+    supplied = accepted(cls, context or {})
     check_options(registry, spec, kind, *args, **supplied, **options)
     return cls(*args, **supplied, **options)
+
+
+def accepted(function: Callable[..., Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """The items of ``context`` that ``function`` (a constructor, say) takes by name."""
+    parameters = inspect.signature(function).parameters
+    return {name: value for name, value in context.items() if name in parameters}
 
 
 # The registries a user adds to from Python, by the kind of component: named in the advice.

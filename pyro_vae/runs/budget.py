@@ -7,10 +7,9 @@ from the layer sizes (each network says what its layers cost), a step's work fro
 particles and the layers.
 """
 
-import inspect
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -27,7 +26,7 @@ from pyro_vae.components.networks import (
 )
 from pyro_vae.core.config import RunConfig
 from pyro_vae.core.errors import UserInputError
-from pyro_vae.core.registry import registered
+from pyro_vae.core.registry import accepted, registered
 from pyro_vae.models.build import MODELS
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def network_cost(
         except Exception as error:  # a network that reads its tensors' values, say: no guess
             log.info("the %s networks' cost is not known (%s): not checked", network, error)
             return NetworkCost(0, 0, 0.0, 0.0, 0, 0)
-    encoder, decoder = (cls.layer_costs(**_accepted(cls.layer_costs, context)) for cls in classes)
+    encoder, decoder = (cls.layer_costs(**accepted(cls.layer_costs, context)) for cls in classes)
     return NetworkCost(
         sum(layer.parameters for layer in encoder + decoder),
         sum(layer.parameters for layer in encoder),
@@ -137,27 +136,22 @@ def network_cost(
     )
 
 
-def _accepted(function: Callable[..., Any], context: dict[str, Any]) -> dict[str, Any]:
-    parameters = inspect.signature(function).parameters
-    return {name: value for name, value in context.items() if name in parameters}
-
-
 def _measured(network: str, context: dict[str, Any]) -> NetworkCost:
     """A user's networks, built on the meta device (no memory, no arithmetic) and run on one
     data point there: their parameters, FLOP and activations as torch counts them."""
-    from torch.utils.flop_counter import FlopCounterMode  # a second to import: only here
-
     with torch.device("meta"):
         encoder, decoder = build_networks(network, **context)
-    encoder_cost = _measure(encoder, prod(context["data_shape"]), FlopCounterMode)
-    decoder_cost = _measure(decoder, context["latent_dim"], FlopCounterMode)
+    encoder_cost = _measure(encoder, prod(context["data_shape"]))
+    decoder_cost = _measure(decoder, context["latent_dim"])
     measured = [encoder_cost, decoder_cost]
     (enc_p, enc_flop, enc_out), (dec_p, dec_flop, dec_out) = measured
     return NetworkCost(enc_p + dec_p, enc_p, enc_flop, dec_flop, enc_out, dec_out)
 
 
-def _measure(net: nn.Module, width: int, counter_mode: Any) -> tuple[int, float, int]:
+def _measure(net: nn.Module, width: int) -> tuple[int, float, int]:
     """(parameters, FLOP, values its layers output) of ``net`` on one meta row of ``width``."""
+    from torch.utils.flop_counter import FlopCounterMode  # a second to import: only here
+
     outputs = [0]
 
     def count(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -167,7 +161,7 @@ def _measure(net: nn.Module, width: int, counter_mode: Any) -> tuple[int, float,
     leaves = [m for m in net.modules() if not list(m.children())]
     hooks = [leaf.register_forward_hook(count) for leaf in leaves]
     try:
-        with counter_mode(display=False) as counter, torch.no_grad():
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
             net(torch.zeros(1, width, device="meta"))
     finally:
         for hook in hooks:
