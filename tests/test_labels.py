@@ -15,7 +15,11 @@ from pyro_vae.components.priors import PRIORS
 from pyro_vae.core.config import MODEL_KINDS
 from pyro_vae.core.errors import UserInputError
 from pyro_vae.data.labels import check_label, choose_labelled, one_hot
-from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer, enumerated_elbo
+from pyro_vae.inference.m2_trainer import (
+    SemiSupervisedELBO,
+    SemiSupervisedTrainer,
+    enumerated_elbo,
+)
 from pyro_vae.models.build import MODELS
 from pyro_vae.models.cvae import ConditionalVAE
 from pyro_vae.models.m2 import SemiSupervisedVAE
@@ -62,11 +66,22 @@ def test_enumerated_elbo_is_the_sum_over_classes_weighted_by_q_plus_its_entropy(
     by_hand = explicit_bound(vae, x)
     pyro.set_rng_seed(1)
     written_out = vae.class_terms(x, 1, analytic=False)["elbo"].sum()
+    pyro.set_rng_seed(1)
+    objective = SemiSupervisedELBO(vae.class_posterior, 5, 1, 1.0)
+    trained_on = -objective.unlabelled_loss(vae.generative_model, vae.inference_guide, x)
     assert torch.allclose(enumerated, by_hand, rtol=1e-5), (enumerated, by_hand)
     assert torch.allclose(written_out, by_hand, rtol=1e-5)
-    # and the gradient reaches the classifier through the weights q(y|x)
-    enumerated.backward()
-    assert vae.classifier.net[0].weight.grad.abs().sum() > 0
+    assert torch.allclose(trained_on, enumerated, rtol=1e-5)
+    # the same gradient as Pyro's enumeration, which reaches the classifier through q(y|x)
+    parameters = list(vae.parameters())
+    gradients = torch.autograd.grad(enumerated, parameters, allow_unused=True)
+    ours = torch.autograd.grad(trained_on, parameters, allow_unused=True)
+    for theirs, mine in zip(gradients, ours, strict=True):
+        assert (theirs is None) == (mine is None)
+        if theirs is not None:
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    names = [name for name, _ in vae.named_parameters()]
+    assert gradients[names.index("classifier.net.0.weight")].abs().sum() > 0
 
 
 def test_the_enumerated_y_is_a_guide_site_marked_for_enumeration_not_a_sample():
@@ -239,6 +254,42 @@ def test_m2_steps_mix_labelled_and_unlabelled_images_as_the_objective_says():
     assert sorted(order.tolist()) == sorted(unlabelled)
 
 
+def test_the_m2_step_is_recorded_and_is_the_eager_step():
+    """From the second step on, M2's step (both batches, the classes summed out) is replayed from
+    a recorded graph: the same parameters as eager steps, to the bit, epoch after epoch."""
+    data = digits()
+    trained = []
+    for record in (True, False):
+        pyro.set_rng_seed(0)
+        vae = SemiSupervisedVAE(data.image_shape, 4, (16,), likelihood="bernoulli", num_classes=10)
+        config = TrainConfig(labels=30, batch_size=64, alpha=5.0)
+        trainer = SemiSupervisedTrainer(vae, config, data, record_graph=record)
+        losses = [trainer.train_epoch(data).train_objective for _ in range(2)]
+        trained.append((losses, [p.detach().clone() for p in vae.parameters()], trainer))
+    (recorded_losses, recorded, trainer), (eager_losses, eager, _) = trained
+    assert trainer._recorded is not None and trainer._recorded.eager_reason is None
+    assert len(trainer._recorded._graphs) == 2  # a full batch and the epoch's last, smaller one
+    assert recorded_losses == eager_losses
+    for a, b in zip(recorded, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_label_columns_join_after_the_images_product():
+    """Summing over the classes, the encoder multiplies each image by its weights once, not
+    once per class, and computes what the concatenated [x, y] would."""
+    from pyro_vae.components.networks import Encoder, with_labels
+
+    torch.manual_seed(0)
+    encoder = Encoder((12,), (16,), 3, label_dim=4)
+    x, classes = torch.rand(5, 12), one_hot(torch.arange(4).reshape(4, 1), 4)
+    rows = []
+    encoder.net[0].register_forward_hook(lambda module, args, out: rows.append(args[0].shape))
+    split = encoder(x, classes)
+    assert split.shape == (4, 5, 6) and rows == []  # the first layer's weights used directly
+    concatenated = encoder.net(with_labels(x, classes))
+    torch.testing.assert_close(split, concatenated)
+
+
 def test_m2_loss_of_one_step_by_hand():
     data = digits()
     # 100 labels, 64 of them a step: each labelled term counts N_l / B_l = 100 / 64 times its
@@ -250,9 +301,10 @@ def test_m2_loss_of_one_step_by_hand():
     pyro.set_rng_seed(5)
     loss, negative_u = trainer._semi_supervised_step(data, index)
     pyro.set_rng_seed(5)
+    chosen = trainer.labelled_rows[torch.randperm(100)[:64]]  # the step draws them first
     x = data.train_batch(index)
+    # Pyro's own sum over the enumerated classes: the step writes that sum out
     u = -enumerated_elbo().differentiable_loss(vae.model, vae.guide, x).detach()
-    chosen = trainer.labelled_rows[torch.randperm(100)[:64]]
     xl, yl = data.train_batch(chosen), data.train.labels[chosen]
     labelled_elbo = -make_elbo_mc().differentiable_loss(vae.model, vae.guide, xl, yl).detach()
     log_q = vae.class_posterior(xl).log_prob(yl).sum().detach()

@@ -68,6 +68,36 @@ def with_labels(h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([h.expand(*leading, -1), y.to(h.dtype).expand(*leading, -1)], dim=-1)
 
 
+def linear_with_labels(layer: nn.Linear, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``layer(with_labels(h, y))``, computed as ``layer``'s h columns applied to h plus its y
+    columns applied to y where y varies along a dimension h does not.
+
+    M2 sums every image's bound over the K classes: y is (K, 1, K) against h's (N, D). The
+    concatenation would repeat each image's D inputs K times and multiply each copy by the same
+    weights; split, the product over h runs once per image (a K-th of the work) and the classes
+    add their columns of the weights, one row per class, by broadcasting. Where h and y have the
+    same leading shape (the conditional VAE) nothing would be saved, and the concatenated product
+    is kept.
+    """
+    if y is None:
+        return layer(h)
+    if y.shape[:-1] == h.shape[:-1]:
+        return layer(with_labels(h, y))
+    d = h.shape[-1]
+    weight = layer.weight
+    return F.linear(h, weight[:, :d], layer.bias) + F.linear(y.to(h.dtype), weight[:, d:])
+
+
+def mlp_with_labels(net: nn.Sequential, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``net(with_labels(h, y))`` for an ``mlp``, its first layer split as in
+    ``linear_with_labels``."""
+    first, *rest = net
+    h = linear_with_labels(first, h, y)
+    for layer in rest:
+        h = layer(h)
+    return h
+
+
 class LayerCost(NamedTuple):
     """What one layer costs for one data point, so that a run's budget (runs/budget.py) is known
     from the sizes alone, before anything is built."""
@@ -118,7 +148,7 @@ class Encoder(nn.Module):
         self.net = mlp([inputs, *hidden_dims, output_dim or 2 * latent_dim])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(with_labels(x, y))  # (..., output_dim)
+        return mlp_with_labels(self.net, x, y)  # (..., output_dim)
 
     @staticmethod
     def layer_costs(
@@ -150,7 +180,7 @@ class Decoder(nn.Module):
         self.net = mlp([latent_dim + label_dim, *reversed(hidden_dims), math.prod(data_shape)])
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(with_labels(z, y))  # (..., D)
+        return mlp_with_labels(self.net, z, y)  # (..., D)
 
     @staticmethod
     def layer_costs(
@@ -222,7 +252,7 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         images = F.pad(as_images(x, self.data_shape), self.padding)  # (N, C, H', W')
         features = self.conv(images).reshape(*x.shape[:-1], self.features)  # (..., F)
-        return self.out(with_labels(features, y))  # (..., output_dim)
+        return linear_with_labels(self.out, features, y)  # (..., output_dim)
 
     @staticmethod
     def layer_costs(

@@ -4,8 +4,15 @@
 
 α = 0.1·N by default, N the training images (the paper's choice). ``SemiSupervisedTrainer`` takes
 an unbiased mini-batch estimate of J at every step: a batch of unlabelled images and one of the
-labelled, each term scaled by its share of the data set. Pyro's ``TraceEnum_ELBO`` sums over the
-unlabelled images' classes exactly.
+labelled, each term scaled by its share of the data set (``SemiSupervisedELBO``).
+
+The unlabelled images' classes are summed out exactly, as Pyro's ``TraceEnum_ELBO`` sums over an
+enumerated site, but written as what that sum is here: U(x) = Σ_y q(y|x) L(x, y) + H(q(y|x)),
+Pyro's ``Trace_ELBO`` run once on every class at once (y observed as a (K, 1) tensor, so each
+image's bound gets a class dimension) under ``poutine.scale`` by q(y|x). The numbers are
+TraceEnum_ELBO's (a test compares them on the same z), and unlike TraceEnum_ELBO's contraction,
+which reads a mask's value in Python at every step, the step is a fixed sequence of tensor
+operations: it is recorded once and replayed (inference/fast/replay.py) like the VAE's.
 """
 
 import logging
@@ -13,7 +20,8 @@ from collections.abc import Callable
 
 import pyro
 import torch
-from pyro.infer import TraceEnum_ELBO
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from pyro_vae.core.config import TrainConfig
 from pyro_vae.core.errors import UserInputError
@@ -26,7 +34,7 @@ from pyro_vae.inference.evaluate import (
     elbo_estimate,
     elbo_sums,
 )
-from pyro_vae.inference.objectives import make_elbo
+from pyro_vae.inference.objectives import DeviceLossMixin, DeviceTrace_ELBO
 from pyro_vae.inference.trainer import Trainer
 from pyro_vae.models.m2 import SemiSupervisedVAE
 
@@ -42,6 +50,61 @@ def enumerated_elbo(num_particles: int = 1) -> TraceEnum_ELBO:
         vectorize_particles=num_particles > 1,
         max_plate_nesting=1,  # the data plate; y's enumeration takes the dimension left of it
     )
+
+
+class SemiSupervisedELBO(DeviceLossMixin, Trace_ELBO):
+    """−J's unbiased estimate, up to the factor N_u / B, from a batch x of B unlabelled images
+    and one (x_l, y_l) of B_l labelled images:
+
+        Σ_x −U(x)  +  B / (N_u·B_l) · Σ_(x_l, y_l) [N_l · (−L(x_l, y_l)) − α · log q(y_l | x_l)],
+
+    N_u and N_l the unlabelled and labelled images of the training set: each labelled term weighs
+    what its share of the data set weighs against one unlabelled batch. ``losses(model, guide, x,
+    x_l, y_l)`` returns that loss and Σ_x −U(x). ``class_posterior`` is M2's q(y | x).
+    """
+
+    recordable = True  # its step is static: see inference/fast/contract.py
+
+    def __init__(
+        self,
+        class_posterior: Callable[[torch.Tensor], pyro.distributions.Categorical],
+        num_unlabelled: int,
+        num_labelled: int,
+        alpha: float,
+        num_particles: int = 1,
+    ):
+        super().__init__(num_particles=num_particles, max_plate_nesting=1)
+        self.class_posterior = class_posterior
+        self.num_unlabelled, self.num_labelled, self.alpha = num_unlabelled, num_labelled, alpha
+        # Particles in a loop, not vectorised: the dimension left of the data plate holds y.
+        self.elbo = DeviceTrace_ELBO(
+            num_particles=num_particles, vectorize_particles=False, max_plate_nesting=1
+        )
+
+    def losses(  # type: ignore[override]
+        self,
+        model: Callable,
+        guide: Callable,
+        x: torch.Tensor,
+        x_labelled: torch.Tensor,
+        y_labelled: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        negative_u = self.unlabelled_loss(model, guide, x)
+        negative_l = self.elbo.differentiable_loss(model, guide, x_labelled, y_labelled)
+        log_q = self.class_posterior(x_labelled).log_prob(y_labelled).sum()
+        scale = x.shape[0] / (self.num_unlabelled * x_labelled.shape[0])
+        loss = negative_u + scale * (self.num_labelled * negative_l - self.alpha * log_q)
+        return loss, negative_u
+
+    def unlabelled_loss(self, model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
+        """Σ_x −U(x) = Σ_x [Σ_y q(y|x) (−L(x, y)) − H(q(y|x))]: every class at once, y (K, 1)
+        broadcast against the data plate as Pyro's enumeration would place it."""
+        log_q = self.class_posterior(x).logits.transpose(0, 1)  # (K, N), normalised
+        q = log_q.exp()
+        classes = torch.arange(q.shape[0], device=x.device).reshape(-1, 1)
+        with poutine.scale(scale=q):
+            expected = self.elbo.differentiable_loss(model, guide, x, classes)
+        return expected + (q * log_q).sum()
 
 
 def default_alpha(num_train: int) -> float:
@@ -61,19 +124,13 @@ class SemiSupervisedTrainer(Trainer):
         config: TrainConfig,
         data: Dataset,
         replicas: Replicas = SINGLE_PROCESS,
+        record_graph: bool = True,
     ):
+        """``record_graph=False`` takes every step eagerly, through Pyro (see ``Trainer``)."""
         if replicas.distributed:
             raise UserInputError("--model m2 trains in one process: launch it without torchrun")
         if config.labels is None:
             raise UserInputError("`kind` m2 needs `labels` N: how many training labels to keep")
-        elbo = enumerated_elbo(config.num_particles)
-        super().__init__(vae, config, replicas, elbo=elbo, record_graph=False)
-        log.info(
-            "training eagerly: Pyro's enumeration of y (TraceEnum_ELBO) is not a step that a "
-            "recorded graph holds"
-        )
-        # The labelled batch has nothing to enumerate: the plain ELBO, y observed.
-        self._labelled_elbo = make_elbo("mc", config.num_particles)
         device = data.train.stored.device
         # Rows of the training split: those that keep their labels, and the rest.
         chosen = choose_labelled(data.train.labels.cpu(), config.labels, config.seed)
@@ -87,6 +144,14 @@ class SemiSupervisedTrainer(Trainer):
                 f"for M2: give fewer labels (or train a classifier)"
             )
         self.alpha = config.alpha if config.alpha is not None else default_alpha(len(data.train))
+        elbo = SemiSupervisedELBO(
+            vae.class_posterior,
+            len(self.unlabelled_rows),
+            len(self.labelled_rows),
+            self.alpha,
+            config.num_particles,
+        )
+        super().__init__(vae, config, replicas, elbo=elbo, record_graph=record_graph)
 
     def step(self, batch: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
         """Not for M2: its steps take their labelled batch from the data (``train_epoch``)."""
@@ -108,31 +173,14 @@ class SemiSupervisedTrainer(Trainer):
     def _semi_supervised_step(
         self, data: Dataset, index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step on the unlabelled images at ``index`` and a batch of the labelled: the
-        loss summed (−J's estimate) and −Σ U(x) over the unlabelled batch."""
-        self.update_rule.zero_grad()
-        x = data.train_batch(index)
-        with pyro.validation_enabled(not self._validated):
-            unlabelled = self.elbo.differentiable_loss(self._model, self._guide, x)
-            labelled_loss = self._labelled_loss(data, x.shape[0])
-        self._validated = True
-        loss = unlabelled + labelled_loss
-        loss.backward()
-        self.update_rule.step()
-        return loss.detach(), unlabelled.detach()
-
-    def _labelled_loss(self, data: Dataset, batch_size: int) -> torch.Tensor:
-        """The labelled terms of the step's estimate of J, scaled as one unlabelled batch of
-        ``batch_size`` is: (B_u / N_u)·(1 / B_l)·Σ_batch [N_l·(−L(x, y)) − α·log q(y | x)]."""
+        """One step on the unlabelled images at ``index`` and a batch of the labelled (drawn
+        afresh, up to ``batch_size`` of them): the loss summed (−J's estimate) and −Σ U(x) over
+        the unlabelled batch. Recorded after the first step, as the VAE's is (``Trainer``)."""
         count = len(self.labelled_rows)
-        taken = min(count, self.config.batch_size)
-        draw = torch.randperm(count, device=self.labelled_rows.device)[:taken]
-        index = self.labelled_rows[draw]
-        x, y = data.train_batch(index), data.train.labels[index]
-        negative_elbo = self._labelled_elbo.differentiable_loss(self._model, self._guide, x, y)
-        log_q = self.vae.class_posterior(x).log_prob(y).sum()
-        scale = batch_size / (len(self.unlabelled_rows) * taken)
-        return scale * (count * negative_elbo - self.alpha * log_q)
+        draw = torch.randperm(count, device=self.labelled_rows.device)[: self.config.batch_size]
+        labelled = self.labelled_rows[draw]
+        x_labelled, y_labelled = data.train_batch(labelled), data.train.labels[labelled]
+        return self._update(data.train_batch(index), x_labelled, y_labelled)
 
     def _validation_elbo(self, split: Split) -> tuple[Estimate, float]:
         """U(x) on the validation images, with the class summed out (M2's held_out_terms)."""

@@ -45,6 +45,7 @@ class SemiSupervisedVAE(VAE):
     classifies = True
     semi_supervised = True
     kind = "m2"
+    recordable = True  # its step is static: see inference/fast/contract.py
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
