@@ -102,6 +102,23 @@ def test_training_step_benchmark_quick_mode(monkeypatch):
     sys.modules.pop("training_step", None)
 
 
+def test_m2_epoch_benchmark_quick_mode(monkeypatch, capsys):
+    """Pyro's example and pyro-vae each train an M2 epoch on random images; pyro-vae's steps
+    and validation are timed apart (and "pyro-vae eager" where the trainer has the option)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import m2_epoch
+
+    medians = m2_epoch.main(["--quick"])
+    expected = {"Pyro's example", "pyro-vae", "pyro-vae steps", "pyro-vae validation"}
+    if m2_epoch.records_graph_option():
+        expected |= {"pyro-vae eager", "pyro-vae eager steps", "pyro-vae eager validation"}
+    assert set(medians) == expected
+    assert all(seconds > 0 for seconds in medians.values())
+    assert medians["pyro-vae steps"] < medians["pyro-vae"]
+    assert "Pyro's example: 8 batches (1 supervised, 7 not)" in capsys.readouterr().out
+    sys.modules.pop("m2_epoch", None)
+
+
 def test_gemm_benchmark_quick_mode(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gemm
