@@ -6,7 +6,9 @@ for them is MKL's ``sgemm``; oneDNN (``torch.ops.mkldnn._linear_pointwise``, wha
 lowering emits for a linear layer) is the other library in the wheel, and which is faster depends
 on the CPU (MKL takes its AVX-512 kernels only on Intel's). This measures both on the shapes of
 the 784-400-L VAE at a batch (forward: x Wᵀ; weight gradient: gᵀ x; input gradient: g W) and
-reports GFLOP/s, so that a step's own rate can be set beside the best the machine gives.
+reports GFLOP/s, so that a step's own rate can be set beside the best the machine gives. Where
+JAX is installed (``pip install -e ".[bench]"``), XLA's dot (a jitted ``a @ b``, what NumPyro's
+step runs) is timed beside them: the benchmark anchor's own kernel on the same machine.
 
     python benchmarks/gemm.py                 # 784-400-20 and 784-400-50 at batch 128
     python benchmarks/gemm.py --latent 20 --batch 256
@@ -16,11 +18,15 @@ quiet machine: on 2 cores another process halves either figure.
 """
 
 import argparse
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
+
+KERNELS = ("MKL", "oneDNN", "XLA")
 
 
 def products(batch: int, layers: list[tuple[int, int]]) -> list[tuple[str, int, int, int]]:
@@ -43,6 +49,12 @@ def kernels(m: int, k: int, n: int) -> dict[str, Callable[[], torch.Tensor]]:
     if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         linear = torch.ops.mkldnn._linear_pointwise
         found["oneDNN"] = lambda: linear(a, weight, None, "none", [], "")
+    if importlib.util.find_spec("jax"):
+        import jax
+
+        dot = jax.jit(lambda left, right: left @ right)
+        a_jax, b_jax = jax.device_put(np.asarray(a)), jax.device_put(np.asarray(b))
+        found["XLA"] = lambda: dot(a_jax, b_jax).block_until_ready()
     return found
 
 
@@ -64,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parser.parse_args(argv)
     turns, repeats = (2, 3) if args.quick else (args.turns, 200)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'product':<24} {'m×k×n':>16} " + " ".join(f"{k:>8}" for k in ("MKL", "oneDNN")))
+    print(f"{'product':<24} {'m×k×n':>16} " + " ".join(f"{k:>8}" for k in KERNELS))
     results: dict[str, dict[str, float]] = {}
     for latent in args.latent:
         layers = [(784, args.hidden), (args.hidden, 2 * latent), (latent, args.hidden)]
@@ -81,9 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 for kernel, run in found.items():
                     timings[kernel].append(rate(run, flop, repeats))
             results[name] = {kernel: statistics.median(v) for kernel, v in timings.items()}
-            cells = " ".join(
-                f"{results[name].get(k, float('nan')):8.1f}" for k in ("MKL", "oneDNN")
-            )
+            cells = " ".join(f"{results[name].get(k, float('nan')):8.1f}" for k in KERNELS)
             print(f"{name:<24} {f'{m}×{k}×{n}':>16} {cells}")
     return results
 

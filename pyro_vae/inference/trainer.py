@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from pyro_vae.components.guides import DiagonalGuide, GuideFamily
 from pyro_vae.core.config import TrainConfig
+from pyro_vae.core.devices import flush_denormals
 from pyro_vae.core.errors import UserInputError
 from pyro_vae.data.datasets import Dataset, Split
 from pyro_vae.inference.distributed import (
@@ -120,6 +121,9 @@ class Trainer:
         step and Adam's update are captured as one CUDA graph (inference/fast/cuda_graph.py);
         ``cuda_graph=False`` replays the recording uncaptured.
         """
+        # Denormals flushed to zero from here on, in this thread (and in torch's pool threads if
+        # it starts them later; the command line sets it before any): see flush_denormals.
+        flush_denormals()
         self.vae = vae
         self.config = config
         self.replicas = replicas
