@@ -538,3 +538,29 @@ def test_a_broken_declaration_no_watch_sees_is_caught_by_the_audit(
     monkeypatch.setattr(recorded_module, "AUDIT_EVERY", 10**9)  # no audit after the first three
     unaudited = audited_steps(kind, True, x, monkeypatch)
     assert not all(torch.equal(a, b) for a, b in zip(unaudited, eager, strict=True))
+
+
+def test_training_flushes_denormals_in_every_thread_of_torchs_pool():
+    """Denormals (Adam's decaying moments) cost tens of times a normal number's arithmetic:
+    a Trainer flushes them to zero in each thread torch computes on, also in a thread pool that
+    an earlier operation started without that mode (a fresh process, so that nothing before
+    this test set it)."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from pyro_vae import VAE, TrainConfig, Trainer
+torch.set_num_threads(2)
+torch.randn(1000, 1000).exp().sum()  # the thread pool starts here, denormals kept
+tiny = torch.full((4_000_000,), 1e-39)  # parallel work: each thread takes a share
+print(int((tiny * 3.0).ne(0).sum()))
+Trainer(VAE(4, 2, (8,)), TrainConfig())
+print(int((tiny * 3.0).ne(0).sum()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    before, after = map(int, done.stdout.split())
+    if not torch.set_flush_denormal(False):  # not an x86 CPU: nothing to flush
+        pytest.skip("this CPU cannot flush denormals to zero")
+    assert before == 4_000_000 and after == 0

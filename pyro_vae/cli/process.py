@@ -6,14 +6,11 @@ import sys
 from typing import NoReturn
 
 from pyro_vae.cli.common import app
-from pyro_vae.core.devices import flush_denormals
 
 
 def main() -> None:
     """The ``pyro-vae`` command. Under torchrun, a process that fails with a traceback records
     it where torchrun's failure summary shows it."""
-    # Before any torch work starts the thread pool, so that its threads inherit the mode.
-    flush_denormals()
     try:
         if "TORCHELASTIC_RUN_ID" in os.environ:
             from torch.distributed.elastic.multiprocessing.errors import record
