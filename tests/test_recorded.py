@@ -1,5 +1,6 @@
 """The recorded graph computes the eager step's loss and gradients, bit for bit, or stands aside."""
 
+import copy
 import logging
 import os
 import random
@@ -564,3 +565,114 @@ print(int((tiny * 3.0).ne(0).sum()))
     if not torch.set_flush_denormal(False):  # not an x86 CPU: nothing to flush
         pytest.skip("this CPU cannot flush denormals to zero")
     assert before == 4_000_000 and after == 0
+
+
+# Compiled steps (inference/fast/compiled.py)
+
+
+def compiled_trainers(digits, compile):
+    """Two epochs of a small VAE on the digits with ``compile`` as asked, from one seed."""
+    pyro.set_rng_seed(0)
+    vae = VAE(64, 3, hidden_dims=(16,))
+    trainer = Trainer(vae, TrainConfig(lr=1e-2, batch_size=128, epochs=2, compile=compile))
+    return vae, trainer
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_as_the_replay_does_and_resumes_to_the_bit(digits):
+    """Inductor's graph sums in its own order, so its numbers are the replay's to a tolerance;
+    resumed from a checkpoint, a compiled run repeats its own numbers to the bit."""
+    results = {}
+    for compile in (True, False):
+        vae, trainer = compiled_trainers(digits, compile)
+        for _ in range(2):
+            trainer.train_epoch(digits)
+        results[compile] = [p.detach().clone() for p in vae.parameters()]
+        if compile:
+            assert trainer._recorded.compiled is True
+            full, last = trainer._recorded._graphs.values()  # 1,437 images: 11 full batches
+            assert id(full) in trainer._recorded._compiled_graphs
+            assert isinstance(last, torch.fx.GraphModule)  # the short last batch: replayed
+    for compiled, replayed in zip(results[True], results[False], strict=True):
+        torch.testing.assert_close(compiled, replayed, rtol=1e-4, atol=1e-5)
+    assert not all(map(torch.equal, results[True], results[False]))  # compiled: its own sums
+    # Stopped after one epoch: the model, the trainer and the random generator saved, then put
+    # into a new trainer that was left to decide (the checkpoint decides for it).
+    vae, trainer = compiled_trainers(digits, True)
+    trainer.train_epoch(digits)
+    saved = copy.deepcopy((vae.state_dict(), trainer.state_dict(), torch.get_rng_state()))
+    assert saved[1]["compiled"] is True
+    vae, trainer = compiled_trainers(digits, None)
+    vae.load_state_dict(saved[0])
+    trainer.load_state_dict(saved[1])
+    torch.set_rng_state(saved[2])
+    trainer.train_epoch(digits)
+    assert trainer._recorded.compiled is True
+    for resumed, uninterrupted in zip(vae.parameters(), results[True], strict=True):
+        torch.testing.assert_close(resumed.detach(), uninterrupted, rtol=0, atol=0)
+
+
+def test_whether_to_compile_is_decided_by_the_runs_length_and_the_timing_kept_per_machine(
+    digits, monkeypatch, caplog, tmp_path
+):
+    """Left to decide, a run compiles only when its replayed steps would take AUTO_SECONDS or
+    more, and keeps the compiled graph only where it times faster, measured once per machine and
+    graph and then read from the cache; a forced choice does neither; a compiler that fails
+    leaves the replay. (The compiler and the clock are stand-ins: the decision is tested here.)"""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    caplog.set_level(logging.INFO, logger="pyro_vae")
+    calls = {"compile": 0, "paired": 0}
+    timing = {"paired": (1.0, 2.0)}  # (replayed, compiled) seconds
+
+    def fake_compile(graph, inputs):
+        calls["compile"] += 1
+        return lambda *values: graph(*values)
+
+    def fake_paired(*args):
+        calls["paired"] += 1
+        return timing["paired"]
+
+    monkeypatch.setattr(recorded_module, "compile_graph", fake_compile)
+    monkeypatch.setattr(recorded_module, "paired_seconds", fake_paired)
+    monkeypatch.setattr(recorded_module, "replay_seconds", lambda graph, inputs: 0.01)
+    x = digits.train.x[:32]
+
+    def decided(compile, planned, paired=(1.0, 2.0), hidden=16):
+        timing["paired"] = paired
+        calls.update(compile=0, paired=0)
+        trainer = Trainer(VAE(64, 3, hidden_dims=(hidden,)), TrainConfig(compile=compile))
+        trainer._recorded.planned_steps = planned
+        for _ in range(3):
+            trainer.step(x)
+        return trainer._recorded.compiled, calls["compile"], calls["paired"]
+
+    enough = round(recorded_module.AUTO_SECONDS / 0.01)  # steps of 10 ms
+    assert decided(None, enough - 1) == (False, 0, 0)  # too short to repay a compile
+    assert decided(None, None) == (False, 0, 0)  # steps taken one by one: no plan
+    assert decided(None, enough, (1.0, 2.0)) == (False, 1, 1)  # compiled, slower: dropped
+    assert "replayed, not compiled" in caplog.text
+    assert decided(None, enough, (2.0, 1.0)) == (False, 1, 0)  # the cache's verdict stands
+    assert decided(None, enough, (2.0, 1.0), hidden=17) == (True, 1, 1)  # another graph
+    assert decided(None, enough, (1.0, 2.0), hidden=17) == (True, 1, 0)  # cached: compiled
+    assert decided(True, 10, (1.0, 2.0)) == (True, 1, 0)  # asked for: compiled, no timing
+    assert decided(False, 10**9, (2.0, 1.0)) == (False, 0, 0)  # refused
+    assert (tmp_path / "pyro-vae" / "compile-timings.json").exists()
+    monkeypatch.setattr(recorded_module, "compile_graph", lambda graph, inputs: None)
+    assert decided(True, 10)[0] is False  # the compiler failed: the replay trains
+
+
+def test_a_compiler_that_fails_is_said_once_and_the_replay_trains(digits, monkeypatch, caplog):
+    import torch._inductor.compile_fx as inductor
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr(inductor, "compile_fx", broken)
+    caplog.set_level(logging.INFO, logger="pyro_vae")
+    x = digits.train.x[:32]
+    trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig(compile=True))
+    losses = [trainer.step(x) for _ in range(4)]
+    assert trainer._recorded.compiled is False and trainer._recorded.eager_reason is None
+    assert all(torch.isfinite(loss) for loss in losses)
+    notes = [r.getMessage() for r in caplog.records if "could not compile" in r.getMessage()]
+    assert len(notes) == 1 and "no working C++ compiler found" in notes[0]

@@ -155,8 +155,11 @@ def _parameter(setting: Setting) -> inspect.Parameter:
     ranged = kind is int or (kind is float and not declared.strict)
     bounds = {"min": declared.low, "max": declared.high} if ranged else {}
     shown_default = True if declared.shown_default is None else declared.shown_default
+    flags = [declared.flag]
+    if kind is bool and setting.optional:  # unset, yes or no: --compile/--no-compile
+        flags = [f"{declared.flag}/--no-{declared.flag.removeprefix('--')}"]
     info = typer.Option(
-        declared.flag,
+        *flags,
         help=declared.help,
         callback=_checked(setting),
         show_default=shown_default,
@@ -234,7 +237,11 @@ def command_line(ctx: typer.Context, values: dict[str, Any]) -> str:
     for name, value in chosen.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            words += [flag] if value else []
+            setting = FLAGGED.get(name)
+            if value:
+                words += [flag]
+            elif setting is not None and setting.optional:  # a choice of its own: --no-compile
+                words += ["--no-" + flag.removeprefix("--")]
         elif value is not None:
             words += [flag, shlex.quote(str(value.value if isinstance(value, Enum) else value))]
     return " ".join(words)

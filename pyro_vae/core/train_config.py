@@ -86,6 +86,18 @@ class TrainConfig:
             help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.",
         ),
     )
+    # Whether the recorded step is compiled by Inductor on the CPU (inference/fast/compiled.py);
+    # None decides: compiled where the run is long enough and the compiled step is faster.
+    compile: bool | None = field(
+        default=None,
+        metadata=declared(
+            "--compile",
+            help="Compile the training step with Inductor (CPU, needs a C++ compiler). Unset: "
+            "compiled where the run plans 10,000 steps or more and the compiled step times "
+            "faster here.",
+            shown_default="decided by the run's length",
+        ),
+    )
     # Samples of z per image in the validation ELBO (closed-form KL). Its standard error, reported
     # as val_elbo_se, halves as they quadruple: 4 give about 0.04 nats on 1,000 MNIST images, at a
     # quarter of 16's cost (the validation pass costs a forward pass per sample and image).

@@ -44,7 +44,9 @@ ALPHA_PER_IMAGE = 0.1  # the paper's α = 0.1·N, N the number of training image
 
 
 def enumerated_elbo(num_particles: int = 1) -> TraceEnum_ELBO:
-    """Pyro's ELBO that sums over the guide's enumerated y exactly (z sampled)."""
+    """Pyro's ELBO that sums over the guide's enumerated y exactly (z sampled): what
+    ``SemiSupervisedELBO.unlabelled_loss`` computes, through Pyro's enumeration machinery (the
+    tests and benchmarks compare the two; training uses the recordable one)."""
     return TraceEnum_ELBO(
         num_particles=num_particles,
         vectorize_particles=num_particles > 1,

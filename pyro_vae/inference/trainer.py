@@ -152,7 +152,14 @@ class Trainer:
         # operations instead of Pyro's Python machinery at every step (see
         # inference/fast/replay.py).
         self._recorded = (
-            RecordedGradient(vae, self.elbo, self._model, self._guide)
+            RecordedGradient(
+                vae,
+                self.elbo,
+                self._model,
+                self._guide,
+                # Replicas left to decide could each time it otherwise: asked for, or not at all.
+                compile=bool(config.compile) if replicas.distributed else config.compile,
+            )
             if record_graph and not registered
             else None
         )
@@ -245,8 +252,14 @@ class Trainer:
         gradient in the ``.grad``s."""
         # The gradient of the ELBO summed over the batch, as SVI.step takes it: Adam's ε makes the
         # summed and the averaged loss step differently where gradients are tiny.
-        if self._validated and self._recorded is not None and batch[0].shape[0]:
-            losses = self._recorded(*batch)  # replaces every .grad: no zero_grad needed
+        recorded = self._recorded
+        if not self._validated and recorded is not None and recorded.compiled and batch[0].shape[0]:
+            # Resumed with its steps compiled: checked eagerly, then the compiled step, as the
+            # uninterrupted run took here (the eager step's numbers differ in the last bits).
+            recorded.validate(*batch)
+            self._validated = recorded.eager_reason is None
+        if self._validated and recorded is not None and batch[0].shape[0]:
+            losses = recorded(*batch)  # replaces every .grad: no zero_grad needed
             if losses is not None:
                 return losses
         self.update_rule.zero_grad()
@@ -295,6 +308,8 @@ class Trainer:
             self._loss_sum = torch.zeros((), device=device)  # one sync an epoch
             self._elbo_sum = torch.zeros((), device=device)
         batches = self._order.split(self.config.batch_size)
+        if self._recorded is not None and self._recorded.planned_steps is None:
+            self._recorded.planned_steps = len(batches) * self.config.epochs  # whether to compile
         lr = self.update_rule.lr
         beta = self.config.beta
         start = time.perf_counter()
@@ -453,6 +468,8 @@ class Trainer:
             "epoch_seconds": list(self.epoch_seconds),
             "validation_seconds": list(self.validation_seconds),
             "epoch_in_progress": in_progress,
+            # whether the step was compiled (None: not yet decided), for a resumed run to repeat
+            "compiled": self._recorded.compiled if self._recorded is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -465,6 +482,8 @@ class Trainer:
         self.history = [EpochMetrics(**metrics) for metrics in state["history"]]
         self.epoch_seconds = list(state["epoch_seconds"])
         self.validation_seconds = list(state.get("validation_seconds", []))  # older checkpoints
+        if self._recorded is not None and state.get("compiled") is not None:
+            self._recorded.compiled = state["compiled"]
         in_progress = state["epoch_in_progress"]
         if in_progress is not None:
             device = next(self.vae.parameters()).device

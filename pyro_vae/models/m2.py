@@ -9,8 +9,9 @@ For an unlabelled one y is a latent variable that the guide's site marks for enu
 Pyro's ``TraceEnum_ELBO`` sums over its K values exactly, weighted by q(y | x):
     U(x) = Σ_y q(y | x) L(x, y) + H(q(y | x))  ≤  log p(x),
 one batched pass over the classes (the y site gets a dimension of its own), no sampling of y and
-no Python loop. The classifier q(y | x) would learn only from U, so the labelled images also
-train it directly, as in the paper:
+no Python loop. Training computes the same sum with y observed as all K classes at once
+(inference/m2_trainer.py), which a recorded step can hold. The classifier q(y | x) would learn
+only from U, so the labelled images also train it directly, as in the paper:
     J = Σ_labelled L(x, y) + Σ_unlabelled U(x) + α · mean_labelled log q(y | x),
 α = 0.1·N by default, N the training images (the paper's choice). The trainer
 (inference/m2_trainer.py) takes an unbiased mini-batch estimate of J at every step.
@@ -130,7 +131,8 @@ class SemiSupervisedVAE(VAE):
     # Its held-out bound: U(x) written out, the K classes as one tensor dimension, so that each
     # image gets its own value (for standard errors), the KL of z its closed form where one
     # exists, and the importance-weighted bound the same samples. Training sums over y with
-    # Pyro's TraceEnum_ELBO instead; a test checks the two agree on the same z.
+    # Pyro's Trace_ELBO on every class at once (inference/m2_trainer.py); tests check both
+    # against Pyro's TraceEnum_ELBO on the same z.
 
     @classmethod
     def check_training(cls, train: TrainConfig) -> None:
@@ -141,8 +143,8 @@ class SemiSupervisedVAE(VAE):
         )
         require(
             train.elbo == "mc",
-            f"`kind` m2 sums over the class exactly with Pyro's TraceEnum_ELBO, which samples "
-            f"z as mc does: use `elbo` mc (not {train.elbo})",
+            f"`kind` m2 sums over the class exactly with Pyro's Trace_ELBO on every class, which "
+            f"samples z as mc does: use `elbo` mc (not {train.elbo})",
         )
         require(
             train.beta == 1 and not train.kl_warmup,

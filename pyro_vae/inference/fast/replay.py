@@ -15,6 +15,7 @@ trained eagerly instead, with a log message saying why. Which components may be 
 and how a recording notices one that changes under it, is inference/fast/contract.py's subject.
 """
 
+import functools
 import logging
 import types
 from collections.abc import Callable
@@ -32,6 +33,15 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from pyro_vae.inference.fast.compiled import (
+    AUTO_SECONDS,
+    cache_timing,
+    cached_timing,
+    compile_graph,
+    graph_key,
+    paired_seconds,
+    replay_seconds,
+)
 from pyro_vae.inference.fast.contract import (
     PythonGenerators,
     StateWatch,
@@ -90,11 +100,25 @@ class RecordedGradient:
     """
 
     def __init__(
-        self, vae: nn.Module, elbo: ELBO, model: Callable[..., Any], guide: Callable[..., Any]
+        self,
+        vae: nn.Module,
+        elbo: ELBO,
+        model: Callable[..., Any],
+        guide: Callable[..., Any],
+        compile: bool | None = False,
     ):
+        """``compile``: whether the full batches' graph is compiled by Inductor (on the CPU;
+        None: where the run is long enough and it times faster, inference/fast/compiled.py)."""
         self._loss = _Loss(vae, elbo, model, guide)
         self._vae, self._elbo = vae, elbo
-        self._graphs: dict[GraphKey, GraphModule] = {}
+        self._graphs: dict[GraphKey, Callable[..., Any]] = {}
+        self.compile = compile
+        self.planned_steps: int | None = None  # the run's, where known: for compile=None
+        # Whether the full batches' graph is compiled, once decided: a checkpoint keeps it, so
+        # that a resumed run takes the same graph.
+        self.compiled: bool | None = None
+        self._first_key: GraphKey | None = None
+        self._compiled_graphs: set[int] = set()  # ids of the compiled ones, audited to a tolerance
         self._watch: StateWatch | None = None  # made at the first recording
         self.eager_reason: str | None = None  # why every step is eager, once it is
         self._handled_eagerly = False  # whether a step under a Pyro handler was said to be eager
@@ -112,7 +136,7 @@ class RecordedGradient:
         found = self.graph_for(*batch)
         return None if found is None else self.replay(found[1], *batch)
 
-    def graph_for(self, *batch: torch.Tensor) -> tuple[GraphKey, GraphModule] | None:
+    def graph_for(self, *batch: torch.Tensor) -> tuple[GraphKey, Callable[..., Any]] | None:
         """The graph for ``batch`` and its key, recorded now if it is the first of its shape;
         None where no graph can be made or trusted (said once in the log, as for ``__call__``)."""
         if self.eager_reason is not None or self._under_a_handler():
@@ -130,13 +154,19 @@ class RecordedGradient:
             graph = self._record(*batch)
             if graph is None:
                 return None
+            if self._first_key is None:
+                self._first_key = key
+            if key == self._first_key:
+                graph = self._maybe_compiled(graph, batch)
             self._graphs[key] = graph
         self._steps += 1
         self._replays[key] = self._replays.get(key, 0) + 1
         self.audit_pending = self._replays[key] <= AUDIT_FIRST or self._steps % AUDIT_EVERY == 0
         return key, graph
 
-    def replay(self, graph: GraphModule, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def replay(
+        self, graph: Callable[..., Any], *batch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``graph`` (from ``graph_for``) on ``batch``: the loss and −ELBO, and the gradients
         in the ``.grad``s. Where an audit is due (``audit_pending``, set by ``graph_for``), the
         eager step is taken too, on the same random numbers, and compared."""
@@ -145,7 +175,8 @@ class RecordedGradient:
         with torch.no_grad():  # the graph computes the gradients itself; autograd keeps out
             loss, negative_elbo, *gradients = graph(*self._inputs, *batch)
         if before is not None:
-            eager = self._audit(before, (loss, negative_elbo, *gradients), batch)
+            exact = id(graph) not in self._compiled_graphs
+            eager = self._audit(before, (loss, negative_elbo, *gradients), batch, exact)
             if eager is not None:  # the eager step's numbers: the true ones
                 loss, negative_elbo, *gradients = eager
         for parameter, gradient in zip(self._parameters, gradients, strict=True):
@@ -165,10 +196,12 @@ class RecordedGradient:
         before: tuple[Any, ...],
         replayed: tuple[torch.Tensor | None, ...],
         batch: tuple[torch.Tensor, ...],
+        exact: bool = True,
     ) -> tuple[torch.Tensor | None, ...] | None:
         """Take the eager step from ``before`` and compare it with the ``replayed`` outputs
-        (loss, −ELBO, gradients) and buffers; None where they agree to the bit, else the eager
-        step's outputs, after standing aside for good."""
+        (loss, −ELBO, gradients) and buffers; None where they agree (to the bit where ``exact``,
+        as a replay on the CPU does; else as a compiled graph does), else the eager step's
+        outputs, after standing aside for good."""
         cpu_state, cuda_state, device, buffers = before
         live = self._inputs[len(self._parameters) :]
         replayed_buffers = [value.clone() for value in live]
@@ -188,7 +221,8 @@ class RecordedGradient:
         )
         gradients = [next(found) if value.requires_grad else None for value in self._parameters]
         eager = (loss.detach(), negative_elbo.detach(), *gradients)
-        if all(map(_identical, replayed, eager)) and all(map(_identical, replayed_buffers, live)):
+        agree = functools.partial(_identical, exact=exact)
+        if all(map(agree, replayed, eager)) and all(map(agree, replayed_buffers, live)):
             return None
         suspects = [
             f"{name} ({type(part).__qualname__})"
@@ -215,6 +249,90 @@ class RecordedGradient:
     def inputs(self) -> list[torch.Tensor]:
         """The tensors every graph reads besides the batch: the parameters, then the buffers."""
         return list(self._inputs)
+
+    def _maybe_compiled(
+        self, graph: GraphModule, batch: tuple[torch.Tensor, ...]
+    ) -> Callable[..., Any]:
+        """The full batches' ``graph``, compiled where ``compile`` asks for it and, where it is
+        left to decide (None), where the run is long enough and the compiled graph is faster
+        (inference/fast/compiled.py): the choice made once, kept in ``compiled`` (a resumed run
+        brings its own)."""
+        inputs = [*self._inputs, *batch]
+        deciding = self.compiled is None and self.compile is None
+        if self.compiled is None and (batch[0].device.type != "cpu" or self.compile is False):
+            self.compiled = False
+        key = graph_key(graph, inputs) if deciding else ""
+        timing = cached_timing(key) if deciding else {}
+        if deciding and "replay" not in timing:
+            state = self._audit_state(batch)
+            timing["replay"] = replay_seconds(graph, inputs)
+            self._restore(state)
+            # A run far too short to compile decides so without keeping anything; one nearer
+            # the line keeps its timing, so that it decides the same way next time.
+            if (self.planned_steps or 0) * timing["replay"] >= AUTO_SECONDS / 4:
+                cache_timing(key, timing)
+        planned = (self.planned_steps or 0) * timing.get("replay", 0.0)
+        if deciding and planned < AUTO_SECONDS:
+            log.debug(
+                "the step is replayed, not compiled: %.0f s of steps planned, %.0f needed to repay "
+                "a compile (--compile compiles)",
+                planned,
+                AUTO_SECONDS,
+            )
+            self.compiled = False
+        if self.compiled is False:
+            return graph
+        compiled = compile_graph(graph, inputs)
+        if compiled is None:
+            self.compiled = False
+            return graph
+        if deciding:  # keep it only where it is faster, as measured once on this machine
+            if "compiled" not in timing:
+                state = self._audit_state(batch)
+                timing["replay"], timing["compiled"] = paired_seconds(graph, compiled, inputs)
+                self._restore(state)
+                cache_timing(key, timing)
+            if timing["compiled"] >= timing["replay"]:
+                log.info(
+                    "the step is replayed, not compiled: Inductor's graph took %.2f ms against "
+                    "the replay's %.2f on this machine",
+                    timing["compiled"] * 1e3,
+                    timing["replay"] * 1e3,
+                )
+                self.compiled = False
+                return graph
+            log.info(
+                "the step is compiled by Inductor for this run (%.0f s of replayed steps "
+                "planned): %.2f ms a step against the replay's %.2f (--no-compile replays it)",
+                planned,
+                timing["compiled"] * 1e3,
+                timing["replay"] * 1e3,
+            )
+        self.compiled = True
+        self._compiled_graphs.add(id(compiled))
+        return compiled
+
+    def validate(self, *batch: torch.Tensor) -> None:
+        """Pyro's checks of the model and guide (every distribution's arguments, every site's
+        shape) on an eager forward pass whose numbers are dropped, the random generators and
+        buffers put back: for a resumed run whose steps are compiled, which must take the
+        compiled step from its first one on to repeat the uninterrupted run."""
+        if self._watch is None and not self._first_recording():
+            return  # no graph will be made: the eager step, with Pyro's checks, comes next
+        state = self._audit_state(batch)
+        with torch.no_grad(), pyro.validation_enabled(True):
+            self._loss(*batch)
+        self._restore(state)
+
+    def _restore(self, state: tuple[Any, ...]) -> None:
+        """Put the random generators and buffers back as ``_audit_state`` found them."""
+        cpu_state, cuda_state, device, buffers = state
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
+        with torch.no_grad():
+            for value, start in zip(self._inputs[len(self._parameters) :], buffers, strict=True):
+                value.copy_(start)
 
     def _stand_aside(self, reason: str, level: int = logging.INFO) -> None:
         self.eager_reason = reason
@@ -313,13 +431,15 @@ class RecordedGradient:
 # How close an audit's replay and eager step must be off the CPU, relative to each tensor's
 # largest value: CUDA kernels that sum with atomics (some of cuDNN's convolution gradients) may
 # add in another order from one call to the next, a few float32 roundings apart, while a value
-# read from outside a component changes a step by far more.
+# read from outside a component changes a step by far more. A graph compiled by Inductor sums in
+# its own order too (inference/fast/compiled.py).
 DEVICE_TOLERANCE = 1e-5
 
 
-def _identical(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+def _identical(a: torch.Tensor | None, b: torch.Tensor | None, exact: bool = True) -> bool:
     """Whether two outputs of a step agree: to the bit on the CPU (where the tests compare
-    replay and eager so), within DEVICE_TOLERANCE elsewhere; both None counts."""
+    replay and eager so), within DEVICE_TOLERANCE elsewhere and for a compiled graph (not
+    ``exact``); both None counts."""
     if a is None or b is None:
         return a is b
     if a.shape != b.shape:
@@ -327,7 +447,7 @@ def _identical(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     if bool(torch.equal(a, b)):
         return True
     both_nan = a.isnan() & b.isnan()  # a diverging step: no sign of a broken declaration
-    if a.device.type == "cpu" or not a.is_floating_point():
+    if (a.device.type == "cpu" and exact) or not a.is_floating_point():
         return bool(((a == b) | both_nan).all())
     difference = (a - b).abs().masked_fill(both_nan | (a == b), 0)  # inf − inf is no difference
     scale = torch.maximum(a.abs(), b.abs()).masked_fill(both_nan, 0).max()
