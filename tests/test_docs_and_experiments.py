@@ -103,15 +103,14 @@ def test_training_step_benchmark_quick_mode(monkeypatch):
 
 
 def test_m2_epoch_benchmark_quick_mode(monkeypatch, capsys):
-    """Pyro's example and pyro-vae each train an M2 epoch on random images; pyro-vae's steps
-    and validation are timed apart (and "pyro-vae eager" where the trainer has the option)."""
+    """Pyro's example and pyro-vae (recorded and eager) each train an M2 epoch on random images;
+    pyro-vae's steps and validation are timed apart."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import m2_epoch
 
     medians = m2_epoch.main(["--quick"])
     expected = {"Pyro's example", "pyro-vae", "pyro-vae steps", "pyro-vae validation"}
-    if m2_epoch.records_graph_option():
-        expected |= {"pyro-vae eager", "pyro-vae eager steps", "pyro-vae eager validation"}
+    expected |= {"pyro-vae eager", "pyro-vae eager steps", "pyro-vae eager validation"}
     assert set(medians) == expected
     assert all(seconds > 0 for seconds in medians.values())
     assert medians["pyro-vae steps"] < medians["pyro-vae"]
