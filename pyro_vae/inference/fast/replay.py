@@ -434,12 +434,18 @@ class RecordedGradient:
 # read from outside a component changes a step by far more. A graph compiled by Inductor sums in
 # its own order too (inference/fast/compiled.py).
 DEVICE_TOLERANCE = 1e-5
+# And a graph compiled by Inductor, which sums in an order of its own on every device: measured
+# as the difference's norm relative to the tensor's, because a gradient entry that is a sum of
+# many terms cancelling each other can differ by more than 1e-5 of the tensor's largest entry
+# (M2's, summed over 10 classes and 200 images, did), while a value read from outside a
+# component changes a step by a sizeable part of its norm.
+COMPILED_TOLERANCE = 1e-3
 
 
 def _identical(a: torch.Tensor | None, b: torch.Tensor | None, exact: bool = True) -> bool:
     """Whether two outputs of a step agree: to the bit on the CPU (where the tests compare
-    replay and eager so), within DEVICE_TOLERANCE elsewhere and for a compiled graph (not
-    ``exact``); both None counts."""
+    replay and eager so), within DEVICE_TOLERANCE elsewhere, within COMPILED_TOLERANCE for a
+    compiled graph (not ``exact``); both None counts."""
     if a is None or b is None:
         return a is b
     if a.shape != b.shape:
@@ -450,6 +456,11 @@ def _identical(a: torch.Tensor | None, b: torch.Tensor | None, exact: bool = Tru
     if (a.device.type == "cpu" and exact) or not a.is_floating_point():
         return bool(((a == b) | both_nan).all())
     difference = (a - b).abs().masked_fill(both_nan | (a == b), 0)  # inf − inf is no difference
+    if not exact:  # compiled: the difference's norm against the tensor's
+        if not bool(torch.isfinite(difference).all()):
+            return False
+        size = torch.maximum(a.masked_fill(both_nan, 0).norm(), b.masked_fill(both_nan, 0).norm())
+        return bool(difference.norm() <= COMPILED_TOLERANCE * size)
     scale = torch.maximum(a.abs(), b.abs()).masked_fill(both_nan, 0).max()
     return bool((difference <= DEVICE_TOLERANCE * scale).all())
 
