@@ -87,14 +87,15 @@ class TrainConfig:
         ),
     )
     # Whether the recorded step is compiled by Inductor on the CPU (inference/fast/compiled.py);
-    # None decides: compiled where the run is long enough and the compiled step is faster.
+    # None decides: compiled where the run is long enough and the compiled step is faster. A
+    # resumed run keeps the choice its checkpoint made.
     compile: bool | None = field(
         default=None,
         metadata=declared(
             "--compile",
             help="Compile the training step with Inductor (CPU, needs a C++ compiler). Unset: "
-            "compiled where the run plans 10,000 steps or more and the compiled step times "
-            "faster here.",
+            "compiled where the run's steps would take two minutes or more and the compiled "
+            "step times faster on this machine.",
             shown_default="decided by the run's length",
         ),
     )
