@@ -279,15 +279,24 @@ def test_the_label_columns_join_after_the_images_product():
     once per class, and computes what the concatenated [x, y] would."""
     from pyro_vae.components.networks import Encoder, with_labels
 
+    from torch.utils.flop_counter import FlopCounterMode
+
     torch.manual_seed(0)
-    encoder = Encoder((12,), (16,), 3, label_dim=4)
-    x, classes = torch.rand(5, 12), one_hot(torch.arange(4).reshape(4, 1), 4)
-    rows = []
-    encoder.net[0].register_forward_hook(lambda module, args, out: rows.append(args[0].shape))
-    split = encoder(x, classes)
-    assert split.shape == (4, 5, 6) and rows == []  # the first layer's weights used directly
-    concatenated = encoder.net(with_labels(x, classes))
-    torch.testing.assert_close(split, concatenated)
+    encoder = Encoder((784,), (16,), 3, label_dim=4)
+    x, classes = torch.rand(5, 784), one_hot(torch.arange(4).reshape(4, 1), 4)
+    counted = {}
+    for name, run in {
+        "split": lambda: encoder(x, classes),
+        "concatenated": lambda: encoder.net(with_labels(x, classes)),
+    }.items():
+        with FlopCounterMode(display=False) as flops:
+            counted[name] = run()
+        counted[name + " flop"] = flops.get_total_flops()
+    assert counted["split"].shape == (4, 5, 6)
+    torch.testing.assert_close(counted["split"], counted["concatenated"])
+    # the 784 inputs' product once per image instead of once per image and class
+    first_layer = 2 * 5 * 784 * 16
+    assert counted["concatenated flop"] - counted["split flop"] >= 3 * first_layer * 0.99
 
 
 def test_m2_loss_of_one_step_by_hand():

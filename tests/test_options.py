@@ -84,8 +84,24 @@ def test_an_option_replaces_a_config_files_value_unchecked(tmp_path):
     assert json.loads((out / "config.json").read_text())["config"]["train"]["epochs"] == 1
 
 
+def test_compile_is_unset_yes_or_no_on_the_command_line_and_in_a_config_file(tmp_path):
+    """--compile/--no-compile, unset by default (the run decides), and `compile` in a config
+    file's [train] table."""
+    (tmp_path / "c.toml").write_text("[model]\nhidden_dims = [16]\n[train]\ncompile = false\n")
+    for name, args, expected in (
+        ("unset", ["--hidden-dims", "16"], None),
+        ("no", ["--hidden-dims", "16", "--no-compile"], False),
+        ("file", ["--config", tmp_path / "c.toml"], False),
+    ):
+        out = tmp_path / name
+        result = invoke("train", "--epochs", "1", *args, "--out", out)
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "config.json").read_text())
+        assert record["config"]["train"]["compile"] is expected, name
+
+
 def test_the_resume_rule_is_the_declarations():
-    assert set(RESUMABLE) == {"lr", "epochs", "device", "patience"}
+    assert set(RESUMABLE) == {"lr", "epochs", "device", "patience", "compile"}
     assert runner.RESUMABLE is RESUMABLE
 
 

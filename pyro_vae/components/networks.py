@@ -81,7 +81,8 @@ def linear_with_labels(layer: nn.Linear, h: torch.Tensor, y: torch.Tensor | None
     """
     if y is None:
         return layer(h)
-    if y.shape[:-1] == h.shape[:-1]:
+    plain = type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
+    if y.shape[:-1] == h.shape[:-1] or not plain:  # a subclass or a hook: the layer's own call
         return layer(with_labels(h, y))
     d = h.shape[-1]
     weight = layer.weight

@@ -88,11 +88,12 @@ class TrainConfig:
     )
     # Whether the recorded step is compiled by Inductor on the CPU (inference/fast/compiled.py);
     # None decides: compiled where the run is long enough and the compiled step is faster. A
-    # resumed run keeps the choice its checkpoint made.
+    # resumed run keeps the choice its checkpoint made, unless given anew.
     compile: bool | None = field(
         default=None,
         metadata=declared(
             "--compile",
+            resume=MAY_CHANGE,
             help="Compile the training step with Inductor (CPU, needs a C++ compiler). Unset: "
             "compiled where the run's steps would take two minutes or more and the compiled "
             "step times faster on this machine.",

@@ -104,7 +104,11 @@ class SemiSupervisedELBO(DeviceLossMixin, Trace_ELBO):
         log_q = self.class_posterior(x).logits.transpose(0, 1)  # (K, N), normalised
         q = log_q.exp()
         classes = torch.arange(q.shape[0], device=x.device).reshape(-1, 1)
-        with poutine.scale(scale=q):
+        # A class the classifier rules out has q = 0 exactly (e^(−104) underflows), which Pyro's
+        # validation refuses as a scale: its term, q · L, is 0 either way.
+        with pyro.validation_enabled(False):
+            weighted = poutine.scale(scale=q)
+        with weighted:
             expected = self.elbo.differentiable_loss(model, guide, x, classes)
         return expected + (q * log_q).sum()
 

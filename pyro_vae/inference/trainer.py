@@ -163,6 +163,8 @@ class Trainer:
             if record_graph and not registered
             else None
         )
+        if self._recorded is not None:
+            self._recorded.full_batch = config.batch_size  # the graph that may be compiled
         # Every path below updates the parameters through this one object (inference/update.py).
         self.update_rule = UpdateRule.from_config(self._parameters, config)
         # On a GPU, the whole step launched as one graph: the host no longer sets the pace.
@@ -482,8 +484,10 @@ class Trainer:
         self.history = [EpochMetrics(**metrics) for metrics in state["history"]]
         self.epoch_seconds = list(state["epoch_seconds"])
         self.validation_seconds = list(state.get("validation_seconds", []))  # older checkpoints
-        if self._recorded is not None and state.get("compiled") is not None:
-            self._recorded.compiled = state["compiled"]
+        # The step the run took, compiled or replayed, unless --compile or --no-compile is
+        # given anew: the same numbers as the uninterrupted run, or the new choice.
+        if self._recorded is not None and self.config.compile is None:
+            self._recorded.compiled = state.get("compiled")
         in_progress = state["epoch_in_progress"]
         if in_progress is not None:
             device = next(self.vae.parameters()).device

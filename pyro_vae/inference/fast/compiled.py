@@ -5,15 +5,17 @@ kernels around the matrix products of an MNIST-sized step, each reading and writ
 tensor. Inductor fuses them into a few C++ loops; with its C++ wrapper the step no longer goes
 through Python between kernels. Measured (benchmarks/step_anatomy.py, 784-400-20, batch 128, 2
 cores of an Intel Xeon, torch 2.15): the compiled graph took 0.73× the replay's time (2.56 ms
-against 3.57), and compiling it took about 10 s with a cold Inductor cache, 1 s with a warm one.
+against 3.57), and compiling it took about 10 s with a cold Inductor cache, 4-5 s with a warm one
+(in a whole run: benchmarks/whole_run.py --long --compile).
 Inductor's Python wrapper gained nothing (1.03×): its Python between kernels costs what the
 fusion saves.
 
 What changes: Inductor fuses and reorders the elementwise work and its sums, so the compiled
-step's loss and gradients differ from the replay's in the last bits (a relative 1e-5 is the
-audits' tolerance for it). Its random draws are torch's own (``fallback_random``), the eager
-step's noise. A compiled run is deterministic on its machine: resumed, it compiles the same graph
-and repeats its numbers to the bit.
+step's loss and gradients differ from the replay's in the last bits (its audits allow a
+difference of 1e-3 of each output's norm, replay.py's COMPILED_TOLERANCE; a compiled graph that
+fails one is replaced by its recording). Its random draws are torch's own (``fallback_random``),
+the eager step's noise. A compiled run is deterministic on its machine: resumed, it compiles the
+same graph and repeats its numbers to the bit.
 
 When (``TrainConfig.compile``): True compiles, False replays, None decides, so that compiling
 never makes a run slower: a run whose replayed steps would take at least ``AUTO_SECONDS`` is
@@ -41,18 +43,22 @@ from torch.fx import GraphModule
 
 log = logging.getLogger(__name__)
 
-# The replayed steps' time from which a run is compiled: a cold compile took 10 s (the VAE above)
-# to 21 s (M2 at 784-500-50, batch 200, whose compiled step took 0.61× the replay's), so a run of
-# two minutes repays it even where the compiled step saves only a sixth.
+# The replayed steps' time from which a run is compiled: compiling took 4-5 s with Inductor's
+# cache warm and 10 s cold for the VAE above, 21 s cold for M2 at 784-500-50, batch 200 (whose
+# compiled steps took 0.78x the replayed ones' time over an epoch), so a run of two minutes
+# repays it even where the compiled step saves only a sixth.
 AUTO_SECONDS = 120.0
 # The timing that decides whether a compiled graph is kept: paired turns of a few calls each.
 TURNS, CALLS = 5, 4
 
 
-def compile_graph(graph: GraphModule, inputs: Sequence[torch.Tensor]) -> Callable | None:
+def compile_graph(
+    graph: GraphModule, inputs: Sequence[torch.Tensor], asked: bool = False
+) -> Callable | None:
     """``graph`` compiled by Inductor for ``inputs`` (C++ kernels and wrapper, torch's random
     numbers), or None where it cannot be (no C++ compiler, an operation Inductor refuses), said
-    in one log line. ``graph`` itself is left as it was, for the replay."""
+    in one log line: a warning where the compile was ``asked`` for. ``graph`` itself is left as
+    it was, for the replay."""
     try:
         import torch._inductor.config as inductor
         from torch._inductor.compile_fx import compile_fx
@@ -61,9 +67,10 @@ def compile_graph(graph: GraphModule, inputs: Sequence[torch.Tensor]) -> Callabl
             return compile_fx(copy.deepcopy(graph), list(inputs))
     except Exception as error:  # whatever the compiler's failure, the replay trains on
         lines = [line for line in str(error).splitlines() if line.strip()]
-        log.info(
-            "training on the replayed step: Inductor could not compile it (%s%s); it needs a C++ "
-            "compiler (g++ or clang) on the PATH",
+        log.log(
+            logging.WARNING if asked else logging.INFO,
+            "training on the replayed step: Inductor could not compile it (%s%s); compiling "
+            "needs a C++ compiler (g++ or clang) on the PATH",
             type(error).__name__,
             ": " + lines[0][:200] if lines else "",
         )
@@ -89,9 +96,15 @@ def paired_seconds(
     return statistics.median(a for a, _ in turns), statistics.median(b for _, b in turns)
 
 
-def timings_file() -> Path:
-    """Where the measured step times are kept (``$XDG_CACHE_HOME/pyro-vae``)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+def timings_file() -> Path | None:
+    """Where the measured step times are kept (``$XDG_CACHE_HOME/pyro-vae``); None without a
+    home to keep them in (a container's user with none): then they are measured every run."""
+    root = os.environ.get("XDG_CACHE_HOME")
+    if not root:
+        try:
+            root = str(Path.home() / ".cache")
+        except RuntimeError:
+            return None
     return Path(root) / "pyro-vae" / "compile-timings.json"
 
 
@@ -110,16 +123,22 @@ def graph_key(graph: Callable, inputs: Sequence[torch.Tensor]) -> str:
 
 def cached_timing(key: str) -> dict[str, float]:
     """The times measured for ``key`` so far: ``replay`` and, once compiled, ``compiled`` (s)."""
+    path = timings_file()
+    if path is None:
+        return {}
     try:
-        found = json.loads(timings_file().read_text()).get(key, {})
+        found = json.loads(path.read_text()).get(key, {})
     except (OSError, ValueError, AttributeError):  # none yet, or unreadable: measure again
         return {}
     return {name: float(value) for name, value in found.items() if isinstance(value, int | float)}
 
 
 def cache_timing(key: str, timing: dict[str, float]) -> None:
-    """Keep ``timing`` for ``key``; an unwritable cache only means measuring again next time."""
+    """Keep ``timing`` for ``key``; an unwritable cache only means measuring again next time
+    (two runs writing at once may each keep only their own entry: the other measures again)."""
     path = timings_file()
+    if path is None:
+        return
     try:
         try:
             known = json.loads(path.read_text())

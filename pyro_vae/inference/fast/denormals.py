@@ -20,6 +20,7 @@ set and the pool's threads keep theirs (said once in the log).
 import ctypes
 import logging
 import os
+import sys
 
 import torch
 
@@ -40,10 +41,12 @@ def flush_denormals() -> bool:
         return False
     gomp = _torch_libgomp()
     if gomp is None:
-        log.info(
-            "denormals are flushed to zero in this thread only: torch's threads run on an OpenMP "
-            "runtime other than libgomp, whose threads keep their own mode"
-        )
+        if not _said_once:
+            _said_once.append(True)
+            log.info(
+                "denormals are flushed to zero in this thread only: torch's threads run on an "
+                "OpenMP runtime other than libgomp, whose threads keep their own mode"
+            )
         return True
     # A parallel region of the pool's full size (the calling thread's thread count, torch's):
     # each of its threads runs the callback, which takes the GIL that this call releases.
@@ -51,13 +54,19 @@ def flush_denormals() -> bool:
     return True
 
 
+_said_once: list[bool] = []  # whether the other runtime was said: once a process
+
+
 def _torch_libgomp() -> ctypes.CDLL | None:
-    """The libgomp that this process has loaded (torch's), or None: never a second copy."""
+    """The libgomp that this process has loaded (torch's), or None: never a second copy (a
+    platform without ``RTLD_NOLOAD``, or other than Linux, gets None)."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "RTLD_NOLOAD"):
+        return None
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
     try:
-        gomp = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0) | os.RTLD_LAZY)
-    except OSError:  # not loaded (another runtime: LLVM's libomp, Intel's libiomp5)
+        gomp = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except (OSError, AttributeError):  # not loaded (LLVM's libomp, Intel's libiomp5 instead)
         return None
     gomp.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     gomp.GOMP_parallel.restype = None

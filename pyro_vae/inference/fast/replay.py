@@ -117,8 +117,11 @@ class RecordedGradient:
         # Whether the full batches' graph is compiled, once decided: a checkpoint keeps it, so
         # that a resumed run takes the same graph.
         self.compiled: bool | None = None
-        self._first_key: GraphKey | None = None
-        self._compiled_graphs: set[int] = set()  # ids of the compiled ones, audited to a tolerance
+        # The batch size of a full batch (the trainer's): the graph compiled is that one's.
+        self.full_batch: int | None = None
+        # Each compiled graph's recording, by the compiled graph's id: what is replayed instead
+        # should the compiled graph's audit find other numbers than the eager step's.
+        self._uncompiled: dict[int, GraphModule] = {}
         self._watch: StateWatch | None = None  # made at the first recording
         self.eager_reason: str | None = None  # why every step is eager, once it is
         self._handled_eagerly = False  # whether a step under a Pyro handler was said to be eager
@@ -154,9 +157,7 @@ class RecordedGradient:
             graph = self._record(*batch)
             if graph is None:
                 return None
-            if self._first_key is None:
-                self._first_key = key
-            if key == self._first_key:
+            if self.full_batch is not None and batch[0].shape[0] == self.full_batch:
                 graph = self._maybe_compiled(graph, batch)
             self._graphs[key] = graph
         self._steps += 1
@@ -175,10 +176,12 @@ class RecordedGradient:
         with torch.no_grad():  # the graph computes the gradients itself; autograd keeps out
             loss, negative_elbo, *gradients = graph(*self._inputs, *batch)
         if before is not None:
-            exact = id(graph) not in self._compiled_graphs
+            exact = id(graph) not in self._uncompiled
             eager = self._audit(before, (loss, negative_elbo, *gradients), batch, exact)
             if eager is not None:  # the eager step's numbers: the true ones
                 loss, negative_elbo, *gradients = eager
+                if not exact:
+                    self._uncompile(graph)
         for parameter, gradient in zip(self._parameters, gradients, strict=True):
             parameter.grad = gradient
         return loss, negative_elbo
@@ -224,6 +227,8 @@ class RecordedGradient:
         agree = functools.partial(_identical, exact=exact)
         if all(map(agree, replayed, eager)) and all(map(agree, replayed_buffers, live)):
             return None
+        if not exact:  # a compiled graph: its recording, exact, is tried next (replay)
+            return eager
         suspects = [
             f"{name} ({type(part).__qualname__})"
             for name, part in self._parts
@@ -256,10 +261,14 @@ class RecordedGradient:
         """The full batches' ``graph``, compiled where ``compile`` asks for it and, where it is
         left to decide (None), where the run is long enough and the compiled graph is faster
         (inference/fast/compiled.py): the choice made once, kept in ``compiled`` (a resumed run
-        brings its own)."""
+        brings its own). Never off the CPU, whatever a checkpoint says: on a GPU the recorded
+        step is captured as a CUDA graph instead."""
+        if batch[0].device.type != "cpu":
+            self.compiled = False
+            return graph
         inputs = [*self._inputs, *batch]
         deciding = self.compiled is None and self.compile is None
-        if self.compiled is None and (batch[0].device.type != "cpu" or self.compile is False):
+        if self.compiled is None and self.compile is False:
             self.compiled = False
         key = graph_key(graph, inputs) if deciding else ""
         timing = cached_timing(key) if deciding else {}
@@ -268,7 +277,7 @@ class RecordedGradient:
             timing["replay"] = replay_seconds(graph, inputs)
             self._restore(state)
             # A run far too short to compile decides so without keeping anything; one nearer
-            # the line keeps its timing, so that it decides the same way next time.
+            # the line keeps the timing it decided on, so that it decides the same way again.
             if (self.planned_steps or 0) * timing["replay"] >= AUTO_SECONDS / 4:
                 cache_timing(key, timing)
         planned = (self.planned_steps or 0) * timing.get("replay", 0.0)
@@ -282,22 +291,24 @@ class RecordedGradient:
             self.compiled = False
         if self.compiled is False:
             return graph
-        compiled = compile_graph(graph, inputs)
+        compiled = compile_graph(graph, inputs, asked=self.compile is True)
         if compiled is None:
             self.compiled = False
             return graph
-        if deciding:  # keep it only where it is faster, as measured once on this machine
+        if deciding:  # kept only where it is faster, as measured once on this machine
             if "compiled" not in timing:
                 state = self._audit_state(batch)
-                timing["replay"], timing["compiled"] = paired_seconds(graph, compiled, inputs)
+                timing["paired_replay"], timing["compiled"] = paired_seconds(
+                    graph, compiled, inputs
+                )
                 self._restore(state)
                 cache_timing(key, timing)
-            if timing["compiled"] >= timing["replay"]:
+            if timing["compiled"] >= timing["paired_replay"]:
                 log.info(
                     "the step is replayed, not compiled: Inductor's graph took %.2f ms against "
                     "the replay's %.2f on this machine",
                     timing["compiled"] * 1e3,
-                    timing["replay"] * 1e3,
+                    timing["paired_replay"] * 1e3,
                 )
                 self.compiled = False
                 return graph
@@ -306,10 +317,10 @@ class RecordedGradient:
                 "planned): %.2f ms a step against the replay's %.2f (--no-compile replays it)",
                 planned,
                 timing["compiled"] * 1e3,
-                timing["replay"] * 1e3,
+                timing["paired_replay"] * 1e3,
             )
         self.compiled = True
-        self._compiled_graphs.add(id(compiled))
+        self._uncompiled[id(compiled)] = graph
         return compiled
 
     def validate(self, *batch: torch.Tensor) -> None:
@@ -323,6 +334,18 @@ class RecordedGradient:
         with torch.no_grad(), pyro.validation_enabled(True):
             self._loss(*batch)
         self._restore(state)
+
+    def _uncompile(self, compiled: Callable[..., Any]) -> None:
+        """Replay ``compiled``'s recording from now on: its numbers were further from the eager
+        step's than Inductor's own order of summing explains."""
+        for key, graph in self._graphs.items():
+            if graph is compiled:
+                self._graphs[key] = self._uncompiled.pop(id(compiled))
+        self.compiled = False  # and a checkpoint says so: a resumed run replays as well
+        log.warning(
+            "the compiled step computed other numbers than the eager step on the same batch "
+            "(beyond Inductor's reordered sums); the recorded step is replayed from here on"
+        )
 
     def _restore(self, state: tuple[Any, ...]) -> None:
         """Put the random generators and buffers back as ``_audit_state`` found them."""
