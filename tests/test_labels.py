@@ -277,9 +277,9 @@ def test_the_m2_step_is_recorded_and_is_the_eager_step():
 def test_the_label_columns_join_after_the_images_product():
     """Summing over the classes, the encoder multiplies each image by its weights once, not
     once per class, and computes what the concatenated [x, y] would."""
-    from pyro_vae.components.networks import Encoder, with_labels
-
     from torch.utils.flop_counter import FlopCounterMode
+
+    from pyro_vae.components.networks import Encoder, with_labels
 
     torch.manual_seed(0)
     encoder = Encoder((784,), (16,), 3, label_dim=4)
