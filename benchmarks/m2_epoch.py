@@ -35,6 +35,7 @@ to the example's.
     python benchmarks/m2_epoch.py                      # 3 turns each, MNIST from ../shared/data
     python benchmarks/m2_epoch.py --turns 5 --data-dir DIR
     python benchmarks/m2_epoch.py --compile            # and the step compiled by Inductor
+    python benchmarks/m2_epoch.py --jit                # and the example with its --jit
     python benchmarks/m2_epoch.py --quick              # seconds: random images, 1 turn
 """
 
@@ -42,6 +43,7 @@ import argparse
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,13 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.util import broadcast_shape
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
+from pyro.infer import (
+    SVI,
+    JitTraceEnum_ELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    config_enumerate,
+)
 from pyro.optim import Adam
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -60,6 +68,10 @@ from pyro_vae.data.datasets import Dataset, Split
 from pyro_vae.data.labels import choose_labelled, one_hot
 from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
 from pyro_vae.models.m2 import SemiSupervisedVAE
+
+# Pyro's JIT ELBOs (--jit) are built on torch.jit.trace, which torch 2.15 deprecates with a
+# warning a call.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace` is deprecated")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -196,13 +208,19 @@ class Contestant:
     work: str  # what its epoch does
 
 
-def pyros_example(data: Dataset, labels: int, batch: int, name: str = "ss_vae") -> Contestant:
+def pyros_example(
+    data: Dataset, labels: int, batch: int, name: str = "ss_vae", jit: bool = False
+) -> Contestant:
+    """The example; ``jit`` as its ``--jit`` flag: JitTraceEnum_ELBO for the ELBO."""
     pyro.set_rng_seed(SEED)
     x, y = data.train.x, one_hot(data.train.labels, data.num_classes)
     ss_vae = SSVAE(name, x.shape[1], data.num_classes, LATENT, (HIDDEN,))
     optimizer = Adam({"lr": LEARNING_RATE, "betas": (BETA_1, 0.999)})
     guide = config_enumerate(ss_vae.guide, "parallel", expand=True)
-    elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+    enumerated = JitTraceEnum_ELBO if jit else TraceEnum_ELBO
+    elbo = enumerated(max_plate_nesting=1, strict_enumeration_warning=False)
+    # The auxiliary loss stays Trace_ELBO under --jit: its JitTrace_ELBO fails on the unlabelled
+    # batches, where model_classify has no sample site and the traced loss is not a tensor.
     losses = [
         SVI(ss_vae.model, guide, optimizer, loss=elbo),
         SVI(ss_vae.model_classify, ss_vae.guide_classify, optimizer, loss=Trace_ELBO()),
@@ -227,7 +245,7 @@ def pyros_example(data: Dataset, labels: int, batch: int, name: str = "ss_vae") 
 
     sup, unsup = len(loaders["sup"]), len(loaders["unsup"])
     work = f"{sup + unsup} batches ({sup} supervised, {unsup} not), two SVI.step each"
-    return Contestant(EXAMPLE, run_epoch, work)
+    return Contestant(EXAMPLE + (" --jit" if jit else ""), run_epoch, work)
 
 
 def pyro_vae(
@@ -271,9 +289,15 @@ def pyro_vae(
 
 
 def contestants(
-    data: Dataset, labels: int, batch: int, tag: str = "", compiled: bool = False
+    data: Dataset,
+    labels: int,
+    batch: int,
+    tag: str = "",
+    compiled: bool = False,
+    jit: bool = False,
 ) -> list[Contestant]:
-    """Pyro's example, pyro-vae (recorded, and eager), and pyro-vae --compile if asked."""
+    """Pyro's example, pyro-vae (recorded, and eager), and if asked pyro-vae --compile and the
+    example with its --jit."""
     found = [
         pyros_example(data, labels, batch, f"ss_vae{tag}"),
         pyro_vae(data, labels, batch, f"m2{tag}"),
@@ -283,6 +307,8 @@ def contestants(
         found.append(
             pyro_vae(data, labels, batch, f"m2_compiled{tag}", "pyro-vae --compile", compile=True)
         )
+    if jit:
+        found.append(pyros_example(data, labels, batch, f"ss_vae_jit{tag}", jit=True))
     return found
 
 
@@ -379,6 +405,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--compile", action="store_true", help="also pyro-vae with its step compiled by Inductor"
     )
+    parser.add_argument(
+        "--jit", action="store_true", help="also Pyro's example with its --jit (JIT ELBOs)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         data, labels, batch, turns = synthetic(400, 100), 50, 50, 1
@@ -389,9 +418,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data, labels, batch, turns = load_dataset(config), LABELS, BATCH, args.turns
     # Untimed: the first epoch in a process pays for imports, the allocator and Pyro's caches.
     warm_up = head(data, min(1000, len(data.train) // 4))
-    for racer in contestants(warm_up, len(warm_up.train) // 10, batch, tag="_warm_up"):
+    for racer in contestants(
+        warm_up, len(warm_up.train) // 10, batch, tag="_warm_up", jit=args.jit
+    ):
         racer.run_epoch()
-    racers = contestants(data, labels, batch, compiled=args.compile)
+    racers = contestants(data, labels, batch, compiled=args.compile, jit=args.jit)
     print(
         f"M2, one epoch: {data.name}, {len(data.train):,} training images ({labels:,} labelled), "
         f"{len(data.val):,} validation; statically binarized, Bernoulli, 784-{HIDDEN}-{LATENT}, "
