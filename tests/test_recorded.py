@@ -598,12 +598,12 @@ def test_a_compiled_step_trains_as_the_replay_does_and_resumes_to_the_bit(digits
         torch.testing.assert_close(compiled, replayed, rtol=1e-4, atol=1e-5)
     assert not all(map(torch.equal, results[True], results[False]))  # compiled: its own sums
     # Stopped after one epoch: the model, the trainer and the random generator saved, then put
-    # into a new trainer that was left to decide (the checkpoint decides for it).
+    # into a new trainer, whose first step is the compiled one, as the uninterrupted run's was.
     vae, trainer = compiled_trainers(digits, True)
     trainer.train_epoch(digits)
     saved = copy.deepcopy((vae.state_dict(), trainer.state_dict(), torch.get_rng_state()))
     assert saved[1]["compiled"] is True
-    vae, trainer = compiled_trainers(digits, None)
+    vae, trainer = compiled_trainers(digits, True)  # a resumed run keeps its configuration
     vae.load_state_dict(saved[0])
     trainer.load_state_dict(saved[1])
     torch.set_rng_state(saved[2])
@@ -662,6 +662,7 @@ def test_whether_to_compile_is_decided_by_the_runs_length_and_the_timing_kept_pe
     # The full batches' graph is the one compiled, though a resumed run may record a short
     # last batch first.
     trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig(compile=True, batch_size=32))
+    trainer._recorded.full_batch = 32  # as an epoch sets it
     for batch in (x, x[:20], x[:20], x[:20], x):  # eager, then recorded
         trainer.step(batch)
     graphs = {key[0][0][0]: graph for key, graph in trainer._recorded._graphs.items()}

@@ -163,8 +163,6 @@ class Trainer:
             if record_graph and not registered
             else None
         )
-        if self._recorded is not None:
-            self._recorded.full_batch = config.batch_size  # the graph that may be compiled
         # Every path below updates the parameters through this one object (inference/update.py).
         self.update_rule = UpdateRule.from_config(self._parameters, config)
         # On a GPU, the whole step launched as one graph: the host no longer sets the pace.
@@ -312,6 +310,8 @@ class Trainer:
         batches = self._order.split(self.config.batch_size)
         if self._recorded is not None and self._recorded.planned_steps is None:
             self._recorded.planned_steps = len(batches) * self.config.epochs  # whether to compile
+            # the graph that may be compiled: a full batch's (this replica's share of one)
+            self._recorded.full_batch = len(self.replicas.shard(batches[0]))
         lr = self.update_rule.lr
         beta = self.config.beta
         start = time.perf_counter()
@@ -470,8 +470,10 @@ class Trainer:
             "epoch_seconds": list(self.epoch_seconds),
             "validation_seconds": list(self.validation_seconds),
             "epoch_in_progress": in_progress,
-            # whether the step was compiled (None: not yet decided), for a resumed run to repeat
+            # whether the step was compiled (None: not yet decided), for a resumed run to repeat,
+            # and what it was told (a resumed run told otherwise decides anew)
             "compiled": self._recorded.compiled if self._recorded is not None else None,
+            "compile_option": self.config.compile,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -484,9 +486,10 @@ class Trainer:
         self.history = [EpochMetrics(**metrics) for metrics in state["history"]]
         self.epoch_seconds = list(state["epoch_seconds"])
         self.validation_seconds = list(state.get("validation_seconds", []))  # older checkpoints
-        # The step the run took, compiled or replayed, unless --compile or --no-compile is
-        # given anew: the same numbers as the uninterrupted run, or the new choice.
-        if self._recorded is not None and self.config.compile is None:
+        # The step the run took, compiled or replayed, unless it is told otherwise now: the
+        # same numbers as the uninterrupted run, or the new choice.
+        told = state.get("compile_option", self.config.compile)
+        if self._recorded is not None and self.config.compile == told:
             self._recorded.compiled = state.get("compiled")
         in_progress = state["epoch_in_progress"]
         if in_progress is not None:

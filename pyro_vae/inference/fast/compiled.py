@@ -122,7 +122,8 @@ def graph_key(graph: Callable, inputs: Sequence[torch.Tensor]) -> str:
 
 
 def cached_timing(key: str) -> dict[str, float]:
-    """The times measured for ``key`` so far: ``replay`` and, once compiled, ``compiled`` (s)."""
+    """The times measured for ``key`` so far (s): ``replay`` (what the decision to compile was
+    made on) and, once compiled, ``paired_replay`` and ``compiled`` (timed in turns)."""
     path = timings_file()
     if path is None:
         return {}

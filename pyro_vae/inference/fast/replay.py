@@ -117,7 +117,8 @@ class RecordedGradient:
         # Whether the full batches' graph is compiled, once decided: a checkpoint keeps it, so
         # that a resumed run takes the same graph.
         self.compiled: bool | None = None
-        # The batch size of a full batch (the trainer's): the graph compiled is that one's.
+        # The batch size of a full batch (set by a trainer's epoch): the graph compiled is that
+        # one's; None: the first graph recorded.
         self.full_batch: int | None = None
         # Each compiled graph's recording, by the compiled graph's id: what is replayed instead
         # should the compiled graph's audit find other numbers than the eager step's.
@@ -157,7 +158,9 @@ class RecordedGradient:
             graph = self._record(*batch)
             if graph is None:
                 return None
-            if self.full_batch is not None and batch[0].shape[0] == self.full_batch:
+            # A full batch's graph (a trainer's epoch says which size that is), else the first.
+            full = self.full_batch
+            if batch[0].shape[0] == full if full is not None else not self._graphs:
                 graph = self._maybe_compiled(graph, batch)
             self._graphs[key] = graph
         self._steps += 1
@@ -291,12 +294,12 @@ class RecordedGradient:
             self.compiled = False
         if self.compiled is False:
             return graph
-        compiled = compile_graph(graph, inputs, asked=self.compile is True)
+        compiled = compile_graph(graph, inputs, asked=self.compile is True or self.compiled is True)
         if compiled is None:
             self.compiled = False
             return graph
         if deciding:  # kept only where it is faster, as measured once on this machine
-            if "compiled" not in timing:
+            if "compiled" not in timing or "paired_replay" not in timing:
                 state = self._audit_state(batch)
                 timing["paired_replay"], timing["compiled"] = paired_seconds(
                     graph, compiled, inputs
@@ -338,9 +341,10 @@ class RecordedGradient:
     def _uncompile(self, compiled: Callable[..., Any]) -> None:
         """Replay ``compiled``'s recording from now on: its numbers were further from the eager
         step's than Inductor's own order of summing explains."""
-        for key, graph in self._graphs.items():
-            if graph is compiled:
-                self._graphs[key] = self._uncompiled.pop(id(compiled))
+        recordings, self._uncompiled = self._uncompiled, {}
+        for key, graph in self._graphs.items():  # every compiled graph: the run is replayed
+            if id(graph) in recordings:
+                self._graphs[key] = recordings[id(graph)]
         self.compiled = False  # and a checkpoint says so: a resumed run replays as well
         log.warning(
             "the compiled step computed other numbers than the eager step on the same batch "
