@@ -117,6 +117,10 @@ CASES: dict[str, tuple[Setup, str]] = {
         lambda t, r: ["train", "--elbo", "analytic", "--guide", "full", "--free-bits", "0.5"],
         "use --guide diagonal with --free-bits",
     ),
+    "compile not true or false in a config file": (
+        lambda t, r: ["train", "--config", _text(t / "c.toml", '[train]\ncompile = "yes"\n')],
+        "[train] compile must be true or false, got 'yes'",
+    ),
     "guide options not a table": (
         lambda t, r: ["train", "--config", _text(t / "c.toml", "[model]\nguide_options = 3\n")],
         "[model] guide_options must be a table of keywords",

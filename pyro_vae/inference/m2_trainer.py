@@ -15,7 +15,6 @@ which reads a mask's value in Python at every step, the step is a fixed sequence
 operations: it is recorded once and replayed (inference/fast/replay.py) like the VAE's.
 """
 
-import logging
 from collections.abc import Callable
 
 import pyro
@@ -37,8 +36,6 @@ from pyro_vae.inference.evaluate import (
 from pyro_vae.inference.objectives import DeviceLossMixin, DeviceTrace_ELBO
 from pyro_vae.inference.trainer import Trainer
 from pyro_vae.models.m2 import SemiSupervisedVAE
-
-log = logging.getLogger(__name__)
 
 ALPHA_PER_IMAGE = 0.1  # the paper's α = 0.1·N, N the number of training images
 

@@ -207,16 +207,11 @@ class RecordedGradient:
         """Take the eager step from ``before`` and compare it with the ``replayed`` outputs
         (loss, −ELBO, gradients) and buffers; None where they agree (to the bit where ``exact``,
         as a replay on the CPU does; else as a compiled graph does), else the eager step's
-        outputs, after standing aside for good."""
-        cpu_state, cuda_state, device, buffers = before
+        outputs, after standing aside for good (a replay's; a compiled graph's caller replays
+        its recording instead)."""
         live = self._inputs[len(self._parameters) :]
         replayed_buffers = [value.clone() for value in live]
-        with torch.no_grad():
-            for value, start in zip(live, buffers, strict=True):
-                value.copy_(start)  # the eager step starts where the replay did
-        torch.set_rng_state(cpu_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state(cuda_state, device)
+        self._restore(before)  # the eager step starts where the replay did
         with pyro.validation_enabled(False):
             loss, negative_elbo = self._loss(*batch)
         trainable = [value for value in self._parameters if value.requires_grad]
@@ -458,8 +453,7 @@ class RecordedGradient:
 # How close an audit's replay and eager step must be off the CPU, relative to each tensor's
 # largest value: CUDA kernels that sum with atomics (some of cuDNN's convolution gradients) may
 # add in another order from one call to the next, a few float32 roundings apart, while a value
-# read from outside a component changes a step by far more. A graph compiled by Inductor sums in
-# its own order too (inference/fast/compiled.py).
+# read from outside a component changes a step by far more.
 DEVICE_TOLERANCE = 1e-5
 # And a graph compiled by Inductor, which sums in an order of its own on every device: measured
 # as the difference's norm relative to the tensor's, because a gradient entry that is a sum of
