@@ -206,13 +206,19 @@ class Contestant:
     name: str
     run_epoch: Callable[[], dict[str, float]]  # one epoch; its seconds, by what was timed
     work: str  # what its epoch does
+    model: nn.Module | None = None  # what it trains (experiments/semi_supervised.py scores it)
 
 
 def pyros_example(
-    data: Dataset, labels: int, batch: int, name: str = "ss_vae", jit: bool = False
+    data: Dataset,
+    labels: int,
+    batch: int,
+    name: str = "ss_vae",
+    jit: bool = False,
+    seed: int = SEED,
 ) -> Contestant:
     """The example; ``jit`` as its ``--jit`` flag: JitTraceEnum_ELBO for the ELBO."""
-    pyro.set_rng_seed(SEED)
+    pyro.set_rng_seed(seed)
     x, y = data.train.x, one_hot(data.train.labels, data.num_classes)
     ss_vae = SSVAE(name, x.shape[1], data.num_classes, LATENT, (HIDDEN,))
     optimizer = Adam({"lr": LEARNING_RATE, "betas": (BETA_1, 0.999)})
@@ -225,7 +231,7 @@ def pyros_example(
         SVI(ss_vae.model, guide, optimizer, loss=elbo),
         SVI(ss_vae.model_classify, ss_vae.guide_classify, optimizer, loss=Trace_ELBO()),
     ]
-    labelled = choose_labelled(data.train.labels, labels, SEED)  # the rows pyro-vae keeps
+    labelled = choose_labelled(data.train.labels, labels, seed)  # the rows pyro-vae keeps
     unlabelled = torch.ones(len(x), dtype=torch.bool)
     unlabelled[labelled] = False
     # mnist_cached.py: cached tensors read one image at a time by a shuffling DataLoader; the
@@ -245,7 +251,7 @@ def pyros_example(
 
     sup, unsup = len(loaders["sup"]), len(loaders["unsup"])
     work = f"{sup + unsup} batches ({sup} supervised, {unsup} not), two SVI.step each"
-    return Contestant(EXAMPLE + (" --jit" if jit else ""), run_epoch, work)
+    return Contestant(EXAMPLE + (" --jit" if jit else ""), run_epoch, work, ss_vae)
 
 
 def pyro_vae(

@@ -251,8 +251,10 @@ def test_semi_supervised_experiment_quick_mode(tmp_path, monkeypatch):
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| 50 |"))
     cells = [cell.strip() for cell in row.strip("| ").split(" | ")]
-    assert len(cells) == 5  # labels, classifier alone, M2 at two α, the paper's figure
-    assert all(0 <= float(cell.split(" ± ")[0]) <= 100 for cell in cells[1:4])
+    # labels; the classifier alone, M2, the classifier on M1's codes, M1+M2, Pyro's example;
+    # Kingma's two
+    assert len(cells) == 8
+    assert all(0 <= float(cell.split(" ± ")[0]) <= 100 for cell in cells[1:6])
     assert "Command: `python experiments/semi_supervised.py --quick" in text
     sys.modules.pop("semi_supervised", None)
 

@@ -231,7 +231,7 @@ def test_the_cvae_step_is_recorded_and_is_the_eager_step():
 
 
 def m2_trainer(data, labels: int) -> SemiSupervisedTrainer:
-    """A small M2 on the digits, batches of 64, α = 5."""
+    """A small M2 on the digits, batches of 64, α = 5 per labelled image."""
     pyro.set_rng_seed(0)
     vae = SemiSupervisedVAE(data.image_shape, 4, (16,), likelihood="bernoulli", num_classes=10)
     return SemiSupervisedTrainer(vae, TrainConfig(labels=labels, batch_size=64, alpha=5.0), data)
@@ -318,8 +318,9 @@ def test_m2_loss_of_one_step_by_hand():
     labelled_elbo = -make_elbo_mc().differentiable_loss(vae.model, vae.guide, xl, yl).detach()
     log_q = vae.class_posterior(xl).log_prob(yl).sum().detach()
     n_u = len(data.train) - 100
-    # J's estimate, B_u / N_u times: Σ_batch U + (B_u/N_u)·[(N_l/B_l) Σ L + α·(1/B_l) Σ log q]
-    expected = -(u + 48 / n_u * (100 / 64 * labelled_elbo + 5.0 / 64 * log_q))
+    # J's estimate, B_u / N_u times: Σ_batch U + (B_u/N_u)·(N_l/B_l)·Σ_batch [L + α log q],
+    # α per labelled image
+    expected = -(u + 48 / n_u * 100 / 64 * (labelled_elbo + 5.0 * log_q))
     torch.testing.assert_close(negative_u, -u)
     torch.testing.assert_close(loss, expected)
 

@@ -184,16 +184,23 @@ def evaluate(
         "seed": seed,
         "analytic_kl": kl,
         "bounds": {name: asdict(bound) for name, bound in bounds.items()},
+        "bounds_on": "codes z1 = mu1(x) of M1" if getattr(vae, "codes", None) else "x",
         **({} if error is None else {"classification_error": error}),
     }
     with writing(path, "--out"):
         path.write_text(json.dumps(record, indent=2) + "\n")
     if vae.labelled and not vae.semi_supervised:  # M2's bound sums the class out
         typer.echo("the conditional VAE's bounds are on log p(x | y), the class given")
+    on_codes = getattr(vae, "codes", None) is not None
+    if on_codes:  # M1+M2 (models/stacked.py)
+        typer.echo(
+            "M1+M2's bounds are on log p(z₁), the density of M1's codes z₁ = μ₁(x), not on "
+            "log p(x); bits per dim divide them by the images' dimensions"
+        )
     labels = {
         "elbo_analytic_kl": f"ELBO, {kl} KL",
         "elbo_mc_kl": "ELBO, monte-carlo KL",
-        "iwae": f"log p(x) ≥ IWAE, K = {num_samples}",
+        "iwae": f"log p({'z₁' if on_codes else 'x'}) ≥ IWAE, K = {num_samples}",
     }
     typer.echo(f"{x.shape[0]} {split.value} images, {num_samples} samples of z per image")
     typer.echo(f"{'estimate':<34}{'nats per image':>20}{'bits per dim':>14}")

@@ -33,6 +33,12 @@ class Likelihood(nn.Module):
         super().__init__()
         self.data_dim = data_dim
 
+    @property
+    def decoded_dim(self) -> int:
+        """The values the decoder gives per data point: one per dimension of the data (M1+M2's
+        likelihood of codes takes fewer: models/stacked.py)."""
+        return self.data_dim
+
     def forward(self, x_hat: torch.Tensor) -> dist.Distribution:
         raise NotImplementedError
 

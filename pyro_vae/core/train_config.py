@@ -2,6 +2,7 @@
 each field's option of ``pyro-vae train`` declared beside it."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyro_vae.core.devices import DEVICE_NAME, resolve_device
 from pyro_vae.core.options import MAY_CHANGE, check, declared, require
@@ -16,6 +17,8 @@ DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see inference/schedules.py
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
 MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
+# M2's α per labelled image, where not given: chosen from the measurements in docs/models.md.
+DEFAULT_ALPHA = 46.0
 
 
 def _usable_device(name: str) -> None:
@@ -192,8 +195,7 @@ class TrainConfig:
         ),
     )
     # M2 (models/m2.py): how many training images keep their labels (balanced by class,
-    # chosen by seed), and α, the weight of their classification term (None: 0.1 × the number of
-    # training images, Kingma et al.'s choice).
+    # chosen by seed), α, the weight of each one's classification term, and M1+M2's M1.
     labels: int | None = field(
         default=None,
         metadata=declared(
@@ -211,8 +213,22 @@ class TrainConfig:
             "--alpha",
             low=0,
             follows="kind",
-            help="--model m2: weight α of the labelled images' mean log q(y|x) in the objective.",
-            shown_default="0.1 × the training images, as Kingma et al.",
+            help="--model m2: weight α of each labelled image's log q(y|x) in the objective. "
+            "Kingma et al.'s is 0.1·N/--labels (N the training images: 1.67 per image at "
+            "3,000 labels of 50,000, 50 at 100); the default was measured at 100 and 3,000 "
+            "labels (docs/models.md).",
+            shown_default=f"{DEFAULT_ALPHA:g}",
+        ),
+    )
+    features: str | None = field(
+        default=None,
+        metadata=declared(
+            "--features",
+            reads=Path,
+            follows="kind",
+            help="--model m2: a trained VAE run (M1) whose codes, the means of its q(z|x), M2 "
+            "models instead of the images: M1+M2 (Kingma et al.). Train M1 on the same data.",
+            shown_default=False,
         ),
     )
 

@@ -1,10 +1,13 @@
 """Training M2 (models/m2.py): the objective J, estimated without bias at every step.
 
-    J = Σ_labelled L(x, y) + Σ_unlabelled U(x) + α · mean_labelled log q(y | x),
+    J = Σ_labelled [L(x, y) + α · log q(y | x)] + Σ_unlabelled U(x),
 
-α = 0.1·N by default, N the training images (the paper's choice). ``SemiSupervisedTrainer`` takes
-an unbiased mini-batch estimate of J at every step: a batch of unlabelled images and one of the
-labelled, each term scaled by its share of the data set (``SemiSupervisedELBO``).
+α per labelled image. Kingma et al. write the last term α' · mean_labelled log q(y | x) with
+α' = 0.1·N, N the training images, so theirs is α = 0.1·N / N_labelled (1.67 per image at 3,000
+labels of 50,000, 50 at 100); the default (``TrainConfig.alpha``) was measured instead.
+``SemiSupervisedTrainer`` takes an unbiased mini-batch estimate of J at every step: a batch of
+unlabelled images and one of the labelled, each term scaled by its share of the data set
+(``SemiSupervisedELBO``).
 
 The unlabelled images' classes are summed out exactly, as Pyro's ``TraceEnum_ELBO`` sums over an
 enumerated site, but written as what that sum is here: U(x) = Σ_y q(y|x) L(x, y) + H(q(y|x)),
@@ -24,6 +27,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from pyro_vae.core.config import TrainConfig
 from pyro_vae.core.errors import UserInputError
+from pyro_vae.core.train_config import DEFAULT_ALPHA
 from pyro_vae.data.datasets import Dataset, Split
 from pyro_vae.data.labels import choose_labelled
 from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
@@ -37,7 +41,7 @@ from pyro_vae.inference.objectives import DeviceLossMixin, DeviceTrace_ELBO
 from pyro_vae.inference.trainer import Trainer
 from pyro_vae.models.m2 import SemiSupervisedVAE
 
-ALPHA_PER_IMAGE = 0.1  # the paper's α = 0.1·N, N the number of training images
+ALPHA_PER_IMAGE = 0.1  # the paper's α' = 0.1·N, N the number of training images
 
 
 def enumerated_elbo(num_particles: int = 1) -> TraceEnum_ELBO:
@@ -55,7 +59,7 @@ class SemiSupervisedELBO(DeviceLossMixin, Trace_ELBO):
     """−J's unbiased estimate, up to the factor N_u / B, from a batch x of B unlabelled images
     and one (x_l, y_l) of B_l labelled images:
 
-        Σ_x −U(x)  +  B / (N_u·B_l) · Σ_(x_l, y_l) [N_l · (−L(x_l, y_l)) − α · log q(y_l | x_l)],
+        Σ_x −U(x)  +  B·N_l / (N_u·B_l) · Σ_(x_l, y_l) [−L(x_l, y_l) − α · log q(y_l | x_l)],
 
     N_u and N_l the unlabelled and labelled images of the training set: each labelled term weighs
     what its share of the data set weighs against one unlabelled batch. ``losses(model, guide, x,
@@ -92,7 +96,7 @@ class SemiSupervisedELBO(DeviceLossMixin, Trace_ELBO):
         negative_l = self.elbo.differentiable_loss(model, guide, x_labelled, y_labelled)
         log_q = self.class_posterior(x_labelled).log_prob(y_labelled).sum()
         scale = x.shape[0] / (self.num_unlabelled * x_labelled.shape[0])
-        loss = negative_u + scale * (self.num_labelled * negative_l - self.alpha * log_q)
+        loss = negative_u + scale * self.num_labelled * (negative_l - self.alpha * log_q)
         return loss, negative_u
 
     def unlabelled_loss(self, model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
@@ -111,8 +115,14 @@ class SemiSupervisedELBO(DeviceLossMixin, Trace_ELBO):
 
 
 def default_alpha(num_train: int) -> float:
-    """Kingma et al.'s α = 0.1·N, N the training images (labelled and not)."""
+    """Kingma et al.'s α' = 0.1·N, N the training images (labelled and not): the weight of the
+    labelled images' mean log q(y|x), which is ``paper_alpha`` per labelled image."""
     return ALPHA_PER_IMAGE * num_train
+
+
+def paper_alpha(num_train: int, num_labelled: int) -> float:
+    """Kingma et al.'s α' as a weight per labelled image: 0.1·N / N_labelled."""
+    return default_alpha(num_train) / num_labelled
 
 
 class SemiSupervisedTrainer(Trainer):
@@ -146,7 +156,7 @@ class SemiSupervisedTrainer(Trainer):
                 f"`labels` {config.labels} labels every training image, leaving none unlabelled "
                 f"for M2: give fewer labels (or train a classifier)"
             )
-        self.alpha = config.alpha if config.alpha is not None else default_alpha(len(data.train))
+        self.alpha = DEFAULT_ALPHA if config.alpha is None else config.alpha  # per labelled image
         elbo = SemiSupervisedELBO(
             vae.class_posterior,
             len(self.unlabelled_rows),

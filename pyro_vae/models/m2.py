@@ -12,13 +12,15 @@ one batched pass over the classes (the y site gets a dimension of its own), no s
 no Python loop. Training computes the same sum with y observed as all K classes at once
 (inference/m2_trainer.py), which a recorded step can hold. The classifier q(y | x) would learn
 only from U, so the labelled images also train it directly, as in the paper:
-    J = Σ_labelled L(x, y) + Σ_unlabelled U(x) + α · mean_labelled log q(y | x),
-α = 0.1·N by default, N the training images (the paper's choice). The trainer
+    J = Σ_labelled [L(x, y) + α · log q(y | x)] + Σ_unlabelled U(x),
+α per labelled image (inference/m2_trainer.py says how its default was chosen). The trainer
 (inference/m2_trainer.py) takes an unbiased mini-batch estimate of J at every step.
 """
 
 import contextlib
+import inspect
 import logging
+import math
 from typing import Any
 
 import pyro
@@ -28,10 +30,18 @@ from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 from pyro.nn import pyro_method
 
-from pyro_vae.components.networks import build_classifier
-from pyro_vae.core.config import TrainConfig
+from pyro_vae.components.guides import build_guide
+from pyro_vae.components.networks import (
+    DataShape,
+    as_data_shape,
+    build_classifier,
+    build_networks,
+)
+from pyro_vae.core.config import ModelConfig, TrainConfig
+from pyro_vae.core.errors import UserInputError
 from pyro_vae.core.options import require
 from pyro_vae.data.labels import one_hot
+from pyro_vae.models.stacked import Codes, CodesLikelihood, OnCodes
 from pyro_vae.models.vae import VAE, HeldOutTerms
 
 log = logging.getLogger(__name__)
@@ -48,15 +58,33 @@ class SemiSupervisedVAE(VAE):
     kind = "m2"
     recordable = True  # its step is static: see inference/fast/contract.py
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, features: VAE | None = None, **kwargs: Any) -> None:
+        """``features``: a trained VAE (M1), frozen, whose posterior means of the images M2
+        models instead of the images (M1+M2: models/stacked.py)."""
+        codes = None if features is None else Codes(features)
+        if codes is not None:
+            args, kwargs = (), _on_codes(codes, args, kwargs)
         super().__init__(*args, **kwargs)
-        if self.network_name is None:
+        if codes is None and self.network_name is None:
             raise ValueError("give M2 its networks by name: its classifier is built beside them")
+        self.codes = codes
+        if codes is not None:
+            self.network_name = "mlp"  # its networks' kind, built for the codes by _on_codes
         # q(y | x): the encoder's network and widths, its outputs the K classes' logits.
+        read = self.data_shape if codes is None else as_data_shape(codes.dim)
         self.classifier = build_classifier(
-            self.network_name, self.data_shape, self.latent_dim, self.hidden_dims, self.num_classes
+            self.network_name, read, self.latent_dim, self.hidden_dims, self.num_classes
         )
+        if codes is not None:
+            self.classifier = OnCodes(codes, self.classifier)
         self.register_buffer("class_probs", torch.full((self.num_classes,), 1 / self.num_classes))
+
+    @classmethod
+    def extra_arguments(cls, config: ModelConfig, data_shape: DataShape) -> dict[str, Any]:
+        if config.features is None:
+            return {}
+        # M1's architecture; its weights are part of this model's.
+        return {"features": VAE.from_config(ModelConfig(**config.features), data_shape)}
 
     def labels_in(self, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         if y is None:
@@ -210,3 +238,42 @@ class SemiSupervisedVAE(VAE):
             log_group_weights=self.class_probs.log().reshape(-1, 1),
             rate=terms["rate"],
         )
+
+
+def _on_codes(codes: Codes, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``VAE``'s arguments for M2 on M1's codes: its networks built for the codes and reading
+    them from the images (``OnCodes``), its likelihood that of the codes (``CodesLikelihood``)."""
+    bound = inspect.signature(VAE.__init__).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    given = dict(bound.arguments)
+    given.pop("self")
+    if given["encoder"] is not None:
+        raise ValueError("M1+M2 builds its networks by name, for M1's codes")
+    if given["network"] != "mlp":
+        raise UserInputError(
+            f"M1+M2's networks read M1's codes, vectors of {codes.dim} numbers, not images: "
+            f"use `network` mlp, not {given['network']}"
+        )
+    data_dim = math.prod(as_data_shape(given["data_shape"]))
+    family = build_guide(given["guide"], given["latent_dim"], **(given["guide_options"] or {}))
+    encoder, decoder = build_networks(
+        "mlp",
+        as_data_shape(codes.dim),
+        given["latent_dim"],
+        given["hidden_dims"],
+        family.parameter_dim,
+        given["num_classes"],
+    )
+    reader = OnCodes(codes, encoder)
+    likelihood = CodesLikelihood(
+        codes, data_dim, given["likelihood"], **(given["likelihood_options"] or {})
+    )
+    given.update(
+        encoder=reader,
+        decoder=decoder,
+        guide=family,
+        guide_options=None,
+        likelihood=likelihood,
+        likelihood_options=None,
+    )
+    return given

@@ -159,12 +159,21 @@ class VAE(PyroModule):
         # A buffer changed in place, so that a recorded step reads the current one; not saved,
         # because a trained VAE is the model, whatever weight trained it (see ``kl_weighted``).
         self.register_buffer("kl_weight", torch.ones(()), persistent=False)
+        # What the decoder outputs: the data's D values, or fewer for a likelihood that maps
+        # them to the data itself (M1+M2's codes: models/stacked.py).
+        decoded_dim = getattr(self.likelihood, "decoded_dim", self.data_dim)
         _check_networks(
-            self.encoder, self.decoder, self.guide_family, self.data_dim, latent_dim, label_dim
+            self.encoder,
+            self.decoder,
+            self.guide_family,
+            self.data_dim,
+            latent_dim,
+            label_dim,
+            decoded_dim,
         )
         _check_event_shape(self.prior(), (latent_dim,), "prior p(z)")
         _check_event_shape(
-            self.likelihood(torch.zeros(self.data_dim)), (self.data_dim,), "likelihood p(x|z)"
+            self.likelihood(torch.zeros(decoded_dim)), (self.data_dim,), "likelihood p(x|z)"
         )
 
     @classmethod
@@ -193,7 +202,13 @@ class VAE(PyroModule):
             prior_options=config.prior_options,
             likelihood_options=config.likelihood_options,
             num_classes=config.num_classes,
+            **cls.extra_arguments(config, as_data_shape(data_shape)),
         )
+
+    @classmethod
+    def extra_arguments(cls, config: ModelConfig, data_shape: DataShape) -> dict[str, Any]:
+        """A subclass's own constructor arguments that ``config`` decides (M2's M1)."""
+        return {}
 
     def generative_model(
         self, x: torch.Tensor | None = None, batch_size: int | None = None
@@ -290,9 +305,9 @@ class VAE(PyroModule):
     def check_training(cls, train: TrainConfig) -> None:
         """Refuse training settings this model cannot take, before a run starts."""
         require(
-            train.labels is None and train.alpha is None,
-            "`labels` and `alpha` choose the labelled images of semi-supervised training: use "
-            "them with `kind` m2",
+            train.labels is None and train.alpha is None and train.features is None,
+            "`labels`, `alpha` and `features` set up semi-supervised training: use them with "
+            "`kind` m2",
         )
 
     @classmethod
@@ -381,7 +396,9 @@ def _check_networks(
     data_dim: int,
     latent_dim: int,
     label_dim: int = 0,
+    decoded_dim: int | None = None,
 ) -> None:
+    decoded_dim = data_dim if decoded_dim is None else decoded_dim
     # A network built for another size would otherwise fail deep inside Pyro, or worse, train:
     # one call each on two zero rows (two, so that a squeezed batch dimension is caught too).
     try:
@@ -411,10 +428,10 @@ def _check_networks(
             f"{tuple(q.event_shape)} for a batch of 2, but this VAE needs (2,) and ({latent_dim},)"
         )
     x_hat = decoder(torch.zeros(2, latent_dim, device=device, dtype=dtype), *labels)
-    if tuple(x_hat.shape) != (2, data_dim):
+    if tuple(x_hat.shape) != (2, decoded_dim):
         raise ValueError(
             f"the decoder returns shape {tuple(x_hat.shape)} for a batch of 2 codes, but this "
-            f"VAE needs (2, {data_dim}): flat data points of D = C·H·W values"
+            f"VAE needs (2, {decoded_dim}): flat data points of D = C·H·W values"
         )
 
 

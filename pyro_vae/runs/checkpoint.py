@@ -42,7 +42,7 @@ from pyro_vae.runs.rundir import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4  # bump when the layout changes; older readers refuse newer files
+FORMAT_VERSION = 5  # bump when the layout changes; older readers refuse newer files
 # 2: the trainer state holds a learning-rate schedule and early stopping; metrics gained keys
 # 3: image_shape is (C, H, W); the model config names its network; the data config image options
 # 4: the model config names its guide family and the family's options
@@ -202,7 +202,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
         )
     try:
         return Checkpoint(
-            config=RunConfig.from_dict(payload["config"]),
+            config=RunConfig.from_dict(_upgraded(payload["config"], payload["format_version"])),
             image_shape=as_data_shape(payload["image_shape"]),
             model_state=payload["model_state"],
             trainer_state=payload["trainer_state"],
@@ -262,3 +262,16 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
             "save: reusing it",
             run_dir,
         )
+
+
+def _upgraded(config: dict[str, Any], version: int) -> dict[str, Any]:
+    """A stored configuration in today's terms. Before format 5, M2's ``alpha`` weighed the
+    labelled images' mean log q(y|x); it now weighs each one's (the same weight / ``labels``).
+    An unset ``alpha`` takes today's default."""
+    train = config.get("train") if isinstance(config, dict) else None
+    if version >= 5 or not isinstance(train, dict):
+        return config
+    alpha, labels = train.get("alpha"), train.get("labels")
+    if isinstance(alpha, int | float) and isinstance(labels, int) and labels > 0:
+        config = {**config, "train": {**train, "alpha": alpha / labels}}
+    return config

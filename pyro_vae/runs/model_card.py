@@ -51,8 +51,10 @@ def model_card(
     elbo = Bound.of(scores.elbo, scores.data_dim)
     iwae = Bound.of(scores.iwae, scores.data_dim)
     conditional = " given the class (log p(x | y))" if conditional_on_class else ""
+    if config.model.features is not None:  # M1+M2: M2's bounds are on M1's codes
+        conditional = " of M1's codes (log p(z₁), z₁ = μ₁(x); M1+M2)"
     lines = [
-        f"# pyro-vae model: {kind} on {data.dataset}",
+        f"# pyro-vae model: {'M1+M2' if config.model.features else kind} on {data.dataset}",
         "",
         f"A variational autoencoder ({kind}) trained for {model.epochs_trained} epochs with "
         f"pyro-vae; latent dimension {config.model.latent_dim}, {config.model.network} "
@@ -97,7 +99,7 @@ def model_card(
         *_table({f"model.{name}": value for name, value in asdict(config.model).items()}),
         *_table({f"train.{name}": value for name, value in asdict(config.train).items()})[2:],
         "",
-        f"## Held-out bounds on log p(x){conditional}",
+        f"## Held-out bounds{conditional or ' on log p(x)'}",
         "",
         f"On the {num_test} test images, K = {scores.num_samples} samples of z per image; ± one "
         "standard error of the mean over images.",

@@ -53,6 +53,7 @@ from pyro_vae.runs.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
+from pyro_vae.runs.features import load_features, load_m1_weights
 from pyro_vae.runs.rundir import (
     BEST,
     CHECKPOINT,
@@ -131,8 +132,11 @@ def train_run(
     if MODELS[config.model.kind].labelled:  # as many classes as the data have
         check_labels(data, config.model.kind)
         config = replace(config, model=replace(config.model, num_classes=data.num_classes))
+    config, m1 = load_features(config, data)
     check_budget(config, data.image_shape, device)
-    vae = build_model(config.model, data.image_shape).to(device)
+    vae = build_model(config.model, data.image_shape)
+    load_m1_weights(vae, m1)
+    vae = vae.to(device)
     _check_data(vae, data)
     trainer = make_trainer(vae, config, data, replicas)
     run_id = uuid.uuid4().hex

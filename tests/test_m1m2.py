@@ -1,0 +1,116 @@
+"""M1+M2 (models/stacked.py): M2 on the codes of a trained VAE, from `train --features RUN` to
+the commands that use the run."""
+
+import json
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pyro_vae import cli
+from pyro_vae.core.config import TrainConfig
+from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
+from pyro_vae.models.m2 import SemiSupervisedVAE
+from pyro_vae.models.vae import VAE
+
+
+def cli_run(*args):
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+def stacked(data, m1: VAE | None = None) -> SemiSupervisedVAE:
+    pyro.set_rng_seed(0)
+    m1 = m1 or VAE(data.image_shape, 6, (16,), likelihood="bernoulli")
+    return SemiSupervisedVAE(data.image_shape, 3, (16,), num_classes=10, features=m1)
+
+
+def test_m2_reads_the_images_through_m1s_posterior_means(digits):
+    vae = stacked(digits)
+    m1, x = vae.codes.m1, digits.test.x[:5]
+    codes = m1.encode(x)
+    # the classifier, the guide and the likelihood all read z₁ = μ₁(x), not the pixels
+    torch.testing.assert_close(vae.classifier(x), vae.classifier.net(codes))
+    decoded = torch.randn(5, 6)
+    expected = pyro.distributions.Normal(decoded, 1.0).log_prob(codes).sum(-1)
+    torch.testing.assert_close(vae.likelihood(decoded).log_prob(x), expected)
+    # its mean is an image: M1's decoded mean of the mean code
+    torch.testing.assert_close(vae.likelihood(decoded).mean, m1.decode(decoded))
+    assert vae.generate(4).shape == (4, 64) and vae.reconstruct(x).shape == (5, 64)
+    assert vae.likelihood(decoded).sample().shape == (5, 64)
+
+
+def test_training_m1_plus_m2_leaves_m1_as_it_was_and_replays_to_the_bit(digits):
+    trained = []
+    for record in (True, False):
+        vae = stacked(digits)
+        m1_before = {k: v.clone() for k, v in vae.codes.m1.state_dict().items()}
+        config = TrainConfig(labels=30, batch_size=64, alpha=5.0)
+        trainer = SemiSupervisedTrainer(vae, config, digits, record_graph=record)
+        trainer.train_epoch(digits)
+        trainer.train_epoch(digits)
+        for name, value in vae.codes.m1.state_dict().items():
+            assert torch.equal(value, m1_before[name]), name
+        trained.append([p.detach().clone() for p in vae.parameters() if p.requires_grad])
+    assert trainer._recorded is None or trainer._recorded.eager_reason is None
+    for a, b in zip(*trained, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("m1m2")
+    common = ["--binarize", "static", "--epochs", "1", "--hidden-dims", "16"]
+    result = cli_run("train", *common, "--likelihood", "bernoulli", "--latent-dim", "6",
+                     "--out", root / "m1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = cli_run("train", *common, "--model", "m2", "--labels", "50", "--features",
+                     root / "m1", "--latent-dim", "3", "--out", root / "m1m2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_an_m1_plus_m2_run_is_used_like_any_m2_run(runs):
+    run = runs / "m1m2"
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["model"]["features"]["latent_dim"] == 6
+    assert config["train"]["features"] == str((runs / "m1").absolute())
+    result = cli_run("evaluate", run, "--num-samples", "4")
+    assert result.exit_code == 0, result.output
+    assert "log p(z₁) ≥ IWAE" in result.output and "classification error" in result.output
+    for command in (["sample", "--num", "4"], ["reconstruct"], ["latent"], ["interpolate"]):
+        result = cli_run(*command, run)
+        assert result.exit_code == 0, (command, result.output)
+    # its configuration starts another (M1 read again from its folder)
+    result = cli_run("train", "--config", run, "--epochs", "1", "--out", runs / "again")
+    assert result.exit_code == 0, result.output
+    assert json.loads((runs / "again" / "config.json").read_text())["config"] == {
+        **config,
+        "train": {**config["train"], "epochs": 1},
+    }
+    # the run holds M1's weights: it needs M1's folder only to start
+    (runs / "m1").rename(runs / "moved")
+    try:
+        result = cli_run("train", "--resume", run, "--epochs", "2")
+        assert result.exit_code == 0, result.output
+    finally:
+        (runs / "moved").rename(runs / "m1")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--features", "{tmp}/nothing"], "does not exist"),
+        (["--features", "{runs}/m1m2"], "trained with --model m2: M1 is a VAE"),
+        (["--features", "{runs}/m1", "--network", "conv"], "use --network mlp"),
+        (["--features", "{runs}/m1", "--likelihood", "bernoulli"], "a likelihood of real"),
+    ],
+)
+def test_a_wrong_m1_is_one_line(runs, tmp_path, extra, message):
+    extra = [e.format(tmp=tmp_path, runs=runs) for e in extra]
+    result = cli_run("train", "--model", "m2", "--labels", "50", "--binarize", "static", *extra,
+                     "--out", tmp_path / "run")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
