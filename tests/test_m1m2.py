@@ -74,7 +74,7 @@ def runs(tmp_path_factory) -> Path:
 def test_an_m1_plus_m2_run_is_used_like_any_m2_run(runs):
     run = runs / "m1m2"
     config = json.loads((run / "config.json").read_text())["config"]
-    assert config["model"]["features"]["latent_dim"] == 6
+    assert config["model"]["m1"]["latent_dim"] == 6
     assert config["train"]["features"] == str((runs / "m1").absolute())
     result = cli_run("evaluate", run, "--num-samples", "4")
     assert result.exit_code == 0, result.output

@@ -132,14 +132,13 @@ class ModelConfig:
 
     # M1+M2 (models/stacked.py): the settings of the trained VAE (M1) whose codes M2 models,
     # set from `pyro-vae train --features RUN` when a run starts; M1's weights are the model's.
-    features: dict[str, Any] | None = field(default=None, metadata=declared())
+    m1: dict[str, Any] | None = field(default=None, metadata=declared())
 
     def __post_init__(self) -> None:
         check(self)
         require(
-            self.features is None or self.kind == "m2",
-            f"`features` (M1's codes) are what M2 reads in M1+M2: use them with `kind` m2, "
-            f"not {self.kind}",
+            self.m1 is None or self.kind == "m2",
+            f"`m1` (the VAE whose codes M2 reads in M1+M2) goes with `kind` m2, not {self.kind}",
         )
         if self.hidden_dims is not None:
             require(

@@ -18,7 +18,7 @@ LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see inference/schedu
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
 MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
 # M2's α per labelled image, where not given: chosen from the measurements in docs/models.md.
-DEFAULT_ALPHA = 46.0
+DEFAULT_ALPHA = 500.0
 
 
 def _usable_device(name: str) -> None:

@@ -81,10 +81,10 @@ class SemiSupervisedVAE(VAE):
 
     @classmethod
     def extra_arguments(cls, config: ModelConfig, data_shape: DataShape) -> dict[str, Any]:
-        if config.features is None:
+        if config.m1 is None:
             return {}
         # M1's architecture; its weights are part of this model's.
-        return {"features": VAE.from_config(ModelConfig(**config.features), data_shape)}
+        return {"features": VAE.from_config(ModelConfig(**config.m1), data_shape)}
 
     def labels_in(self, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         if y is None:

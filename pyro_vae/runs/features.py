@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def load_features(config: RunConfig, data: Dataset) -> tuple[RunConfig, Checkpoint | None]:
-    """``config`` with M1's settings in ``model.features`` and the run's absolute path in
+    """``config`` with M1's settings in ``model.m1`` and the run's absolute path in
     ``train.features``, and M1's checkpoint (its best model where it kept one); ``config`` as
     it is and None where it names no M1. Refuses an M1 that is not a VAE of these images."""
     if config.train.features is None:
@@ -53,7 +53,7 @@ def load_features(config: RunConfig, data: Dataset) -> tuple[RunConfig, Checkpoi
     return (
         replace(
             config,
-            model=replace(config.model, features=asdict(m1.config.model)),
+            model=replace(config.model, m1=asdict(m1.config.model)),
             train=replace(config.train, features=str(run)),
         ),
         m1,

@@ -51,10 +51,10 @@ def model_card(
     elbo = Bound.of(scores.elbo, scores.data_dim)
     iwae = Bound.of(scores.iwae, scores.data_dim)
     conditional = " given the class (log p(x | y))" if conditional_on_class else ""
-    if config.model.features is not None:  # M1+M2: M2's bounds are on M1's codes
+    if config.model.m1 is not None:  # M1+M2: M2's bounds are on M1's codes
         conditional = " of M1's codes (log p(z₁), z₁ = μ₁(x); M1+M2)"
     lines = [
-        f"# pyro-vae model: {'M1+M2' if config.model.features else kind} on {data.dataset}",
+        f"# pyro-vae model: {'M1+M2' if config.model.m1 else kind} on {data.dataset}",
         "",
         f"A variational autoencoder ({kind}) trained for {model.epochs_trained} epochs with "
         f"pyro-vae; latent dimension {config.model.latent_dim}, {config.model.network} "
