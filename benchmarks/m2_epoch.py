@@ -17,7 +17,7 @@ of an unlabelled image summed out by ``TraceEnum_ELBO``'s parallel enumeration.
   ``int(50,000 / 3,000)`` = 16th batch until the 15 run out, every batch through both
   ``SVI.step``; Pyro's argument checks on at every step, its default, as the example runs.
 - **pyro-vae**: ``SemiSupervisedVAE`` (its own ReLU MLPs, logits rather than probabilities)
-  trained by ``SemiSupervisedTrainer.train_epoch`` (lr 0.00042 too, α its default 0.1·N, torch's
+  trained by ``SemiSupervisedTrainer.train_epoch`` (lr 0.00042 too, α its default, torch's
   fused Adam): 235 steps, each 200 unlabelled images beside 200 labelled, replayed from a recorded
   graph after the first, then the validation bound U(x) and error. Its steps and its validation
   are timed apart (``epoch_seconds``, ``validation_seconds``) as well as the whole call. "pyro-vae

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.quick:
         config = DataConfig(binarize="dynamic")
         args.labels, args.epochs, args.m1_epochs = [50], 1, 1
-        grid = GRID[1::3]  # one of each model and likelihood
+        grid = GRID[1::3]  # three: M2, and M1+M2 with z of 50 and of 5
     else:
         grid = GRID
         config = DataConfig(

@@ -1,6 +1,7 @@
 """M1+M2 (models/stacked.py): M2 on the codes of a trained VAE, from `train --features RUN` to
 the commands that use the run."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from pyro_vae import cli
 from pyro_vae.core.config import TrainConfig
+from pyro_vae.core.train_config import DEFAULT_ALPHA
 from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
 from pyro_vae.models.m2 import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE
@@ -39,6 +41,10 @@ def test_m2_reads_the_images_through_m1s_posterior_means(digits):
     torch.testing.assert_close(vae.likelihood(decoded).mean, m1.decode(decoded))
     assert vae.generate(4).shape == (4, 64) and vae.reconstruct(x).shape == (5, 64)
     assert vae.likelihood(decoded).sample().shape == (5, 64)
+    # a copy of the model (the experiments take one per run) computes the same codes
+    copied = copy.deepcopy(vae)
+    torch.testing.assert_close(copied.classifier(x), vae.classifier(x))
+    assert not copied.codes.m1.training  # M1 stays as trained, whatever mode M2 is in
 
 
 def test_training_m1_plus_m2_leaves_m1_as_it_was_and_replays_to_the_bit(digits):
@@ -53,7 +59,9 @@ def test_training_m1_plus_m2_leaves_m1_as_it_was_and_replays_to_the_bit(digits):
         for name, value in vae.codes.m1.state_dict().items():
             assert torch.equal(value, m1_before[name]), name
         trained.append([p.detach().clone() for p in vae.parameters() if p.requires_grad])
-    assert trainer._recorded is None or trainer._recorded.eager_reason is None
+        if record:  # the steps after the first were replayed from a recording
+            assert trainer._recorded is not None and trainer._recorded.eager_reason is None
+            assert len(trainer._recorded._graphs) == 2  # the full batches and the last
     for a, b in zip(*trained, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -114,3 +122,25 @@ def test_a_wrong_m1_is_one_line(runs, tmp_path, extra, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_m2s_alpha_is_per_labelled_image_in_older_checkpoints_too(runs):
+    from pyro_vae.runs.checkpoint import _upgraded
+
+    old = {"model": {"kind": "m2"}, "train": {"labels": 100, "alpha": 800.0}}
+    assert _upgraded(old, 4)["train"]["alpha"] == 8.0  # the same weight, per image
+    assert _upgraded(old, 5) is old
+    unset = {"model": {"kind": "m2"}, "train": {"labels": 100, "alpha": None}}
+    assert _upgraded(unset, 4)["train"]["alpha"] is None  # resuming sets the paper's
+    # a new run writes its α out, so that a later default cannot change it on resume
+    config = json.loads((runs / "m1m2" / "config.json").read_text())["config"]
+    assert config["train"]["alpha"] == DEFAULT_ALPHA
+
+
+def test_m1s_settings_without_its_run_are_one_line(tmp_path):
+    (tmp_path / "c.toml").write_text(
+        '[model]\nkind = "m2"\nm1 = {latent_dim = 6}\n[train]\nlabels = 50\n'
+    )
+    result = cli_run("train", "--config", tmp_path / "c.toml", "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert "give --features RUN, or drop [model] m1" in result.output

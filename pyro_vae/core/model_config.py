@@ -132,7 +132,7 @@ class ModelConfig:
 
     # M1+M2 (models/stacked.py): the settings of the trained VAE (M1) whose codes M2 models,
     # set from `pyro-vae train --features RUN` when a run starts; M1's weights are the model's.
-    m1: dict[str, Any] | None = field(default=None, metadata=declared())
+    m1: dict[str, Any] | None = field(default=None, metadata=declared(follows="kind"))
 
     def __post_init__(self) -> None:
         check(self)

@@ -4,7 +4,8 @@
 
 α per labelled image. Kingma et al. write the last term α' · mean_labelled log q(y | x) with
 α' = 0.1·N, N the training images, so theirs is α = 0.1·N / N_labelled (1.67 per image at 3,000
-labels of 50,000, 50 at 100); the default (``TrainConfig.alpha``) was measured instead.
+labels of 50,000, 50 at 100); the default (``DEFAULT_ALPHA``, core/train_config.py) was
+chosen from measurements instead (docs/models.md).
 ``SemiSupervisedTrainer`` takes an unbiased mini-batch estimate of J at every step: a batch of
 unlabelled images and one of the labelled, each term scaled by its share of the data set
 (``SemiSupervisedELBO``).

@@ -24,6 +24,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from pyro_vae.components.likelihoods import Likelihood, build_likelihood
 from pyro_vae.core.errors import UserInputError
@@ -33,27 +34,47 @@ from pyro_vae.models.vae import VAE
 class Codes(nn.Module):
     """μ₁(x): a frozen VAE's posterior mean, (…, D) images to (…, L₁) codes."""
 
+    recordable = True  # its step is static: see inference/fast/contract.py
+
     def __init__(self, m1: VAE) -> None:
         super().__init__()
         if m1.labelled or m1.semi_supervised:
             raise ValueError(f"M1 is a VAE of the images alone, not a {type(m1).__name__}")
-        self.m1 = m1.requires_grad_(False)  # trained already: M2's training leaves it alone
-        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self.m1 = m1.requires_grad_(False).eval()  # trained: M2's training leaves it alone
+        # A step reads each batch three times (the classifier, the guide, the likelihood): its
+        # codes are computed once, and a recorded step holds one encoding of each batch. Held
+        # by the batch tensor's identity, weakly (an entry goes with its batch), and checked
+        # against the batch's and M1's weights' versions (a change in place is read afresh).
+        self._recent: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     @property
     def dim(self) -> int:
         return self.m1.latent_dim
 
+    def train(self, mode: bool = True) -> "Codes":
+        super().train(mode)
+        self.m1.eval()  # frozen: a dropout or batch norm of M1's stays as trained
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A step reads each batch three times (the classifier, the guide, the likelihood), one
-        # after the other: its codes are computed once. Keyed by the tensor itself and its
-        # version, so that a batch changed in place is read afresh.
-        last = self._last
-        if last is not None and last[0] is x and last[1] == x._version:
-            return last[2]
+        if x.is_inference():  # no version counter to check a cached entry against
+            return self.m1.encode(x).detach()
+        key = (x._version, *(p._version for p in self.m1.parameters()))
+        cached = self._recent.get(x)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         codes = self.m1.encode(x).detach()
-        self._last = (x, x._version, codes)
+        self._recent[x] = (key, codes)
         return codes
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_recent"] = None  # weak references do not pickle; the cache starts anew
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._recent = WeakIdKeyDictionary()
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """M1's mean image of p(x | z₁ = codes)."""
@@ -63,9 +84,12 @@ class Codes(nn.Module):
 class OnCodes(nn.Module):
     """A network of M2's that reads the images' codes: ``net(μ₁(x), *labels)``."""
 
+    recordable = True  # its step is static: see inference/fast/contract.py
+
     def __init__(self, codes: Codes, net: nn.Module) -> None:
         super().__init__()
-        self.codes, self.net = codes, net
+        self.net = net
+        _refer_to(self, codes)
 
     def forward(self, x: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
         return self.net(self.codes(x), *labels)
@@ -85,7 +109,7 @@ class CodesDistribution(dist.TorchDistribution):
 
     @constraints.dependent_property(is_discrete=False, event_dim=1)
     def support(self) -> constraints.Constraint:
-        return self.codes.m1.likelihood.support
+        return constraints.independent(self.codes.m1.likelihood.support, 1)
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> "CodesDistribution":
         shape = torch.Size(batch_shape)
@@ -115,7 +139,7 @@ class CodesLikelihood(Likelihood):
         self, codes: Codes, data_dim: int, on_codes: "str | Likelihood" = "gaussian", **options: Any
     ) -> None:
         super().__init__(data_dim)
-        self.codes = codes
+        _refer_to(self, codes)
         self.on_codes = build_likelihood(on_codes, codes.dim, **options)
         if self.on_codes.support is not constraints.real:
             raise UserInputError(
@@ -133,3 +157,11 @@ class CodesLikelihood(Likelihood):
     def check_data(self, x: torch.Tensor) -> None:
         # The images are M1's data: its likelihood says what they may hold.
         self.codes.m1.likelihood.check_data(x)
+
+
+def _refer_to(module: nn.Module, codes: Codes) -> None:
+    """``module.codes = codes`` without making M1 its submodule: M2 registers M1 once, as its
+    own ``codes``, so that its weights are saved, moved and recorded once (torch's
+    ``functional_call``, which a recorded step runs, swaps a module reached by several paths
+    through one of them only)."""
+    object.__setattr__(module, "codes", codes)

@@ -42,7 +42,8 @@ from pyro_vae.runs.rundir import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 5  # bump when the layout changes; older readers refuse newer files
+# Bump when the layout changes; older readers refuse newer files. 5: M2's alpha per labelled image.
+FORMAT_VERSION = 5
 # 2: the trainer state holds a learning-rate schedule and early stopping; metrics gained keys
 # 3: image_shape is (C, H, W); the model config names its network; the data config image options
 # 4: the model config names its guide family and the family's options
@@ -72,6 +73,7 @@ class Checkpoint:
     num_images: int | None = None
     # The classes' names where the data name them (an image folder's subfolders), for pictures.
     class_names: tuple[str, ...] = ()
+    format_version: int = 0  # the file's; 0 for one built in memory, never read from a file
 
     def build_vae(self, device: torch.device | str = "cpu") -> VAE:
         """The trained VAE, on ``device``."""
@@ -210,6 +212,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
             run_id=payload.get("run_id"),
             num_images=payload.get("num_images"),
             class_names=tuple(str(name) for name in payload.get("class_names") or ()),
+            format_version=payload["format_version"],
         )
     except (KeyError, TypeError, ValueError) as error:
         raise UserInputError(f"{path} is an incomplete pyro-vae checkpoint ({error})") from error
@@ -267,7 +270,8 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
 def _upgraded(config: dict[str, Any], version: int) -> dict[str, Any]:
     """A stored configuration in today's terms. Before format 5, M2's ``alpha`` weighed the
     labelled images' mean log q(y|x); it now weighs each one's (the same weight / ``labels``).
-    An unset ``alpha`` takes today's default."""
+    An unset one meant the paper's, which needs the training images' number: resuming such a
+    run sets it (runs/runner.py)."""
     train = config.get("train") if isinstance(config, dict) else None
     if version >= 5 or not isinstance(train, dict):
         return config

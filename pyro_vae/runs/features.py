@@ -24,6 +24,11 @@ def load_features(config: RunConfig, data: Dataset) -> tuple[RunConfig, Checkpoi
     ``train.features``, and M1's checkpoint (its best model where it kept one); ``config`` as
     it is and None where it names no M1. Refuses an M1 that is not a VAE of these images."""
     if config.train.features is None:
+        if config.model.m1 is not None:  # a config file's M1 without the run that holds its weights
+            raise UserInputError(
+                "`m1` (M1's settings) comes with `features` RUN, the VAE run that holds its "
+                "weights: give --features RUN, or drop `m1` from the configuration"
+            )
         return config, None
     run = Path(config.train.features).expanduser().absolute()
     if not run.exists():

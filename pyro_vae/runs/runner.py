@@ -32,10 +32,11 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from pyro_vae.core.config import RESUMABLE, RunConfig
 from pyro_vae.core.errors import UserInputError
+from pyro_vae.core.train_config import DEFAULT_ALPHA
 from pyro_vae.data.datasets import Dataset, load_dataset, load_run_data
 from pyro_vae.data.labels import check_labels
 from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
-from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
+from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer, paper_alpha
 from pyro_vae.inference.schedules import extend_cosine
 from pyro_vae.inference.trainer import (
     EpochMetrics,
@@ -133,6 +134,9 @@ def train_run(
         check_labels(data, config.model.kind)
         config = replace(config, model=replace(config.model, num_classes=data.num_classes))
     config, m1 = load_features(config, data)
+    if MODELS[config.model.kind].semi_supervised and config.train.alpha is None:
+        # written out, so that the run resumes with its weight whatever later defaults say
+        config = replace(config, train=replace(config.train, alpha=DEFAULT_ALPHA))
     check_budget(config, data.image_shape, device)
     vae = build_model(config.model, data.image_shape)
     load_m1_weights(vae, m1)
@@ -192,6 +196,11 @@ def resume_run(
         )
     data = data.to(device)
     config = replace(config, data=config.data.located(data_path, data_dir))
+    legacy = checkpoint.format_version < 5 and MODELS[config.model.kind].semi_supervised
+    if legacy and config.train.alpha is None and config.train.labels:
+        # unset before format 5 meant the paper's α' = 0.1·N, per labelled image this
+        alpha = paper_alpha(len(data.train), config.train.labels)
+        config = replace(config, train=replace(config.train, alpha=alpha))
     vae = checkpoint.build_vae(device)
     _check_data(vae, data)
     trainer = make_trainer(vae, config, data, replicas)
