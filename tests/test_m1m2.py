@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pyro_vae import cli
+from pyro_vae import cli, load_run
 from pyro_vae.core.config import TrainConfig
 from pyro_vae.core.train_config import DEFAULT_ALPHA
 from pyro_vae.inference.m2_trainer import SemiSupervisedTrainer
@@ -90,6 +90,13 @@ def test_an_m1_plus_m2_run_is_used_like_any_m2_run(runs):
     for command in (["sample", "--num", "4"], ["reconstruct"], ["latent"], ["interpolate"]):
         result = cli_run(*command, run)
         assert result.exit_code == 0, (command, result.output)
+    # exported, it loads with M1 inside: codes of images, images from codes
+    result = cli_run("export", run, "--out", runs / "export", "--num-samples", "2")
+    assert result.exit_code == 0, result.output
+    assert "log p(z₁)" in (runs / "export" / "README.md").read_text()
+    exported = load_run(runs / "export")
+    assert exported.sample(3).shape == (3, 1, 8, 8)
+    assert exported.encode(exported.split("test")).shape[1] == 3
     # its configuration starts another (M1 read again from its folder)
     result = cli_run("train", "--config", run, "--epochs", "1", "--out", runs / "again")
     assert result.exit_code == 0, result.output

@@ -94,19 +94,17 @@ def _drop_followers(sections: dict[str, dict[str, Any]], chosen: dict[Setting, A
         followers = [s for s in SETTINGS if s.option.follows == leader.field and not s.option.key]
         if leader.option.key is not None or value == before or not followers:
             continue
-        gone = []
+        gone: dict[str, list[str]] = {}  # by section: --model's followers are in two
         for follower in followers:
             if follower.field not in sections[follower.section]:
                 continue
             old = sections[follower.section].pop(follower.field)
             also_given = any(s.field == follower.field for s in chosen)
             if old != follower.default and not also_given:
-                gone.append(f"{follower.field} {_in_file(old)}")
+                gone.setdefault(follower.section, []).append(f"{follower.field} {_in_file(old)}")
         if gone:
-            said.append(
-                f"[{followers[0].section}] {' and '.join(gone)} (for {leader.option.flag} "
-                f"{before}, not {value})"
-            )
+            values = " and ".join(f"[{section}] {' and '.join(v)}" for section, v in gone.items())
+            said.append(f"{values} (for {leader.option.flag} {before}, not {value})")
     return said
 
 
