@@ -11,14 +11,13 @@ Everything else is semi_supervised.py's (networks, batches, Adam, the M1 it trai
 """
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import semi_supervised as ss
 from common import SHARED_DATA, output_path, provenance
 
-from pyro_vae import DataConfig, load_dataset, load_run
+from pyro_vae import load_dataset, load_run
 
 RESULTS = Path(__file__).parent / "results"
 # (model, α per labelled image, z's dimension, likelihood)
@@ -47,22 +46,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, help="default: experiments/results/label_weight.md")
     args = parser.parse_args(argv)
     out = output_path(args.out, args.quick, RESULTS / "label_weight.md")
+    grid = GRID
     if args.quick:
-        config = DataConfig(binarize="dynamic")
         args.labels, args.epochs, args.m1_epochs = [50], 1, 1
         grid = GRID[1::3]  # three: M2, and M1+M2 with z of 50 and of 5
-    else:
-        grid = GRID
-        config = DataConfig(
-            dataset="mnist", data_dir=str(args.data_dir), split="paper", binarize="dynamic"
-        )
+    config = ss.data_config(args.quick, args.data_dir)
     data = load_dataset(config)
     began = time.perf_counter()
-    m1_run = args.m1 or ss.train_m1(
-        config, args.m1_epochs, Path(tempfile.mkdtemp(prefix="m1-")) / "m1"
-    )
-    m1 = load_run(m1_run)
-    steps = args.epochs * -(-(len(data.train) - max(args.labels)) // ss.BATCH)
+    m1 = load_run(args.m1 or ss.train_m1(config, args.m1_epochs))
+    steps = ss.steps_for(len(data.train), min(args.labels), args.epochs)
     lines = [
         "# How much weight the labels need: α, z's dimension and the codes' likelihood",
         "",
@@ -80,7 +72,7 @@ def main(argv: list[str] | None = None) -> Path:
     ]
     for labels in args.labels:
         for name, codes in (("classifier alone", None), ("classifier alone on M1's codes", m1.vae)):
-            steps = args.epochs * -(-(len(data.train) - labels) // ss.BATCH)
+            steps = ss.steps_for(len(data.train), labels, args.epochs)
             result = ss.classifier_alone(data, labels, args.seed, steps, codes)
             lines.append(
                 f"| {labels:,} | {name} | | | | {100 * result['error']:.2f} | | "

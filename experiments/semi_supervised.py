@@ -67,8 +67,9 @@ KINGMA = {
 }
 
 
-def train_m1(data_config: DataConfig, epochs: int, folder: Path) -> Path:
-    """M1: a VAE of the training images, no labels; its run folder (best.pt by validation)."""
+def train_m1(data_config: DataConfig, epochs: int) -> Path:
+    """M1: a VAE of the training images, no labels, trained into a new temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="m1-")) / "m1"
     config = RunConfig(
         model=ModelConfig(latent_dim=M1_LATENT, hidden_dims=M1_HIDDEN, likelihood="bernoulli"),
         data=data_config,
@@ -76,6 +77,19 @@ def train_m1(data_config: DataConfig, epochs: int, folder: Path) -> Path:
     )
     train_run(config, folder)
     return folder
+
+
+def data_config(quick: bool, data_dir: Path) -> DataConfig:
+    """The digits (``--quick``) or MNIST's papers' split, dynamically binarized."""
+    if quick:
+        return DataConfig(binarize="dynamic")
+    return DataConfig(dataset="mnist", data_dir=str(data_dir), split="paper", binarize="dynamic")
+
+
+def steps_for(num_train: int, labels: int, epochs: int) -> int:
+    """M2's steps: ``epochs`` passes over the unlabelled images, ``BATCH`` a step (what the
+    classifiers alone take too)."""
+    return epochs * math.ceil((num_train - labels) / BATCH)
 
 
 def m2(
@@ -108,7 +122,7 @@ def m2(
     return {
         "error": classification_error(vae, data.test),
         "curve": curve,
-        "steps": epochs * math.ceil(len(trainer.unlabelled_rows) / BATCH),
+        "steps": steps_for(len(data.train), labels, epochs),
         "seconds": time.perf_counter() - start,
     }
 
@@ -238,13 +252,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     out = output_path(args.out, args.quick, RESULTS / "semi_supervised.md")
     if args.quick:
-        config = DataConfig(binarize="dynamic")
         args.labels, args.seeds, args.epochs, args.m1_epochs = [50], [0], 1, 1
         args.reference_labels = [50]
-    else:
-        config = DataConfig(
-            dataset="mnist", data_dir=str(args.data_dir), split="paper", binarize="dynamic"
-        )
+    config = data_config(args.quick, args.data_dir)
     data = load_dataset(config)
     args.train, args.val, args.test = len(data.train), len(data.val), len(data.test)
     args.binarize = data.binarize
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> Path:
     m1_run, args.m1_minutes = args.m1, "given"
     if m1_run is None and {"M1+M2", "classifier on codes"} & set(args.methods):
         start = time.perf_counter()
-        m1_run = train_m1(config, args.m1_epochs, Path(tempfile.mkdtemp(prefix="m1-")) / "m1")
+        m1_run = train_m1(config, args.m1_epochs)
         args.m1_minutes = f"{(time.perf_counter() - start) / 60:.1f} minutes"
     m1 = None if m1_run is None else load_run(m1_run)
     args.m1_note = "not run" if m1 is None else f"{m1.epochs_trained} epochs, no labels"
@@ -261,7 +271,7 @@ def main(argv: list[str] | None = None) -> Path:
     results: dict[tuple[str, int], list[dict]] = {}
     for labels in args.labels:
         for seed in args.seeds:
-            steps = args.epochs * math.ceil((args.train - labels) / BATCH)
+            steps = steps_for(args.train, labels, args.epochs)
             for method in args.methods:
                 codes = m1 if method in ("M1+M2", "classifier on codes") else None
                 if method == "Pyro's example":
