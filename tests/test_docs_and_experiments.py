@@ -320,3 +320,22 @@ def test_anomaly_experiment_quick_mode(tmp_path, monkeypatch):
     assert len(aurocs) == 3 and all(0 <= a <= 1 for a in aurocs)
     assert "Nalisnick" in out.read_text()
     sys.modules.pop("anomaly", None)
+
+
+def test_importance_weighted_experiment_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import importance_weighted
+
+    out = importance_weighted.main(["--quick", "--out", str(tmp_path / "r.md")])
+    text = out.read_text()
+    table, paired = text.split("Ordering by test NLL")
+    rows = [line.split(" | ") for line in table.splitlines() if "AE, k = " in line]
+    assert [row[0] for row in rows] == ["| VAE, k = 1", "| IWAE, k = 5", "| IWAE, k = 50"]
+    for row in rows:
+        nll, elbo = float(row[1]), float(row[3])
+        assert nll <= -elbo  # the IWAE bound is never below the ELBO from the same samples
+    differences = [line for line in paired.splitlines() if line.startswith("| IWAE, k = ")]
+    assert len(differences) == 2 and all(" ± " in line for line in differences)
+    assert "| 1 | " in paired  # the curve's first epoch
+    assert "Command: `python experiments/importance_weighted.py --quick" in text
+    sys.modules.pop("importance_weighted", None)

@@ -12,7 +12,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_vae import VAE, make_elbo
 from pyro_vae.components.guides import diagonal_parameters
-from pyro_vae.components.networks import NETWORKS, build_networks, default_hidden_dims, mlp
+from pyro_vae.components.networks import (
+    NETWORKS,
+    Decoder,
+    Encoder,
+    build_networks,
+    default_hidden_dims,
+    mlp,
+)
 from pyro_vae.core.errors import UserInputError
 from pyro_vae.runs.budget import network_cost
 from tests.test_recorded import assert_identical, eager_and_recorded
@@ -82,6 +89,21 @@ def test_the_recorded_step_is_the_eager_step_for_every_network(network, estimato
     vae = VAE((3, 12, 10), 3, hidden_dims=(4, 8), network=network, likelihood="bernoulli")
     eager, recorded = eager_and_recorded(vae, make_elbo(estimator), x, seed=3)
     assert_identical(eager, recorded)
+
+
+def test_mlp_networks_take_tanh_and_keep_the_recorded_step():
+    """Burda et al.'s tanh (experiments/importance_weighted.py), passed as modules."""
+    torch.manual_seed(0)
+    shape, x = (1, 6, 5), torch.rand(16, 30).round()
+    encoder = Encoder(shape, (7, 4), 3, activation="tanh")
+    decoder = Decoder(3, (7, 4), shape, activation="tanh")
+    assert sum(isinstance(m, nn.Tanh) for m in [*encoder.modules(), *decoder.modules()]) == 4
+    assert not any(isinstance(m, nn.ReLU) for m in [*encoder.modules(), *decoder.modules()])
+    vae = VAE(shape, 3, likelihood="bernoulli", encoder=encoder, decoder=decoder)
+    eager, recorded = eager_and_recorded(vae, make_elbo("mc"), x, seed=3)
+    assert_identical(eager, recorded)
+    with pytest.raises(UserInputError, match="unknown activation 'sigmoid'"):
+        mlp([3, 4, 5], "sigmoid")
 
 
 @pytest.mark.parametrize("network", NETWORKS)

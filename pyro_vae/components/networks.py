@@ -116,12 +116,19 @@ def linear_costs(sizes: Sequence[int]) -> list[LayerCost]:
     ]
 
 
-def mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers ``sizes[0] -> ... -> sizes[-1]``, a ReLU between each two, none at the end."""
+# The fully connected networks' nonlinearities: ReLU by default; tanh is the one of Kingma &
+# Welling (2014) and Burda et al. (2016), for comparing with their numbers.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]``, ``activation`` (a name in
+    ``ACTIVATIONS``) between each two, none at the end."""
+    nonlinearity = registered(ACTIVATIONS, activation, "activation")
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         if i > 0:
-            layers.append(nn.ReLU())
+            layers.append(nonlinearity())
         layers.append(nn.Linear(n_in, n_out))
     return nn.Sequential(*layers)
 
@@ -143,10 +150,11 @@ class Encoder(nn.Module):
         latent_dim: int,
         output_dim: int | None = None,
         label_dim: int = 0,
+        activation: str = "relu",
     ):
         super().__init__()
         inputs = math.prod(data_shape) + label_dim
-        self.net = mlp([inputs, *hidden_dims, output_dim or 2 * latent_dim])
+        self.net = mlp([inputs, *hidden_dims, output_dim or 2 * latent_dim], activation)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return mlp_with_labels(self.net, x, y)  # (..., output_dim)
@@ -176,9 +184,11 @@ class Decoder(nn.Module):
         hidden_dims: Sequence[int],
         data_shape: Sequence[int],
         label_dim: int = 0,
+        activation: str = "relu",
     ):
         super().__init__()
-        self.net = mlp([latent_dim + label_dim, *reversed(hidden_dims), math.prod(data_shape)])
+        sizes = [latent_dim + label_dim, *reversed(hidden_dims), math.prod(data_shape)]
+        self.net = mlp(sizes, activation)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return mlp_with_labels(self.net, z, y)  # (..., D)

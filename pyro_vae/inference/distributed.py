@@ -22,6 +22,8 @@ One process (``WORLD_SIZE`` unset or 1) is the plain single-process path, unchan
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -121,10 +123,19 @@ class Replicas:
             "joining %d processes at %s:%s (waits until every one has started)",
             self.world_size, os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"),
         )  # fmt: skip
-        if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+        # The rendezvous waits inside torch's C++ code, where a Python signal handler (the run's
+        # "save and stop after this step") never gets to run: if another process fails before
+        # it joins, torchrun's SIGTERM must end this one at once, not 30 s later by SIGKILL.
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main_thread else None
+        try:
+            if device.type == "cuda":
+                dist.init_process_group("nccl", device_id=device)
+            else:
+                dist.init_process_group("gloo")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def shard(self, rows: torch.Tensor) -> torch.Tensor:
         """This replica's contiguous piece of ``rows`` (pieces differ in length by at most one)."""
