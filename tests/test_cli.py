@@ -282,3 +282,24 @@ def test_the_command_exits_cleanly_with_its_output_closed():
         f"{sys.executable} {ROOT / 'cli.py'} --help >&-", shell=True, capture_output=True, text=True
     )
     assert done.returncode == 0 and "Traceback" not in done.stderr
+
+
+def test_activation_tanh_trains_resumes_and_loads(tmp_path):
+    out = tmp_path / "run"
+    result = run(
+        "train", "--out", out, "--epochs", "1", "--hidden-dims", "16", "--activation", "tanh"
+    )
+    assert result.exit_code == 0, result.output
+    assert run("train", "--resume", out, "--epochs", "2").exit_code == 0
+    checkpoint = load_checkpoint(out)
+    assert (
+        checkpoint.config.model.activation == "tanh"
+        and len(checkpoint.trainer_state["history"]) == 2
+    )
+    from pyro_vae import load_run
+
+    modules = list(load_run(out).vae.modules())
+    assert any(isinstance(m, torch.nn.Tanh) for m in modules)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in modules)
+    refused = run("train", "--out", tmp_path / "other", "--activation", "sigmoid")
+    assert refused.exit_code == 2 and "sigmoid" in refused.output

@@ -107,6 +107,26 @@ def test_mlp_networks_take_tanh_and_keep_the_recorded_step():
 
 
 @pytest.mark.parametrize("network", NETWORKS)
+def test_every_network_takes_the_activation_it_is_given(network):
+    pair = build_networks(network, (1, 8, 8), 3, (8,), activation="tanh")
+    modules = [m for net in pair for m in net.modules()]
+    assert any(isinstance(m, nn.Tanh) for m in modules)
+    assert not any(isinstance(m, nn.ReLU) for m in modules)
+
+
+def test_a_network_without_an_activation_parameter_refuses_one(monkeypatch):
+    class Plain(nn.Module):
+        def __init__(self, data_shape, latent_dim, output_dim):
+            super().__init__()
+            self.net = nn.Linear(math.prod(data_shape), output_dim)
+
+    monkeypatch.setitem(NETWORKS, "plain", (Plain, Plain))
+    build_networks("plain", (1, 2, 2), 1, activation="relu")  # the default: nothing to refuse
+    with pytest.raises(UserInputError, match="takes no activation"):
+        build_networks("plain", (1, 2, 2), 1, activation="tanh")
+
+
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 9, 13)], ids=str)
 def test_the_budget_counts_parameters_and_flop_as_torch_does(network, shape):
     latent, hidden = 6, widths(network, shape)

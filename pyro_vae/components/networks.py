@@ -245,8 +245,10 @@ class ConvEncoder(nn.Module):
         latent_dim: int,
         output_dim: int | None = None,
         label_dim: int = 0,
+        activation: str = "relu",
     ):
         super().__init__()
+        nonlinearity = registered(ACTIVATIONS, activation, "activation")
         self.data_shape = tuple(data_shape)
         channels, height, width = self.data_shape
         grid_h, grid_w = conv_grid(self.data_shape, len(hidden_dims))
@@ -255,7 +257,7 @@ class ConvEncoder(nn.Module):
         self.padding = (0, grid_w * side - width, 0, grid_h * side - height)
         layers: list[nn.Module] = []
         for n_in, n_out in itertools.pairwise([channels, *hidden_dims]):
-            layers += [nn.Conv2d(n_in, n_out, KERNEL, STRIDE, PADDING), nn.ReLU()]
+            layers += [nn.Conv2d(n_in, n_out, KERNEL, STRIDE, PADDING), nonlinearity()]
         self.conv = nn.Sequential(*layers)
         self.features = hidden_dims[-1] * grid_h * grid_w
         self.out = nn.Linear(self.features + label_dim, output_dim or 2 * latent_dim)
@@ -300,18 +302,20 @@ class ConvDecoder(nn.Module):
         hidden_dims: Sequence[int],
         data_shape: Sequence[int],
         label_dim: int = 0,
+        activation: str = "relu",
     ):
         super().__init__()
+        nonlinearity = registered(ACTIVATIONS, activation, "activation")
         self.data_shape = tuple(data_shape)
         channels, self.height, self.width = self.data_shape
         self.grid = conv_grid(self.data_shape, len(hidden_dims))  # (h, w)
         widths = list(reversed(hidden_dims))
         self.first = widths[0]
         self.inp = nn.Linear(latent_dim + label_dim, widths[0] * self.grid[0] * self.grid[1])
-        layers: list[nn.Module] = [nn.ReLU()]
+        layers: list[nn.Module] = [nonlinearity()]
         for n_in, n_out in itertools.pairwise([*widths, channels]):
-            layers += [nn.ConvTranspose2d(n_in, n_out, KERNEL, STRIDE, PADDING), nn.ReLU()]
-        self.deconv = nn.Sequential(*layers[:-1])  # no ReLU on the raw parameter
+            layers += [nn.ConvTranspose2d(n_in, n_out, KERNEL, STRIDE, PADDING), nonlinearity()]
+        self.deconv = nn.Sequential(*layers[:-1])  # none on the raw parameter
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         inputs = with_labels(z, y)
@@ -362,12 +366,15 @@ def build_networks(
     hidden_dims: Sequence[int] | None = None,
     output_dim: int | None = None,
     label_dim: int = 0,
+    activation: str = "relu",
 ) -> tuple[nn.Module, nn.Module]:
     """The encoder and decoder registered as ``network``, for data of ``data_shape`` (C, H, W);
     ``hidden_dims`` None takes the network's default widths; the encoder outputs ``output_dim``
     values (None: 2·latent_dim, the diagonal guide's); with ``label_dim`` K > 0 both also read
-    a one-hot class."""
-    context = _context(network, data_shape, latent_dim, hidden_dims, output_dim or 2 * latent_dim)
+    a one-hot class; ``activation`` names their nonlinearity (``ACTIVATIONS``)."""
+    context = _context(
+        network, data_shape, latent_dim, hidden_dims, output_dim or 2 * latent_dim, activation
+    )
     encoder_class, decoder_class = registered(NETWORKS, network, "network")
     if label_dim:
         for cls in (encoder_class, decoder_class):
@@ -377,6 +384,7 @@ def build_networks(
                     "use `network` mlp or conv with a model that reads labels"
                 )
         context["label_dim"] = label_dim
+    _check_activation(network, activation, encoder_class, decoder_class)
     return (
         build({network: encoder_class}, network, "encoder", context=context),
         build({network: decoder_class}, network, "decoder", context=context),
@@ -389,12 +397,27 @@ def build_classifier(
     latent_dim: int,
     hidden_dims: Sequence[int] | None,
     num_classes: int,
+    activation: str = "relu",
 ) -> nn.Module:
     """The encoder registered as ``network`` with ``num_classes`` outputs, the logits of a
     classifier q(y | x) (M2's, models/m2.py)."""
-    context = _context(network, data_shape, latent_dim, hidden_dims, num_classes)
+    context = _context(network, data_shape, latent_dim, hidden_dims, num_classes, activation)
     encoder_class = registered(NETWORKS, network, "network")[0]
+    _check_activation(network, activation, encoder_class)
     return build({network: encoder_class}, network, "encoder", context=context)
+
+
+def _check_activation(network: str, activation: str, *classes: type) -> None:
+    """A nonlinearity other than the default is refused by a network that cannot take one (a
+    user's own), rather than ignored."""
+    if activation == "relu":
+        return
+    for cls in classes:
+        if "activation" not in inspect.signature(cls).parameters:
+            raise UserInputError(
+                f"the {network} network's {cls.__name__} takes no activation: leave "
+                "`activation` at relu, or give the class an `activation` parameter"
+            )
 
 
 def _context(
@@ -403,12 +426,19 @@ def _context(
     latent_dim: int,
     hidden_dims: Sequence[int] | None,
     output_dim: int,
+    activation: str = "relu",
 ) -> dict:
-    """What a network's constructor may take by name; ``hidden_dims`` None: the default widths."""
+    """What a network's constructor may take by name; ``hidden_dims`` None: the default widths;
+    ``activation`` only where it is not the default, so that a user's network without one
+    still builds."""
     widths = default_hidden_dims(network) if hidden_dims is None else tuple(hidden_dims)
-    return {
+    context = {
         "data_shape": tuple(data_shape),
         "latent_dim": latent_dim,
         "hidden_dims": widths,
         "output_dim": output_dim,
     }
+    if activation != "relu":
+        registered(ACTIVATIONS, activation, "activation")
+        context["activation"] = activation
+    return context

@@ -55,6 +55,17 @@ class ModelConfig:
             shown_default="256,128 for mlp, 32,64 for conv",
         ),
     )
+    # The networks' nonlinearity (components/networks.py ACTIVATIONS): tanh is the papers' of
+    # Kingma & Welling (2014) and Burda et al. (2016), for comparing with their numbers.
+    activation: str = field(
+        default="relu",
+        metadata=declared(
+            "--activation",
+            choices=("relu", "tanh"),
+            help="The networks' nonlinearity between layers: relu, or tanh (the VAE and IWAE "
+            "papers').",
+        ),
+    )
     # q(z|x) = N(μ, diag σ²) by default (components/guides.py)
     guide: str = field(
         default="diagonal",

@@ -74,7 +74,12 @@ class SemiSupervisedVAE(VAE):
         # q(y | x): the encoder's network and widths, its outputs the K classes' logits.
         read = self.data_shape if codes is None else as_data_shape(codes.dim)
         self.classifier = build_classifier(
-            self.network_name, read, self.latent_dim, self.hidden_dims, self.num_classes
+            self.network_name,
+            read,
+            self.latent_dim,
+            self.hidden_dims,
+            self.num_classes,
+            self.activation,
         )
         if codes is not None:
             self.classifier = OnCodes(codes, self.classifier)
@@ -264,6 +269,7 @@ def _on_codes(codes: Codes, args: tuple, kwargs: dict[str, Any]) -> dict[str, An
         given["hidden_dims"],
         family.parameter_dim,
         given["num_classes"],
+        given["activation"],
     )
     reader = OnCodes(codes, encoder)
     likelihood = CodesLikelihood(

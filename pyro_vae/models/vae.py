@@ -107,6 +107,7 @@ class VAE(PyroModule):
         guide_options: Mapping[str, Any] | None = None,
         num_classes: int = 0,
         data_dim: int | None = None,  # release 0.1.0's name for a flat data_shape: deprecated
+        activation: str = ModelConfig.activation,
     ):
         data_shape = _data_shape(data_shape, data_dim)
         # ``name`` prefixes the parameters' names in Pyro's global param store, so that several
@@ -124,6 +125,7 @@ class VAE(PyroModule):
         # that builds another network of the same kind (M2's classifier).
         self.network_name = network if encoder is None else None
         self.hidden_dims = None if hidden_dims is None else tuple(hidden_dims)
+        self.activation = activation
         label_dim = num_classes if self.labelled else 0
         # The family decides how many values the encoder outputs, so it comes first.
         self.guide_family = build_guide(guide, latent_dim, **(guide_options or {}))
@@ -135,6 +137,7 @@ class VAE(PyroModule):
                 hidden_dims,
                 self.guide_family.parameter_dim,
                 label_dim,
+                activation,
             )
         self.encoder, self.decoder = encoder, decoder
         # A prior may ask for the encoder and the guide family (the VampPrior does), so it is
@@ -202,6 +205,7 @@ class VAE(PyroModule):
             prior_options=config.prior_options,
             likelihood_options=config.likelihood_options,
             num_classes=config.num_classes,
+            activation=config.activation,
             **cls.extra_arguments(config, as_data_shape(data_shape)),
         )
 

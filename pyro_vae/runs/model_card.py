@@ -53,12 +53,13 @@ def model_card(
     conditional = " given the class (log p(x | y))" if conditional_on_class else ""
     if config.model.m1 is not None:  # M1+M2: M2's bounds are on M1's codes
         conditional = " of M1's codes (log p(z₁), z₁ = μ₁(x); M1+M2)"
+    activation = "" if config.model.activation == "relu" else f" ({config.model.activation})"
     lines = [
         f"# pyro-vae model: {'M1+M2' if config.model.m1 else kind} on {data.dataset}",
         "",
         f"A variational autoencoder ({kind}) trained for {model.epochs_trained} epochs with "
         f"pyro-vae; latent dimension {config.model.latent_dim}, {config.model.network} "
-        f"networks, {config.model.guide} guide, {config.model.prior} prior, "
+        f"networks{activation}, {config.model.guide} guide, {config.model.prior} prior, "
         f"{config.model.likelihood} likelihood. Run id: {model.run_id or '—'}.",
         "",
         "## Use",
