@@ -1,5 +1,6 @@
 """Every encoder/decoder pair in ``NETWORKS``, at every image size it promises, and a user's own."""
 
+import dataclasses
 import math
 
 import pyro
@@ -247,3 +248,14 @@ def test_the_budget_measures_a_network_that_does_not_say_its_cost(monkeypatch):
         stated.encoder_flop,
         stated.decoder_flop,
     )
+
+
+def test_the_activation_option_offers_every_registered_nonlinearity():
+    # core/model_config.py spells the choices out: core does not import the components
+    from pyro_vae.components.networks import ACTIVATIONS
+    from pyro_vae.core.model_config import ModelConfig
+
+    option = dataclasses.fields(ModelConfig)[
+        [f.name for f in dataclasses.fields(ModelConfig)].index("activation")
+    ].metadata["option"]
+    assert set(option.choices) == set(ACTIVATIONS)

@@ -116,8 +116,8 @@ def linear_costs(sizes: Sequence[int]) -> list[LayerCost]:
     ]
 
 
-# The fully connected networks' nonlinearities: ReLU by default; tanh is the one of Kingma &
-# Welling (2014) and Burda et al. (2016), for comparing with their numbers.
+# The networks' nonlinearities (``--activation``), for the mlp and conv pairs alike: ReLU by
+# default; tanh is Kingma & Welling's (2014) and Burda et al.'s (2016), to compare with them.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
