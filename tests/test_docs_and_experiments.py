@@ -88,6 +88,10 @@ def test_experiments_are_reachable_from_the_cli():
         check=True,
     )
     assert "estimators" in result.stdout and "--quick" in result.stdout
+    from pyro_vae.cli.train import ExperimentName
+
+    scripts = {path.stem for path in (ROOT / "experiments").glob("*.py")} - {"common"}
+    assert {name.value for name in ExperimentName} == scripts  # every script, and no other
 
 
 def test_training_step_benchmark_quick_mode(monkeypatch):

@@ -99,6 +99,8 @@ ExperimentName = choices(
         "networks",
         "guides",
         "semi_supervised",
+        "label_weight",
+        "importance_weighted",
         "conditional",
         "anomaly",
     ],

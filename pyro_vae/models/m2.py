@@ -64,6 +64,7 @@ class SemiSupervisedVAE(VAE):
         models instead of the images (M1+M2: models/stacked.py)."""
         codes = None if features is None else Codes(features)
         if codes is not None:
+            activation = kwargs.get("activation", ModelConfig.activation)
             args, kwargs = (), _on_codes(codes, args, kwargs)
         super().__init__(*args, **kwargs)
         if codes is None and self.network_name is None:
@@ -71,6 +72,7 @@ class SemiSupervisedVAE(VAE):
         self.codes = codes
         if codes is not None:
             self.network_name = "mlp"  # its networks' kind, built for the codes by _on_codes
+            self.activation = activation  # theirs, and the classifier's below
         # q(y | x): the encoder's network and widths, its outputs the K classes' logits.
         read = self.data_shape if codes is None else as_data_shape(codes.dim)
         self.classifier = build_classifier(
@@ -282,5 +284,6 @@ def _on_codes(codes: Codes, args: tuple, kwargs: dict[str, Any]) -> dict[str, An
         guide_options=None,
         likelihood=likelihood,
         likelihood_options=None,
+        activation=ModelConfig.activation,  # the VAE builds no networks: they are built here
     )
     return given

@@ -118,6 +118,11 @@ class VAE(PyroModule):
         self.latent_dim = latent_dim
         if (encoder is None) != (decoder is None):
             raise ValueError("give both an encoder and a decoder, or neither")
+        if encoder is not None and activation != ModelConfig.activation:
+            raise ValueError(
+                "`activation` is the nonlinearity of the networks the VAE builds: give your "
+                "encoder and decoder their own, or leave them out"
+            )
         if self.labelled and num_classes < 2:
             raise ValueError(f"a {type(self).__name__} needs labels of 2 classes at least")
         self.num_classes = num_classes  # the labels' classes (0: none known)
