@@ -280,6 +280,8 @@ def test_a_user_error_on_rank_0_stops_every_process_and_keeps_the_files(tmp_path
     assert "Error: " in output and "would write over (config.json)" in output
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
     assert (tmp_path / "run" / "config.json").read_text() == "precious"
+    # rank 1, still at the rendezvous, ended at torchrun's SIGTERM, not its SIGKILL 30 s later
+    assert "SIGKILL" not in done.stderr
 
 
 # Without torchrun: the pieces.

@@ -105,6 +105,8 @@ def test_mlp_networks_take_tanh_and_keep_the_recorded_step():
     assert_identical(eager, recorded)
     with pytest.raises(UserInputError, match="unknown activation 'sigmoid'"):
         mlp([3, 4, 5], "sigmoid")
+    with pytest.raises(ValueError, match="give your encoder and decoder their own"):
+        VAE(shape, 3, encoder=encoder, decoder=decoder, activation="tanh")
 
 
 @pytest.mark.parametrize("network", NETWORKS)

@@ -126,6 +126,7 @@ class Replicas:
         # The rendezvous waits inside torch's C++ code, where a Python signal handler (the run's
         # "save and stop after this step") never gets to run: if another process fails before
         # it joins, torchrun's SIGTERM must end this one at once, not 30 s later by SIGKILL.
+        # (Python may set a handler in its main thread only; None is one that C code set.)
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main_thread else None
         try:
@@ -134,8 +135,8 @@ class Replicas:
             else:
                 dist.init_process_group("gloo")
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            if main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     def shard(self, rows: torch.Tensor) -> torch.Tensor:
         """This replica's contiguous piece of ``rows`` (pieces differ in length by at most one)."""

@@ -42,8 +42,9 @@ from pyro_vae.runs.rundir import (
 
 log = logging.getLogger(__name__)
 
-# Bump when the layout changes; older readers refuse newer files. 5: M2's alpha per labelled image.
-FORMAT_VERSION = 5
+# Bump when the layout changes; older readers refuse newer files. 5: M2's alpha per labelled image;
+# 6: the model's `activation` (a key an older ModelConfig would not know).
+FORMAT_VERSION = 6
 # 2: the trainer state holds a learning-rate schedule and early stopping; metrics gained keys
 # 3: image_shape is (C, H, W); the model config names its network; the data config image options
 # 4: the model config names its guide family and the family's options
