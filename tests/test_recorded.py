@@ -26,6 +26,7 @@ from pyro_vae import (
     make_elbo,
 )
 from pyro_vae.components.likelihoods import Likelihood
+from pyro_vae.inference.fast import compiled as compiled_module
 from pyro_vae.inference.fast import replay as recorded_module
 from pyro_vae.inference.fast.contract import declares_static
 from pyro_vae.inference.fast.replay import RecordedGradient, _with_python_bindings, _without_no_ops
@@ -294,7 +295,7 @@ def train_steps(component: nn.Module, record_graph: bool, x: torch.Tensor, steps
     random.seed(0), np.random.seed(0), pyro.set_rng_seed(0)
     part = "prior" if isinstance(component, Prior) else "likelihood"
     vae = VAE(64, 3, hidden_dims=(16,), **{part: component})
-    trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
+    trainer = Trainer(vae, TrainConfig(lr=1e-2, compile=False), record_graph=record_graph)
     seen = []
     for step in range(steps):
         if hasattr(component, "schedule"):
@@ -374,7 +375,7 @@ def test_a_builtin_buffer_updated_in_place_stays_recorded_and_exact(digits, capl
         for record_graph in (True, False):
             pyro.set_rng_seed(0)
             vae = VAE(64, 3, hidden_dims=(16,))
-            trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
+            trainer = Trainer(vae, TrainConfig(lr=1e-2, compile=False), record_graph=record_graph)
             losses = []
             for step in range(4):
                 vae.likelihood.scale.fill_(1.0 / (1 + step))
@@ -396,7 +397,7 @@ def changed_between_steps(digits, change, steps_before: int = 2, steps_after: in
     for record_graph in (True, False):
         pyro.set_rng_seed(0)
         vae = VAE(64, 3, hidden_dims=(16,))
-        trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
+        trainer = Trainer(vae, TrainConfig(lr=1e-2, compile=False), record_graph=record_graph)
         losses = [trainer.step(x) for _ in range(steps_before)]
         change(vae, trainer)
         losses += [trainer.step(x) for _ in range(steps_after)]
@@ -461,7 +462,9 @@ def test_steps_inside_a_pyro_handler_are_eager(digits, caplog):
     losses = {}
     for record_graph in (True, False):
         pyro.set_rng_seed(0)
-        trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig(), record_graph=record_graph)
+        trainer = Trainer(
+            VAE(64, 3, hidden_dims=(16,)), TrainConfig(compile=False), record_graph=record_graph
+        )
         losses[record_graph] = []
         with caplog.at_level(logging.INFO, logger="pyro_vae.inference.fast.replay"):
             for step in range(4):
@@ -504,7 +507,7 @@ def audited_steps(kind: type, record_graph: bool, x: torch.Tensor, monkeypatch) 
     vae = VAE(
         64, 3, hidden_dims=(16,), **{"prior" if prior else "likelihood": kind(3 if prior else 64)}
     )
-    trainer = Trainer(vae, TrainConfig(lr=1e-2), record_graph=record_graph)
+    trainer = Trainer(vae, TrainConfig(lr=1e-2, compile=False), record_graph=record_graph)
     seen = []
     for step in range(7):
         if step == 5:  # the first step is eager (validated), the next three audited replays
@@ -621,6 +624,7 @@ def test_whether_to_compile_is_decided_by_the_runs_length_and_the_timing_kept_pe
     graph and then read from the cache; a forced choice does neither; a compiler that fails
     leaves the replay. (The compiler and the clock are stand-ins: the decision is tested here.)"""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(recorded_module, "AUTO_SECONDS", compiled_module.AUTO_SECONDS)
     caplog.set_level(logging.INFO, logger="pyro_vae")
     calls = {"compile": 0, "paired": 0}
     timing = {"paired": (1.0, 2.0)}  # (replayed, compiled) seconds
