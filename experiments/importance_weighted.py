@@ -1,8 +1,9 @@
 """VAE and IWAE at the papers' scale: Burda, Grosse & Salakhutdinov (2016), Table 1, one
 stochastic layer.
 
-Their setting, as far as it fits the budget: MNIST's papers' split (the first 50,000 training
-images for training, the last 10,000 for validation, the 10,000 test images for testing),
+Their setting, as far as it fits the budget, on MNIST's papers' split of Kingma et al. (2014: the
+first 50,000 training images for training, the last 10,000 for validation, the 10,000 test
+images for testing; Burda et al. trained on 59,600 and kept 400 for validation),
 dynamically binarized; 784-200-200-50 with tanh, a Bernoulli likelihood, the standard prior and
 the diagonal Gaussian guide; the VAE trained on the ELBO with k = 1 sample of z, IWAE on the
 importance-weighted bound with k = 5 and k = 50; and the test NLL estimated, as theirs is, by the

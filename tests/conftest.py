@@ -33,8 +33,9 @@ def own_cache(tmp_path_factory):
 def no_automatic_compile(monkeypatch):
     """Left to decide, a run compiles its step where the step, timed, would take AUTO_SECONDS
     over the run: a loaded machine times it slower and compiles where an idle one would not,
-    and compiling costs seconds. The tests' own runs never decide so (a test that asks for
-    compile=True still compiles; the test of the decision sets the threshold back)."""
+    and compiling costs seconds. The runs inside the test process never decide so (a test that
+    asks for compile=True still compiles; the test of the decision sets the threshold back);
+    the commands the tests start as processes train a few epochs, far below it."""
     from pyro_vae.inference.fast import replay
 
     monkeypatch.setattr(replay, "AUTO_SECONDS", float("inf"))
