@@ -108,6 +108,7 @@ CASES: dict[str, tuple[Setup, str]] = {
         "--components applies to --prior mog or vamp",
     ),
     "unknown guide": (lambda t, r: ["train", "--guide", "gamma"], "'--guide'"),
+    "unknown activation": (lambda t, r: ["train", "--activation", "sigmoid"], "'--activation'"),
     "zero flows": (lambda t, r: ["train", "--guide", "iaf", "--flows", "0"], "'--flows'"),
     "flows without iaf": (
         lambda t, r: ["train", "--guide", "full", "--flows", "3"],
