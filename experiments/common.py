@@ -143,7 +143,8 @@ def training_images(data: Dataset, count: int, seed: int = 0) -> torch.Tensor:
     return torch.bernoulli(rows, generator=torch.Generator().manual_seed(seed))
 
 
-def mean_and_spread(values: list[float]) -> str:
-    """ "mean ± standard deviation" over seeds, to two decimals (nan for one seed)."""
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
+def mean_and_spread(values: list[float], digits: int = 2) -> str:
+    """ "mean ± standard deviation" over seeds (the value alone for one seed)."""
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import comparison, every_nth, provenance, training_images
+from common import comparison, every_nth, mean_and_spread, provenance, training_images
 
 from pyro_vae import VAE, TrainConfig, Trainer
 from pyro_vae.data.datasets import Dataset
@@ -169,13 +169,6 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"{difference.mean().item():+.2f} ± {se:.2f}"
 
 
-def spread(values: list[float]) -> str:
-    """Mean ± standard deviation over seeds (the value alone for one seed)."""
-    if len(values) < 2:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def report(outcomes: list[Outcome], setup, samples: int, line: str) -> str:
     data = setup.data
     seeds = sorted({o.seed for o in outcomes})
@@ -217,9 +210,11 @@ def report(outcomes: list[Outcome], setup, samples: int, line: str) -> str:
             lines.append(
                 f"| {name} | {budget} | {statistics.fmean(o.epochs for o in group):.0f} "
                 f"| {statistics.fmean(o.epoch_seconds for o in group):.2f} "
-                f"| {spread([o.elbo for o in group])} | {spread([o.iwae for o in group])} "
-                f"| {spread([o.gap for o in group])} | {spread([o.train_elbo for o in group])} "
-                f"| {spread([o.train_elbo - o.val_elbo for o in group])} |"
+                f"| {mean_and_spread([o.elbo for o in group])} "
+                f"| {mean_and_spread([o.iwae for o in group])} "
+                f"| {mean_and_spread([o.gap for o in group])} "
+                f"| {mean_and_spread([o.train_elbo for o in group])} "
+                f"| {mean_and_spread([o.train_elbo - o.val_elbo for o in group])} |"
             )
     lines += [
         "",

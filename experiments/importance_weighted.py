@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import SHARED_DATA, output_path, provenance
+from common import SHARED_DATA, every_nth, mean_and_spread, output_path, provenance
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset
 from pyro_vae.data.datasets import Dataset
@@ -76,12 +76,6 @@ class Outcome:
         return (self.per_image.std() / self.per_image.numel() ** 0.5).item()
 
 
-def test_images(data: Dataset, count: int) -> torch.Tensor:
-    """``count`` test images spread evenly over the test split (every n-th)."""
-    step = max(1, data.test.x.shape[0] // count)
-    return data.test.x[::step][:count]
-
-
 def active_units(vae: VAE, x: torch.Tensor) -> int:
     """Latent dimensions whose posterior mean varies over the images by more than ``ACTIVE``."""
     with torch.no_grad():
@@ -126,7 +120,9 @@ def train(
         curve.append((bounds["elbo_mc_kl"].nats, bounds["iwae"].nats))
     minutes = (time.perf_counter() - start) / 60
     pyro.set_rng_seed(seed)
-    bounds = image_bounds(vae, test_images(data, count), num_samples=test_samples, max_rows=2**16)
+    bounds = image_bounds(
+        vae, every_nth(data.test.x, count), num_samples=test_samples, max_rows=2**16
+    )
     return Outcome(
         name,
         seed,
@@ -137,13 +133,6 @@ def train(
         active_units(vae, data.test.x),
         curve,
     )
-
-
-def spread(values: list[float], digits: int = 2) -> str:
-    """Mean ± standard deviation over seeds (the value alone for one seed)."""
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def report(outcomes: list[Outcome], data: Dataset, args: argparse.Namespace, line: str) -> str:
@@ -185,9 +174,10 @@ def report(outcomes: list[Outcome], data: Dataset, args: argparse.Namespace, lin
     ]
     for name, runs in by_name.items():
         lines.append(
-            f"| {name} | {spread([o.nll for o in runs])} | {max(o.nll_se for o in runs):.2f} "
-            f"| {spread([o.elbo for o in runs])} "
-            f"| {spread([float(o.active_units) for o in runs], 1)} | {PAPER[name]:.2f} "
+            f"| {name} | {mean_and_spread([o.nll for o in runs])} "
+            f"| {max(o.nll_se for o in runs):.2f} "
+            f"| {mean_and_spread([o.elbo for o in runs])} "
+            f"| {mean_and_spread([float(o.active_units) for o in runs], 1)} | {PAPER[name]:.2f} "
             f"| {PYTHAE.get(name, float('nan')):.2f} "
             f"| {statistics.fmean(o.minutes for o in runs):.1f} "
             f"| {', '.join(f'{o.nll:.2f}' for o in runs)} |"
