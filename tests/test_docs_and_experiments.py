@@ -91,6 +91,22 @@ def test_experiments_are_reachable_from_the_cli():
     assert {name.value for name in ExperimentName} == scripts  # every script, and no other
 
 
+def test_iwae_step_benchmark_quick_mode(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import iwae_step
+
+    medians = iwae_step.main(["--quick"])
+    assert set(medians) == {
+        "VAE, k = 1",
+        "IWAE, k = 3, recorded",
+        "IWAE, k = 3, eager",
+        "IWAE, k = 3, Pyro's RenyiELBO",
+    }
+    assert all(seconds > 0 for seconds in medians.values())
+    assert "k = 3: the recorded step is" in capsys.readouterr().out
+    sys.modules.pop("iwae_step", None)
+
+
 def test_training_step_benchmark_quick_mode(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import training_step

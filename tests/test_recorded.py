@@ -66,6 +66,26 @@ def test_the_recorded_step_is_the_eager_step(estimator, prior, likelihood, binar
     assert_identical(eager, recorded)
 
 
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("particles", [1, 5])
+def test_the_recorded_importance_weighted_step_is_the_eager_step(particles, prior, binary_batch):
+    vae = VAE(64, 3, hidden_dims=(16,), prior=prior, guide="iaf" if prior == "vamp" else "diagonal")
+    elbo = make_elbo("iwae", num_particles=particles)
+    eager, recorded = eager_and_recorded(vae, elbo, binary_batch, seed=3)
+    assert_identical(eager, recorded)
+
+
+def test_an_importance_weighted_run_trains_on_its_recording(digits, caplog):
+    """IWAE's steps were Pyro's eager ones (its RenyiELBO has no differentiable loss): now the
+    trainer records them like the ELBOs', and says nothing of training eagerly."""
+    trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig(elbo="iwae", num_particles=5))
+    x = digits.train.x[:32]
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        losses = [trainer.step(x) for _ in range(4)]
+    assert trainer._recorded._graphs and trainer._recorded.eager_reason is None
+    assert "eager" not in caplog.text and all(torch.isfinite(loss) for loss in losses)
+
+
 def test_several_particles_and_changed_parameters(binary_batch):
     """A graph reads the parameters' current values at every replay, not those it was made with."""
     vae = VAE(64, 3, hidden_dims=(16,), prior="mog")

@@ -11,7 +11,8 @@
   expectation, not in any one sample) is dropped. Where q equals the true posterior, the
   path-derivative gradient is zero for every sample, while ``mc``'s still has the score's noise.
 - ``iwae``: ``RenyiELBO(alpha=0)``, the importance-weighted bound of Burda et al. (2016),
-  log (1/K) Σ_k p(x, z_k)/q(z_k|x) with K = ``num_particles``: tighter than the ELBO for K > 1.
+  log (1/K) Σ_k p(x, z_k)/q(z_k|x) with K = ``num_particles``: tighter than the ELBO for K > 1
+  (``DeviceRenyiELBO``: Pyro's value and gradient as one differentiable tensor).
 
 ``mc``, ``analytic`` and ``stl`` estimate the same ELBO, with gradients of different variance.
 ``num_particles > 1`` averages (or, for ``iwae``, importance-weights) that many samples of z,
@@ -25,6 +26,7 @@ estimators' mathematics are Pyro's own.
 """
 
 import functools
+import math
 import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -36,7 +38,13 @@ from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.util import check_fully_reparametrized, is_identically_zero, is_validation_enabled
+from pyro.infer.util import (
+    check_fully_reparametrized,
+    get_dependent_plate_dims,
+    is_identically_zero,
+    is_validation_enabled,
+    torch_sum,
+)
 from pyro.poutine import Trace
 from torch import nn
 from torch.func import functional_call
@@ -261,6 +269,44 @@ class StickingTheLanding_ELBO(DeviceTrace_ELBO):
         return log_q - log_p, negative_elbo
 
 
+class DeviceRenyiELBO(DeviceLossMixin, RenyiELBO):
+    """RenyiELBO, −Σ_x 1/(1−α) log (1/K) Σ_k w_k^(1−α) with w_k = p(x, z_k)/q(z_k|x), z_k ~ q:
+    for α = 0 the importance-weighted bound of Burda et al. (2016). Its loss is one tensor on the
+    device, differentiable, where Pyro's class has only ``loss_and_grads`` (its value read to the
+    host, its gradient from a surrogate): so its step can be recorded like the ELBOs'.
+
+    The gradient is the same: where every guide site is reparameterised (a VAE's is), Pyro's
+    surrogate Σ_k softmax_k((1−α) log w) · log w_k has the gradient of the bound itself, which
+    autograd takes here through the log-sum-exp. Elsewhere (a score-function term) Pyro raises, and
+    so does this class. The bound is the loss and the reported value alike: a KL weight, which
+    would change one and not the other, is refused for it (training_practice).
+    """
+
+    recordable = True  # its step is static: see inference/fast/contract.py
+
+    def losses(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(−bound, −bound), summed over the data."""
+        log_weights = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            guide_sites = _sample_sites(guide_trace)
+            if not all(_reparameterised(site) for site in guide_sites):
+                raise NotImplementedError(
+                    "the importance-weighted bound needs every guide site reparameterised"
+                )
+            # Sum over everything but the particles' and the data's plates, as Pyro's class does.
+            plates = get_dependent_plate_dims(model_trace.nodes.values())
+            log_p = _total(torch_sum(s["log_prob"], plates) for s in _sample_sites(model_trace))
+            log_q = _total(torch_sum(s["log_prob"], plates) for s in guide_sites)
+            log_weights.append(log_p - log_q)
+        # vectorised: one trace whose first dimension is the particles; else one per particle
+        vectorised = self.vectorize_particles and self.num_particles > 1
+        log_w = (1.0 - self.alpha) * (log_weights[0] if vectorised else torch.stack(log_weights))
+        bound = (log_w.logsumexp(0) - math.log(self.num_particles)).sum() / (1.0 - self.alpha)
+        return -bound, -bound
+
+
 class _DetachedDensity(nn.Module):
     """log q(z|x) at given latent values, summed (scaled as the guide scales them), from the guide
     run on those values: a module, so that ``functional_call`` can swap detached tensors in for
@@ -291,7 +337,7 @@ class _DetachedDensity(nn.Module):
 ESTIMATORS: dict[str, type[ELBO]] = {
     "mc": DeviceTrace_ELBO,
     "analytic": DeviceTraceMeanField_ELBO,
-    "iwae": RenyiELBO,  # with alpha = 0
+    "iwae": DeviceRenyiELBO,  # with alpha = 0
     "stl": StickingTheLanding_ELBO,
 }
 
@@ -325,15 +371,15 @@ def loss_and_backward(
     """The training loss and −ELBO, summed over the batch, as detached tensors; the loss's
     gradient added to the ``.grad``s.
 
-    Pyro's RenyiELBO has no ``differentiable_loss``; its ``loss_and_grads`` does the same work
-    (and reads the loss back to the host, once a step). For an ELBO without ``losses`` (one of
-    Pyro's own), the loss is taken for −ELBO.
+    Pyro's own RenyiELBO has no ``differentiable_loss``; its ``loss_and_grads`` does the same work
+    (and reads the loss back to the host, once a step). For another ELBO without ``losses`` (one
+    of Pyro's own), the loss is taken for −ELBO.
     """
-    if isinstance(elbo, RenyiELBO):
-        loss = torch.tensor(elbo.loss_and_grads(model, guide, *args))
-        return loss, loss
     if isinstance(elbo, DeviceLossMixin):
         loss, negative_elbo = elbo.losses(model, guide, *args)
+    elif isinstance(elbo, RenyiELBO):
+        loss = torch.tensor(elbo.loss_and_grads(model, guide, *args))
+        return loss, loss
     else:
         loss = negative_elbo = elbo.differentiable_loss(model, guide, *args)
     loss.backward()

@@ -29,7 +29,13 @@ from pyro_vae.inference.evaluate import Estimate, elbo_estimate, elbo_sums
 from pyro_vae.inference.fast.cuda_graph import CapturedStep
 from pyro_vae.inference.fast.denormals import flush_denormals
 from pyro_vae.inference.fast.replay import RecordedGradient
-from pyro_vae.inference.objectives import kl_method, loss_and_backward, make_elbo, per_dimension_kl
+from pyro_vae.inference.objectives import (
+    DeviceLossMixin,
+    kl_method,
+    loss_and_backward,
+    make_elbo,
+    per_dimension_kl,
+)
 from pyro_vae.inference.schedules import EarlyStopping, kl_weight, lr_scheduler
 from pyro_vae.inference.update import UpdateRule
 from pyro_vae.models.vae import VAE
@@ -143,9 +149,10 @@ class Trainer:
             else make_elbo(config.elbo, config.num_particles, config.free_bits)
         )
         # This trainer owns the parameters, so it calls the model and guide without the
-        # param-store registration that Pyro's optimizers need, a per-step cost. RenyiELBO is the
-        # exception: it computes gradients only for traces in which it sees parameter sites.
-        registered = isinstance(self.elbo, RenyiELBO)
+        # param-store registration that Pyro's optimizers need, a per-step cost. Pyro's own
+        # RenyiELBO is the exception: it computes gradients only for traces in which it sees
+        # parameter sites (ours, DeviceRenyiELBO, differentiates its loss itself).
+        registered = isinstance(self.elbo, RenyiELBO) and not isinstance(self.elbo, DeviceLossMixin)
         self._model = vae.model if registered else vae.generative_model
         self._guide = vae.guide if registered else vae.inference_guide
         # After the first step, the same loss and gradient replayed from a graph of torch
