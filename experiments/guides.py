@@ -10,10 +10,10 @@ slowest (IAF, K = 4) took for those epochs, measured in the same run, per seed. 
 is constant, so a guide's equal-time run is its equal-epochs run trained on (whole epochs until
 that time has passed): the same as a longer run, at half the cost.
 
-Scores, each with K = 1,000 samples of z per image from the model's own guide: on 1,000 test
-images (every tenth; the same for every model, so that differences are paired image by image),
-the ELBO (the mean of log w, w = p(x, z)/q(z|x)), the IWAE bound log mean w, and their
-difference, a lower bound on the inference gap log p(x) − ELBO of Cremer, Li & Duvenaud (2018);
+Scores, from samples of z drawn from the model's own guide: on 1,000 test images (every tenth;
+the same for every model, so that differences are paired image by image), with K = 1,000, the
+ELBO (the mean of log w, w = p(x, z)/q(z|x)), the IWAE bound log mean w, and their difference, a
+lower bound on the inference gap log p(x) − ELBO of Cremer, Li & Duvenaud (2018); with K = 100,
 the ELBO on 1,000 training images (binarized once) less that on 1,000 validation images, the
 overfitting of the model and its encoder (the validation images, not the test ones: they are the
 training file's last 10,000, from the same writers, where the test digits are easier); and

@@ -159,7 +159,8 @@ def report(outcomes: list[Outcome], data: Dataset, args: argparse.Namespace, lin
         "(every tenth where there are 10,000), the same for every model; mean "
         "± standard deviation over seeds; its standard error over those images is the largest "
         "of the seeds'. The test ELBO comes from the same images and samples. Train − "
-        f"validation: the ELBO (K = {GAP_SAMPLES}) of {GAP_IMAGES:,} training images "
+        f"validation: the ELBO (K = {min(args.test_samples, GAP_SAMPLES)}) of "
+        f"{min(GAP_IMAGES, len(data.val)):,} training images "
         "(binarized once) less that of as many validation images. The paper trained for up to "
         "2,000 epochs with early stopping; Pythae's figures come from its own architectures "
         "and budget and stand as a second anchor only.",
@@ -176,12 +177,17 @@ def report(outcomes: list[Outcome], data: Dataset, args: argparse.Namespace, lin
             f"| {mean_and_spread([o.elbo for o in runs])} "
             f"| {mean_and_spread([o.train_elbo - o.val_elbo for o in runs])} "
             f"| {'yes' if runs[0].closed_form_kl else 'no'} "
-            f"| {PAPER.get(name, float('nan')):.2f} | {PYTHAE.get(name, float('nan')):.2f} "
+            f"| {cell(PAPER.get(name))} | {cell(PYTHAE.get(name))} "
             f"| {statistics.fmean(o.minutes for o in runs):.1f} "
             f"| {', '.join(f'{o.nll:.2f}' for o in runs)} |"
         )
     lines += ["", *differences(by_name), "", *curve_table(by_name, args.curve_samples)]
-    return "\n".join(lines).replace("| nan |", "| — |") + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def cell(value: float | None, form: str = ".2f") -> str:
+    """A number for a table, or "—" where there is none (a figure the paper does not give)."""
+    return "—" if value is None else format(value, form)
 
 
 def differences(by_name: dict[str, list[Outcome]]) -> list[str]:
@@ -213,8 +219,8 @@ def differences(by_name: dict[str, list[Outcome]]) -> list[str]:
             difference = run.per_image - base.per_image
             se = (difference.std() / difference.numel() ** 0.5).item()
             cells.append(f"{difference.mean().item():+.2f} ± {se:.2f}")
-        paper = PAPER[name] - PAPER[BASE] if name in PAPER else float("nan")
-        lines.append(f"| {name} | {paper:+.2f} | " + " | ".join(cells) + " |")
+        paper = cell(PAPER[name] - PAPER[BASE] if name in PAPER else None, "+.2f")
+        lines.append(f"| {name} | {paper} | " + " | ".join(cells) + " |")
     return lines
 
 

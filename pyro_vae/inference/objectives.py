@@ -277,9 +277,11 @@ class DeviceRenyiELBO(DeviceLossMixin, RenyiELBO):
 
     The gradient is the same: where every guide site is reparameterised (a VAE's is), Pyro's
     surrogate Σ_k softmax_k((1−α) log w) · log w_k has the gradient of the bound itself, which
-    autograd takes here through the log-sum-exp. Elsewhere (a score-function term) Pyro raises, and
-    so does this class. The bound is the loss and the reported value alike: a KL weight, which
-    would change one and not the other, is refused for it (training_practice).
+    autograd takes here through the log-sum-exp. A guide site with a score-function term (a
+    discrete latent) is refused: Pyro's class raises for a partly reparameterised one and, for
+    one not reparameterised at all, drops the score term at α = 0, a biased gradient. The bound
+    is the loss and the reported value alike, so a KL weight, which would change one and not the
+    other, is refused with it (``TrainConfig`` and ``Trainer``).
     """
 
     recordable = True  # its step is static: see inference/fast/contract.py

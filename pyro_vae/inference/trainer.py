@@ -148,6 +148,11 @@ class Trainer:
             if elbo is not None
             else make_elbo(config.elbo, config.num_particles, config.free_bits)
         )
+        if isinstance(self.elbo, RenyiELBO) and (config.beta != 1 or config.kl_warmup):
+            raise UserInputError(
+                "`beta` and `kl_warmup` weight the ELBO's KL term, which the importance-weighted "
+                "bound does not have: use an ELBO (mc, analytic or stl) with them"
+            )
         # This trainer owns the parameters, so it calls the model and guide without the
         # param-store registration that Pyro's optimizers need, a per-step cost. Pyro's own
         # RenyiELBO is the exception: it computes gradients only for traces in which it sees
