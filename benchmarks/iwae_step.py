@@ -4,9 +4,11 @@ The setting of experiments/importance_weighted.py: 784-200-200-50 with tanh, Ber
 batch 100, k = 5 and k = 50 samples of z per image. Contestants, each ``Trainer.step`` (fused
 torch Adam):
 
-- ``recorded``: ``--elbo iwae`` as pyro-vae trains it: ``DeviceRenyiELBO``
-  (inference/objectives.py), its loss and gradient replayed from a recorded graph after the
-  second step (inference/fast/replay.py);
+- ``recorded``: ``--elbo iwae`` as pyro-vae trains it (``--no-compile``): ``DeviceRenyiELBO``
+  (inference/objectives.py), its loss and gradient replayed from a graph recorded at the second
+  step (inference/fast/replay.py);
+- ``compiled``: the recorded step compiled by Inductor (``--compile``, which a run decides for
+  itself where its steps would take over two minutes: inference/fast/compiled.py);
 - ``eager``: the same objective with Pyro's machinery at every step (``record_graph=False``);
 - ``Pyro's RenyiELBO``: Pyro's class as shipped (no differentiable loss: its ``loss_and_grads``
   reads the bound back to the host every step, on the registered model and guide), which was
@@ -38,7 +40,7 @@ REFERENCE = "VAE, k = 1"
 
 
 def trainer_step(
-    estimator: str, k: int, record: bool = True, pyros: bool = False
+    estimator: str, k: int, record: bool = True, pyros: bool = False, compile: bool = False
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     pyro.set_rng_seed(0)
     vae = VAE(784, 50, hidden_dims=(200, 200), likelihood="bernoulli", activation="tanh")
@@ -47,14 +49,18 @@ def trainer_step(
         if pyros
         else None
     )
-    config = TrainConfig(elbo=estimator, num_particles=k, compile=False)
+    config = TrainConfig(elbo=estimator, num_particles=k, compile=compile)
     return Trainer(vae, config, elbo=elbo, record_graph=record).step
 
 
-def contestants(particles: list[int]) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+def contestants(
+    particles: list[int], compiled: bool
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     steps = {REFERENCE: trainer_step("mc", 1)}
     for k in particles:
         steps[f"IWAE, k = {k}, recorded"] = trainer_step("iwae", k)
+        if compiled:
+            steps[f"IWAE, k = {k}, compiled"] = trainer_step("iwae", k, compile=True)
         steps[f"IWAE, k = {k}, eager"] = trainer_step("iwae", k, record=False)
         steps[f"IWAE, k = {k}, Pyro's RenyiELBO"] = trainer_step("iwae", k, pyros=True)
     return steps
@@ -85,13 +91,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--particles", type=int, nargs="+", default=[5, 50])
     parser.add_argument("--turns", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="steps timed in one turn")
-    parser.add_argument("--quick", action="store_true", help="k = 3, 2 turns of 2 steps")
+    parser.add_argument(
+        "--no-compiled", action="store_true", help="leave out the compiled contestants"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="k = 3, 2 turns of 2 steps, nothing compiled"
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.particles, args.turns, args.steps = [3], 2, 2
+        args.particles, args.turns, args.steps, args.no_compiled = [3], 2, 2, True
     batch = 100
     x = torch.rand(batch * args.steps, 784).bernoulli()  # the cost does not depend on the pixels
-    seconds = time_turns(contestants(args.particles), x, batch, args.turns, args.steps)
+    steps = contestants(args.particles, compiled=not args.no_compiled)
+    seconds = time_turns(steps, x, batch, args.turns, args.steps)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     print(
         f"784-200-200-50 tanh, batch {batch}, {torch.get_num_threads()} threads, "
@@ -106,9 +118,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pyros = medians[f"IWAE, k = {k}, Pyro's RenyiELBO"]
         print(
             f"k = {k}: the recorded step is {medians[f'IWAE, k = {k}, eager'] / recorded:.2f}× "
-            f"faster than the eager one, {pyros / recorded:.2f}× "
-            "than Pyro's RenyiELBO"
+            f"faster than the eager one, {pyros / recorded:.2f}× than Pyro's RenyiELBO"
         )
+        if f"IWAE, k = {k}, compiled" in medians:
+            compiled = medians[f"IWAE, k = {k}, compiled"]
+            print(
+                f"k = {k}: the compiled step is {recorded / compiled:.2f}× faster than the replay"
+            )
     return medians
 
 

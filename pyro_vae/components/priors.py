@@ -8,6 +8,8 @@ them. To add a prior, write such a class and register it in ``PRIORS`` (or pass 
 supplies them.
 """
 
+import math
+
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
@@ -76,7 +78,7 @@ class MixtureOfGaussiansPrior(Prior):
 
     def forward(self) -> dist.Distribution:
         components = dist.Normal(self.locs, F.softplus(self.raw_scales)).to_event(1)  # batch (K,)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return _Mixture(dist.Categorical(logits=self.logits), components)
 
 
 class VampPrior(Prior):
@@ -114,12 +116,51 @@ class VampPrior(Prior):
 class _Mixture(dist.MixtureSameFamily):
     """A mixture that gives each component z broadcast to the components' batch shape, rather
     than relying on its log_prob to broadcast: a flow's conditioned transforms cannot (they
-    expand their context to z's shape)."""
+    expand their context to z's shape).
+
+    Where the components are diagonal Gaussians (the mixture prior's, and the VampPrior's with the
+    diagonal guide), log p(z) is computed from matrix products instead: torch's version builds
+    every code against every component and dimension, (..., K, D), which at K = 500 made the
+    step 15 times the standard prior's and scored a test image in seconds. Expanded,
+    −½ Σ_d (z_d − m_kd)² / s_kd² = −½ [z² · a_k − 2 z · (m_k a_k) + m_k² · a_k] with a = 1/s²:
+    two products of (..., D) by (D, K). The terms are O(z² / s²), so float32 loses about as
+    many digits as the largest of them has before its point, a few 1e-5 nats here.
+    """
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         padded = super()._pad(x)  # (..., 1, latent_dim)
         components = self.component_distribution.batch_shape[-1:]
         return padded.expand(*padded.shape[:-2], *components, *self.event_shape)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        gaussians = _diagonal_gaussians(self.component_distribution)
+        if gaussians is None:
+            return super().log_prob(x)
+        if self._validate_args:
+            self._validate_sample(x)
+        loc, scale = gaussians  # (K, D) each
+        precision = scale.reciprocal().square()
+        quadratic = (
+            (x * x) @ precision.mT
+            - 2.0 * (x @ (loc * precision).mT)
+            + (loc * loc * precision).sum(-1)
+        )  # (..., K)
+        normaliser = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+        log_weights = torch.log_softmax(self.mixture_distribution.logits, dim=-1)
+        return torch.logsumexp(log_weights - normaliser - 0.5 * quadratic, dim=-1)
+
+
+def _diagonal_gaussians(
+    components: dist.Distribution,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(means, standard deviations), each (K, D), where ``components`` are K diagonal Gaussians
+    over D dimensions; None for anything else (a full covariance, a flow)."""
+    if not isinstance(components, dist.Independent) or components.reinterpreted_batch_ndims != 1:
+        return None
+    base = components.base_dist
+    if type(base) not in (dist.Normal, torch.distributions.Normal) or len(base.batch_shape) != 2:
+        return None
+    return base.loc, base.scale
 
 
 PRIORS: dict[str, type[Prior]] = {
