@@ -120,8 +120,9 @@ class _Mixture(dist.MixtureSameFamily):
 
     Where the components are diagonal Gaussians (the mixture prior's, and the VampPrior's with the
     diagonal guide), log p(z) is computed from matrix products instead: torch's version builds
-    every code against every component and dimension, (..., K, D), which at K = 500 made the
-    step 15 times the standard prior's and scored a test image in seconds. Expanded,
+    every code against every component and dimension, (..., K, D), which at K = 500 took 1.86 s
+    for 4,096 codes against 0.012 s this way (50 MNIST epochs with the mixture prior had not
+    finished in 28 minutes, against 2.7 for the standard prior). Expanded,
     −½ Σ_d (z_d − m_kd)² / s_kd² = −½ [z² · a_k − 2 z · (m_k a_k) + m_k² · a_k] with a = 1/s²:
     two products of (..., D) by (D, K). The terms are O(z² / s²), so float32 loses about as
     many digits as the largest of them has before its point, a few 1e-5 nats here.
