@@ -134,12 +134,12 @@ class _Mixture(dist.MixtureSameFamily):
         return padded.expand(*padded.shape[:-2], *components, *self.event_shape)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        gaussians = _diagonal_gaussians(self.component_distribution)
+        gaussians = _diagonal_gaussians(self)
         if gaussians is None:
             return super().log_prob(x)
         if self._validate_args:
             self._validate_sample(x)
-        loc, scale = gaussians  # (K, D) each
+        loc, scale, logits = gaussians  # (K, D), (K, D), (K,)
         precision = scale.reciprocal().square()
         quadratic = (
             (x * x) @ precision.mT
@@ -147,21 +147,31 @@ class _Mixture(dist.MixtureSameFamily):
             + (loc * loc * precision).sum(-1)
         )  # (..., K)
         normaliser = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
-        log_weights = torch.log_softmax(self.mixture_distribution.logits, dim=-1)
+        log_weights = torch.log_softmax(logits, dim=-1)
         return torch.logsumexp(log_weights - normaliser - 0.5 * quadratic, dim=-1)
 
 
 def _diagonal_gaussians(
-    components: dist.Distribution,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(means, standard deviations), each (K, D), where ``components`` are K diagonal Gaussians
-    over D dimensions; None for anything else (a full covariance, a flow)."""
+    mixture: dist.MixtureSameFamily,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(means, standard deviations, logits), (K, D), (K, D) and (K,), where the components of
+    ``mixture`` are K diagonal Gaussians over D dimensions; None for anything else (a full
+    covariance, a flow). A mixture that Pyro's plates expanded to a batch shape holds expanded
+    views of the same K components (stride 0 on the new dimensions): those are read through."""
+    components = mixture.component_distribution
     if not isinstance(components, dist.Independent) or components.reinterpreted_batch_ndims != 1:
         return None
     base = components.base_dist
-    if type(base) not in (dist.Normal, torch.distributions.Normal) or len(base.batch_shape) != 2:
+    if type(base) not in (dist.Normal, torch.distributions.Normal):
         return None
-    return base.loc, base.scale
+    loc, scale, logits = base.loc, base.scale, mixture.mixture_distribution.logits
+    lead = loc.dim() - 2  # the batch dimensions an expand added
+    if lead < 0 or any(t.stride()[:lead] != (0,) * lead for t in (loc, scale)):
+        return None
+    if logits.dim() != lead + 1 or logits.stride()[:lead] != (0,) * lead:
+        return None
+    first = (0,) * lead
+    return loc[first], scale[first], logits[first]
 
 
 PRIORS: dict[str, type[Prior]] = {
