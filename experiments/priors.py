@@ -14,7 +14,7 @@ validation images) gives the curve of how far from convergence the budget stoppe
 1,000 training images (binarized once) less that of 1,000 validation images, each model's
 overfitting.
 
-    python experiments/priors.py           # ~12 minutes a seed on 2 CPU cores
+    python experiments/priors.py           # ~20 minutes a seed on 2 CPU cores, 3 seeds
     python experiments/priors.py --quick   # seconds, for the test suite
 """
 
