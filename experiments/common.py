@@ -148,3 +148,10 @@ def mean_and_spread(values: list[float], digits: int = 2) -> str:
     if len(values) < 2:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def paired(a: torch.Tensor, b: torch.Tensor) -> str:
+    """ "mean ± standard error" of a − b over the images both were scored on, image by image."""
+    difference = a - b
+    se = (difference.std() / difference.numel() ** 0.5).item()
+    return f"{difference.mean().item():+.2f} ± {se:.2f}"

@@ -32,7 +32,14 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import comparison, every_nth, mean_and_spread, provenance, training_images
+from common import (
+    comparison,
+    every_nth,
+    mean_and_spread,
+    paired,
+    provenance,
+    training_images,
+)
 
 from pyro_vae import VAE, TrainConfig, Trainer
 from pyro_vae.data.datasets import Dataset
@@ -171,13 +178,6 @@ def run_seed(data: Dataset, seed: int, epochs: int, samples: int, curve_samples:
         while len(contestant.curve) < target:
             contestant.epoch()
         yield contestant.score("equal time", test_x, fit_x, samples)
-
-
-def paired(a: torch.Tensor, b: torch.Tensor) -> str:
-    """mean(a − b) ± its standard error over the images."""
-    difference = a - b
-    se = (difference.std() / difference.numel() ** 0.5).item()
-    return f"{difference.mean().item():+.2f} ± {se:.2f}"
 
 
 def report(outcomes: list[Outcome], setup, samples: int, line: str) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import SHARED_DATA, every_nth, mean_and_spread, output_path, provenance
+from common import SHARED_DATA, every_nth, mean_and_spread, output_path, paired, provenance
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset
 from pyro_vae.data.datasets import Dataset
@@ -214,9 +214,7 @@ def ordering(by_name: dict[str, list[Outcome]]) -> list[str]:
             if run is None:
                 cells.append("—")
                 continue
-            difference = run.per_image - vae.per_image
-            se = (difference.std() / difference.numel() ** 0.5).item()
-            cells.append(f"{difference.mean().item():+.2f} ± {se:.2f}")
+            cells.append(paired(run.per_image, vae.per_image))
         paper_gain = PAPER[name] - PAPER[base]
         lines.append(f"| {name} | {paper_gain:+.2f} | " + " | ".join(cells) + " |")
     return lines

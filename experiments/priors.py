@@ -31,6 +31,7 @@ from common import (
     every_nth,
     mean_and_spread,
     output_path,
+    paired,
     provenance,
     training_images,
 )
@@ -216,9 +217,7 @@ def differences(by_name: dict[str, list[Outcome]]) -> list[str]:
             if run is None:  # an interrupted report
                 cells.append("—")
                 continue
-            difference = run.per_image - base.per_image
-            se = (difference.std() / difference.numel() ** 0.5).item()
-            cells.append(f"{difference.mean().item():+.2f} ± {se:.2f}")
+            cells.append(paired(run.per_image, base.per_image))
         paper = cell(PAPER[name] - PAPER[BASE] if name in PAPER else None, "+.2f")
         lines.append(f"| {name} | {paper} | " + " | ".join(cells) + " |")
     return lines

@@ -58,6 +58,21 @@ def test_loss_and_gradients_are_pyros(estimator, prior, likelihood, num_particle
         )  # fmt: skip
 
 
+def assert_renyi_same_as_pyro(ours, theirs, vae, params, batch):
+    """Our bound's value and autograd gradient against Pyro's ``loss_and_grads`` (which reads
+    the parameters from the registered model and guide), on the same random numbers."""
+    with pyro.validation_enabled(False):
+        loss, grads = loss_and_gradients(
+            ours, vae.generative_model, vae.inference_guide, params, batch
+        )
+        vae.zero_grad(set_to_none=True)
+        pyro.set_rng_seed(7)
+        pyro_loss = theirs.loss_and_grads(vae.model, vae.guide, batch)
+    assert loss.item() == pytest.approx(pyro_loss, rel=1e-5, abs=1e-4)
+    for param, grad in zip(params, grads, strict=True):
+        torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("num_particles", [1, 4])
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 @pytest.mark.parametrize("prior", PRIORS)
@@ -77,16 +92,7 @@ def test_the_importance_weighted_bound_and_its_gradient_are_pyros(
         vectorize_particles=num_particles > 1,
         max_plate_nesting=1,
     )
-    with pyro.validation_enabled(False):
-        loss, grads = loss_and_gradients(
-            ours, vae.generative_model, vae.inference_guide, params, binary_batch
-        )
-        vae.zero_grad(set_to_none=True)
-        pyro.set_rng_seed(7)
-        pyro_loss = theirs.loss_and_grads(vae.model, vae.guide, binary_batch)
-    assert loss.item() == pytest.approx(pyro_loss, rel=1e-5, abs=1e-4)
-    for param, grad in zip(params, grads, strict=True):
-        torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=1e-5)
+    assert_renyi_same_as_pyro(ours, theirs, vae, params, binary_batch)
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
@@ -98,16 +104,7 @@ def test_every_renyi_bound_and_its_gradient_are_pyros(alpha, vectorize, binary_b
     options = {"alpha": alpha, "num_particles": 3, "vectorize_particles": vectorize}
     ours = DeviceRenyiELBO(max_plate_nesting=1, **options)
     theirs = RenyiELBO(max_plate_nesting=1, **options)
-    with pyro.validation_enabled(False):
-        loss, grads = loss_and_gradients(
-            ours, vae.generative_model, vae.inference_guide, params, binary_batch
-        )
-        vae.zero_grad(set_to_none=True)
-        pyro.set_rng_seed(7)
-        pyro_loss = theirs.loss_and_grads(vae.model, vae.guide, binary_batch)
-    assert loss.item() == pytest.approx(pyro_loss, rel=1e-5, abs=1e-4)
-    for param, grad in zip(params, grads, strict=True):
-        torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=1e-5)
+    assert_renyi_same_as_pyro(ours, theirs, vae, params, binary_batch)
 
 
 def test_the_importance_weighted_bound_refuses_a_kl_weight_and_a_discrete_latent(digits):
