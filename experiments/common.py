@@ -1,5 +1,5 @@
 """What every experiment shares: where its numbers came from (provenance), where its report
-goes, and training to a budget of epochs or seconds, scored on the held-out test images."""
+goes, the data of an equal-cost comparison, and the images and formats its scores use."""
 
 import argparse
 import os
@@ -14,9 +14,8 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae import VAE, DataConfig, Trainer, load_dataset
+from pyro_vae import DataConfig, load_dataset
 from pyro_vae.data.datasets import Dataset
-from pyro_vae.inference.evaluate import Bound, evaluate_bounds
 
 
 def provenance(script: str, argv: list[str] | None) -> str:
@@ -50,28 +49,6 @@ def output_path(out: Path | None, quick: bool, committed: Path) -> Path:
     if quick:
         return Path(tempfile.mkdtemp(prefix="pyro-vae-quick-")) / committed.name
     return committed
-
-
-def train_for(
-    trainer: Trainer, data: Dataset, epochs: int | None, seconds: float | None
-) -> tuple[int, float, float]:
-    """Whole epochs, ``epochs`` of them or until ``seconds`` have passed: (epochs, seconds, the
-    median epoch's seconds, steps and validation: the steady state)."""
-    start, done = time.perf_counter(), 0
-    while (epochs is not None and done < epochs) or (
-        seconds is not None and time.perf_counter() - start < seconds
-    ):
-        trainer.train_epoch(data)
-        done += 1
-    pairs = zip(trainer.epoch_seconds, trainer.validation_seconds, strict=True)
-    median = statistics.median(steps + validation for steps, validation in pairs)
-    return done, time.perf_counter() - start, median
-
-
-def held_out_bounds(vae: VAE, data: Dataset, seed: int, samples: int) -> dict[str, Bound]:
-    """The test split's ELBOs and IWAE bound, all from the same K = ``samples`` z per image."""
-    pyro.set_rng_seed(seed)
-    return evaluate_bounds(vae, data.test.x, num_samples=samples)
 
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"  # beside the checkout

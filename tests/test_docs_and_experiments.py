@@ -235,10 +235,18 @@ def test_networks_experiment_quick_mode(tmp_path, monkeypatch):
     import networks
 
     text = networks.main(["--quick", "--out", str(tmp_path / "r.md")]).read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "(seed 0)" in line]
-    assert [row.split(" | ")[1] for row in rows] == ["reference", "equal epochs", "equal time"]
-    conv, mlp = rows[0].split(" | "), rows[1].split(" | ")
-    assert int(conv[5].replace(",", "")) != int(mlp[5].replace(",", ""))  # parameters differ
+    rows = [line.split(" | ") for line in text.splitlines() if "(seed 0)" in line]
+    assert [(row[0].removeprefix("| "), row[1]) for row in rows] == [
+        ("mlp (seed 0)", "equal epochs"),
+        ("mlp (seed 0)", "equal time"),
+        ("conv (seed 0)", "equal epochs"),
+    ]
+    parameters = {row[0]: int(row[5].replace(",", "")) for row in rows}
+    assert parameters["| mlp (seed 0)"] != parameters["| conv (seed 0)"]
+    assert all(float(row[-1].rstrip(" |")) >= 0 for row in rows)  # IWAE ≥ ELBO, image by image
+    # the conv against the MLP, image by image, at both budgets
+    paired = [r for r in text.splitlines() if r.startswith("| conv | ") and "equal" not in r]
+    assert len(paired) == 2
     assert "Command: `python experiments/networks.py --quick" in text
     sys.modules.pop("networks", None)
 
