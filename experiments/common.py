@@ -4,11 +4,13 @@ goes, the data of an equal-cost comparison, and the images and formats its score
 import argparse
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
@@ -20,7 +22,7 @@ from pyro_vae.data.datasets import Dataset
 
 def provenance(script: str, argv: list[str] | None) -> str:
     """One markdown line: the command that reproduces the report, versions, machine and date."""
-    args = " ".join(sys.argv[1:] if argv is None else argv)
+    args = shlex.join(sys.argv[1:] if argv is None else argv)  # quoted: it must paste back
     command = f"python experiments/{script} {args}".strip()
     return (
         f"Command: `{command}` · torch {torch.__version__}, pyro {pyro.__version__}, "
@@ -66,6 +68,7 @@ class Comparison:
     samples: int
     out: Path
     split: str = "seeded"
+    options: argparse.Namespace = field(default_factory=argparse.Namespace)  # its own options
 
 
 def comparison(
@@ -74,12 +77,13 @@ def comparison(
     argv: list[str] | None,
     split: str = "seeded",
     epochs: int = 20,
+    configure: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> Comparison:
     """The command line of an equal-cost comparison on MNIST, and its data: ``--split paper``
     the papers' 50,000 / 10,000 / 10,000 images, dynamically binarized as the papers do;
     ``seeded`` the split on disk, statically binarized (the 10,000 test images split 8,000 /
     1,000 / 1,000 when only they are there). ``--quick``: the digits, one seed, one epoch, 10
-    samples of z."""
+    samples of z. ``configure`` adds the experiment's own options, handed back as ``options``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--split", choices=("seeded", "paper"), default=split)
@@ -89,17 +93,19 @@ def comparison(
     parser.add_argument(
         "--out", type=Path, help=f"default: {report} (a temporary folder with --quick)"
     )
+    if configure is not None:
+        configure(parser)
     args = parser.parse_args(argv)
     out = output_path(args.out, args.quick, report)
     if args.quick:
         data = load_dataset(DataConfig(binarize="static"))
-        return Comparison(data, [0], 1, 10, out)
+        return Comparison(data, [0], 1, 10, out, options=args)
     binarize = "dynamic" if args.split == "paper" else "static"
     config = DataConfig(
         dataset="mnist", data_dir=str(args.data_dir), split=args.split, binarize=binarize
     )
     data = load_dataset(config)
-    return Comparison(data, args.seeds, args.epochs, IWAE_SAMPLES, out, args.split)
+    return Comparison(data, args.seeds, args.epochs, IWAE_SAMPLES, out, args.split, args)
 
 
 def every_nth(x: torch.Tensor, count: int) -> torch.Tensor:

@@ -29,13 +29,15 @@ GAP_SAMPLES = 100  # samples of z per image in the train–validation ELBO gap
 class Contest:
     """What is pitted against what: ``kind`` names the part that differs (a report's first
     column), ``contestants`` build each VAE for the data, ``reference`` is the slowest (its
-    seconds the equal-time budget), ``base`` what the paired differences are taken from."""
+    seconds the equal-time budget), ``base`` what the paired differences are taken from; all
+    train with Adam at ``lr``, constant."""
 
     kind: str
     contestants: dict[str, Callable[[Dataset], VAE]]
     reference: str
     base: str
     batch_size: int
+    lr: float = 1e-3
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Run:
         # Replayed, never compiled: whether Inductor pays is decided per graph from a timing,
         # which could go one way for one contestant and the other for the next; replayed
         # alike, their seconds compare their mathematics.
-        config = TrainConfig(batch_size=contest.batch_size, seed=seed, compile=False)
+        config = TrainConfig(batch_size=contest.batch_size, lr=contest.lr, seed=seed, compile=False)
         self.trainer = Trainer(self.vae, config)
         self.data, self.name, self.seed = data, name, seed
         self.curve: list[float] = []

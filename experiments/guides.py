@@ -24,6 +24,8 @@ convergence the budget stopped.
 
     python experiments/guides.py              # ~60 minutes on 2 CPU cores
     python experiments/guides.py --quick      # seconds, for the test suite
+    python experiments/guides.py --guides diagonal "iaf K=4" --lr 3e-4 --seeds 0 --out ...
+                                              # two guides at another learning rate
 """
 
 from pathlib import Path
@@ -66,10 +68,28 @@ def build(name: str):
 
 
 CONTESTANTS = {name: build(name) for name in GUIDES}
-CONTEST = Contest("guide", CONTESTANTS, reference="iaf K=4", base="diagonal", batch_size=BATCH_SIZE)
 
 
-def report(outcomes: list[Outcome], setup, line: str) -> str:
+def options(parser) -> None:
+    parser.add_argument(
+        "--guides",
+        nargs="+",
+        choices=list(GUIDES),
+        default=list(GUIDES),
+        metavar="GUIDE",
+        help=f"a subset, in this order: {', '.join(map(repr, GUIDES))}; the first is the base of "
+        "the paired differences, the last the reference of equal time",
+    )
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's (constant) learning rate")
+
+
+def contest(chosen: list[str], lr: float) -> Contest:
+    names = [name for name in GUIDES if name in chosen]  # the slowest last
+    contestants = {name: CONTESTANTS[name] for name in names}
+    return Contest("guide", contestants, names[-1], names[0], BATCH_SIZE, lr)
+
+
+def report(outcomes: list[Outcome], setup, contest: Contest, line: str) -> str:
     data = setup.data
     seeds = sorted({o.seed for o in outcomes})
     binarized = "dynamically" if data.binarize == "dynamic" else "statically"
@@ -80,25 +100,25 @@ def report(outcomes: list[Outcome], setup, line: str) -> str:
         "",
         f"MNIST ({len(data.train):,} / {len(data.val):,} / {len(data.test):,} images, "
         f"{binarized} binarized), Bernoulli likelihood, MLP {'-'.join(map(str, WIDTHS))}, "
-        f"latent dimension {LATENT_DIM}, Trace_ELBO, Adam 1e-3 (constant), batch {BATCH_SIZE}, "
-        "every step replayed from its recording (none compiled); "
-        f"seeds {', '.join(map(str, seeds))}. {CONTEST.reference} trains first, its seconds (its "
+        f"latent dimension {LATENT_DIM}, Trace_ELBO, Adam {contest.lr:g} (constant), batch "
+        f"{BATCH_SIZE}, every step replayed from its recording (none compiled); "
+        f"seeds {', '.join(map(str, seeds))}. {contest.reference} trains first, its seconds (its "
         "median epoch times the epochs: the steady state) the budget of every other guide's "
         "equal-time run: trained on from its equal-epochs state to the whole number of its own "
         f"median epochs nearest that budget. {scoring(data, setup.samples)}",
         "",
-        *tables(CONTEST, outcomes),
+        *tables(contest, outcomes),
     ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> Path:
-    setup = comparison(
-        __doc__.split("\n")[0], RESULTS / "guides.md", argv, split="paper", epochs=EPOCHS
-    )
+    description = __doc__.split("\n")[0]
+    setup = comparison(description, RESULTS / "guides.md", argv, "paper", EPOCHS, options)
+    chosen = contest(setup.options.guides, setup.options.lr)
     line = provenance(Path(__file__).name, argv)
     setup.out.parent.mkdir(parents=True, exist_ok=True)
-    run(CONTEST, setup, lambda outcomes: setup.out.write_text(report(outcomes, setup, line)))
+    run(chosen, setup, lambda outcomes: setup.out.write_text(report(outcomes, setup, chosen, line)))
     return setup.out
 
 

@@ -267,6 +267,10 @@ def test_guides_experiment_quick_mode(tmp_path, monkeypatch):
     parameters = {row[0]: int(row[5].replace(",", "")) for row in rows}
     assert len(set(parameters.values())) == len(guides.CONTESTANTS)
     assert "Command: `python experiments/guides.py --quick" in text
+    # a subset, named in any order, keeps the families' order: the base first, the slowest last
+    chosen = guides.contest(["iaf K=4", "diagonal", "iaf K=1"], 3e-4)
+    assert list(chosen.contestants) == ["diagonal", "iaf K=1", "iaf K=4"]
+    assert (chosen.base, chosen.reference, chosen.lr) == ("diagonal", "iaf K=4", 3e-4)
     sys.modules.pop("guides", None)
 
 
@@ -366,3 +370,17 @@ def test_importance_weighted_experiment_quick_mode(tmp_path, monkeypatch):
     assert "| 1 | " in paired  # the curve's first epoch
     assert "Command: `python experiments/importance_weighted.py --quick" in text
     sys.modules.pop("importance_weighted", None)
+
+
+def test_a_reports_command_pastes_back(monkeypatch):
+    """An argument with spaces (a semi-supervised method, a guide) is quoted in the report's
+    command line, so that the command regenerates the report when pasted into a shell."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import shlex
+
+    from common import provenance
+
+    line = provenance("guides.py", ["--guides", "diagonal", "iaf K=4", "--seeds", "0"])
+    command = line.split("`")[1]
+    assert shlex.split(command)[2:] == ["--guides", "diagonal", "iaf K=4", "--seeds", "0"]
+    sys.modules.pop("common", None)
