@@ -296,7 +296,7 @@ def test_label_weight_experiment_quick_mode(tmp_path, monkeypatch):
 
     out = label_weight.main(["--quick", "--out", str(tmp_path / "r.md")])
     rows = [line for line in out.read_text().splitlines() if line.startswith("| 50 |")]
-    assert len(rows) == 2 + len(label_weight.GRID[1::3])  # the two classifiers alone
+    assert len(rows) == 2 + len(label_weight.QUICK_GRID)  # the two classifiers alone
     errors = [float(row.strip("|").split("|")[5]) for row in rows]
     assert all(0 <= error <= 100 for error in errors)
     assert "Command: `python experiments/label_weight.py --quick" in out.read_text()
