@@ -108,6 +108,11 @@ def comparison(
     return Comparison(data, args.seeds, args.epochs, IWAE_SAMPLES, out, args.split, args)
 
 
+def binarized(data: Dataset) -> str:
+    """How the report says the images were binarized."""
+    return "dynamically" if data.binarize == "dynamic" else "statically"
+
+
 def every_nth(x: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` rows spread evenly over ``x`` (every n-th): MNIST's first 5,000 test digits
     are the cleaner, easier half, so the first ``count`` would flatter every model."""

@@ -4,8 +4,10 @@ same test images, paired image by image, with the inference gap, the train–val
 a per-epoch validation curve. ``guides.py`` and ``networks.py`` are contests.
 
 Seconds are counted in median epochs (steps and the epoch's validation), the steady state, so
-that a passing load on the machine moves no budget. The learning rate is constant, so an
-equal-time run is the equal-epochs run trained on: the same as a longer run, at half the cost.
+that a passing load on the machine moves no budget. The slowest is measured, per seed, not
+assumed. The learning rate is constant and each run draws on random streams of its own, so an
+equal-time run is the equal-epochs run trained on: the same as a longer run (with its per-epoch
+curve), at half the cost.
 """
 
 import statistics
@@ -28,16 +30,18 @@ GAP_SAMPLES = 100  # samples of z per image in the train–validation ELBO gap
 @dataclass(frozen=True)
 class Contest:
     """What is pitted against what: ``kind`` names the part that differs (a report's first
-    column), ``contestants`` build each VAE for the data, ``reference`` is the slowest (its
-    seconds the equal-time budget), ``base`` what the paired differences are taken from; all
-    train with Adam at ``lr``, constant."""
+    column), ``contestants`` build each VAE for the data (two at least), ``base`` is what the
+    paired differences are taken from; all train with Adam at ``lr``, constant."""
 
     kind: str
     contestants: dict[str, Callable[[Dataset], VAE]]
-    reference: str
     base: str
     batch_size: int
     lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if len(self.contestants) < 2 or self.base not in self.contestants:
+            raise ValueError(f"a contest needs two {self.kind}s or more, {self.base} among them")
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Outcome:
     train_elbo: float  # training images
     val_elbo: float  # validation images
     curve: list[float] = field(default_factory=list)  # validation ELBO after each epoch
+    curve_images: int = CURVE_IMAGES  # validation images in each point of the curve
+    curve_samples: int = CURVE_SAMPLES  # and samples of z per image
 
     @property
     def elbo(self) -> float:
@@ -82,6 +88,7 @@ class Run:
         self.curve: list[float] = []
         self.curve_x = data.val.x[:CURVE_IMAGES]
         self.curve_samples = curve_samples
+        self._stream = pyro.util.get_rng_state()  # its own: others train between its epochs
 
     @property
     def seconds(self) -> float:
@@ -94,9 +101,13 @@ class Run:
         return statistics.median(steps + validation for steps, validation in pairs)
 
     def epoch(self) -> None:
+        """One epoch and its point of the curve, drawing on this run's own random streams, so
+        that training on later, after others have trained, is the same as not stopping."""
+        pyro.util.set_rng_state(self._stream)
         self.trainer.train_epoch(self.data)
         bounds = evaluate_bounds(self.vae, self.curve_x, num_samples=self.curve_samples)
         self.curve.append(bounds["elbo_mc_kl"].nats)
+        self._stream = pyro.util.get_rng_state()
 
     def score(self, budget: str, test_x: torch.Tensor, fit_x: torch.Tensor, samples: int):
         """The test bounds, and the ELBO of the training and validation images ``fit_x``
@@ -117,36 +128,36 @@ class Run:
             train.mean().item(),
             val.mean().item(),
             list(self.curve),
+            len(self.curve_x),
+            self.curve_samples,
         )
 
 
 def run_seed(
     contest: Contest, data: Dataset, seed: int, epochs: int, samples: int, curve_samples: int
 ) -> Iterator[Outcome]:
-    """Every contestant at equal epochs, and the others on to the reference's seconds."""
+    """Every contestant at equal epochs; then the faster ones trained on to the slowest one's
+    seconds (the slowest's equal-time run is its equal-epochs one)."""
     test_x = every_nth(data.test.x, SCORED_IMAGES)
     count = min(SCORED_IMAGES, len(data.val))
     fit_x = torch.cat([training_images(data, count, seed), every_nth(data.val.x, count)])
-    reference = Run(contest, data, contest.reference, seed, curve_samples)
-    for _ in range(epochs):
-        reference.epoch()
-    budget = reference.median_epoch * epochs
-    yield reference.score("equal epochs", test_x, fit_x, samples)
+    runs, at_equal_epochs = [], []
     for name in contest.contestants:
-        if name == contest.reference:
-            continue
-        contestant = Run(contest, data, name, seed, curve_samples)
+        run = Run(contest, data, name, seed, curve_samples)
         for _ in range(epochs):
-            contestant.epoch()
-        outcome = contestant.score("equal epochs", test_x, fit_x, samples)
-        yield outcome
-        target = round(budget / contestant.median_epoch)
-        if target <= epochs:  # no faster than the reference: no more epochs
+            run.epoch()
+        runs.append(run)
+        at_equal_epochs.append(run.score("equal epochs", test_x, fit_x, samples))
+        yield at_equal_epochs[-1]
+    budget = max(run.median_epoch for run in runs) * epochs
+    for run, outcome in zip(runs, at_equal_epochs, strict=True):
+        target = round(budget / run.median_epoch)
+        if target <= epochs:  # the slowest (or as slow, to the nearest epoch): no more epochs
             yield replace(outcome, budget="equal time")
             continue
-        while len(contestant.curve) < target:
-            contestant.epoch()
-        yield contestant.score("equal time", test_x, fit_x, samples)
+        while len(run.curve) < target:
+            run.epoch()
+        yield run.score("equal time", test_x, fit_x, samples)
 
 
 def run(contest: Contest, setup: Comparison, write: Callable[[list[Outcome]], None]) -> None:
@@ -160,6 +171,16 @@ def run(contest: Contest, setup: Comparison, write: Callable[[list[Outcome]], No
         ):
             outcomes.append(outcome)
             write(outcomes)
+
+
+def budgeting(kind: str) -> str:
+    """The sentence that says how the equal-time budget was set."""
+    return (
+        f"Every {kind} trains the same epochs first; the slowest one's seconds (its median epoch "
+        "times the epochs: the steady state), per seed, are the equal-time budget, and each "
+        "faster one trains on from its equal-epochs state to the whole number of its own median "
+        "epochs nearest that budget (the slowest one's equal-time run is its equal-epochs run)."
+    )
 
 
 def scoring(data: Dataset, samples: int) -> str:
@@ -194,7 +215,7 @@ def tables(contest: Contest, outcomes: list[Outcome]) -> list[str]:
     for budget in ("equal epochs", "equal time"):
         for name in contest.contestants:
             group = groups.get((name, budget))
-            if not group or (budget == "equal time" and name == contest.reference):
+            if not group:
                 continue
             lines.append(
                 f"| {name} | {budget} | {statistics.fmean(o.epochs for o in group):.0f} "
@@ -215,8 +236,7 @@ def tables(contest: Contest, outcomes: list[Outcome]) -> list[str]:
 def paired_table(
     contest: Contest, outcomes: list[Outcome], seeds: list[int], budget: str
 ) -> list[str]:
-    """Each contestant less the base, image by image, seed by seed, at one budget (the
-    reference's equal-time run is its equal-epochs one: the budget is its seconds)."""
+    """Each contestant less the base, image by image, seed by seed, at one budget."""
     lines = [
         f"Each {contest.kind} less {contest.base}, paired image by image on the same test "
         "images, seed by seed (mean over the images ± its standard error; positive: its bound "
@@ -228,17 +248,12 @@ def paired_table(
         "|---|" + "---:|---:|" * len(seeds),
     ]
     runs = {(o.name, o.budget, o.seed): o for o in outcomes}
-
-    def at(name: str, seed: int) -> Outcome | None:
-        kept = "equal epochs" if name == contest.reference else budget
-        return runs.get((name, kept, seed))
-
     for name in contest.contestants:
         if name == contest.base:
             continue
         cells = []
         for seed in seeds:
-            base, this = at(contest.base, seed), at(name, seed)
+            base, this = runs.get((contest.base, budget, seed)), runs.get((name, budget, seed))
             if base is None or this is None:
                 cells += ["—", "—"]
                 continue
@@ -255,9 +270,11 @@ def curve_table(contest: Contest, groups: dict[tuple[str, str], list[Outcome]]) 
     names = [n for n in contest.contestants if (n, "equal epochs") in groups]
     runs = {n: groups[n, "equal epochs"] for n in names}
     epochs = min(len(o.curve) for group in runs.values() for o in group)
+    first = next(iter(runs.values()))[0]
     lines = [
-        f"Validation ELBO after each epoch (the first {CURVE_IMAGES:,} validation images, "
-        f"K = {CURVE_SAMPLES} samples of z; mean over seeds; nats, higher is better):",
+        f"Validation ELBO after each epoch (the first {first.curve_images:,} validation "
+        f"images, K = {first.curve_samples} samples of z; mean over seeds; nats, higher is "
+        "better):",
         "",
         "| epoch | " + " | ".join(names) + " |",
         "|---:|" + "---:|" * len(names),

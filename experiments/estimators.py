@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import output_path, provenance
+from common import binarized, output_path, provenance
 from matplotlib.figure import Figure
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, elbo_per_datapoint, load_dataset
@@ -56,10 +56,6 @@ QUICK = Budget(2, (0, 1), 8, 6, (1, 4), 64, 8)
 
 def make_vae(data: Dataset, prior: str = "standard") -> VAE:
     return VAE(data.data_dim, latent_dim=8, prior=prior, likelihood="bernoulli")
-
-
-def binarized(data: Dataset) -> str:
-    return "dynamically" if data.binarize == "dynamic" else "statically"
 
 
 def fixed_parameter_tables(data: Dataset, budget: Budget, seed: int) -> tuple[list, list]:
@@ -306,9 +302,9 @@ def main(argv: list[str] | None = None) -> Path:
                 "",
                 "Model: 8 latent dimensions, hidden layers 256-128, Bernoulli likelihood, Adam "
                 "1e-3, batch 64, every step replayed from its recording (none compiled, so that "
-                "the objectives' seconds compare their mathematics). MNIST on the papers' split "
-                "is binarized afresh in every batch, its held-out images once, with a fixed seed. "
-                "Sections 1, 2 and 4 use a "
+                "the objectives' seconds compare their mathematics). Images binarized "
+                "dynamically are binarized afresh in every batch, the held-out ones once, with "
+                "a fixed seed; each section's heading says which. Sections 1, 2 and 4 use a "
                 "fixed batch of validation images and the per-image ELBO; section 3 scores every "
                 "objective with TraceMeanField_ELBO (closed-form KL) and the budget's "
                 "eval_particles samples per validation image, with its own random stream.",

@@ -37,7 +37,11 @@ GRID = [
 ]
 
 # --quick's three: M2, and M1+M2 with z of 50 and of 5
-QUICK_GRID = [GRID[1], GRID[6], GRID[9]]
+QUICK_GRID = [
+    ("M2", 500.0, 50, "bernoulli"),
+    ("M1+M2", 46.0, 50, "gaussian-learned"),
+    ("M1+M2", 46.0, 5, "gaussian-learned"),
+]
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -28,6 +28,7 @@ import pyro
 import torch
 from common import (
     SHARED_DATA,
+    binarized,
     every_nth,
     mean_and_spread,
     output_path,
@@ -140,7 +141,6 @@ def report(outcomes: list[Outcome], data: Dataset, args: argparse.Namespace, lin
     names = [n for n in CONTESTANTS if any(o.name == n for o in outcomes)]
     by_name = {n: [o for o in outcomes if o.name == n] for n in names}
     seeds = ", ".join(str(seed) for seed in sorted({o.seed for o in outcomes}))
-    binarized = "dynamically" if data.binarize == "dynamic" else "statically"
     components = 10 if args.quick else COMPONENTS
     lines = [
         "# Priors on the papers' split (Tomczak & Welling, 2018, one stochastic layer)",
@@ -148,7 +148,7 @@ def report(outcomes: list[Outcome], data: Dataset, args: argparse.Namespace, lin
         line,
         "",
         f"Data: {len(data.train):,} training, {len(data.val):,} validation and "
-        f"{len(data.test):,} test images, {binarized} binarized (the held-out images "
+        f"{len(data.test):,} test images, {binarized(data)} binarized (the held-out images "
         f"binarized once, with a fixed seed). Model: 784-{'-'.join(map(str, WIDTHS))}-"
         f"{LATENT_DIM}, ReLU, Bernoulli likelihood, diagonal Gaussian guide; the mixture "
         f"(mog) and the VampPrior (vamp) with {components} components. Training: "
