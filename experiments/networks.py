@@ -17,7 +17,7 @@ IWAE bound and their difference (a lower bound on the inference gap); with K = 1
 ELBO of 1,000 validation images (K = 20), the curve of how far from convergence the budget
 stopped.
 
-    python experiments/networks.py              # ~45 minutes on 2 CPU cores
+    python experiments/networks.py              # ~65 minutes on 2 CPU cores
     python experiments/networks.py --quick      # seconds, for the test suite
 """
 
