@@ -143,21 +143,21 @@ def run_seed(
     fit_x = torch.cat([training_images(data, count, seed), every_nth(data.val.x, count)])
     runs, at_equal_epochs = [], []
     for name in contest.contestants:
-        run = Run(contest, data, name, seed, curve_samples)
+        contestant = Run(contest, data, name, seed, curve_samples)
         for _ in range(epochs):
-            run.epoch()
-        runs.append(run)
-        at_equal_epochs.append(run.score("equal epochs", test_x, fit_x, samples))
+            contestant.epoch()
+        runs.append(contestant)
+        at_equal_epochs.append(contestant.score("equal epochs", test_x, fit_x, samples))
         yield at_equal_epochs[-1]
-    budget = max(run.median_epoch for run in runs) * epochs
-    for run, outcome in zip(runs, at_equal_epochs, strict=True):
-        target = round(budget / run.median_epoch)
+    budget = max(contestant.median_epoch for contestant in runs) * epochs
+    for contestant, outcome in zip(runs, at_equal_epochs, strict=True):
+        target = round(budget / contestant.median_epoch)
         if target <= epochs:  # the slowest (or as slow, to the nearest epoch): no more epochs
             yield replace(outcome, budget="equal time")
             continue
-        while len(run.curve) < target:
-            run.epoch()
-        yield run.score("equal time", test_x, fit_x, samples)
+        while len(contestant.curve) < target:
+            contestant.epoch()
+        yield contestant.score("equal time", test_x, fit_x, samples)
 
 
 def run(contest: Contest, setup: Comparison, write: Callable[[list[Outcome]], None]) -> None:
