@@ -29,6 +29,8 @@ convergence the budget stopped.
                                               # two guides at another learning rate
 """
 
+import argparse
+import math
 from pathlib import Path
 
 from common import binarized, comparison, provenance
@@ -71,17 +73,36 @@ def build(name: str):
 CONTESTANTS = {name: build(name) for name in GUIDES}
 
 
-def options(parser) -> None:
+class _TwoOrMore(argparse.Action):
+    """--guides: a contest needs two, refused on the command line (exit 2) before any data."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(set(values)) < 2:
+            parser.error(f"{option_string} needs two guides or more, got {' '.join(values)}")
+        setattr(namespace, self.dest, values)
+
+
+def learning_rate(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guides",
         nargs="+",
+        action=_TwoOrMore,
         choices=list(GUIDES),
         default=list(GUIDES),
         metavar="GUIDE",
         help=f"two or more, kept in this order: {', '.join(map(repr, GUIDES))}; the first is the "
         "base of the paired differences",
     )
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's (constant) learning rate")
+    parser.add_argument(
+        "--lr", type=learning_rate, default=1e-3, help="Adam's (constant) learning rate"
+    )
 
 
 def contest(chosen: list[str], lr: float) -> Contest:

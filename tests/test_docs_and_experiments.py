@@ -277,6 +277,11 @@ def test_guides_experiment_quick_mode(tmp_path, monkeypatch):
     assert (chosen.base, chosen.lr) == ("diagonal", 3e-4)
     with pytest.raises(ValueError, match="two guides or more"):
         guides.contest(["full"], 1e-3)
+    # a user's mistake on the command line: exit 2 with argparse's one line, before any data
+    for wrong in (["--guides", "full"], ["--guides", "full", "full"], ["--lr", "-1"]):
+        with pytest.raises(SystemExit) as stopped:
+            guides.main(["--quick", *wrong])
+        assert stopped.value.code == 2
     sys.modules.pop("guides", None)
 
 
