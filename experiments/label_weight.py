@@ -27,6 +27,11 @@ GRID = [
     # towards the classifier alone: does any weight let the unlabelled images help M2's?
     ("M2", 5000.0, 50, "bernoulli"),
     ("M2", 50000.0, 50, "bernoulli"),
+    # a smaller z, so that the decoder has to take the digit's class from y: while z can carry
+    # it, every class reconstructs an unlabelled image equally well and the only pull on
+    # q(y|x) from the unlabelled images is their entropy term, towards uniform
+    ("M2", 500.0, 10, "bernoulli"),
+    ("M2", 5000.0, 10, "bernoulli"),
     ("M1+M2", 46.0, 50, "gaussian"),
     ("M1+M2", 500.0, 5, "gaussian"),
     *(

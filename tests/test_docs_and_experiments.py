@@ -425,3 +425,27 @@ def test_an_equal_time_run_is_the_longer_run(monkeypatch):
     assert all(torch.equal(a, b) for a, b in pairs)
     for name in ("equal_cost", "guides", "common"):
         sys.modules.pop(name, None)
+
+
+def test_the_experiment_command_passes_the_scripts_own_options_on(monkeypatch):
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    import cli
+    import pyro_vae.cli.train as train
+
+    ran = []
+
+    def run(command, check):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(train.subprocess, "run", run)
+    result = CliRunner().invoke(
+        cli.app, ["experiment", "priors", "--seeds", "0", "1", "--quick", "--epochs", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    (command,) = ran
+    assert Path(command[1]) == ROOT / "experiments" / "priors.py"
+    assert command[2:] == ["--quick", "--seeds", "0", "1", "--epochs", "2"]

@@ -107,20 +107,26 @@ ExperimentName = choices(
 )
 
 
-@app.command()
+# the script's own options (--seeds 0 1, --epochs 5, ...) pass through to it untouched
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @reports_user_errors
 def experiment(
+    context: typer.Context,
     name: Annotated[ExperimentName, typer.Argument(help="Which script of experiments/ to run.")],
     quick: Annotated[
         bool, typer.Option("--quick", help="A tiny budget that only checks the script runs.")
     ] = False,
 ) -> None:
-    """Run an experiment from experiments/, which writes its report under experiments/results/."""
+    """Run an experiment from experiments/, which writes its report under experiments/results/.
+
+    Options after NAME that are not this command's go to the script: `pyro-vae experiment
+    priors --seeds 0 --epochs 5`; `python experiments/NAME.py --help` lists them.
+    """
     script = EXPERIMENTS / f"{name.value}.py"
     if not script.is_file():
         raise UserInputError(
             "the experiments ship with the source checkout, not the installed package: "
             "run this from a clone of pyro-vae (python cli.py experiment ...)"
         )
-    command = [sys.executable, str(script), *(["--quick"] if quick else [])]
+    command = [sys.executable, str(script), *(["--quick"] if quick else []), *context.args]
     raise typer.Exit(subprocess.run(command, check=False).returncode)
