@@ -143,3 +143,26 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> str:
     difference = a - b
     se = (difference.std() / difference.numel() ** 0.5).item()
     return f"{difference.mean().item():+.2f} ± {se:.2f}"
+
+
+def paired_table(
+    kind: str, by_seed: dict[str, dict[int, torch.Tensor]], base: str, paper: dict[str, str]
+) -> list[str]:
+    """A table of each contestant's per-image score less ``base``'s, a column per seed of
+    ``base``'s (``by_seed[name][seed]``: the scores of the same images), with the paper's
+    figure (``paper[name]``, already a cell) beside them; "—" where an interrupted report lacks
+    a run."""
+    seeds = list(by_seed[base])
+    lines = [
+        f"| {kind} | paper | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|---:|" + "---:|" * len(seeds),
+    ]
+    for name, runs in by_seed.items():
+        if name == base:
+            continue
+        cells = [
+            paired(runs[s], by_seed[base][s]) if s in runs else "—"  # an interrupted report
+            for s in seeds
+        ]
+        lines.append(f"| {name} | {paper[name]} | " + " | ".join(cells) + " |")
+    return lines

@@ -25,7 +25,14 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import SHARED_DATA, every_nth, mean_and_spread, output_path, paired, provenance
+from common import (
+    SHARED_DATA,
+    every_nth,
+    mean_and_spread,
+    output_path,
+    paired_table,
+    provenance,
+)
 
 from pyro_vae import VAE, DataConfig, TrainConfig, Trainer, load_dataset
 from pyro_vae.data.datasets import Dataset
@@ -201,23 +208,10 @@ def ordering(by_name: dict[str, list[Outcome]]) -> list[str]:
         "Each objective's test NLL less the VAE's (nats, negative: better than the VAE), "
         "paired image by image for each seed: mean over the images ± its standard error.",
         "",
-        "| objective | paper | " + " | ".join(f"seed {o.seed}" for o in by_name[base]) + " |",
-        "|---|---:|" + "---:|" * len(by_name[base]),
     ]
-    for name, runs in by_name.items():
-        if name == base:
-            continue
-        cells = []
-        by_seed = {o.seed: o for o in runs}
-        for vae in by_name[base]:  # a column per seed; "—" where a partial report lacks the run
-            run = by_seed.get(vae.seed)
-            if run is None:
-                cells.append("—")
-                continue
-            cells.append(paired(run.per_image, vae.per_image))
-        paper_gain = PAPER[name] - PAPER[base]
-        lines.append(f"| {name} | {paper_gain:+.2f} | " + " | ".join(cells) + " |")
-    return lines
+    by_seed = {n: {o.seed: o.per_image for o in runs} for n, runs in by_name.items()}
+    gains = {n: f"{PAPER[n] - PAPER[base]:+.2f}" for n in by_name}
+    return lines + paired_table("objective", by_seed, base, gains)
 
 
 def curve_table(by_name: dict[str, list[Outcome]], samples: int) -> list[str]:

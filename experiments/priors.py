@@ -32,7 +32,7 @@ from common import (
     every_nth,
     mean_and_spread,
     output_path,
-    paired,
+    paired_table,
     provenance,
     training_images,
 )
@@ -204,23 +204,10 @@ def differences(by_name: dict[str, list[Outcome]]) -> list[str]:
         "standard prior), paired image by image for each seed: mean over the images ± its "
         "standard error.",
         "",
-        "| prior | paper | " + " | ".join(f"seed {o.seed}" for o in by_name[BASE]) + " |",
-        "|---|---:|" + "---:|" * len(by_name[BASE]),
     ]
-    for name, runs in by_name.items():
-        if name == BASE:
-            continue
-        by_seed = {o.seed: o for o in runs}
-        cells = []
-        for base in by_name[BASE]:
-            run = by_seed.get(base.seed)
-            if run is None:  # an interrupted report
-                cells.append("—")
-                continue
-            cells.append(paired(run.per_image, base.per_image))
-        paper = cell(PAPER[name] - PAPER[BASE] if name in PAPER else None, "+.2f")
-        lines.append(f"| {name} | {paper} | " + " | ".join(cells) + " |")
-    return lines
+    by_seed = {n: {o.seed: o.per_image for o in runs} for n, runs in by_name.items()}
+    gains = {n: cell(PAPER[n] - PAPER[BASE] if n in PAPER else None, "+.2f") for n in by_name}
+    return lines + paired_table("prior", by_seed, BASE, gains)
 
 
 def curve_table(by_name: dict[str, list[Outcome]], samples: int) -> list[str]:
