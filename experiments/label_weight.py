@@ -32,6 +32,7 @@ GRID = [
     # q(y|x) from the unlabelled images is their entropy term, towards uniform
     ("M2", 500.0, 10, "bernoulli"),
     ("M2", 5000.0, 10, "bernoulli"),
+    ("M2", 500.0, 5, "bernoulli"),
     ("M1+M2", 46.0, 50, "gaussian"),
     ("M1+M2", 500.0, 5, "gaussian"),
     *(
