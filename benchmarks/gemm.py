@@ -6,7 +6,9 @@ for them is MKL's ``sgemm``; oneDNN (``torch.ops.mkldnn._linear_pointwise``, wha
 lowering emits for a linear layer) is the other library in the wheel, and which is faster depends
 on the CPU (MKL takes its AVX-512 kernels only on Intel's). This measures both on the shapes of
 the 784-400-L VAE at a batch (forward: x Wᵀ; weight gradient: gᵀ x; input gradient: g W) and
-reports GFLOP/s, so that a step's own rate can be set beside the best the machine gives. Where
+reports GFLOP/s, so that a step's own rate can be set beside the best the machine gives. "bf16"
+is ``torch.mm`` under ``--matmul-precision medium`` (bfloat16 products with float32 sums, through
+oneDNN: AMX where the CPU has it), timed where torch's oneDNN has bfloat16 at all. Where
 JAX is installed (``pip install -e ".[bench]"``), XLA's dot (a jitted ``a @ b``, what NumPyro's
 step runs) is timed beside them: the benchmark anchor's own kernel on the same machine.
 
@@ -26,7 +28,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-KERNELS = ("MKL", "oneDNN", "XLA")
+from pyro_vae.inference.fast.precision import cpu_has_bfloat16_products, matmul_precision
+
+KERNELS = ("MKL", "oneDNN", "bf16", "XLA")
 
 
 def products(batch: int, layers: list[tuple[int, int]]) -> list[tuple[str, int, int, int]]:
@@ -46,6 +50,13 @@ def kernels(m: int, k: int, n: int) -> dict[str, Callable[[], torch.Tensor]]:
     b = torch.randn(k, n)
     weight = b.t().contiguous()  # (n, k): a linear layer's weight
     found = {"MKL": lambda: torch.mm(a, b)}
+
+    def bfloat16() -> torch.Tensor:
+        with matmul_precision("medium"):
+            return torch.mm(a, b)
+
+    if cpu_has_bfloat16_products():
+        found["bf16"] = bfloat16
     if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         linear = torch.ops.mkldnn._linear_pointwise
         found["oneDNN"] = lambda: linear(a, weight, None, "none", [], "")

@@ -11,6 +11,7 @@ medians.
     python benchmarks/whole_run.py --runs 1 --epochs 2
     python benchmarks/whole_run.py --long  # MNIST's 60,000 training images, 10 epochs
     python benchmarks/whole_run.py --long --compile  # and pyro-vae train --compile beside them
+    python benchmarks/whole_run.py --long --bf16  # and --matmul-precision medium beside them
 
 With ``--long``, the ``.npy`` holds exactly the 60,000 images of MNIST's IDX training file (each
 contestant splits them 48,000 / 6,000 / 6,000: 375 steps of 128 an epoch), 10 epochs unless
@@ -61,7 +62,7 @@ def mnist_npy(folder: Path, long: bool = False) -> Path:
 
 
 def contestants(
-    data: Path, epochs: int, folder: Path, compiled: bool = False
+    data: Path, epochs: int, folder: Path, compiled: bool = False, bfloat16: bool = False
 ) -> dict[str, list[str]]:
     python = sys.executable
     common = ["--epochs", str(epochs), "--batch-size", "128"]
@@ -82,6 +83,11 @@ def contestants(
     if compiled:  # Inductor's cache is warm from the second run on (its first compile: cold)
         found["pyro-vae --compile"] = [
             *pyro_vae, "--compile", "--out", str(folder / "pyro-vae --compile"),
+        ]  # fmt: skip
+    if bfloat16:  # the steps' products in bfloat16 with float32 sums (AMX, where the CPU has it)
+        found["pyro-vae --matmul-precision medium"] = [
+            *pyro_vae, "--matmul-precision", "medium",
+            "--out", str(folder / "pyro-vae --matmul-precision medium"),
         ]  # fmt: skip
     return found
 
@@ -120,6 +126,12 @@ def main(argv: list[str] | None = None) -> None:
         help="also pyro-vae train --compile (Inductor; its first run compiles with a cold cache)",
     )
     parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also pyro-vae train --matmul-precision medium (bfloat16 products, float32 sums: "
+        "AMX where the CPU has it; NumPyro and the others stay float32)",
+    )
+    parser.add_argument(
         "--long",
         action="store_true",
         help="the 60,000 MNIST training images of ../shared/data as one .npy, 10 epochs",
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = args.data or mnist_npy(folder, args.long)
-        commands = contestants(data, args.epochs, folder, args.compile)
+        commands = contestants(data, args.epochs, folder, args.compile, args.bf16)
         names = list(commands)
         seconds: dict[str, list[float]] = {name: [] for name in names}
         epochs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in names}
@@ -152,7 +164,7 @@ def report(seconds: dict, epochs: dict, args: argparse.Namespace) -> None:
     print(f"whole run, {args.epochs} epochs, median of {args.runs} alternating runs (s):")
     for name, median in medians.items():
         runs = ", ".join(f"{s:.2f}" for s in seconds[name])
-        print(f"  {name:<22} {median:6.2f}  ({runs})")
+        print(f"  {name:<34} {median:6.2f}  ({runs})")
     steady = {
         name: (
             statistics.median(total for *_, total in values),
@@ -162,10 +174,10 @@ def report(seconds: dict, epochs: dict, args: argparse.Namespace) -> None:
         if values
     }
     print("steady state, median over epochs 2 onwards and runs:")
-    print(f"  {'contestant':<22} {'epoch (s)':>10} {'step (ms)':>10} {'GFLOP/s':>8}")
+    print(f"  {'contestant':<34} {'epoch (s)':>10} {'step (ms)':>10} {'GFLOP/s':>8}")
     for name, (epoch, step) in steady.items():
         flop = step_flop(128)  # the mean batch of 48,000 or 56,000 images: 128 within 0.3%
-        print(f"  {name:<22} {epoch:10.3f} {step * 1e3:10.2f} {flop / step / 1e9:8.1f}")
+        print(f"  {name:<34} {epoch:10.3f} {step * 1e3:10.2f} {flop / step / 1e9:8.1f}")
     print("ratios (row ÷ column): whole run / steady epoch / step")
     for name in medians:
         for other in medians:

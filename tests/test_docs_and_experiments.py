@@ -167,9 +167,9 @@ def test_whole_run_benchmark_times_each_contestant(tmp_path, monkeypatch, capsys
     import whole_run
 
     np.save(tmp_path / "tiny.npy", np.random.default_rng(0).random((300, 784), dtype=np.float32))
-    whole_run.main(["--runs", "1", "--epochs", "2", "--data", str(tmp_path / "tiny.npy")])
+    whole_run.main(["--runs", "1", "--epochs", "2", "--data", str(tmp_path / "tiny.npy"), "--bf16"])
     printed = capsys.readouterr().out
-    for name in ("pyro-vae", "hand-written PyTorch"):
+    for name in ("pyro-vae", "hand-written PyTorch", "pyro-vae --matmul-precision medium"):
         assert re.search(rf"^  {re.escape(name)} +[0-9.]+ +[0-9.]+ +[0-9.]+$", printed, re.M)
     assert "pyro-vae ÷ hand-written PyTorch:" in printed
     sys.modules.pop("whole_run", None)

@@ -16,6 +16,7 @@ from pyro_vae import (
     train_run,
 )
 from pyro_vae.core.config import RunConfig
+from pyro_vae.inference.fast.precision import cpu_has_bfloat16_products
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -109,3 +110,36 @@ def test_a_validation_elbo_that_is_not_finite_is_a_divergence(digits, monkeypatc
     monkeypatch.setattr(trainer, "_validation_elbo", lambda x: (Estimate(float("-inf"), None), 0.0))
     with pytest.raises(TrainingDiverged, match="the validation ELBO is -inf"):
         trainer.train_epoch(digits)
+
+
+def test_a_lower_matmul_precision_holds_for_the_training_steps_alone(digits):
+    """--matmul-precision medium: the steps' products in bfloat16, the validation ELBO and
+    whatever runs after the epoch in torch's own setting (float32)."""
+    vae = VAE(digits.data_dim, hidden_dims=(32,))
+    seen = []
+    vae.decoder.register_forward_hook(lambda *_: seen.append(torch.get_float32_matmul_precision()))
+    trainer = Trainer(
+        vae, TrainConfig(matmul_precision="medium", batch_size=256), record_graph=False
+    )
+    assert torch.get_float32_matmul_precision() == "highest"
+    trainer.train_epoch(digits)
+    steps = -(-len(digits.train) // 256)
+    assert seen[:steps] == ["medium"] * steps  # every step's decoder, eagerly
+    assert set(seen[steps:]) == {"highest"}  # the validation ELBO's
+    assert torch.get_float32_matmul_precision() == "highest"
+    trainer.step(digits.train.x[:64])
+    assert seen[-1] == "medium" and torch.get_float32_matmul_precision() == "highest"
+
+
+@pytest.mark.skipif(not cpu_has_bfloat16_products(), reason="this CPU's oneDNN has no bfloat16")
+def test_bfloat16_products_reach_the_recorded_step(digits):
+    """Where oneDNN multiplies in bfloat16, a replayed step under "medium" computes other
+    numbers than under "highest" (the setting reaches the replay's kernels), and close ones."""
+    x = digits.train.x[:128]
+    losses = {}
+    for precision in ("highest", "medium"):
+        pyro.set_rng_seed(0)
+        trainer = Trainer(VAE(digits.data_dim), TrainConfig(matmul_precision=precision))
+        losses[precision] = [trainer.step(x).item() for _ in range(4)]  # steps 2-4 replayed
+    assert losses["medium"] != losses["highest"]
+    assert losses["medium"] == pytest.approx(losses["highest"], rel=1e-2)

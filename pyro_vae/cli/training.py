@@ -116,10 +116,13 @@ def summarise(
         raise typer.Exit(stopped_code)
     final = result.history[-1]
     error = f" ± {final.val_elbo_se:.2f}" if final.val_elbo_se is not None else ""
+    precision = result.config.train.matmul_precision
+    products = "" if precision == "highest" else f", {precision}-precision matrix products"
     typer.echo(
         f"Trained {final.epoch} epochs on {result.device} in {sum(result.epoch_seconds):.1f} s "
-        f"of SVI steps ({final.train_kl} KL). Validation ELBO: {final.val_elbo:.2f}{error} nats "
-        f"per image ({final.val_kl} KL, {result.config.train.val_particles} samples of z each; "
+        f"of SVI steps ({final.train_kl} KL{products}). Validation ELBO: "
+        f"{final.val_elbo:.2f}{error} nats per image ({final.val_kl} KL, "
+        f"{result.config.train.val_particles} samples of z each; "
         "± one standard error of sampling them)."
     )
     if final.val_error is not None:

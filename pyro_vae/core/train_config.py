@@ -17,6 +17,8 @@ DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see inference/schedules.py
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
 MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
+# torch.set_float32_matmul_precision's values (inference/fast/precision.py)
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 # M2's α per labelled image, where not given: chosen from the measurements in docs/models.md.
 DEFAULT_ALPHA = 500.0
 
@@ -101,6 +103,22 @@ class TrainConfig:
             "compiled where the run's steps would take two minutes or more and the compiled "
             "step times faster on this machine.",
             shown_default="decided by the run's length",
+        ),
+    )
+    # The steps' float32 matrix products: "medium" lets a CPU with AMX (or a GPU) multiply in
+    # bfloat16 with float32 sums, "high" a GPU in TF32 (inference/fast/precision.py); the
+    # validation ELBO and evaluation stay in float32 whatever this says.
+    matmul_precision: str = field(
+        default="highest",
+        metadata=declared(
+            "--matmul-precision",
+            choices=MATMUL_PRECISIONS,
+            noun="matrix product precision",
+            resume=MAY_CHANGE,
+            help="The training steps' float32 matrix products: highest = float32 (steps repeat "
+            "to the bit); high = TF32 on a GPU; medium = bfloat16 products with float32 sums on a "
+            "GPU or a CPU with AMX (2-3 times faster products there, about 3 significant "
+            "digits); elsewhere as highest. Validation and evaluation stay float32.",
         ),
     )
     # Samples of z per image in the validation ELBO (closed-form KL). Its standard error, reported

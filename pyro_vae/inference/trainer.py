@@ -28,6 +28,7 @@ from pyro_vae.inference.distributed import (
 from pyro_vae.inference.evaluate import Estimate, elbo_estimate, elbo_sums
 from pyro_vae.inference.fast.cuda_graph import CapturedStep
 from pyro_vae.inference.fast.denormals import flush_denormals
+from pyro_vae.inference.fast.precision import matmul_precision
 from pyro_vae.inference.fast.replay import RecordedGradient
 from pyro_vae.inference.objectives import (
     DeviceLossMixin,
@@ -236,7 +237,7 @@ class Trainer:
 
         On CUDA, after a step captured as a CUDA graph (inference/fast/cuda_graph.py), each
         ``.grad`` is the graph's own buffer, which the next step overwrites: copy one to keep it."""
-        with self._kl_weight(self.config.beta):
+        with self._kl_weight(self.config.beta), matmul_precision(self.config.matmul_precision):
             loss, _ = self._update(batch, *labels)
         return loss / batch.shape[0]
 
@@ -333,7 +334,7 @@ class Trainer:
             beta = kl_weight(
                 self.config, self.epoch * len(batches) + self._steps_done, len(batches)
             )
-            with self._kl_weight(beta):
+            with self._kl_weight(beta), matmul_precision(self.config.matmul_precision):
                 losses, stopping = self._train_step(data, index, None if last else should_stop)
             loss_sum, negative_elbo_sum = losses
             self._loss_sum += loss_sum
