@@ -36,6 +36,7 @@ to the example's.
     python benchmarks/m2_epoch.py --turns 5 --data-dir DIR
     python benchmarks/m2_epoch.py --compile            # and the step compiled by Inductor
     python benchmarks/m2_epoch.py --jit                # and the example with its --jit
+    python benchmarks/m2_epoch.py --bf16               # and pyro-vae's products in bfloat16
     python benchmarks/m2_epoch.py --quick              # seconds: random images, 1 turn
 """
 
@@ -262,6 +263,7 @@ def pyro_vae(
     label: str = "pyro-vae",
     record_graph: bool = True,
     compile: bool | None = None,
+    matmul_precision: str = "highest",
 ) -> Contestant:
     pyro.set_rng_seed(SEED)
     vae = SemiSupervisedVAE(
@@ -273,7 +275,13 @@ def pyro_vae(
         name=name,  # its own entries in Pyro's param store, beside the other contestants'
     )
     config = TrainConfig(
-        labels=labels, batch_size=batch, epochs=1, lr=LEARNING_RATE, seed=SEED, compile=compile
+        labels=labels,
+        batch_size=batch,
+        epochs=1,
+        lr=LEARNING_RATE,
+        seed=SEED,
+        compile=compile,
+        matmul_precision=matmul_precision,
     )
     trainer = SemiSupervisedTrainer(vae, config, data, record_graph=record_graph)
 
@@ -301,9 +309,10 @@ def contestants(
     tag: str = "",
     compiled: bool = False,
     jit: bool = False,
+    bfloat16: bool = False,
 ) -> list[Contestant]:
-    """Pyro's example, pyro-vae (recorded, and eager), and if asked pyro-vae --compile and the
-    example with its --jit."""
+    """Pyro's example, pyro-vae (recorded, and eager), and if asked pyro-vae --compile, the
+    example with its --jit and pyro-vae with bfloat16 products."""
     found = [
         pyros_example(data, labels, batch, f"ss_vae{tag}"),
         pyro_vae(data, labels, batch, f"m2{tag}"),
@@ -315,6 +324,9 @@ def contestants(
         )
     if jit:
         found.append(pyros_example(data, labels, batch, f"ss_vae_jit{tag}", jit=True))
+    if bfloat16:
+        name, label = f"m2_bf16{tag}", "pyro-vae --matmul-precision medium"
+        found.append(pyro_vae(data, labels, batch, name, label, matmul_precision="medium"))
     return found
 
 
@@ -381,7 +393,7 @@ def report(seconds: dict[str, list[dict[str, float]]]) -> dict[str, float]:
                 [epoch[part] / other["epoch"] for epoch, other in zip(epochs, floor, strict=True)],
             )
     print(
-        f"{'contestant (seconds an epoch)':<30}{'median':>9}  {'turns':<26}"
+        f"{'contestant (seconds an epoch)':<46}{'median':>9}  {'turns':<26}"
         f"{'× example':>10}{'turn by turn':>14}"
     )
     medians = {}
@@ -390,7 +402,7 @@ def report(seconds: dict[str, list[dict[str, float]]]) -> dict[str, float]:
         turns = ", ".join(f"{value:.2f}" for value in values)
         ratio = medians[row] / medians[EXAMPLE]
         print(
-            f"{row:<30}{medians[row]:>9.3f}  {turns:<26}{ratio:>10.2f}"
+            f"{row:<46}{medians[row]:>9.3f}  {turns:<26}{ratio:>10.2f}"
             f"{statistics.median(ratios):>14.2f}"
         )
     print(
@@ -414,6 +426,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--jit", action="store_true", help="also Pyro's example with its --jit (JIT ELBOs)"
     )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also pyro-vae with --matmul-precision medium (bfloat16 products, float32 sums)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         data, labels, batch, turns = synthetic(400, 100), 50, 50, 1
@@ -428,7 +445,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         warm_up, len(warm_up.train) // 10, batch, tag="_warm_up", jit=args.jit
     ):
         racer.run_epoch()
-    racers = contestants(data, labels, batch, compiled=args.compile, jit=args.jit)
+    racers = contestants(
+        data, labels, batch, compiled=args.compile, jit=args.jit, bfloat16=args.bf16
+    )
     print(
         f"M2, one epoch: {data.name}, {len(data.train):,} training images ({labels:,} labelled), "
         f"{len(data.val):,} validation; statically binarized, Bernoulli, 784-{HIDDEN}-{LATENT}, "
