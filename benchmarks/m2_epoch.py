@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Untimed: the first epoch in a process pays for imports, the allocator and Pyro's caches.
     warm_up = head(data, min(1000, len(data.train) // 4))
     for racer in contestants(
-        warm_up, len(warm_up.train) // 10, batch, tag="_warm_up", jit=args.jit
+        warm_up, len(warm_up.train) // 10, batch, tag="_warm_up", jit=args.jit, bfloat16=args.bf16
     ):
         racer.run_epoch()
     racers = contestants(

@@ -101,7 +101,7 @@ def test_compile_is_unset_yes_or_no_on_the_command_line_and_in_a_config_file(tmp
 
 
 def test_the_resume_rule_is_the_declarations():
-    assert set(RESUMABLE) == {"lr", "epochs", "device", "patience", "compile"}
+    assert set(RESUMABLE) == {"lr", "epochs", "device", "patience", "compile", "matmul_precision"}
     assert runner.RESUMABLE is RESUMABLE
 
 

@@ -117,7 +117,7 @@ def summarise(
     final = result.history[-1]
     error = f" ± {final.val_elbo_se:.2f}" if final.val_elbo_se is not None else ""
     precision = result.config.train.matmul_precision
-    products = "" if precision == "highest" else f", {precision}-precision matrix products"
+    products = "" if precision == "highest" else f", --matmul-precision {precision}"
     typer.echo(
         f"Trained {final.epoch} epochs on {result.device} in {sum(result.epoch_seconds):.1f} s "
         f"of SVI steps ({final.train_kl} KL{products}). Validation ELBO: "

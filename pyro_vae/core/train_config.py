@@ -105,9 +105,9 @@ class TrainConfig:
             shown_default="decided by the run's length",
         ),
     )
-    # The steps' float32 matrix products: "medium" lets a CPU with AMX (or a GPU) multiply in
-    # bfloat16 with float32 sums, "high" a GPU in TF32 (inference/fast/precision.py); the
-    # validation ELBO and evaluation stay in float32 whatever this says.
+    # The steps' float32 matrix products: "medium" lets a CPU with bfloat16 instructions (AMX)
+    # multiply in bfloat16 with float32 sums, "high" and "medium" a GPU in TF32
+    # (inference/fast/precision.py); the validation ELBO and evaluation stay float32.
     matmul_precision: str = field(
         default="highest",
         metadata=declared(
@@ -116,9 +116,10 @@ class TrainConfig:
             noun="matrix product precision",
             resume=MAY_CHANGE,
             help="The training steps' float32 matrix products: highest = float32 (steps repeat "
-            "to the bit); high = TF32 on a GPU; medium = bfloat16 products with float32 sums on a "
-            "GPU or a CPU with AMX (2-3 times faster products there, about 3 significant "
-            "digits); elsewhere as highest. Validation and evaluation stay float32.",
+            "to the bit); high = TF32 on a GPU, float32 on a CPU; medium = bfloat16 products "
+            "with float32 sums on a CPU with AMX or AVX-512 BF16 (8 bits of mantissa; not for "
+            "--prior mog or vamp, whose log p(z) subtracts large products), TF32 on a GPU. "
+            "Validation and evaluation stay float32.",
         ),
     )
     # Samples of z per image in the validation ELBO (closed-form KL). Its standard error, reported

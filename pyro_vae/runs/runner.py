@@ -165,7 +165,8 @@ def resume_run(
     """Continue the run in ``run_dir`` from its checkpoint, exactly where it stopped.
 
     ``changes`` may set ``epochs`` (to train longer), ``lr`` (after a divergence, say),
-    ``patience`` (to go on after an early stop) and ``device``; anything that would change the
+    ``patience`` (to go on after an early stop), ``device``, ``compile`` and
+    ``matmul_precision`` (core/config.py's ``RESUMABLE``); anything that would change the
     model, the data or the randomness is refused. ``data_path`` / ``data_dir`` say where the
     run's data are now, if they have moved (the same images). The number of processes may
     change too: a distributed run's randomness is tied to the seed, the epoch and the step (see

@@ -110,13 +110,15 @@ def timings_file() -> Path | None:
 
 def graph_key(graph: Callable, inputs: Sequence[torch.Tensor]) -> str:
     """The cache's key of a graph on this machine: its code, its inputs' shapes and dtypes, the
-    CPU, the thread count and torch's version."""
+    CPU, the thread count, torch's version and the precision of its float32 products (the same
+    code is another balance of work in bfloat16: precision.py)."""
     parts = [
         getattr(graph, "code", repr(graph)),
         repr([(tuple(value.shape), str(value.dtype)) for value in inputs]),
         _cpu_model(),
         str(torch.get_num_threads()),
         torch.__version__,
+        torch.backends.mkldnn.matmul.fp32_precision,
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 

@@ -1,14 +1,19 @@
-"""The training steps' float32 matrix products in a lower precision where the hardware has one:
-``torch.set_float32_matmul_precision`` for the steps alone, torch's own setting back afterwards,
-so that the validation ELBO, evaluation and everything else outside a step stay in float32.
+"""The training steps' float32 matrix products in a lower precision where the hardware has one,
+for the steps alone: torch's per-backend settings (``torch.backends.mkldnn.matmul`` and
+``torch.backends.cuda.matmul``'s ``fp32_precision``) set for the block and put back afterwards,
+so that the validation ELBO, evaluation and everything else outside a step stay as they were.
+The settings are the process's: while a step runs they hold in its other threads too.
 
 "highest" (the default) multiplies float32 numbers in float32: steps repeat to the bit. "high"
-lets a GPU from Ampere on take TF32 (10 bits of mantissa). "medium" lets a GPU, and a CPU with AMX
-(Intel's Xeons from Sapphire Rapids on), multiply in bfloat16 (8 bits of mantissa) with float32
-sums, through cuBLAS or oneDNN: on 2 cores of such a Xeon a 128×784 by 784×400 product took a
-third to a half of MKL's float32 time (benchmarks/gemm.py). Elsewhere the setting changes
-nothing. The parameters, Adam's state and every sum stay float32; what a training run loses is
-the low bits of each product's inputs, the same rounding a TPU or GPU mixed-precision run makes.
+lets a GPU from Ampere on take TF32 (10 bits of mantissa); a CPU stays float32. "medium" lets a
+CPU with bfloat16 instructions (AMX, on Intel's Xeons from Sapphire Rapids on, or AVX-512 BF16)
+multiply in bfloat16 (8 bits of mantissa) with float32 sums, through oneDNN, and a GPU take TF32
+(torch has no bfloat16 path for float32 products on CUDA). The parameters, Adam's state and every
+sum stay float32: what a run loses is the low bits of each product's inputs.
+
+The settings are set through torch's new per-backend interface alone, never the legacy
+``torch.set_float32_matmul_precision``: torch refuses to read the legacy value once the two
+have been mixed, and setting it would overwrite the per-backend values a user chose.
 """
 
 from collections.abc import Iterator
@@ -16,24 +21,40 @@ from contextlib import contextmanager
 
 import torch
 
+# What each precision sets: (oneDNN's, on a CPU with bfloat16 instructions; CUDA's)
+_SETTINGS = {"highest": ("ieee", "ieee"), "high": ("ieee", "tf32"), "medium": ("bf16", "tf32")}
+
 
 @contextmanager
 def matmul_precision(precision: str) -> Iterator[None]:
-    """``precision`` for the float32 matrix products of the block, then torch's setting again."""
-    before = torch.get_float32_matmul_precision()
-    if precision == before:
+    """``precision`` for the float32 matrix products of the block, then torch's settings again."""
+    cpu, cuda = _SETTINGS[precision]
+    if cpu == "bf16" and not cpu_has_bfloat16_products():
+        cpu = "ieee"  # oneDNN would emulate bfloat16 here: slower, and no more exact
+    backends = (torch.backends.mkldnn.matmul, torch.backends.cuda.matmul)
+    before = [backend.fp32_precision for backend in backends]
+    if before == [cpu, cuda]:
         yield
         return
-    torch.set_float32_matmul_precision(precision)
+    for backend, value in zip(backends, (cpu, cuda), strict=True):
+        backend.fp32_precision = value
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(before)
+        for backend, value in zip(backends, before, strict=True):
+            backend.fp32_precision = value
 
 
 def cpu_has_bfloat16_products() -> bool:
-    """Whether "medium" changes this CPU's products: torch's oneDNN multiplies in bfloat16 here
-    (AVX-512 BF16 or AMX). Asked through a private torch entry point: False where a release
-    drops it, and training goes on in float32 as it would on such a CPU."""
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(torch.backends.mkldnn.is_available() and supported is not None and supported())
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX-512 BF16) and torch's
+    oneDNN can use it. Asked through private torch entry points: False where a release drops
+    them, and training goes on in float32 as it would on a CPU without them."""
+    checks = (
+        getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None),
+        getattr(torch.cpu, "_is_amx_tile_supported", None),
+        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+    )
+    if not torch.backends.mkldnn.is_available() or any(check is None for check in checks):
+        return False
+    onednn, amx, avx512_bf16 = checks
+    return bool(onednn() and (amx() or avx512_bf16()))
