@@ -13,7 +13,7 @@ objective gets the same ``--epochs`` at batch 100, Adam from 10^-3 down to 10^-4
 After every epoch the validation ELBO and IWAE bound (K = 100, the first 1,000 validation
 images) give the curve of how far from convergence the budget stopped.
 
-    python experiments/importance_weighted.py           # ~23 minutes a seed on 2 CPU cores
+    python experiments/importance_weighted.py           # 3 seeds: 41 minutes on 2 CPU cores
     python experiments/importance_weighted.py --quick   # seconds, for the test suite
 """
 
