@@ -37,6 +37,7 @@ to the example's.
     python benchmarks/m2_epoch.py --compile            # and the step compiled by Inductor
     python benchmarks/m2_epoch.py --jit                # and the example with its --jit
     python benchmarks/m2_epoch.py --bf16               # and pyro-vae's products in bfloat16
+    python benchmarks/m2_epoch.py --bf16 --compile     # each lever, and both at once
     python benchmarks/m2_epoch.py --quick              # seconds: random images, 1 turn
 """
 
@@ -327,6 +328,11 @@ def contestants(
     if bfloat16:
         name, label = f"m2_bf16{tag}", "pyro-vae --matmul-precision medium"
         found.append(pyro_vae(data, labels, batch, name, label, matmul_precision="medium"))
+    if bfloat16 and compiled:  # both levers at once
+        name, label = f"m2_both{tag}", "pyro-vae --compile --matmul-precision medium"
+        found.append(
+            pyro_vae(data, labels, batch, name, label, compile=True, matmul_precision="medium")
+        )
     return found
 
 
@@ -393,7 +399,7 @@ def report(seconds: dict[str, list[dict[str, float]]]) -> dict[str, float]:
                 [epoch[part] / other["epoch"] for epoch, other in zip(epochs, floor, strict=True)],
             )
     print(
-        f"{'contestant (seconds an epoch)':<46}{'median':>9}  {'turns':<26}"
+        f"{'contestant (seconds an epoch)':<56}{'median':>9}  {'turns':<26}"
         f"{'× example':>10}{'turn by turn':>14}"
     )
     medians = {}
@@ -402,7 +408,7 @@ def report(seconds: dict[str, list[dict[str, float]]]) -> dict[str, float]:
         turns = ", ".join(f"{value:.2f}" for value in values)
         ratio = medians[row] / medians[EXAMPLE]
         print(
-            f"{row:<46}{medians[row]:>9.3f}  {turns:<26}{ratio:>10.2f}"
+            f"{row:<56}{medians[row]:>9.3f}  {turns:<26}{ratio:>10.2f}"
             f"{statistics.median(ratios):>14.2f}"
         )
     print(
