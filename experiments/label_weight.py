@@ -6,7 +6,7 @@ pyro-vae's default α and behind experiments/semi_supervised.py's M1+M2 settings
 Everything else is semi_supervised.py's (networks, batches, Adam, the M1 it trains or
 ``--m1 RUN``, test error of the last epoch's model), with ``--epochs`` (4) epochs.
 
-    python experiments/label_weight.py --m1 RUN          # about 16 minutes on 2 CPU cores
+    python experiments/label_weight.py --m1 RUN          # 30 minutes on 2 CPU cores
     python experiments/label_weight.py --quick           # seconds, for the test suite
 """
 
