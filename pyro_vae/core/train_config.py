@@ -17,7 +17,8 @@ DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")  # see inference/schedules.py
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy too, which takes 32 bits
 MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
-# torch.set_float32_matmul_precision's values (inference/fast/precision.py)
+# named as torch.set_float32_matmul_precision names them; what each sets on a CPU and on a GPU:
+# inference/fast/precision.py
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 # M2's α per labelled image, where not given: chosen from the measurements in docs/models.md.
 DEFAULT_ALPHA = 500.0

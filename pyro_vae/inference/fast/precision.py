@@ -16,6 +16,7 @@ The settings are set through torch's new per-backend interface alone, never the 
 have been mixed, and setting it would overwrite the per-backend values a user chose.
 """
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,6 +46,7 @@ def matmul_precision(precision: str) -> Iterator[None]:
             backend.fp32_precision = value
 
 
+@functools.cache  # asked at every step; the CPU does not change
 def cpu_has_bfloat16_products() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX-512 BF16) and torch's
     oneDNN can use it. Asked through private torch entry points: False where a release drops
