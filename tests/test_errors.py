@@ -109,6 +109,18 @@ CASES: dict[str, tuple[Setup, str]] = {
     ),
     "unknown guide": (lambda t, r: ["train", "--guide", "gamma"], "'--guide'"),
     "unknown activation": (lambda t, r: ["train", "--activation", "sigmoid"], "'--activation'"),
+    "unknown matmul precision": (
+        lambda t, r: ["train", "--matmul-precision", "low"],
+        "'--matmul-precision'",
+    ),
+    "unknown matmul precision in a config file": (
+        lambda t, r: [
+            "train",
+            "--config",
+            _text(t / "p.toml", '[train]\nmatmul_precision = "low"\n'),
+        ],
+        "unknown matrix product precision 'low': choose one of highest, high, medium",
+    ),
     "zero flows": (lambda t, r: ["train", "--guide", "iaf", "--flows", "0"], "'--flows'"),
     "flows without iaf": (
         lambda t, r: ["train", "--guide", "full", "--flows", "3"],
