@@ -6,7 +6,7 @@ validate, the 10,000 test images to score), dynamically binarized, Bernoulli lik
 number of labels N (balanced by class, chosen by the seed) and seed:
 
 - **M2** on the images: one hidden layer of 500 (ReLU), latent 50, α per labelled image
-  (``--alpha``, pyro-vae's default unless given);
+  (``--alpha``; unless given, pyro-vae's default: 50,000 below 100 labels a class, else 500);
 - **M1+M2**: M2 (hidden 500, latent z₂ of 5) on the codes of M1, a VAE trained once on the
   50,000 images without labels (784-600-600-50, ``--m1-epochs``; ``--m1 RUN`` reuses a trained
   one), M2's likelihood of the codes Gaussian with a learnt σ per dimension;
@@ -44,7 +44,11 @@ from torch.nn import functional as F
 
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, load_dataset, load_run
 from pyro_vae.components.networks import build_classifier
-from pyro_vae.core.train_config import DEFAULT_ALPHA
+from pyro_vae.core.train_config import (
+    DEFAULT_ALPHA,
+    FEW_LABELS_ALPHA,
+    FEW_LABELS_PER_CLASS,
+)
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.labels import choose_labelled
 from pyro_vae.inference.evaluate import classification_error
@@ -97,7 +101,7 @@ def m2(
     labels: int,
     seed: int,
     epochs: int,
-    alpha: float,
+    alpha: float | None,
     m1: VAE | None,
     latent: int | None = None,
     likelihood: str | None = None,
@@ -194,8 +198,8 @@ def report(results: dict, args: argparse.Namespace, line: str) -> str:
         f"{args.val:,} validation, {args.test:,} test; {args.binarize} binarization. M2: MLP "
         f"{HIDDEN[0]}, latent {LATENT}, Bernoulli likelihood; M1+M2: M1 a VAE "
         f"{'-'.join(map(str, M1_HIDDEN))}-{M1_LATENT} ({args.m1_note}), M2 on its codes: MLP "
-        f"{HIDDEN[0]}, latent {M1M2_LATENT}, {M1M2_LIKELIHOOD} likelihood. α = {args.alpha:g} "
-        "per labelled image. "
+        f"{HIDDEN[0]}, latent {M1M2_LATENT}, {M1M2_LIKELIHOOD} likelihood. "
+        f"{alpha_text(args.alpha)} "
         f"{args.epochs} epochs of {BATCH} unlabelled + {BATCH} labelled images a step, Adam "
         f"{LR:g}; the classifiers alone as many steps on the labelled images. Seeds "
         f"{args.seeds}. Test error (%), mean ± standard deviation over seeds, the last epoch's "
@@ -231,6 +235,16 @@ def report(results: dict, args: argparse.Namespace, line: str) -> str:
     return "\n".join(lines)
 
 
+def alpha_text(alpha: float | None) -> str:
+    """The report's words for α."""
+    if alpha is not None:
+        return f"α = {alpha:g} per labelled image."
+    return (
+        f"α per labelled image pyro-vae's default: {DEFAULT_ALPHA:g}, and {FEW_LABELS_ALPHA:g} for "
+        f"M2 on the images below {FEW_LABELS_PER_CLASS} labels a class."
+    )
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
@@ -239,7 +253,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--epochs", type=int, default=10, help="M2's and M1+M2's")
     parser.add_argument("--m1-epochs", type=int, default=100)
     parser.add_argument("--m1", type=Path, help="a trained M1 run (else one is trained)")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
+    parser.add_argument(
+        "--alpha", type=float, help="per labelled image (default: pyro-vae's, by label count)"
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument(
         "--reference-seeds", type=int, nargs="+", default=[0], help="Pyro's example's"

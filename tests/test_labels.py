@@ -14,6 +14,7 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.core.config import MODEL_KINDS
 from pyro_vae.core.errors import UserInputError
+from pyro_vae.core.train_config import DEFAULT_ALPHA, FEW_LABELS_ALPHA, default_alpha
 from pyro_vae.data.labels import check_label, choose_labelled, one_hot
 from pyro_vae.inference.m2_trainer import (
     SemiSupervisedELBO,
@@ -254,6 +255,20 @@ def test_m2_steps_mix_labelled_and_unlabelled_images_as_the_objective_says():
     assert sorted(order.tolist()) == sorted(unlabelled)
 
 
+def test_m2s_default_alpha_weighs_few_labels_on_the_images_more():
+    """Where α is not given: 500 per labelled image on M1's codes, and on the images from 100
+    labels a class; a hundred times more on the images below that (docs/models.md says why)."""
+    assert default_alpha(100, 10, on_codes=False) == FEW_LABELS_ALPHA == 100 * DEFAULT_ALPHA
+    assert default_alpha(999, 10, on_codes=False) == FEW_LABELS_ALPHA
+    assert default_alpha(1000, 10, on_codes=False) == DEFAULT_ALPHA
+    assert default_alpha(200, 2, on_codes=False) == DEFAULT_ALPHA  # labels a class count
+    assert default_alpha(100, 10, on_codes=True) == DEFAULT_ALPHA
+    data = digits()
+    pyro.set_rng_seed(0)
+    vae = SemiSupervisedVAE(data.image_shape, 4, (16,), likelihood="bernoulli", num_classes=10)
+    assert SemiSupervisedTrainer(vae, TrainConfig(labels=30), data).alpha == FEW_LABELS_ALPHA
+
+
 def test_the_m2_step_is_recorded_and_is_the_eager_step():
     """From the second step on, M2's step (both batches, the classes summed out) is replayed from
     a recorded graph: the same parameters as eager steps, to the bit, epoch after epoch."""
@@ -406,6 +421,9 @@ def test_m2_run_reports_validation_error_and_test_error(labelled_runs):
     run = labelled_runs / "m2"
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= m["val_error"] <= 1 for m in metrics)
+    # 50 labels of 10 classes on the images: the few-labels default, written out for resuming
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["train"]["alpha"] == FEW_LABELS_ALPHA
     result = cli_run("evaluate", run, "--num-samples", "4")
     assert result.exit_code == 0, result.output
     assert "classification error of q(y|x)" in result.output

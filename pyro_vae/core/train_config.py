@@ -20,8 +20,20 @@ MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
 # named as torch.set_float32_matmul_precision names them; what each sets on a CPU and on a GPU:
 # inference/fast/precision.py
 MATMUL_PRECISIONS = ("highest", "high", "medium")
-# M2's α per labelled image, where not given: chosen from the measurements in docs/models.md.
+# M2's α per labelled image, where not given, measured on MNIST's papers' split (docs/models.md):
+# 500 on M1's codes at every label count and on the images from 100 labels a class; on the images
+# below that, where 500 left M2 behind its own classifier alone, a hundred times more.
 DEFAULT_ALPHA = 500.0
+FEW_LABELS_ALPHA = 50_000.0
+FEW_LABELS_PER_CLASS = 100
+
+
+def default_alpha(labels: int, num_classes: int, on_codes: bool) -> float:
+    """M2's α per labelled image where none is given: ``labels`` labelled images of
+    ``num_classes`` classes, M2 on M1's codes (``on_codes``) or on the images."""
+    if on_codes or labels >= FEW_LABELS_PER_CLASS * num_classes:
+        return DEFAULT_ALPHA
+    return FEW_LABELS_ALPHA
 
 
 def _usable_device(name: str) -> None:
@@ -235,9 +247,10 @@ class TrainConfig:
             follows="kind",
             help="--model m2: weight α of each labelled image's log q(y|x) in the objective. "
             "Kingma et al.'s is 0.1·N/--labels (N the training images: 1.67 per image at "
-            "3,000 labels of 50,000, 50 at 100); the default was measured at 100 and 3,000 "
-            "labels (docs/models.md).",
-            shown_default=f"{DEFAULT_ALPHA:g}",
+            "3,000 labels of 50,000, 50 at 100); the default, measured at 100 to 3,000 labels "
+            f"(docs/models.md), is {DEFAULT_ALPHA:g}, or {FEW_LABELS_ALPHA:g} for M2 on the "
+            f"images with fewer than {FEW_LABELS_PER_CLASS} labels a class.",
+            shown_default=f"{DEFAULT_ALPHA:g} or {FEW_LABELS_ALPHA:g}",
         ),
     )
     features: str | None = field(

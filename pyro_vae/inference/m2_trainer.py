@@ -4,7 +4,7 @@
 
 α per labelled image. Kingma et al. write the last term α' · mean_labelled log q(y | x) with
 α' = 0.1·N, N the training images, so theirs is α = 0.1·N / N_labelled (1.67 per image at 3,000
-labels of 50,000, 50 at 100); the default (``DEFAULT_ALPHA``, core/train_config.py) was
+labels of 50,000, 50 at 100); the default (``default_alpha``, core/train_config.py) was
 chosen from measurements instead (docs/models.md).
 ``SemiSupervisedTrainer`` takes an unbiased mini-batch estimate of J at every step: a batch of
 unlabelled images and one of the labelled, each term scaled by its share of the data set
@@ -28,7 +28,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from pyro_vae.core.config import TrainConfig
 from pyro_vae.core.errors import UserInputError
-from pyro_vae.core.train_config import DEFAULT_ALPHA
+from pyro_vae.core.train_config import default_alpha
 from pyro_vae.data.datasets import Dataset, Split
 from pyro_vae.data.labels import choose_labelled
 from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
@@ -115,15 +115,10 @@ class SemiSupervisedELBO(DeviceLossMixin, Trace_ELBO):
         return expected + (q * log_q).sum()
 
 
-def default_alpha(num_train: int) -> float:
-    """Kingma et al.'s α' = 0.1·N, N the training images (labelled and not): the weight of the
-    labelled images' mean log q(y|x), which is ``paper_alpha`` per labelled image."""
-    return ALPHA_PER_IMAGE * num_train
-
-
 def paper_alpha(num_train: int, num_labelled: int) -> float:
-    """Kingma et al.'s α' as a weight per labelled image: 0.1·N / N_labelled."""
-    return default_alpha(num_train) / num_labelled
+    """Kingma et al.'s α' = 0.1·N (N the training images, labelled and not), the weight of the
+    labelled images' mean log q(y|x), as a weight per labelled image: 0.1·N / N_labelled."""
+    return ALPHA_PER_IMAGE * num_train / num_labelled
 
 
 class SemiSupervisedTrainer(Trainer):
@@ -157,7 +152,11 @@ class SemiSupervisedTrainer(Trainer):
                 f"`labels` {config.labels} labels every training image, leaving none unlabelled "
                 f"for M2: give fewer labels (or train a classifier)"
             )
-        self.alpha = DEFAULT_ALPHA if config.alpha is None else config.alpha  # per labelled image
+        self.alpha = (  # per labelled image
+            default_alpha(config.labels, vae.num_classes, on_codes=vae.codes is not None)
+            if config.alpha is None
+            else config.alpha
+        )
         elbo = SemiSupervisedELBO(
             vae.class_posterior,
             len(self.unlabelled_rows),

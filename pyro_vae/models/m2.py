@@ -13,7 +13,7 @@ no Python loop. Training computes the same sum with y observed as all K classes 
 (inference/m2_trainer.py), which a recorded step can hold. The classifier q(y | x) would learn
 only from U, so the labelled images also train it directly, as in the paper:
     J = Σ_labelled [L(x, y) + α · log q(y | x)] + Σ_unlabelled U(x),
-α per labelled image (``DEFAULT_ALPHA`` in core/train_config.py where not given, chosen from
+α per labelled image (``default_alpha`` in core/train_config.py where not given, chosen from
 measurements: docs/models.md). The trainer
 (inference/m2_trainer.py) takes an unbiased mini-batch estimate of J at every step.
 """

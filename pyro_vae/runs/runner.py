@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from pyro_vae.core.config import RESUMABLE, RunConfig
 from pyro_vae.core.errors import UserInputError
-from pyro_vae.core.train_config import DEFAULT_ALPHA
+from pyro_vae.core.train_config import default_alpha
 from pyro_vae.data.datasets import Dataset, load_dataset, load_run_data
 from pyro_vae.data.labels import check_labels
 from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
@@ -136,7 +136,12 @@ def train_run(
     config, m1 = load_features(config, data)
     if MODELS[config.model.kind].semi_supervised and config.train.alpha is None:
         # written out, so that the run resumes with its weight whatever later defaults say
-        config = replace(config, train=replace(config.train, alpha=DEFAULT_ALPHA))
+        alpha = default_alpha(
+            config.train.labels or 0,
+            config.model.num_classes,
+            on_codes=config.train.features is not None,
+        )
+        config = replace(config, train=replace(config.train, alpha=alpha))
     check_budget(config, data.image_shape, device)
     vae = build_model(config.model, data.image_shape)
     load_m1_weights(vae, m1)
