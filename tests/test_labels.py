@@ -20,6 +20,7 @@ from pyro_vae.inference.m2_trainer import (
     SemiSupervisedELBO,
     SemiSupervisedTrainer,
     enumerated_elbo,
+    paper_alpha,
 )
 from pyro_vae.models.build import MODELS
 from pyro_vae.models.cvae import ConditionalVAE
@@ -449,6 +450,31 @@ def test_an_m2_run_resumes_exactly(tmp_path):
     assert not stopped.finished
     resume_run(tmp_path / "stopped")
     assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+
+
+def test_an_m2_run_without_its_alpha_resumes_with_the_weight_it_trained_with(tmp_path):
+    """Runs of format 5 and 6 that left α unset trained with the one default of their time, 500;
+    format 4 ones with the paper's. Today's default (50,000 at these few labels) is neither."""
+    from pyro_vae.core.config import ModelConfig, RunConfig
+    from pyro_vae.runs.runner import resume_run, train_run
+    from tests.test_errors import edited_checkpoint
+
+    config = RunConfig(
+        model=ModelConfig(kind="m2", hidden_dims=(16,), latent_dim=2),
+        train=TrainConfig(epochs=1, labels=40),
+    )
+    run = tmp_path / "run"
+    assert train_run(config, run).config.train.alpha == FEW_LABELS_ALPHA
+    num_train = len(load_dataset(config.data).train)
+    for version, alpha in ((6, DEFAULT_ALPHA), (4, paper_alpha(num_train, 40))):
+
+        def unset(payload, version=version):
+            payload["config"]["train"]["alpha"] = None
+            payload["format_version"] = version
+
+        edited_checkpoint(run, unset)
+        resumed = resume_run(run, {"epochs": 2 if version == 6 else 3})
+        assert resumed.config.train.alpha == alpha
 
 
 def test_the_collapse_note_of_m2_offers_no_remedy_m2_refuses():

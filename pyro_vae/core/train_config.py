@@ -247,10 +247,11 @@ class TrainConfig:
             follows="kind",
             help="--model m2: weight α of each labelled image's log q(y|x) in the objective. "
             "Kingma et al.'s is 0.1·N/--labels (N the training images: 1.67 per image at "
-            "3,000 labels of 50,000, 50 at 100); the default, measured at 100 to 3,000 labels "
-            f"(docs/models.md), is {DEFAULT_ALPHA:g}, or {FEW_LABELS_ALPHA:g} for M2 on the "
-            f"images with fewer than {FEW_LABELS_PER_CLASS} labels a class.",
-            shown_default=f"{DEFAULT_ALPHA:g} or {FEW_LABELS_ALPHA:g}",
+            "3,000 labels of 50,000, 50 at 100); the default, measured on MNIST at 100 to "
+            f"3,000 labels (docs/models.md), is {DEFAULT_ALPHA:,g}, or {FEW_LABELS_ALPHA:,g} "
+            f"for M2 on the images (no --features) below {FEW_LABELS_PER_CLASS} labels a class. "
+            "A run keeps its α, --config from it too.",
+            shown_default=f"{DEFAULT_ALPHA:,g} or {FEW_LABELS_ALPHA:,g}",
         ),
     )
     features: str | None = field(

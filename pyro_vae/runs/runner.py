@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from pyro_vae.core.config import RESUMABLE, RunConfig
 from pyro_vae.core.errors import UserInputError
-from pyro_vae.core.train_config import default_alpha
+from pyro_vae.core.train_config import DEFAULT_ALPHA, default_alpha
 from pyro_vae.data.datasets import Dataset, load_dataset, load_run_data
 from pyro_vae.data.labels import check_labels
 from pyro_vae.inference.distributed import SINGLE_PROCESS, Replicas
@@ -202,10 +202,12 @@ def resume_run(
         )
     data = data.to(device)
     config = replace(config, data=config.data.located(data_path, data_dir))
-    legacy = checkpoint.format_version < 5 and MODELS[config.model.kind].semi_supervised
-    if legacy and config.train.alpha is None and config.train.labels:
-        # unset before format 5 meant the paper's α' = 0.1·N, per labelled image this
-        alpha = paper_alpha(len(data.train), config.train.labels)
+    unset = MODELS[config.model.kind].semi_supervised and config.train.alpha is None
+    if unset and config.train.labels:
+        # unset before format 5 meant the paper's α' = 0.1·N, per labelled image this; after it,
+        # until runs wrote their α out, the one default of the time
+        legacy = checkpoint.format_version < 5
+        alpha = paper_alpha(len(data.train), config.train.labels) if legacy else DEFAULT_ALPHA
         config = replace(config, train=replace(config.train, alpha=alpha))
     vae = checkpoint.build_vae(device)
     _check_data(vae, data)
