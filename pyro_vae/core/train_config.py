@@ -130,7 +130,7 @@ class TrainConfig:
             resume=MAY_CHANGE,
             help="The training steps' float32 matrix products: highest = float32 (steps repeat "
             "to the bit); high = TF32 on a GPU, float32 on a CPU; medium = bfloat16 products "
-            "with float32 sums on a CPU with AMX or AVX-512 BF16 (8 bits of mantissa; not for "
+            "with float32 sums on a CPU with AMX tiles (8 bits of mantissa; not for "
             "--prior mog or vamp, whose log p(z) subtracts large products), TF32 on a GPU. "
             "Validation and evaluation stay float32.",
         ),
