@@ -240,7 +240,7 @@ def alpha_text(alpha: float | None) -> str:
     if alpha is not None:
         return f"α = {alpha:g} per labelled image."
     return (
-        f"α per labelled image pyro-vae's default: {DEFAULT_ALPHA:,g}, and {FEW_LABELS_ALPHA:,g} "
+        f"α per labelled image: pyro-vae's default, {DEFAULT_ALPHA:,g}, and {FEW_LABELS_ALPHA:,g} "
         f"for M2 on the images below {FEW_LABELS_PER_CLASS} labels a class."
     )
 

@@ -137,6 +137,20 @@ def test_a_lower_matmul_precision_holds_for_the_training_steps_alone(digits):
     assert torch.get_float32_matmul_precision() == "highest"  # the legacy value still readable
 
 
+def test_bfloat16_products_need_amx_tiles_not_avx512_bf16_alone(monkeypatch):
+    """On a CPU with AVX-512 BF16 but no AMX (an AMD EPYC, Zen 4) torch's products under the
+    bf16 setting stayed float32: "medium" must set nothing there."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    found = {}
+    for amx in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        cpu_has_bfloat16_products.cache_clear()
+        found[amx] = cpu_has_bfloat16_products()
+    cpu_has_bfloat16_products.cache_clear()  # this machine's answer again, for the other tests
+    assert found == {False: False, True: torch.backends.mkldnn.is_available()}
+
+
 @pytest.mark.skipif(not cpu_has_bfloat16_products(), reason="this CPU has no bfloat16 products")
 def test_bfloat16_products_reach_the_recorded_step(digits):
     """Where the CPU multiplies in bfloat16, the replayed step (not an eager one) computes other

@@ -137,7 +137,7 @@ def train_run(
     if MODELS[config.model.kind].semi_supervised and config.train.alpha is None:
         # written out, so that the run resumes with its weight whatever later defaults say
         alpha = default_alpha(
-            config.train.labels or 0,
+            config.train.labels,  # check_run refused M2 without them
             config.model.num_classes,
             on_codes=config.train.features is not None,
         )

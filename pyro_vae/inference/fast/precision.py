@@ -52,8 +52,8 @@ def cpu_has_bfloat16_products() -> bool:
     it. AVX-512 BF16 alone is not enough: on an AMD EPYC (Zen 4) that has it, torch's products
     under the bf16 setting went to oneDNN but stayed float32 (differences of 1e-4 in sums of 784
     products, not bfloat16's 1e-2), and the recorded step's numbers did not change at all.
-    Asked through private torch entry points: False where a release drops
-    them, and training goes on in float32 as it would on a CPU without them."""
+    Asked through private torch entry points: False where a release drops them, and training
+    goes on in float32 as it would on a CPU without them."""
     checks = (
         getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None),
         getattr(torch.cpu, "_is_amx_tile_supported", None),
