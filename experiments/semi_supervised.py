@@ -46,8 +46,7 @@ from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, load_datas
 from pyro_vae.components.networks import build_classifier
 from pyro_vae.core.train_config import (
     DEFAULT_ALPHA,
-    FEW_LABELS_ALPHA,
-    FEW_LABELS_PER_CLASS,
+    IMAGE_ALPHAS,
 )
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.labels import choose_labelled
@@ -239,9 +238,10 @@ def alpha_text(alpha: float | None) -> str:
     """The report's words for α."""
     if alpha is not None:
         return f"α = {alpha:g} per labelled image."
+    tiers = ", ".join(f"{alpha:,g} below {below}" for below, alpha in IMAGE_ALPHAS)
     return (
-        f"α per labelled image: pyro-vae's default, {DEFAULT_ALPHA:,g}, and {FEW_LABELS_ALPHA:,g} "
-        f"for M2 on the images below {FEW_LABELS_PER_CLASS} labels a class."
+        f"α per labelled image: pyro-vae's default, {DEFAULT_ALPHA:,g} on M1's codes; on the "
+        f"images {tiers} labels a class, {DEFAULT_ALPHA:,g} from {IMAGE_ALPHAS[-1][0]}."
     )
 
 

@@ -14,7 +14,7 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.core.config import MODEL_KINDS
 from pyro_vae.core.errors import UserInputError
-from pyro_vae.core.train_config import DEFAULT_ALPHA, FEW_LABELS_ALPHA, default_alpha
+from pyro_vae.core.train_config import DEFAULT_ALPHA, IMAGE_ALPHAS, default_alpha
 from pyro_vae.data.labels import check_label, choose_labelled, one_hot
 from pyro_vae.inference.m2_trainer import (
     SemiSupervisedELBO,
@@ -25,6 +25,8 @@ from pyro_vae.inference.m2_trainer import (
 from pyro_vae.models.build import MODELS
 from pyro_vae.models.cvae import ConditionalVAE
 from pyro_vae.models.m2 import SemiSupervisedVAE
+
+FEW_LABELS_ALPHA = IMAGE_ALPHAS[0][1]  # below 100 labels a class
 
 
 def small_m2(
@@ -257,13 +259,16 @@ def test_m2_steps_mix_labelled_and_unlabelled_images_as_the_objective_says():
 
 
 def test_m2s_default_alpha_weighs_few_labels_on_the_images_more():
-    """Where α is not given: 500 per labelled image on M1's codes, and on the images from 100
-    labels a class; a hundred times more on the images below that (docs/models.md says why)."""
+    """Where α is not given: 500 per labelled image on M1's codes; on the images 50,000 below
+    100 labels a class, 5,000 below 300, 500 from there (docs/models.md says why)."""
     assert default_alpha(100, 10, on_codes=False) == FEW_LABELS_ALPHA == 100 * DEFAULT_ALPHA
     assert default_alpha(999, 10, on_codes=False) == FEW_LABELS_ALPHA
-    assert default_alpha(1000, 10, on_codes=False) == DEFAULT_ALPHA
-    assert default_alpha(200, 2, on_codes=False) == DEFAULT_ALPHA  # labels a class count
+    assert default_alpha(1000, 10, on_codes=False) == 5_000
+    assert default_alpha(2999, 10, on_codes=False) == 5_000
+    assert default_alpha(3000, 10, on_codes=False) == DEFAULT_ALPHA
+    assert default_alpha(600, 2, on_codes=False) == DEFAULT_ALPHA  # labels a class count
     assert default_alpha(100, 10, on_codes=True) == DEFAULT_ALPHA
+    assert default_alpha(3000, 10, on_codes=True) == DEFAULT_ALPHA
     data = digits()
     pyro.set_rng_seed(0)
     vae = SemiSupervisedVAE(data.image_shape, 4, (16,), likelihood="bernoulli", num_classes=10)

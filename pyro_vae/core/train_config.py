@@ -21,19 +21,28 @@ MIN_BETA, MAX_BETA = 1e-6, 1e6  # the KL weight's range
 # inference/fast/precision.py
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 # M2's α per labelled image, where not given, measured on MNIST's papers' split (docs/models.md):
-# 500 on M1's codes at every label count and on the images from 100 labels a class; on the images
-# below that, where 500 left M2 behind its own classifier alone, a hundred times more.
+# 500 on M1's codes at every label count. On the images the weight M2 needs falls as the labels
+# grow: 50,000 below 100 labels a class (where 500 left M2 behind its own classifier alone),
+# 5,000 below 300 (where 50,000 left it behind at 1,000 labels and 5,000 put it ahead), 500 from
+# there (3,000 labels).
 DEFAULT_ALPHA = 500.0
-FEW_LABELS_ALPHA = 50_000.0
-FEW_LABELS_PER_CLASS = 100
+IMAGE_ALPHAS = ((100, 50_000.0), (300, 5_000.0))  # (below this many labels a class, α)
 
 
 def default_alpha(labels: int, num_classes: int, on_codes: bool) -> float:
     """M2's α per labelled image where none is given: ``labels`` labelled images of
     ``num_classes`` classes, M2 on M1's codes (``on_codes``) or on the images."""
-    if on_codes or labels >= FEW_LABELS_PER_CLASS * num_classes:
-        return DEFAULT_ALPHA
-    return FEW_LABELS_ALPHA
+    if not on_codes:
+        for below, alpha in IMAGE_ALPHAS:
+            if labels < below * num_classes:
+                return alpha
+    return DEFAULT_ALPHA
+
+
+def _image_alphas() -> str:
+    """The default α on the images, in words: "50,000 below 100 labels a class, ..."."""
+    tiers = [f"{alpha:,g} below {below} labels a class" for below, alpha in IMAGE_ALPHAS]
+    return ", ".join(tiers) + f", {DEFAULT_ALPHA:,g} from {IMAGE_ALPHAS[-1][0]}"
 
 
 def _usable_device(name: str) -> None:
@@ -248,10 +257,9 @@ class TrainConfig:
             help="--model m2: weight α of each labelled image's log q(y|x) in the objective. "
             "Kingma et al.'s is 0.1·N/--labels (N the training images: 1.67 per image at "
             "3,000 labels of 50,000, 50 at 100); the default, measured on MNIST at 100 to "
-            f"3,000 labels (docs/models.md), is {DEFAULT_ALPHA:,g}, or {FEW_LABELS_ALPHA:,g} "
-            f"for M2 on the images (no --features) below {FEW_LABELS_PER_CLASS} labels a class. "
-            "A run keeps its α, --config from it too.",
-            shown_default=f"{DEFAULT_ALPHA:,g} or {FEW_LABELS_ALPHA:,g}",
+            f"3,000 labels (docs/models.md), is {DEFAULT_ALPHA:,g} on M1's codes (--features); "
+            f"on the images {_image_alphas()}. A run keeps its α, --config from it too.",
+            shown_default="by --labels",
         ),
     )
     features: str | None = field(
