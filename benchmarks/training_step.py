@@ -8,8 +8,10 @@ turn by turn, each pair from one turn, a few seconds apart.
 
 - pyro-vae mc / analytic: ``Trainer.step`` (fused torch Adam; Pyro's Trace_ELBO /
   TraceMeanField_ELBO with the loss kept on the device, inference/objectives.py; from the second
-  step on, loss and gradient replayed from a recorded graph, inference/fast/replay.py), the path
-  ``pyro-vae train`` takes; ``eager``: the same without the recording, Pyro's machinery at every
+  step on, loss and gradient replayed from a recorded graph, inference/fast/replay.py, its matrix
+  products through MKL or oneDNN, whichever times faster here, inference/fast/products.py), the
+  path ``pyro-vae train`` takes; ``MKL's products``: the same with every product MKL's, torch's
+  default; ``eager``: the same without the recording, Pyro's machinery at every
   step; ``Pyro's ELBO``: eager with Pyro's classes as shipped, which read every site's log-density
   back to the host; ``+jit``: Pyro's JitTrace_ELBO / JitTraceMeanField_ELBO with
   torch Adam, and the latter with its compile cache fixed (see CachedJitTraceMeanField_ELBO).
@@ -89,13 +91,28 @@ def hand_written_step(vae: VAE, fused: bool = False) -> Callable[[torch.Tensor],
 PYRO_ELBOS = {"mc": Trace_ELBO, "analytic": TraceMeanField_ELBO}
 
 
+# The steps ``pyro-vae train`` plans for a run like the one timed (15 epochs of 56,000 images at
+# batch 128): long enough for its matrix products' libraries to be chosen by timing
+# (inference/fast/products.py), too short for it to compile the step.
+PLANNED_STEPS = 15 * 438
+
+
 def pyro_vae_step(
-    vae: VAE, estimator: str, pyros_elbo: bool = False, record_graph: bool = True
+    vae: VAE,
+    estimator: str,
+    pyros_elbo: bool = False,
+    record_graph: bool = True,
+    choose_products: bool = True,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``Trainer.step``; with ``pyros_elbo``, on Pyro's ELBO class as shipped instead of ours
-    (which cannot be recorded: it reads values back to the host, so it runs eagerly)."""
+    """``Trainer.step`` as a run of PLANNED_STEPS takes it; with ``pyros_elbo``, on Pyro's ELBO
+    class as shipped instead of ours (which cannot be recorded: it reads values back to the
+    host, so it runs eagerly); without ``choose_products``, every matrix product MKL's."""
     elbo = PYRO_ELBOS[estimator](max_plate_nesting=1) if pyros_elbo else None
-    return Trainer(vae, TrainConfig(elbo=estimator), elbo=elbo, record_graph=record_graph).step
+    trainer = Trainer(vae, TrainConfig(elbo=estimator), elbo=elbo, record_graph=record_graph)
+    if trainer._recorded is not None:
+        trainer._recorded.planned_steps = PLANNED_STEPS
+        trainer._recorded.choose_products = choose_products
+    return trainer.step
 
 
 class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
@@ -242,6 +259,9 @@ def build(
     contestants["hand-written, fused Adam"] = hand_written_step(fresh("hand_fused"), fused=True)
     for estimator in ("mc", "analytic"):
         contestants[f"pyro-vae {estimator}"] = pyro_vae_step(fresh(estimator), estimator)
+        contestants[f"pyro-vae {estimator}, MKL's products"] = pyro_vae_step(
+            fresh(f"{estimator}_mkl"), estimator, choose_products=False
+        )
         contestants[f"pyro-vae {estimator}, eager"] = pyro_vae_step(
             fresh(f"{estimator}_eager"), estimator, record_graph=False
         )

@@ -39,6 +39,8 @@ def no_automatic_compile(monkeypatch):
     from pyro_vae.inference.fast import replay
 
     monkeypatch.setattr(replay, "AUTO_SECONDS", float("inf"))
+    # Nor do they time the matrix products' libraries (inference/fast/products.py).
+    monkeypatch.setattr(replay, "PRODUCTS_SECONDS", float("inf"))
 
 
 @pytest.fixture(scope="session")

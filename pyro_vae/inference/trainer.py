@@ -172,6 +172,7 @@ class Trainer:
                 self._guide,
                 # Replicas left to decide could each time it otherwise: asked for, or not at all.
                 compile=bool(config.compile) if replicas.distributed else config.compile,
+                choose_products=not replicas.distributed,
             )
             if record_graph and not registered
             else None
@@ -266,9 +267,15 @@ class Trainer:
         # The gradient of the ELBO summed over the batch, as SVI.step takes it: Adam's ε makes the
         # summed and the averaged loss step differently where gradients are tiny.
         recorded = self._recorded
-        if not self._validated and recorded is not None and recorded.compiled and batch[0].shape[0]:
-            # Resumed with its steps compiled: checked eagerly, then the compiled step, as the
-            # uninterrupted run took here (the eager step's numbers differ in the last bits).
+        if (
+            not self._validated
+            and recorded is not None
+            and recorded.departs_from_eager
+            and batch[0].shape[0]
+        ):
+            # Resumed with its steps compiled or its products through oneDNN: checked eagerly,
+            # then that step, as the uninterrupted run took here (the eager step's numbers
+            # differ in the last bits).
             recorded.validate(*batch)
             self._validated = recorded.eager_reason is None
         if self._validated and recorded is not None and batch[0].shape[0]:
@@ -487,6 +494,8 @@ class Trainer:
             # and what it was told (a resumed run told otherwise decides anew)
             "compiled": self._recorded.compiled if self._recorded is not None else None,
             "compile_option": self.config.compile,
+            # and the library of each matrix product (None: not yet decided)
+            "products": self._recorded.products if self._recorded is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -504,6 +513,9 @@ class Trainer:
         told = state.get("compile_option", self.config.compile)
         if self._recorded is not None and self.config.compile == told:
             self._recorded.compiled = state.get("compiled")
+        if self._recorded is not None:
+            # A checkpoint of an older pyro-vae, without the choice, took MKL's products.
+            self._recorded.products = state.get("products", {})
         in_progress = state["epoch_in_progress"]
         if in_progress is not None:
             device = next(self.vae.parameters()).device

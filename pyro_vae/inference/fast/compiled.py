@@ -112,15 +112,21 @@ def graph_key(graph: Callable, inputs: Sequence[torch.Tensor]) -> str:
     """The cache's key of a graph on this machine: its code, its inputs' shapes and dtypes, the
     CPU, the thread count, torch's version and the precision of its float32 products (the same
     code is another balance of work in bfloat16: precision.py)."""
-    parts = [
-        getattr(graph, "code", repr(graph)),
-        repr([(tuple(value.shape), str(value.dtype)) for value in inputs]),
+    shapes = repr([(tuple(value.shape), str(value.dtype)) for value in inputs])
+    return machine_key(getattr(graph, "code", repr(graph)), shapes)
+
+
+def machine_key(*parts: str) -> str:
+    """A cache key for ``parts`` measured on this machine: its CPU, thread count, torch version
+    and the precision of its float32 products."""
+    found = [
+        *parts,
         _cpu_model(),
         str(torch.get_num_threads()),
         torch.__version__,
         torch.backends.mkldnn.matmul.fp32_precision,
     ]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+    return hashlib.sha256("\n".join(found).encode()).hexdigest()[:32]
 
 
 def cached_timing(key: str) -> dict[str, float]:

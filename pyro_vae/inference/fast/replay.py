@@ -49,6 +49,12 @@ from pyro_vae.inference.fast.contract import (
     module_parts,
     undeclared,
 )
+from pyro_vae.inference.fast.products import (
+    PRODUCTS_SECONDS,
+    PRODUCTS_STEPS,
+    choose,
+    with_products,
+)
 from pyro_vae.inference.objectives import DeviceLossMixin
 
 log = logging.getLogger(__name__)
@@ -106,9 +112,12 @@ class RecordedGradient:
         model: Callable[..., Any],
         guide: Callable[..., Any],
         compile: bool | None = False,
+        choose_products: bool = True,
     ):
         """``compile``: whether the full batches' graph is compiled by Inductor (on the CPU;
-        None: where the run is long enough and it times faster, inference/fast/compiled.py)."""
+        None: where the run is long enough and it times faster, inference/fast/compiled.py).
+        ``choose_products``: whether its matrix products may go through oneDNN where that times
+        faster than MKL in a run long enough (inference/fast/products.py)."""
         self._loss = _Loss(vae, elbo, model, guide)
         self._vae, self._elbo = vae, elbo
         self._graphs: dict[GraphKey, Callable[..., Any]] = {}
@@ -117,6 +126,10 @@ class RecordedGradient:
         # Whether the full batches' graph is compiled, once decided: a checkpoint keeps it, so
         # that a resumed run takes the same graph.
         self.compiled: bool | None = None
+        self.choose_products = choose_products
+        # The library each matrix product of the full batches' graph goes through, by its
+        # signature (products.py), once decided (None: not yet): kept in checkpoints too.
+        self.products: dict[str, str] | None = None
         # The batch size of a full batch (set by a trainer's epoch): the graph compiled is that
         # one's; None: the first graph recorded.
         self.full_batch: int | None = None
@@ -244,6 +257,12 @@ class RecordedGradient:
         return eager
 
     @property
+    def departs_from_eager(self) -> bool:
+        """Whether the full batches' step computes other last bits than the eager step's: it is
+        compiled, or its products go through oneDNN (a resumed run must not start eagerly)."""
+        return bool(self.compiled) or "oneDNN" in (self.products or {}).values()
+
+    @property
     def parameters(self) -> list[torch.Tensor]:
         """The parameters whose gradients the graphs compute (the first of ``inputs``)."""
         return list(self._parameters)
@@ -256,15 +275,17 @@ class RecordedGradient:
     def _maybe_compiled(
         self, graph: GraphModule, batch: tuple[torch.Tensor, ...]
     ) -> Callable[..., Any]:
-        """The full batches' ``graph``, compiled where ``compile`` asks for it and, where it is
-        left to decide (None), where the run is long enough and the compiled graph is faster
-        (inference/fast/compiled.py): the choice made once, kept in ``compiled`` (a resumed run
-        brings its own). Never off the CPU, whatever a checkpoint says: on a GPU the recorded
-        step is captured as a CUDA graph instead."""
+        """The full batches' ``graph``, its products through the faster library on this
+        machine (``_with_faster_products``), and compiled where ``compile`` asks for it and,
+        where it is left to decide (None), where the run is long enough and the compiled graph
+        is faster (inference/fast/compiled.py): the choice made once, kept in ``compiled`` (a
+        resumed run brings its own). Never off the CPU, whatever a checkpoint says: on a GPU the
+        recorded step is captured as a CUDA graph instead."""
         if batch[0].device.type != "cpu":
             self.compiled = False
             return graph
         inputs = [*self._inputs, *batch]
+        recording, graph = graph, self._with_faster_products(graph, inputs, batch)
         deciding = self.compiled is None and self.compile is None
         if self.compiled is None and self.compile is False:
             self.compiled = False
@@ -289,7 +310,10 @@ class RecordedGradient:
             self.compiled = False
         if self.compiled is False:
             return graph
-        compiled = compile_graph(graph, inputs, asked=self.compile is True or self.compiled is True)
+        # Inductor is given the recording: it chooses the kernels of its own graph.
+        compiled = compile_graph(
+            recording, inputs, asked=self.compile is True or self.compiled is True
+        )
         if compiled is None:
             self.compiled = False
             return graph
@@ -318,14 +342,45 @@ class RecordedGradient:
                 timing["paired_replay"] * 1e3,
             )
         self.compiled = True
-        self._uncompiled[id(compiled)] = graph
+        self._uncompiled[id(compiled)] = recording
         return compiled
+
+    def _with_faster_products(
+        self, recording: GraphModule, inputs: list[torch.Tensor], batch: tuple[torch.Tensor, ...]
+    ) -> GraphModule:
+        """``recording`` with each matrix product through the library that multiplies its
+        shapes faster on this machine, MKL or oneDNN (inference/fast/products.py), where the
+        run is long enough for the timing to matter (``PRODUCTS_SECONDS`` of steps planned):
+        chosen once, kept in ``products`` (a resumed run brings its own)."""
+        if self.products is None:
+            self.products = {}
+            steps = self.planned_steps or 0
+            if self.choose_products and steps >= PRODUCTS_STEPS:
+                state = self._audit_state(batch)  # the timings draw random numbers: none seen
+                if steps * replay_seconds(recording, inputs) >= PRODUCTS_SECONDS:
+                    self.products = choose(recording)
+                self._restore(state)
+        moved = with_products(recording, self.products)
+        if moved is None:
+            return recording
+        chosen = list(self.products.values())
+        log.info(
+            "the step's matrix products through oneDNN where it multiplied their shapes faster "
+            "than MKL on this machine: %d of %d",
+            chosen.count("oneDNN"),
+            len(chosen),
+        )
+        # Audited to a tolerance, as a compiled graph is: oneDNN sums in another order than
+        # the eager step's MKL. One that fails is replaced by its recording.
+        self._uncompiled[id(moved)] = recording
+        return moved
 
     def validate(self, *batch: torch.Tensor) -> None:
         """Pyro's checks of the model and guide (every distribution's arguments, every site's
         shape) on an eager forward pass whose numbers are dropped, the random generators and
-        buffers put back: for a resumed run whose steps are compiled, which must take the
-        compiled step from its first one on to repeat the uninterrupted run."""
+        buffers put back: for a resumed run whose steps are compiled or whose products go through
+        oneDNN (``departs_from_eager``), which must take that step from its first one on to
+        repeat the uninterrupted run."""
         if self._watch is None and not self._first_recording():
             return  # no graph will be made: the eager step, with Pyro's checks, comes next
         state = self._audit_state(batch)
@@ -340,10 +395,13 @@ class RecordedGradient:
         for key, graph in self._graphs.items():  # every compiled graph: the run is replayed
             if id(graph) in recordings:
                 self._graphs[key] = recordings[id(graph)]
-        self.compiled = False  # and a checkpoint says so: a resumed run replays as well
+        kind = "compiled" if self.compiled else "oneDNN products'"
+        # And a checkpoint says so: a resumed run replays the recording as well.
+        self.compiled, self.products = False, {}
         log.warning(
-            "the compiled step computed other numbers than the eager step on the same batch "
-            "(beyond Inductor's reordered sums); the recorded step is replayed from here on"
+            "the %s step computed other numbers than the eager step on the same batch (beyond "
+            "its kernels' reordered sums); the recorded step is replayed from here on",
+            kind,
         )
 
     def _restore(self, state: tuple[Any, ...]) -> None:
