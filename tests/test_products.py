@@ -77,7 +77,7 @@ def test_products_through_onednn_train_as_mkls_and_resume_to_the_bit(digits, mon
     assert id(graph) in recorded._uncompiled  # audited to a tolerance: audits passed, kept
     calls = [node.target for node in graph.graph.nodes if node.op == "call_function"]
     assert calls.count(products.onednn_linear()) >= len(recorded.products)
-    assert not any(target in (torch.mm, torch.addmm) for target in calls)
+    assert not any(target in (*products._MM, *products._ADDMM) for target in calls)
     for sign in recorded.products:
         mkl, onednn = products._calls(sign, products.onednn_linear())
         torch.testing.assert_close(onednn(), mkl(), rtol=1e-5, atol=1e-5)
@@ -100,6 +100,7 @@ def test_products_through_onednn_train_as_mkls_and_resume_to_the_bit(digits, mon
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
 
 
+@needs_onednn
 def test_the_choice_is_made_for_long_runs_once_per_machine(digits, monkeypatch, tmp_path):
     """A run with fewer than PRODUCTS_SECONDS of steps planned keeps MKL's products untimed;
     a long one times each product once, and the next run reads the cache."""
@@ -166,3 +167,77 @@ def test_a_moved_graph_that_computes_other_numbers_gives_way_to_its_recording(
     assert recorded.products == {} and recorded.eager_reason is None
     assert all(isinstance(graph, torch.fx.GraphModule) for graph in recorded._graphs.values())
     assert "oneDNN products' step computed other numbers" in caplog.text
+
+
+@needs_onednn
+def test_timing_the_products_leaves_the_runs_random_numbers_as_they_were(
+    digits, monkeypatch, tmp_path
+):
+    """The real timing draws random matrices: a run whose products were timed (and all kept
+    MKL's) repeats, to the bit, the run of one that never timed them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(products, "TURNS", 1)
+    monkeypatch.setattr(products, "CALLS", 1)
+    monkeypatch.setattr(products, "MARGIN", 0.0)  # oneDNN never wins: the same products
+    x = digits.train.x[:32]
+    runs = []
+    for choose_products in (True, False):
+        monkeypatch.setattr(recorded_module, "PRODUCTS_STEPS", 0)
+        monkeypatch.setattr(recorded_module, "PRODUCTS_SECONDS", 0.0)
+        pyro.set_rng_seed(0)
+        vae = VAE(64, 3, hidden_dims=(16,))
+        trainer = Trainer(vae, TrainConfig(lr=1e-2, batch_size=32))
+        trainer._recorded.planned_steps = 10**6
+        trainer._recorded.choose_products = choose_products
+        losses = [trainer.step(x) for _ in range(4)]
+        runs.append((losses, [p.detach().clone() for p in vae.parameters()]))
+        assert bool(trainer._recorded.products) is choose_products  # timed, or not at all
+    for timed, untimed in zip(*runs, strict=True):
+        torch.testing.assert_close(timed, untimed, rtol=0, atol=0)
+
+
+def node_of(*values: torch.Tensor, target=torch.ops.aten.addmm.default, **kwargs):
+    """A graph node calling ``target`` on nodes holding ``values``, as a recording has it."""
+    graph = torch.fx.Graph()
+    args = []
+    for i, value in enumerate(values):
+        arg = graph.placeholder(f"a{i}")
+        arg.meta["val"] = value
+        args.append(arg)
+    return graph.call_function(target, tuple(args), kwargs)
+
+
+def test_only_the_products_onednns_linear_computes_alike_are_moved():
+    """A float32 product of two dense matrices, with a bias over the output's columns and no
+    scaling; anything else stays torch's own call."""
+    a, b, bias = torch.randn(8, 5), torch.randn(5, 3), torch.randn(3)
+    assert products.signature(node_of(bias, a, b)) == "addmm 3:1 8x5:5,1 5x3:3,1"
+    assert products.signature(node_of(a.t(), b[:3], target=torch.mm)).startswith("mm 5x8:1,5")
+    assert products.signature(node_of(bias, a, b, beta=0.5)) is None  # scaled
+    assert products.signature(node_of(bias.expand(8, 3), a, b)) is None  # a whole matrix added
+    assert products.signature(node_of(bias, a.double(), b.double())) is None
+    assert products.signature(node_of(bias, a, torch.ones(1, 3).expand(5, 3))) is None  # stride 0
+    assert products.signature(node_of(a, b, target=torch.ops.aten.bmm.default)) is None
+
+
+@needs_onednn
+def test_a_buffer_updated_in_place_by_a_moved_graph_is_still_updated(monkeypatch):
+    """Moving the products drops no operation but the transposes it bypasses: an in-place
+    update whose result nothing reads (a counter) stays in the graph."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyro_vae.inference.fast.replay import _with_python_bindings
+
+    def step(x, weight, counter):
+        counter.add_(1)
+        return (x @ weight.t(),)
+
+    x, weight, counter = torch.randn(4, 3), torch.randn(2, 3), torch.zeros(())
+    graph = _with_python_bindings(make_fx(step, tracing_mode="fake")(x, weight, counter))
+    (sign,) = {s for node in graph.graph.nodes if (s := products.signature(node)) is not None}
+    moved = products.with_products(graph, {sign: "oneDNN"})
+    (y,) = moved(x, weight, counter)
+    torch.testing.assert_close(y, x @ weight.t())
+    assert counter.item() == 1
+    targets = [node.target for node in moved.graph.nodes if node.op == "call_function"]
+    assert products.onednn_linear() in targets and torch.t not in targets  # the weight itself

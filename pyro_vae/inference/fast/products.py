@@ -53,7 +53,8 @@ def onednn_linear() -> Callable[..., torch.Tensor] | None:
     """oneDNN's float32 linear, ``Y = X Wᵀ + b``, or None where this torch has none."""
     if not torch.backends.mkldnn.is_available():
         return None
-    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    packet = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    return getattr(packet, "default", None)  # the overload itself: no lookup at each call
 
 
 def signature(node: Node) -> str | None:
@@ -68,12 +69,18 @@ def signature(node: Node) -> str | None:
     if any(value.dtype != torch.float32 or value.device.type != "cpu" for value in values):
         return None
     *bias, left, right = values
-    if left.dim() != 2 or right.dim() != 2:
+    if left.dim() != 2 or right.dim() != 2 or not (_dense(left) and _dense(right)):
         return None
     if bias and (tuple(bias[0].shape) != (right.shape[1],) or bias[0].stride() != (1,)):
         return None
     kind = "addmm" if bias else "mm"
     return " ".join([kind, *(_layout(value) for value in values)])
+
+
+def _dense(matrix: torch.Tensor) -> bool:
+    """Whether a matrix is laid out row by row or column by column, without gaps or repeats
+    (an expanded gradient's zero strides are not)."""
+    return matrix.is_contiguous() or matrix.t().is_contiguous()
 
 
 def _layout(value: torch.Tensor) -> str:
@@ -132,7 +139,12 @@ def choose(graph: GraphModule) -> dict[str, str]:
         key = machine_key("product", sign)
         timing = cached_timing(key)
         if not {"MKL", "oneDNN"} <= timing.keys():
-            timing = paired_seconds(sign, linear)
+            try:
+                timing = paired_seconds(sign, linear)
+            except RuntimeError as error:  # oneDNN refused these layouts: torch's own call
+                log.debug("the product %s stays MKL's: oneDNN failed on it (%s)", sign, error)
+                chosen[sign] = "MKL"
+                continue
             cache_timing(key, timing)
         chosen[sign] = "oneDNN" if timing["oneDNN"] < MARGIN * timing["MKL"] else "MKL"
     return chosen
@@ -145,6 +157,7 @@ def with_products(graph: GraphModule, chosen: dict[str, str]) -> GraphModule | N
     if linear is None or "oneDNN" not in chosen.values():
         return None
     moved = copy.deepcopy(graph)
+    bypassed = []
     changed = False
     for node in list(moved.graph.nodes):
         if chosen.get(signature(node) or "") != "oneDNN":
@@ -152,12 +165,18 @@ def with_products(graph: GraphModule, chosen: dict[str, str]) -> GraphModule | N
         *bias, left, right = node.args
         with moved.graph.inserting_before(node):
             weight = _transposed(moved, right)
+        if weight is not right:
+            bypassed.append(right)
         node.target = linear
         node.args = (left, weight, bias[0] if bias else None, "none", [], "")
         changed = True
     if not changed:
         return None
-    moved.graph.eliminate_dead_code()
+    # Only the transposes no longer read: a general dead-code pass would also drop an in-place
+    # update of a buffer whose result nothing reads (the Python bindings look pure to it).
+    for node in dict.fromkeys(bypassed):
+        if not node.users:
+            moved.graph.erase_node(node)
     moved.recompile()
     return moved
 

@@ -309,14 +309,14 @@ class RecordedGradient:
             )
             self.compiled = False
         if self.compiled is False:
-            return graph
+            return self._replayed(graph, recording)
         # Inductor is given the recording: it chooses the kernels of its own graph.
         compiled = compile_graph(
             recording, inputs, asked=self.compile is True or self.compiled is True
         )
         if compiled is None:
             self.compiled = False
-            return graph
+            return self._replayed(graph, recording)
         if deciding:  # kept only where it is faster, as measured once on this machine
             if "compiled" not in timing or "paired_replay" not in timing:
                 state = self._audit_state(batch)
@@ -333,7 +333,7 @@ class RecordedGradient:
                     timing["paired_replay"] * 1e3,
                 )
                 self.compiled = False
-                return graph
+                return self._replayed(graph, recording)
             log.info(
                 "the step is compiled by Inductor for this run (%.0f s of replayed steps "
                 "planned): %.2f ms a step against the replay's %.2f (--no-compile replays it)",
@@ -361,19 +361,22 @@ class RecordedGradient:
                     self.products = choose(recording)
                 self._restore(state)
         moved = with_products(recording, self.products)
-        if moved is None:
-            return recording
-        chosen = list(self.products.values())
-        log.info(
-            "the step's matrix products through oneDNN where it multiplied their shapes faster "
-            "than MKL on this machine: %d of %d",
-            chosen.count("oneDNN"),
-            len(chosen),
-        )
-        # Audited to a tolerance, as a compiled graph is: oneDNN sums in another order than
-        # the eager step's MKL. One that fails is replaced by its recording.
-        self._uncompiled[id(moved)] = recording
-        return moved
+        return recording if moved is None else moved
+
+    def _replayed(self, graph: GraphModule, recording: GraphModule) -> GraphModule:
+        """``graph``, which is replayed: where its products moved to oneDNN, said in one line
+        and audited to a tolerance, as a compiled graph is (oneDNN sums in another order than
+        the eager step's MKL); one that fails is replaced by its ``recording``."""
+        if graph is not recording:
+            chosen = list((self.products or {}).values())
+            log.info(
+                "the step's matrix products through oneDNN where it multiplied their shapes "
+                "faster than MKL on this machine: %d of %d",
+                chosen.count("oneDNN"),
+                len(chosen),
+            )
+            self._uncompiled[id(graph)] = recording
+        return graph
 
     def validate(self, *batch: torch.Tensor) -> None:
         """Pyro's checks of the model and guide (every distribution's arguments, every site's
