@@ -21,7 +21,9 @@ of an unlabelled image summed out by ``TraceEnum_ELBO``'s parallel enumeration.
   fused Adam): 235 steps, each 200 unlabelled images beside 200 labelled, replayed from a recorded
   graph after the first, then the validation bound U(x) and error. Its steps and its validation
   are timed apart (``epoch_seconds``, ``validation_seconds``) as well as the whole call. "pyro-vae
-  eager" (``record_graph=False``) runs beside it, and with ``--compile`` "pyro-vae --compile"
+  eager" (``record_graph=False``) runs beside it, "pyro-vae, MKL's products" (the recorded step
+  with every matrix product torch's default, MKL's, where pyro-vae's times MKL against oneDNN
+  per product: inference/fast/products.py), and with ``--compile`` "pyro-vae --compile"
   (its step compiled by Inductor; its first timed epoch includes the compile).
 
 An epoch is each one's own: the example's 250 iterations pass over 47,000 unlabelled and 3,000
@@ -265,6 +267,7 @@ def pyro_vae(
     record_graph: bool = True,
     compile: bool | None = None,
     matmul_precision: str = "highest",
+    choose_products: bool = True,
 ) -> Contestant:
     pyro.set_rng_seed(SEED)
     vae = SemiSupervisedVAE(
@@ -285,6 +288,8 @@ def pyro_vae(
         matmul_precision=matmul_precision,
     )
     trainer = SemiSupervisedTrainer(vae, config, data, record_graph=record_graph)
+    if trainer._recorded is not None:  # without it, every matrix product MKL's
+        trainer._recorded.choose_products = choose_products
 
     def run_epoch() -> dict[str, float]:
         start = time.perf_counter()
@@ -319,6 +324,9 @@ def contestants(
         pyro_vae(data, labels, batch, f"m2{tag}"),
         pyro_vae(data, labels, batch, f"m2_eager{tag}", "pyro-vae eager", record_graph=False),
     ]
+    if torch.backends.mkldnn.is_available():  # the products' choice against torch's default
+        name, label = f"m2_mkl{tag}", "pyro-vae, MKL's products"
+        found.append(pyro_vae(data, labels, batch, name, label, choose_products=False))
     if compiled:  # its first timed epoch compiles its graph (the warm-up's has other shapes)
         found.append(
             pyro_vae(data, labels, batch, f"m2_compiled{tag}", "pyro-vae --compile", compile=True)
