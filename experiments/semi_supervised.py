@@ -6,7 +6,8 @@ validate, the 10,000 test images to score), dynamically binarized, Bernoulli lik
 number of labels N (balanced by class, chosen by the seed) and seed:
 
 - **M2** on the images: one hidden layer of 500 (ReLU), latent 50, α per labelled image
-  (``--alpha``; unless given, pyro-vae's default: 50,000 below 100 labels a class, else 500);
+  (``--alpha``; unless given, pyro-vae's default: 50,000 below 100 labels a class, 5,000
+  below 300, else 500);
 - **M1+M2**: M2 (hidden 500, latent z₂ of 5) on the codes of M1, a VAE trained once on the
   50,000 images without labels (784-600-600-50, ``--m1-epochs``; ``--m1 RUN`` reuses a trained
   one), M2's likelihood of the codes Gaussian with a learnt σ per dimension;

@@ -259,7 +259,7 @@ class TrainConfig:
             "3,000 labels of 50,000, 50 at 100); the default, measured on MNIST at 100 to "
             f"3,000 labels (docs/models.md), is {DEFAULT_ALPHA:,g} on M1's codes (--features); "
             f"on the images {_image_alphas()}. A run keeps its α, --config from it too.",
-            shown_default="by --labels",
+            shown_default="by --labels and --features",
         ),
     )
     features: str | None = field(

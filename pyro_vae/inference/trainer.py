@@ -329,7 +329,8 @@ class Trainer:
             self._elbo_sum = torch.zeros((), device=device)
         batches = self._order.split(self.config.batch_size)
         if self._recorded is not None and self._recorded.planned_steps is None:
-            self._recorded.planned_steps = len(batches) * self.config.epochs  # whether to compile
+            # whether to compile the step and to time its products
+            self._recorded.planned_steps = len(batches) * self.config.epochs
             # the graph that may be compiled: a full batch's (this replica's share of one)
             self._recorded.full_batch = len(self.replicas.shard(batches[0]))
         lr = self.update_rule.lr

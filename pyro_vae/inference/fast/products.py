@@ -6,8 +6,8 @@ through it and up to twice that through oneDNN, the other library in torch's whe
 benchmarks/gemm.py), while on an Intel Xeon MKL was the faster in 11 of 12 (docs/performance.md).
 So the choice is measured, not assumed: each product of a recorded step, with its own shapes and
 strides, is timed through both in alternating turns, once per machine (CPU, threads, torch
-version: the cache file of compiled.py), and goes through oneDNN only where that was faster by
-more than ``MARGIN``; everywhere else the recording stays as it was.
+version: the cache file of compiled.py), and goes through oneDNN only where that took less than
+``MARGIN`` (95 %) of MKL's time; everywhere else the recording stays as it was.
 
 What changes: oneDNN sums in another order than MKL, so a step whose products moved differs from
 the eager step in the last bits. Its audits compare it as a compiled graph's are (replay.py's
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 # oneDNN is taken for a product only where its median time is below this fraction of MKL's: a
 # near tie stays with torch's default, and noise between two timings cannot flip a choice.
 MARGIN = 0.95
-# The products are timed for a run of at least PRODUCTS_STEPS full batches whose replayed
-# steps would take PRODUCTS_SECONDS: the timing takes a few tenths of a second, once on a
-# machine (then it is cached), which a test's run of a few steps should not pay.
+# The products are timed for a run of at least PRODUCTS_STEPS full batches and PRODUCTS_SECONDS
+# of replayed steps: the timing takes from a fraction of a second (the VAE) to several (M2's
+# 2,000-row products), once on a machine (then it is cached), which a short run should not pay.
 PRODUCTS_STEPS = 200
 PRODUCTS_SECONDS = 10.0
 # The timing of one product: alternating turns of a few calls through each library.

@@ -370,7 +370,7 @@ class RecordedGradient:
         if graph is not recording:
             chosen = list((self.products or {}).values())
             log.info(
-                "the step's matrix products through oneDNN where it multiplied their shapes "
+                "the step's matrix products go through oneDNN where it multiplied their shapes "
                 "faster than MKL on this machine: %d of %d",
                 chosen.count("oneDNN"),
                 len(chosen),
@@ -392,17 +392,18 @@ class RecordedGradient:
         self._restore(state)
 
     def _uncompile(self, compiled: Callable[..., Any]) -> None:
-        """Replay ``compiled``'s recording from now on: its numbers were further from the eager
-        step's than Inductor's own order of summing explains."""
+        """Replay ``compiled``'s recording from now on (a graph compiled by Inductor, or one whose
+        products moved to oneDNN): its numbers were further from the eager step's than its
+        kernels' own order of summing explains."""
         recordings, self._uncompiled = self._uncompiled, {}
-        for key, graph in self._graphs.items():  # every compiled graph: the run is replayed
+        for key, graph in self._graphs.items():  # every such graph: the recording replayed
             if id(graph) in recordings:
                 self._graphs[key] = recordings[id(graph)]
-        kind = "compiled" if self.compiled else "oneDNN products'"
+        kind = "compiled step" if self.compiled else "step with oneDNN's products"
         # And a checkpoint says so: a resumed run replays the recording as well.
         self.compiled, self.products = False, {}
         log.warning(
-            "the %s step computed other numbers than the eager step on the same batch (beyond "
+            "the %s computed other numbers than the eager step on the same batch (beyond "
             "its kernels' reordered sums); the recorded step is replayed from here on",
             kind,
         )
