@@ -78,20 +78,24 @@ def compile_graph(
 
 
 def paired_seconds(
-    replayed: Callable, compiled: Callable, inputs: Sequence[torch.Tensor]
+    replayed: Callable,
+    compiled: Callable,
+    inputs: Sequence[torch.Tensor],
+    rounds: int = TURNS,
+    calls: int = CALLS,
 ) -> tuple[float, float]:
-    """Median seconds of one call of each, timed in alternating turns on the same inputs (the
-    caller keeps the random generator and buffers as they were)."""
+    """Median seconds of one call of each, timed in ``rounds`` alternating turns of ``calls``
+    calls on the same inputs (the caller keeps the random generator and buffers as they were)."""
     turns: list[tuple[float, float]] = []
     with torch.no_grad():
-        compiled(*inputs)  # the first call loads the compiled code
-        for _ in range(TURNS):
+        compiled(*inputs)  # the first call loads the compiled code (or builds oneDNN's primitive)
+        for _ in range(rounds):
             pair = []
             for function in (replayed, compiled):
                 start = time.perf_counter()
-                for _ in range(CALLS):
+                for _ in range(calls):
                     function(*inputs)
-                pair.append((time.perf_counter() - start) / CALLS)
+                pair.append((time.perf_counter() - start) / calls)
             turns.append((pair[0], pair[1]))
     return statistics.median(a for a, _ in turns), statistics.median(b for _, b in turns)
 

@@ -21,13 +21,12 @@ MKL's, said in one log line.
 
 import copy
 import logging
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch.fx import GraphModule, Node
 
+from pyro_vae.inference.fast import compiled
 from pyro_vae.inference.fast.compiled import cache_timing, cached_timing, machine_key
 
 log = logging.getLogger(__name__)
@@ -110,16 +109,8 @@ def _calls(sign: str, linear: Callable[..., torch.Tensor]) -> tuple[Callable, Ca
 def paired_seconds(sign: str, linear: Callable[..., torch.Tensor]) -> dict[str, float]:
     """Median seconds of ``sign``'s product through MKL and through oneDNN, in alternating turns."""
     mkl, onednn = _calls(sign, linear)
-    turns: dict[str, list[float]] = {"MKL": [], "oneDNN": []}
-    with torch.no_grad():
-        mkl(), onednn()  # oneDNN builds its primitive for the shapes at the first call
-        for _ in range(TURNS):
-            for name, call in (("MKL", mkl), ("oneDNN", onednn)):
-                start = time.perf_counter()
-                for _ in range(CALLS):
-                    call()
-                turns[name].append((time.perf_counter() - start) / CALLS)
-    return {name: statistics.median(times) for name, times in turns.items()}
+    seconds = compiled.paired_seconds(mkl, onednn, [], rounds=TURNS, calls=CALLS)
+    return dict(zip(("MKL", "oneDNN"), seconds, strict=True))
 
 
 def choose(graph: GraphModule) -> dict[str, str]:
