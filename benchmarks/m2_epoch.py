@@ -427,6 +427,41 @@ def report(seconds: dict[str, list[dict[str, float]]]) -> dict[str, float]:
     return medians
 
 
+def products_floor(data: Dataset, labels: int, batch: int, example_epoch: float) -> None:
+    """Print the least time pyro-vae's steps could take an epoch: their matrix products alone, at
+    this machine's best rate for M2's largest products (the decoder's last layer on every class's
+    codes, forward and both gradients; MKL or oneDNN, operands in cache, gemm.py's timing), against
+    the example's epoch. The products' FLOP come from torch's FlopCounterMode over one eager step
+    (the same products as the recorded one), times the steps of an epoch."""
+    from gemm import kernels, products, rate
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pyro.set_rng_seed(SEED)
+    vae = SemiSupervisedVAE(
+        data.image_shape, LATENT, (HIDDEN,), likelihood="bernoulli",
+        num_classes=data.num_classes, name="m2_floor",
+    )  # fmt: skip
+    config = TrainConfig(labels=labels, batch_size=batch, epochs=1, lr=LEARNING_RATE, seed=SEED)
+    trainer = SemiSupervisedTrainer(vae, config, data, record_graph=False)
+    index = trainer.unlabelled_rows[:batch]
+    with FlopCounterMode(display=False) as counter:
+        trainer._semi_supervised_step(data, index)
+    steps = -(-len(trainer.unlabelled_rows) // batch)
+    flop = counter.get_total_flops() * steps
+    best = 0.0
+    for _, m, k, n in products(batch * data.num_classes, [(HIDDEN, data.data_dim)]):
+        for run in kernels(m, k, n).values():
+            run()  # oneDNN builds its primitive on the first call
+            best = max(best, statistics.median(rate(run, 2.0 * m * k * n, 20) for _ in range(7)))
+    seconds = flop / (best * 1e9)
+    print(
+        f"floor: pyro-vae's steps multiply {flop / 1e12:.2f} TFLOP of matrices an epoch ({steps} "
+        f"steps, forward and backward); at {best:.0f} GFLOP/s, this machine's best rate for its "
+        f"largest products, that takes {seconds:.2f} s alone: {seconds / example_epoch:.2f}× the "
+        f"example's epoch ({example_epoch:.2f} s; 3× faster would be {example_epoch / 3:.2f} s)"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--turns", type=int, default=3, help="timed epochs of each contestant")
@@ -469,7 +504,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     for racer in racers:
         print(f"  {racer.name}: {racer.work}")
-    return report(take_turns(racers, turns))
+    medians = report(take_turns(racers, turns))
+    products_floor(data, labels, batch, medians[EXAMPLE])
+    return medians
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The command line, end to end, in process (typer's runner) and once as a real subprocess."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,18 @@ def test_train_prints_a_summary(tmp_path):
     assert result.exit_code == 0
     assert "Validation ELBO:" in result.stdout
     assert f"Run directory: {tmp_path / 'run'}" in result.stdout
+    assert re.search(
+        r"ELBO: -[0-9.]+ ± [0-9.]+ nats per image \(closed-form KL, 4 samples of z "
+        r"each; ± one standard error of sampling them\)",
+        result.stdout,
+    )
+    # One sample of z per validation image: no spread to estimate, none shown.
+    (tmp_path / "one.toml").write_text("[train]\nval_particles = 1\n")
+    result = run("train", "--out", tmp_path / "one", "--config", tmp_path / "one.toml", *FAST)
+    assert result.exit_code == 0
+    assert re.search(
+        r"ELBO: -[0-9.]+ nats per image \(closed-form KL, one sample of z each\)\.", result.stdout
+    )
 
 
 def test_an_existing_run_is_never_overwritten_silently(run_dir):

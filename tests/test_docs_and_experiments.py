@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyro_vae.core.config_file import read_config_file
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -136,7 +138,9 @@ def test_m2_epoch_benchmark_quick_mode(monkeypatch, capsys):
     assert set(medians) == expected
     assert all(seconds > 0 for seconds in medians.values())
     assert medians["pyro-vae steps"] < medians["pyro-vae"]
-    assert "Pyro's example: 8 batches (1 supervised, 7 not)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Pyro's example: 8 batches (1 supervised, 7 not)" in out
+    assert "floor: pyro-vae's steps multiply" in out and "(7 steps, forward and backward)" in out
     sys.modules.pop("m2_epoch", None)
 
 
@@ -176,6 +180,10 @@ def test_whole_run_benchmark_times_each_contestant(tmp_path, monkeypatch, capsys
     for name in ("pyro-vae", "hand-written PyTorch", "pyro-vae --matmul-precision medium"):
         assert re.search(rf"^  {re.escape(name)} +[0-9.]+ +[0-9.]+ +[0-9.]+$", printed, re.M)
     assert "pyro-vae ÷ hand-written PyTorch:" in printed
+    # pyro-vae validates with one sample of z per image, as NumPyro and the script do
+    command = whole_run.contestants(tmp_path / "tiny.npy", 2, tmp_path)["pyro-vae"]
+    config = command[command.index("--config") + 1]
+    assert read_config_file(config)["train"] == {"val_particles": 1}
     sys.modules.pop("whole_run", None)
 
 

@@ -118,12 +118,13 @@ def summarise(
     error = f" ± {final.val_elbo_se:.2f}" if final.val_elbo_se is not None else ""
     precision = result.config.train.matmul_precision
     products = "" if precision == "highest" else f", --matmul-precision {precision}"
+    particles = result.config.train.val_particles
+    samples = f"{particles} samples of z each" if particles > 1 else "one sample of z each"
+    spread = "; ± one standard error of sampling them" if error else ""
     typer.echo(
         f"Trained {final.epoch} epochs on {result.device} in {sum(result.epoch_seconds):.1f} s "
         f"of SVI steps ({final.train_kl} KL{products}). Validation ELBO: "
-        f"{final.val_elbo:.2f}{error} nats per image ({final.val_kl} KL, "
-        f"{result.config.train.val_particles} samples of z each; "
-        "± one standard error of sampling them)."
+        f"{final.val_elbo:.2f}{error} nats per image ({final.val_kl} KL, {samples}{spread})."
     )
     if final.val_error is not None:
         labels = result.config.train.labels
