@@ -13,6 +13,7 @@ medians.
     python benchmarks/whole_run.py         # 3 runs each; NumPyro needs pip install -e ".[bench]"
     python benchmarks/whole_run.py --runs 1 --epochs 2
     python benchmarks/whole_run.py --long  # MNIST's 60,000 training images, 10 epochs
+    python benchmarks/whole_run.py --long --latent 50  # 784-400-50 (every contestant)
     python benchmarks/whole_run.py --long --compile  # and pyro-vae train --compile beside them
     python benchmarks/whole_run.py --long --bf16  # and --matmul-precision medium beside them
     python benchmarks/whole_run.py --long --bf16 --compile  # each lever, and both at once
@@ -66,25 +67,33 @@ def mnist_npy(folder: Path, long: bool = False) -> Path:
 
 
 def contestants(
-    data: Path, epochs: int, folder: Path, compiled: bool = False, bfloat16: bool = False
+    data: Path,
+    epochs: int,
+    folder: Path,
+    compiled: bool = False,
+    bfloat16: bool = False,
+    latent: int = 20,
 ) -> dict[str, list[str]]:
     python = sys.executable
     common = ["--epochs", str(epochs), "--batch-size", "128"]
+    sizes = ["--hidden", "400", "--latent", str(latent)]
     # one sample of z per validation image, as the others take (the options override the rest)
     validation = folder / "validation.toml"
     validation.write_text("[train]\nval_particles = 1\n")
     pyro_vae = [
         python, str(ROOT / "cli.py"), "train", "--config", str(validation), "--data", str(data),
-        *common, "--hidden-dims", "400", "--latent-dim", "20", "--overwrite",
+        *common, "--hidden-dims", "400", "--latent-dim", str(latent), "--overwrite",
     ]  # fmt: skip
     found = {
         "pyro-vae": [*pyro_vae, "--out", str(folder / "pyro-vae")],
         "hand-written PyTorch": [
-            python, str(ROOT / "benchmarks" / "torch_vae.py"), str(data), *common,
+            python, str(ROOT / "benchmarks" / "torch_vae.py"), str(data), *common, *sizes,
         ],
     }  # fmt: skip
     if importlib.util.find_spec("numpyro") and importlib.util.find_spec("jax"):
-        found["NumPyro"] = [python, str(ROOT / "benchmarks" / "numpyro_vae.py"), str(data), *common]
+        found["NumPyro"] = [
+            python, str(ROOT / "benchmarks" / "numpyro_vae.py"), str(data), *common, *sizes,
+        ]  # fmt: skip
     else:
         print("NumPyro is not installed: its contestant is skipped (pip install -e '.[bench]')")
     if compiled:  # Inductor's cache is warm from the second run on (its first compile: cold)
@@ -104,15 +113,13 @@ def contestants(
     return found
 
 
-# One training step's matrix products, forward and backward, for the 784-400-20 VAE: each layer
-# 2·B·in·out forward, as much again for the weights' gradient and for the input's, except the
-# first encoder layer's input (the data need no gradient).
-LAYERS = [(784, 400), (400, 40), (20, 400), (400, 784)]
-
-
-def step_flop(batch: float) -> float:
-    forward = sum(2 * batch * n_in * n_out for n_in, n_out in LAYERS)
-    return 3 * forward - 2 * batch * LAYERS[0][0] * LAYERS[0][1]
+def step_flop(batch: float, latent: int = 20) -> float:
+    """One training step's matrix products, forward and backward, for the 784-400-L VAE: each
+    layer 2·B·in·out forward, as much again for the weights' gradient and for the input's, except
+    the first encoder layer's input (the data need no gradient)."""
+    layers = [(784, 400), (400, 2 * latent), (latent, 400), (400, 784)]
+    forward = sum(2 * batch * n_in * n_out for n_in, n_out in layers)
+    return 3 * forward - 2 * batch * layers[0][0] * layers[0][1]
 
 
 def epochs_of(name: str, output: str, run_dir: Path) -> list[tuple[float, int, float]]:
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="default: 15, or 10 with --long")
     parser.add_argument("--data", type=Path, help="a .npy of 784-pixel images (default: MNIST)")
+    parser.add_argument("--latent", type=int, default=20, help="the latent width (default: 20)")
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = args.data or mnist_npy(folder, args.long)
-        commands = contestants(data, args.epochs, folder, args.compile, args.bf16)
+        commands = contestants(data, args.epochs, folder, args.compile, args.bf16, args.latent)
         names = list(commands)
         seconds: dict[str, list[float]] = {name: [] for name in names}
         epochs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in names}
@@ -173,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(seconds: dict, epochs: dict, args: argparse.Namespace) -> None:
     medians = {name: statistics.median(values) for name, values in seconds.items()}
-    print(f"whole run, {args.epochs} epochs, median of {args.runs} alternating runs (s):")
+    print(
+        f"whole run, 784-400-{args.latent}, {args.epochs} epochs, median of {args.runs} "
+        "alternating runs (s):"
+    )
     for name, median in medians.items():
         runs = ", ".join(f"{s:.2f}" for s in seconds[name])
         print(f"  {name:<44} {median:6.2f}  ({runs})")
@@ -188,7 +199,9 @@ def report(seconds: dict, epochs: dict, args: argparse.Namespace) -> None:
     print("steady state, median over epochs 2 onwards and runs:")
     print(f"  {'contestant':<44} {'epoch (s)':>10} {'step (ms)':>10} {'GFLOP/s':>8}")
     for name, (epoch, step) in steady.items():
-        flop = step_flop(128)  # the mean batch of 48,000 or 56,000 images: 128 within 0.3%
+        flop = step_flop(
+            128, args.latent
+        )  # the mean batch of 48,000 or 56,000 images: 128 within 0.3%
         print(f"  {name:<44} {epoch:10.3f} {step * 1e3:10.2f} {flop / step / 1e9:8.1f}")
     print("ratios (row ÷ column): whole run / steady epoch / step")
     for name in medians:

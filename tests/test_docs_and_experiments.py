@@ -184,6 +184,10 @@ def test_whole_run_benchmark_times_each_contestant(tmp_path, monkeypatch, capsys
     command = whole_run.contestants(tmp_path / "tiny.npy", 2, tmp_path)["pyro-vae"]
     config = command[command.index("--config") + 1]
     assert read_config_file(config)["train"] == {"val_particles": 1}
+    # --latent reaches every contestant
+    commands = whole_run.contestants(tmp_path / "tiny.npy", 2, tmp_path, latent=50)
+    for name, flag in [("pyro-vae", "--latent-dim"), ("hand-written PyTorch", "--latent")]:
+        assert commands[name][commands[name].index(flag) + 1] == "50"
     sys.modules.pop("whole_run", None)
 
 
