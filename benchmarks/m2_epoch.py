@@ -32,7 +32,9 @@ images at each (about 10% more decoder rows in all: an unlabelled image is decod
 class). The contestants take turns in one process, alternating (A B, B A, ...), each turn one
 more epoch of the same model, after one untimed epoch of each on 1,000 images, 100 of them
 labelled (imports, allocator, Pyro's caches). The report gives each one's median and its ratio
-to the example's.
+to the example's, then the floor pyro-vae's matrix products set: their FLOP an epoch (torch's
+``FlopCounterMode`` over one eager step) at the machine's best rate for M2's largest products
+(``gemm.py``'s timing), against the example's epoch.
 
     python benchmarks/m2_epoch.py                      # 3 turns each, MNIST from ../shared/data
     python benchmarks/m2_epoch.py --turns 5 --data-dir DIR
