@@ -429,12 +429,16 @@ def report(seconds: dict[str, list[dict[str, float]]]) -> dict[str, float]:
     return medians
 
 
-def products_floor(data: Dataset, labels: int, batch: int, example_epoch: float) -> None:
+def products_floor(
+    data: Dataset, labels: int, batch: int, example_epoch: float, repeats: int = 20
+) -> float:
     """Print the least time pyro-vae's steps could take an epoch: their matrix products alone, at
-    this machine's best rate for M2's largest products (the decoder's last layer on every class's
-    codes, forward and both gradients; MKL or oneDNN, operands in cache, gemm.py's timing), against
-    the example's epoch. The products' FLOP come from torch's FlopCounterMode over one eager step
-    (the same products as the recorded one), times the steps of an epoch."""
+    this machine's best float32 rate for M2's largest products (the decoder's last layer on every
+    class's codes, forward and both gradients; MKL or oneDNN, operands in cache, gemm.py's
+    timing in 7 turns of ``repeats`` calls), against the example's epoch; return one step's FLOP.
+    A lower bound: every product at the rate of the largest, nothing else done. The FLOP come from
+    torch's FlopCounterMode over one eager step (the same products as the recorded one, backward
+    included), times the steps of an epoch."""
     from gemm import kernels, products, rate
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -449,19 +453,25 @@ def products_floor(data: Dataset, labels: int, batch: int, example_epoch: float)
     with FlopCounterMode(display=False) as counter:
         trainer._semi_supervised_step(data, index)
     steps = -(-len(trainer.unlabelled_rows) // batch)
-    flop = counter.get_total_flops() * steps
+    step_flop = counter.get_total_flops()
+    flop = step_flop * steps
     best = 0.0
     for _, m, k, n in products(batch * data.num_classes, [(HIDDEN, data.data_dim)]):
-        for run in kernels(m, k, n).values():
+        for kernel, run in kernels(m, k, n).items():
+            if kernel not in ("MKL", "oneDNN"):  # float32 in torch: not XLA's, not bfloat16's
+                continue
             run()  # oneDNN builds its primitive on the first call
-            best = max(best, statistics.median(rate(run, 2.0 * m * k * n, 20) for _ in range(7)))
+            timings = [rate(run, 2.0 * m * k * n, repeats) for _ in range(7)]
+            best = max(best, statistics.median(timings))
     seconds = flop / (best * 1e9)
     print(
         f"floor: pyro-vae's steps multiply {flop / 1e12:.2f} TFLOP of matrices an epoch ({steps} "
         f"steps, forward and backward); at {best:.0f} GFLOP/s, this machine's best rate for its "
         f"largest products, that takes {seconds:.2f} s alone: {seconds / example_epoch:.2f}× the "
-        f"example's epoch ({example_epoch:.2f} s; 3× faster would be {example_epoch / 3:.2f} s)"
+        f"example's epoch ({example_epoch:.2f} s; 3× faster would be {example_epoch / 3:.2f} s), "
+        "before any other work of its steps and its validation"
     )
+    return step_flop
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -507,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for racer in racers:
         print(f"  {racer.name}: {racer.work}")
     medians = report(take_turns(racers, turns))
-    products_floor(data, labels, batch, medians[EXAMPLE])
+    products_floor(data, labels, batch, medians[EXAMPLE], repeats=2 if args.quick else 20)
     return medians
 
 

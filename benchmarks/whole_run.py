@@ -199,9 +199,8 @@ def report(seconds: dict, epochs: dict, args: argparse.Namespace) -> None:
     print("steady state, median over epochs 2 onwards and runs:")
     print(f"  {'contestant':<44} {'epoch (s)':>10} {'step (ms)':>10} {'GFLOP/s':>8}")
     for name, (epoch, step) in steady.items():
-        flop = step_flop(
-            128, args.latent
-        )  # the mean batch of 48,000 or 56,000 images: 128 within 0.3%
+        # the mean batch of 48,000 or 56,000 images: 128 within 0.3%
+        flop = step_flop(128, args.latent)
         print(f"  {name:<44} {epoch:10.3f} {step * 1e3:10.2f} {flop / step / 1e9:8.1f}")
     print("ratios (row ÷ column): whole run / steady epoch / step")
     for name in medians:

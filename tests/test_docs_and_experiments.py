@@ -144,6 +144,20 @@ def test_m2_epoch_benchmark_quick_mode(monkeypatch, capsys):
     sys.modules.pop("m2_epoch", None)
 
 
+def test_m2_floor_counts_the_backward_products(monkeypatch, capsys):
+    """The floor's FLOP for a step: at least the decoder's last layer on every class's codes,
+    forward and both gradients (the step's largest products), and less than twice that."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import m2_epoch
+
+    data, batch = m2_epoch.synthetic(400, 100), 50
+    step_flop = m2_epoch.products_floor(data, 50, batch, example_epoch=1.0, repeats=1)
+    last_layer = 3 * 2 * (batch * data.num_classes) * m2_epoch.HIDDEN * data.data_dim
+    assert last_layer <= step_flop < 2 * last_layer
+    assert "floor: pyro-vae's steps multiply" in capsys.readouterr().out
+    sys.modules.pop("m2_epoch", None)
+
+
 def test_gemm_benchmark_quick_mode(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gemm
