@@ -14,6 +14,7 @@ from pyro_vae.inference.fast import products
 from pyro_vae.inference.fast import replay as recorded_module
 from pyro_vae.inference.trainer import Trainer
 from pyro_vae.models.vae import VAE
+from tests.test_recorded import off_by_a_percent
 
 needs_onednn = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this torch is built without oneDNN"
@@ -150,17 +151,11 @@ def test_a_moved_graph_that_computes_other_numbers_gives_way_to_its_recording(
     something else than a reordered sum takes the eager numbers, and its recording is replayed
     from then on, with MKL's products in the checkpoint."""
     real = products.with_products
-
-    def off_by_a_percent(graph, chosen):
-        moved = real(graph, chosen)
-
-        def wrong(*values):
-            loss, negative_elbo, *gradients = moved(*values)
-            return (loss * 1.01, negative_elbo, *gradients)
-
-        return wrong
-
-    monkeypatch.setattr(recorded_module, "with_products", off_by_a_percent)
+    monkeypatch.setattr(
+        recorded_module,
+        "with_products",
+        lambda graph, chosen: off_by_a_percent(real(graph, chosen)),
+    )
     caplog.set_level(logging.INFO, logger="pyro_vae")
     _, trainer, _ = trained(digits, 3, monkeypatch, "oneDNN", tmp_path)
     recorded = trainer._recorded

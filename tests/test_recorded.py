@@ -699,20 +699,25 @@ def test_whether_to_compile_is_decided_by_the_runs_length_and_the_timing_kept_pe
     assert decided(True, 10)[0] is False  # the compiler failed: the replay trains
 
 
+def off_by_a_percent(step):
+    """``step`` (a recorded graph's callable) with its loss 1 % off: something other than a
+    reordered sum, which an audit must catch."""
+
+    def wrong(*values):
+        loss, negative_elbo, *gradients = step(*values)
+        return (loss * 1.01, negative_elbo, *gradients)
+
+    return wrong
+
+
 def test_a_compiled_graph_that_computes_other_numbers_gives_way_to_its_recording(
     digits, monkeypatch, caplog
 ):
     """Beyond Inductor's reordered sums, a compiled step's audit finds it out: that step takes
     the eager numbers, the recording is replayed from then on, and a checkpoint says so."""
-
-    def off_by_a_percent(graph, inputs, asked):
-        def compiled(*values):
-            loss, negative_elbo, *gradients = graph(*values)
-            return (loss * 1.01, negative_elbo, *gradients)
-
-        return compiled
-
-    monkeypatch.setattr(recorded_module, "compile_graph", off_by_a_percent)
+    monkeypatch.setattr(
+        recorded_module, "compile_graph", lambda graph, inputs, asked: off_by_a_percent(graph)
+    )
     caplog.set_level(logging.INFO, logger="pyro_vae")
     x = digits.train.x[:32]
     trainer = Trainer(VAE(64, 3, hidden_dims=(16,)), TrainConfig(compile=True, batch_size=32))
