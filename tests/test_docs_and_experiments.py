@@ -239,6 +239,26 @@ def test_rate_distortion_experiment_quick_mode(tmp_path, monkeypatch):
     sys.modules.pop("rate_distortion", None)
 
 
+def test_step_levers_benchmark_quick_mode(monkeypatch, capsys):
+    """Quick mode times each lever beside what it would replace (Inductor's left out): the
+    overheads of a step with no arithmetic, the three Adams and the three thread settings."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import step_levers
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("the threads lever compares 2 threads with 1")
+    results = step_levers.main(["--quick"])
+    overhead = results["overhead of a step with no arithmetic (4-4-2 VAE, batch 2)"]
+    assert overhead["graph's kernel calls"] > 0 and overhead["fused Adam (its Python)"] > 0
+    assert set(results["Adam over the 784-400-20 VAE's parameters, alone"]) == {
+        "fused", "foreach", "per tensor"
+    }  # fmt: skip
+    threads = results["threads, the 784-400-20 step and its update"]
+    assert all(seconds > 0 for seconds in threads.values()) and len(threads) == 3
+    assert "the 784-400-20 step and its update" in capsys.readouterr().out
+    sys.modules.pop("step_levers", None)
+
+
 def test_step_anatomy_benchmark_quick_mode(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import step_anatomy
